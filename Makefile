@@ -1,0 +1,53 @@
+# flywheel: `make demo` runs the main job end to end; `make test` runs the test suite.
+# Both create the virtual environment in .venv first (pinned by constraints.txt).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME := $(CURDIR)/.flywheel/dagster_home
+export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
+export GX_ANALYTICS_ENABLED := False
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test test-fast ui check bench lint format clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dagster,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## materialize the whole graph through Dagster, print a summary
+	$(BIN)/flywheel check
+	$(BIN)/dagster job execute -w workspace.yaml -j flywheel_job
+	$(BIN)/flywheel summary
+
+test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu and not integration"
+
+ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## the Dagster UI on the same home make demo wrote to
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+check: $(STAMP)
+	$(BIN)/flywheel check
+
+bench: $(STAMP)
+	$(BIN)/python bench/dedup.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean:
+	rm -rf .flywheel

@@ -1,0 +1,7 @@
+"""The Dagster asset layer: thin wrappers that read the spec and call one flywheel function."""
+
+from assets.checks import build_document_checks
+from assets.documents import build_document_assets
+from assets.resources import FlywheelResource
+
+__all__ = ["FlywheelResource", "build_document_assets", "build_document_checks"]

@@ -1,0 +1,63 @@
+"""The document plane: raw corpora -> quality-filtered documents -> deduplicated shards.
+
+One ``raw_<source>`` asset per source declared in the spec (an asset factory); the spec's
+other sections parameterize the rest. Each asset calls one ``flywheel.pipeline`` function.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets._materialize import materialize_result
+from assets.resources import FlywheelResource
+from flywheel import pipeline
+from flywheel.spec import Spec
+
+INGEST, CURATE = "ingest", "curate"
+
+
+def raw_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey(f"raw_{source_name}")
+
+
+def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
+    description = source.description or f"Raw documents of the {source.kind} source {source.name!r}."
+
+    @dg.asset(
+        key=raw_asset_key(source.name),
+        group_name=INGEST,
+        kinds={"python", "parquet"},
+        owners=owners,
+        description=description,
+        tags={"source_kind": source.kind},
+    )
+    def _raw(flywheel: FlywheelResource) -> dg.MaterializeResult:
+        return materialize_result(pipeline.run_ingest(flywheel.spec(), source.name))
+
+    return _raw
+
+
+def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
+    raw = [build_raw_asset(s, spec.owners) for s in spec.sources]
+
+    @dg.asset(
+        deps=[a.key for a in raw],
+        group_name=CURATE,
+        kinds={"polars", "parquet"},
+        owners=spec.owners,
+    )
+    def filtered_documents(flywheel: FlywheelResource) -> dg.MaterializeResult:
+        """Documents that passed the heuristic quality filters; drops are kept with reasons."""
+        return materialize_result(pipeline.run_filters(flywheel.spec()))
+
+    @dg.asset(
+        deps=[filtered_documents],
+        group_name=CURATE,
+        kinds={"duckdb", "parquet"},
+        owners=spec.owners,
+    )
+    def deduplicated_shards(flywheel: FlywheelResource) -> dg.MaterializeResult:
+        """Filtered documents with exact and MinHash near-duplicates removed, incrementally."""
+        return materialize_result(pipeline.run_dedup(flywheel.spec()))
+
+    return [*raw, filtered_documents, deduplicated_shards]

@@ -1,0 +1,33 @@
+"""The one Dagster ``Definitions`` of this flywheel, built from the spec.
+
+    dagster dev -w workspace.yaml        (or: dg dev / make ui)
+    dagster job execute -w workspace.yaml -j flywheel_job
+
+The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
+names): one raw asset per source, then the curation stages. A spec error fails the load with
+the spec's own message, which the UI shows as the code location's error.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import FlywheelResource, build_document_assets, build_document_checks
+from flywheel.spec import load_spec, spec_path
+from jobs import JOBS
+from sensors import build_sensors
+
+
+def build_definitions(path: str | None = None, overrides: list[str] | None = None) -> dg.Definitions:
+    spec = load_spec(path, overrides)
+    resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides or [])
+    return dg.Definitions(
+        assets=build_document_assets(spec),
+        asset_checks=build_document_checks(spec),
+        jobs=JOBS,
+        sensors=build_sensors(spec),
+        resources={"flywheel": resource},
+    )
+
+
+defs = build_definitions()

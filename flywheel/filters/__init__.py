@@ -1,0 +1,35 @@
+"""Heuristic quality filters in the spirit of Gopher (Rae et al. 2021) and C4 (Raffel et al. 2020).
+
+Each filter is an object with ``name`` and ``keep(text) -> (kept, reason)``. ``FilterSettings``
+(the spec's ``filters:`` section) configures three families -- ``gopher_quality``,
+``gopher_repetition`` and ``c4`` -- and ``build_filters`` makes the enabled ones;
+``apply_filters`` runs them over a document frame and accounts for every row.
+
+    settings = FilterSettings()
+    outcome = apply_filters(documents, build_filters(settings))
+    outcome.kept, outcome.dropped, outcome.decisions, outcome.stats
+"""
+
+from flywheel.filters.apply import Filter, FilterOutcome, apply_filters, build_filters
+from flywheel.filters.c4 import C4Filter
+from flywheel.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
+from flywheel.filters.settings import (
+    C4Settings,
+    FilterSettings,
+    GopherQualitySettings,
+    GopherRepetitionSettings,
+)
+
+__all__ = [
+    "C4Filter",
+    "C4Settings",
+    "Filter",
+    "FilterOutcome",
+    "FilterSettings",
+    "GopherQualityFilter",
+    "GopherQualitySettings",
+    "GopherRepetitionFilter",
+    "GopherRepetitionSettings",
+    "apply_filters",
+    "build_filters",
+]

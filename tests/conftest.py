@@ -1,0 +1,65 @@
+"""Shared fixtures: small real corpora and specs written into a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pydoc_data.topics
+import pytest
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TOPICS = pydoc_data.topics.topics
+
+
+def prose(n: int = 40) -> list[str]:
+    """Real English prose: the longest Python documentation topics."""
+    texts = sorted(TOPICS.values(), key=len, reverse=True)
+    return [t for t in texts if len(t.split()) > 200][:n]
+
+
+@pytest.fixture
+def corpus_jsonl(tmp_path: Path) -> Path:
+    """A JSONL corpus of real prose with planted exact and near duplicates and bad records."""
+    docs = prose(30)
+    rows = [{"id": f"doc{i}", "text": t} for i, t in enumerate(docs)]
+    rows.append({"id": "exact0", "text": docs[0]})  # an exact copy
+    words = docs[1].split()
+    words[len(words) // 2] = "CHANGED"  # one word changed: a near duplicate
+    rows.append({"id": "near1", "text": " ".join(words)})
+    path = tmp_path / "corpus.jsonl"
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.write("{not json\n")
+        f.write(json.dumps({"id": "empty", "text": "   "}) + "\n")
+    return path
+
+
+def write_spec(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+@pytest.fixture
+def small_spec(tmp_path: Path, corpus_jsonl: Path) -> Path:
+    return write_spec(
+        tmp_path,
+        f"""
+        name: test
+        data_dir: data
+        catalog: catalog.duckdb
+        sources:
+          - name: corpus
+            kind: jsonl
+            path: {corpus_jsonl.name}
+        filters:
+          gopher_quality:
+            min_words: 20
+        """,
+    )

@@ -1,0 +1,36 @@
+"""flywheel/ is a pure library: no module in it imports dagster, directly or at import time."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "flywheel"
+
+
+def test_no_module_imports_dagster() -> None:
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path}: {n}" for n in names if n.split(".")[0].startswith("dagster")]
+    assert offenders == []
+
+
+def test_importing_every_module_loads_no_dagster() -> None:
+    modules = [
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__main__.py"
+    ]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m.removesuffix('.__init__'))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith('dagster'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
