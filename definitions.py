@@ -1,7 +1,7 @@
 """The one Dagster ``Definitions`` of this flywheel, built from the spec.
 
     dagster dev -w workspace.yaml        (or: dg dev / make ui)
-    dagster job execute -w workspace.yaml -j flywheel_job
+    dagster job execute -f definitions.py -d . -j flywheel_job
 
 The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
 names): one raw asset per source, then the curation stages. A spec error fails the load with
@@ -18,7 +18,9 @@ from jobs import JOBS
 from sensors import build_sensors
 
 
-def build_definitions(path: str | None = None, overrides: list[str] | None = None) -> dg.Definitions:
+def build_definitions(
+    path: str | None = None, overrides: list[str] | None = None
+) -> dg.Definitions:
     spec = load_spec(path, overrides)
     resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides or [])
     return dg.Definitions(

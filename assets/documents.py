@@ -21,7 +21,9 @@ def raw_asset_key(source_name: str) -> dg.AssetKey:
 
 
 def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
-    description = source.description or f"Raw documents of the {source.kind} source {source.name!r}."
+    description = (
+        source.description or f"Raw documents of the {source.kind} source {source.name!r}."
+    )
 
     @dg.asset(
         key=raw_asset_key(source.name),

@@ -108,8 +108,10 @@ class Catalog:
         v = pl.lit(version).alias("version")
         with self.connect() as con, _transaction(con):
             con.register("kept_f", kept.select("id", "shard").with_columns(v))
-            con.register("dup_f", duplicates.select("id", "duplicate_of", "method", "similarity")
-                         .with_columns(v))
+            con.register(
+                "dup_f",
+                duplicates.select("id", "duplicate_of", "method", "similarity").with_columns(v),
+            )
             con.execute("DELETE FROM deduplicated")
             con.execute("DELETE FROM duplicates")
             con.execute("INSERT INTO deduplicated SELECT * FROM kept_f")
@@ -123,8 +125,14 @@ class Catalog:
         with self.connect() as con:
             con.execute(
                 "INSERT INTO materializations VALUES (?, ?, ?, ?, ?, ?)",
-                [product, version, spec_fingerprint, __version__, datetime.now(UTC),
-                 json.dumps(metadata, default=str)],
+                [
+                    product,
+                    version,
+                    spec_fingerprint,
+                    __version__,
+                    datetime.now(UTC),
+                    json.dumps(metadata, default=str),
+                ],
             )
 
     # -- queries -------------------------------------------------------------------------
@@ -173,8 +181,11 @@ def _status(row: dict[str, Any]) -> str:
     if not row["passed_filters"]:
         return f"dropped by filter {row['filter']}: {row['reason']}"
     if row.get("duplicate_of"):
-        return (f"removed as a {row['dedup_method']} duplicate of {row['duplicate_of']} "
-                f"(similarity {row['similarity']:.3f})")
+        kind = "exact duplicate" if row["dedup_method"] == "exact" else "near-duplicate"
+        return (
+            f"removed as {kind} of {row['duplicate_of']} by {row['dedup_method']} dedup "
+            f"(similarity {row['similarity']:.3f})"
+        )
     if row.get("deduplicated_shard"):
         return f"kept in {row['deduplicated_shard']}"
     return "passed filters (not yet deduplicated)"

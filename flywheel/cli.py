@@ -1,9 +1,9 @@
 """The ``flywheel`` command line: the verbs that need no Dagster.
 
-    flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
-    flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
-    flywheel lineage DOC_ID [--spec SPEC] [--json]           where a document came from
-    flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
+flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
+flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
+flywheel lineage DOC_ID [--spec SPEC] [--json]           where a document came from
+flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate a spec")
-    check.add_argument("spec", nargs="?", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
+    check.add_argument(
+        "spec", nargs="?", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)"
+    )
     check.add_argument("overrides", nargs="*", help="typed overrides, e.g. dedup.threshold=0.9")
     check.add_argument("--explain", action="store_true", help="list every field and its default")
     check.set_defaults(func=_check)

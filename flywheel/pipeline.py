@@ -86,8 +86,10 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
         max_doc_bytes=spec.ingest.max_doc_bytes,
     )
     shards = result.shardset
-    rows = [_catalog_rows(df, shards.path / name) for name, df in zip(
-        shards.manifest["shards"], shards.iter_batches(), strict=True)]
+    rows = [
+        _catalog_rows(df, shards.path / name)
+        for name, df in zip(shards.manifest["shards"], shards.iter_batches(), strict=True)
+    ]
     documents = pl.concat(rows) if rows else _catalog_rows(shards.read().head(0), shards.path)
     catalog = Catalog(spec.catalog)
     catalog.record_source(source_name, documents, shards.aux("quarantine"), shards.version)
@@ -99,14 +101,18 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
         **{f"quarantined_{k}": v for k, v in sorted(result.quarantine_by_reason.items())},
     }
     catalog.record_materialization(product, shards.version, spec.fingerprint(), metadata)
-    preview = _sample(shards.iter_batches().__next__()) if result.documents else pl.DataFrame()
+    preview = _sample(shards.scan().head(PREVIEW_ROWS).collect())
     return StageResult(product, shards, metadata, preview)
 
 
 def _catalog_rows(df: pl.DataFrame, shard: Path) -> pl.DataFrame:
     hashes = [hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest() for t in df["text"]]
     return df.select(
-        pl.col("id").alias("doc_id"), "source", "source_id", "path", "offset",
+        pl.col("id").alias("doc_id"),
+        "source",
+        "source_id",
+        "path",
+        "offset",
         pl.Series("content_hash", hashes, dtype=pl.String),
         pl.col("text").str.len_chars().cast(pl.Int64).alias("n_chars"),
         pl.lit(str(shard)).alias("shard"),
@@ -134,10 +140,11 @@ def run_filters(spec: Spec) -> StageResult:
         all_decisions = pl.concat(decisions) if decisions else _no_decisions()
         stats = _filter_stats(all_decisions, [f.name for f in filters])
         inputs = {r.path.parent.name: r.version for r in raw_sets}
-        dropped_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
+        dropped_set = dropped_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
         kept_writer.write_aux("decisions", all_decisions)
         shards = kept_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
     stats["seconds"] = round(time.perf_counter() - started, 2)
+    stats["dropped_path"] = str(dropped_set.path)
     catalog = Catalog(spec.catalog)
     catalog.record_filter_decisions(all_decisions, shards.version)
     catalog.record_materialization(FILTERED, shards.version, spec.fingerprint(), stats)
@@ -150,8 +157,9 @@ def run_filters(spec: Spec) -> StageResult:
 
 
 def _no_decisions() -> pl.DataFrame:
-    return pl.DataFrame(schema={"id": pl.String, "kept": pl.Boolean, "filter": pl.String,
-                                "reason": pl.String})
+    return pl.DataFrame(
+        schema={"id": pl.String, "kept": pl.Boolean, "filter": pl.String, "reason": pl.String}
+    )
 
 
 def _filter_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
@@ -160,8 +168,12 @@ def _filter_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
     total = decisions.height
     kept = int(decisions["kept"].sum()) if total else 0
     dropped_by = Counter(decisions["filter"].drop_nulls().to_list())
-    stats: dict[str, Any] = {"rows_in": total, "rows": kept, "dropped": total - kept,
-                             "keep_rate": round(kept / total, 4) if total else 0.0}
+    stats: dict[str, Any] = {
+        "rows_in": total,
+        "rows": kept,
+        "dropped": total - kept,
+        "keep_rate": round(kept / total, 4) if total else 0.0,
+    }
     seen = total
     for name in names:
         dropped = dropped_by.get(name, 0)
@@ -192,8 +204,9 @@ def run_dedup(spec: Spec) -> StageResult:
         kept_ids = pl.concat(kept_rows) if kept_rows else pl.DataFrame(schema={"id": pl.String})
         metadata = _dedup_stats(filtered.num_rows, kept_ids.height, dupes, totals)
         writer.write_aux("duplicates", dupes)
-        shards = writer.commit(inputs={FILTERED: filtered.version}, spec=spec.resolved(),
-                               **metadata)
+        shards = writer.commit(
+            inputs={FILTERED: filtered.version}, spec=spec.resolved(), **metadata
+        )
         index.commit()
     shard_of = _shard_of(shards)
     catalog = Catalog(spec.catalog)
@@ -204,15 +217,24 @@ def run_dedup(spec: Spec) -> StageResult:
 
 
 def _no_duplicates() -> pl.DataFrame:
-    return pl.DataFrame(schema={"id": pl.String, "duplicate_of": pl.String,
-                                "method": pl.String, "similarity": pl.Float64})
+    return pl.DataFrame(
+        schema={
+            "id": pl.String,
+            "duplicate_of": pl.String,
+            "method": pl.String,
+            "similarity": pl.Float64,
+        }
+    )
 
 
 def _shard_of(shards: ShardSet) -> pl.DataFrame:
-    frames = [pl.read_parquet(f, columns=["id"]).with_columns(pl.lit(str(f)).alias("shard"))
-              for f in shards.files]
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.String,
-                                                                 "shard": pl.String})
+    frames = [
+        pl.read_parquet(f, columns=["id"]).with_columns(pl.lit(str(f)).alias("shard"))
+        for f in shards.files
+    ]
+    return (
+        pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.String, "shard": pl.String})
+    )
 
 
 def _dedup_stats(rows_in: int, rows: int, dupes: pl.DataFrame, totals: Counter) -> dict[str, Any]:
@@ -235,8 +257,12 @@ def check_product(spec: Spec, product: str) -> ValidationReport:
     """Run the product's Great Expectations suite on its current shard set."""
     v = spec.validation
     return validate_shardset(
-        _current(spec, product), product, min_chars=v.min_chars, max_chars=v.max_chars,
-        min_rows=v.min_rows, unique_text=product == DEDUPLICATED,
+        _current(spec, product),
+        product,
+        min_chars=v.min_chars,
+        max_chars=v.max_chars,
+        min_rows=v.min_rows,
+        unique_text=product == DEDUPLICATED,
     )
 
 
@@ -245,12 +271,15 @@ def source_fingerprint(spec: Spec, source_name: str) -> str:
     the built-in source the installed distributions and Python version."""
     source = spec.source(source_name)
     if source.kind == "python_env":
-        dists = sorted(f"{d.metadata['Name']}=={d.version}"
-                       for d in importlib.metadata.distributions())
+        dists = sorted(
+            f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        )
         parts = [sys.version, *dists]
     else:
-        parts = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-                 for p in source_files(source, spec.base_dir)]
+        parts = [
+            f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in source_files(source, spec.base_dir)
+        ]
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()
 
 
@@ -260,16 +289,35 @@ def summary(spec: Spec) -> list[dict[str, Any]]:
     products = [raw_product(s.name) for s in spec.sources] + [FILTERED, DROPPED, DEDUPLICATED]
     for product in products:
         if not has_current(spec.product_dir(product)):
-            out.append({"product": product, "rows": 0, "detail": "not materialized",
-                        "version": ""})
+            out.append({"product": product, "rows": 0, "detail": "not materialized", "version": ""})
             continue
         shards = _current(spec, product)
-        m = shards.manifest
-        detail = {
-            FILTERED: f"keep rate {m.get('keep_rate')}",
-            DROPPED: f"{m.get('dropped')} dropped with reasons",
-            DEDUPLICATED: f"{m.get('removed', '')} duplicates removed",
-        }.get(product, f"{m.get('quarantined', 0)} quarantined")
-        out.append({"product": product, "rows": shards.num_rows, "detail": detail,
-                    "version": shards.version})
+        detail = _detail(product, shards.manifest)
+        out.append(
+            {
+                "product": product,
+                "rows": shards.num_rows,
+                "detail": detail,
+                "version": shards.version,
+            }
+        )
     return out
+
+
+def _detail(product: str, m: dict[str, Any]) -> str:
+    if product == FILTERED:
+        rates = ", ".join(
+            f"{k.removeprefix('keep_rate_')} {v}"
+            for k, v in m.items()
+            if k.startswith("keep_rate_")
+        )
+        return f"keep rate {m.get('keep_rate')} ({rates})"
+    if product == DROPPED:
+        return f"{m.get('dropped')} dropped, each with its reason"
+    if product == DEDUPLICATED:
+        return (
+            f"{m.get('removed')} removed ({m.get('removed_exact')} exact, "
+            f"{m.get('removed_minhash')} near) in {m.get('clusters')} clusters; "
+            f"dedup rate {m.get('dedup_rate')}"
+        )
+    return f"{m.get('quarantined', 0)} quarantined {m.get('quarantine_by_reason') or ''}".strip()

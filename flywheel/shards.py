@@ -126,8 +126,15 @@ class ShardSet:
 
 
 def _dtype(name: str) -> pl.DataType:
-    simple = {"String": pl.String, "Int64": pl.Int64, "Int32": pl.Int32, "UInt64": pl.UInt64,
-              "UInt32": pl.UInt32, "Float64": pl.Float64, "Boolean": pl.Boolean}
+    simple = {
+        "String": pl.String,
+        "Int64": pl.Int64,
+        "Int32": pl.Int32,
+        "UInt64": pl.UInt64,
+        "UInt32": pl.UInt32,
+        "Float64": pl.Float64,
+        "Boolean": pl.Boolean,
+    }
     return simple.get(name, pl.String)
 
 

@@ -36,8 +36,10 @@ class Outcome:
         where = f" on {self.column}" if self.column else ""
         if self.success:
             return f"{self.expectation}{where}: ok"
-        return (f"{self.expectation}{where}: {self.unexpected} of {self.total} rows failed"
-                f" (e.g. {self.sample[:3]})")
+        return (
+            f"{self.expectation}{where}: {self.unexpected} of {self.total} rows failed"
+            f" (e.g. {self.sample[:3]})"
+        )
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ def validate_documents(
         gxe.ExpectColumnValuesToNotBeNull(column="id"),
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToNotBeNull(column="source"),
-        gxe.ExpectColumnValuesToBeBetween(column="n_chars", min_value=min_chars,
-                                          max_value=max_chars),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="n_chars", min_value=min_chars, max_value=max_chars
+        ),
     ]
     if unique_text:
         expectations.append(gxe.ExpectColumnValuesToBeUnique(column="norm_hash"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import pydoc_data.topics
 import textwrap
 from pathlib import Path
 
-import pydoc_data.topics
 import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")

@@ -10,33 +10,61 @@ from flywheel.catalog import Catalog
 
 def _docs(source: str, ids: list[str]) -> pl.DataFrame:
     n = len(ids)
-    return pl.DataFrame({
-        "doc_id": ids, "source": [source] * n, "source_id": ids, "path": ["/x.jsonl"] * n,
-        "offset": list(range(n)), "content_hash": ids, "n_chars": [10] * n, "shard": ["s0"] * n,
-    })
+    return pl.DataFrame(
+        {
+            "doc_id": ids,
+            "source": [source] * n,
+            "source_id": ids,
+            "path": ["/x.jsonl"] * n,
+            "offset": list(range(n)),
+            "content_hash": ids,
+            "n_chars": [10] * n,
+            "shard": ["s0"] * n,
+        }
+    )
 
 
 def _quarantine(source: str) -> pl.DataFrame:
-    return pl.DataFrame({"source": [source], "path": ["/x.jsonl"], "offset": [99],
-                         "reason": ["invalid_json"], "detail": ["bad"], "raw": ["b'{'"]})
+    return pl.DataFrame(
+        {
+            "source": [source],
+            "path": ["/x.jsonl"],
+            "offset": [99],
+            "reason": ["invalid_json"],
+            "detail": ["bad"],
+            "raw": ["b'{'"],
+        }
+    )
 
 
 def test_lineage_of_kept_dropped_and_duplicate(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.duckdb")
     cat.record_source("web", _docs("web", ["a", "b", "c", "d"]), _quarantine("web"), "v1")
-    cat.record_filter_decisions(pl.DataFrame({
-        "id": ["a", "b", "c", "d"], "kept": [True, False, True, True],
-        "filter": [None, "gopher_quality", None, None],
-        "reason": [None, "word_count 3 < 20", None, None]}), "f1")
+    cat.record_filter_decisions(
+        pl.DataFrame(
+            {
+                "id": ["a", "b", "c", "d"],
+                "kept": [True, False, True, True],
+                "filter": [None, "gopher_quality", None, None],
+                "reason": [None, "word_count 3 < 20", None, None],
+            }
+        ),
+        "f1",
+    )
     cat.record_dedup(
         pl.DataFrame({"id": ["a", "d"], "shard": ["k0", "k0"]}),
-        pl.DataFrame({"id": ["c"], "duplicate_of": ["a"], "method": ["minhash"],
-                      "similarity": [0.91]}), "d1")
+        pl.DataFrame(
+            {"id": ["c"], "duplicate_of": ["a"], "method": ["minhash"], "similarity": [0.91]}
+        ),
+        "d1",
+    )
     assert cat.document_lineage("a")["status"] == "kept in k0"
     assert cat.document_lineage("a")["cluster"] == ["a", "c"]
-    assert cat.document_lineage("b")["status"] == "dropped by filter gopher_quality: word_count 3 < 20"
+    assert (
+        cat.document_lineage("b")["status"] == "dropped by filter gopher_quality: word_count 3 < 20"
+    )
     c = cat.document_lineage("c")
-    assert c["status"] == "removed as a minhash duplicate of a (similarity 0.910)"
+    assert c["status"] == "removed as near-duplicate of a by minhash dedup (similarity 0.910)"
     assert c["source"] == "web" and c["offset"] == 2
     with pytest.raises(KeyError, match="not in the catalog"):
         cat.document_lineage("zzz")
@@ -71,9 +99,18 @@ def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
 
     path = tmp_path / "c.duckdb"
     Catalog(path)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, time, sys; c = duckdb.connect(sys.argv[1]); "
-        "print('locked', flush=True); time.sleep(1.5)"), str(path)], stdout=subprocess.PIPE)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, time, sys; c = duckdb.connect(sys.argv[1]); "
+                "print('locked', flush=True); time.sleep(1.5)"
+            ),
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert holder.stdout.readline().strip() == b"locked"
     monkeypatch.setattr(catalog_module, "LOCK_WAIT_S", 30.0)
     started = time.monotonic()

@@ -61,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"flywheel dedup: error: {e}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - started
-    print(f"dedup: {totals['docs']} docs, {totals['kept']} kept, {totals['removed']} removed "
-          f"({totals['exact_removed']} exact, {totals['minhash_removed']} minhash) in "
-          f"{seconds:.2f} s -> {args.output}")
+    print(
+        f"dedup: {totals['docs']} docs, {totals['kept']} kept, {totals['removed']} removed "
+        f"({totals['exact_removed']} exact, {totals['minhash_removed']} minhash) in "
+        f"{seconds:.2f} s -> {args.output}"
+    )
     return 0
 
 
@@ -93,8 +95,9 @@ def _dedup(args: argparse.Namespace) -> dict[str, int]:
         totals, duplicates = _run_batches(args, index, staging)
         _merge_kept(sorted(staging.glob("kept-*.parquet")), args.output / "kept.parquet")
         dupes = pl.concat(duplicates, how="vertical_relaxed") if duplicates else None
-        atomic_write_parquet(dupes if dupes is not None else _empty_duplicates(),
-                             args.output / "duplicates.parquet")
+        atomic_write_parquet(
+            dupes if dupes is not None else _empty_duplicates(), args.output / "duplicates.parquet"
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     index.commit()
@@ -114,11 +117,14 @@ def _run_batches(args, index: DedupIndex, staging: Path) -> tuple[dict[str, int]
         if result.duplicates.height:
             removed = ids.filter(~keep)
             duplicates.append(
-                pl.DataFrame({"id": removed,
-                              "duplicate_of": _as_dtype(result.duplicates["duplicate_of"],
-                                                        ids.dtype),
-                              "method": result.duplicates["method"],
-                              "similarity": result.duplicates["similarity"]})
+                pl.DataFrame(
+                    {
+                        "id": removed,
+                        "duplicate_of": _as_dtype(result.duplicates["duplicate_of"], ids.dtype),
+                        "method": result.duplicates["method"],
+                        "similarity": result.duplicates["similarity"],
+                    }
+                )
             )
         for k in keys:
             totals[k] += result.stats[k]
@@ -184,8 +190,9 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
         raise InputError(f"cannot read {path} as Parquet: {e}") from None
     missing = [c for c in ("id", "text") if c not in file.schema_arrow.names]
     if missing:
-        raise InputError(f"{path} has no {missing[0]!r} column (columns: "
-                         f"{', '.join(file.schema_arrow.names)})")
+        raise InputError(
+            f"{path} has no {missing[0]!r} column (columns: {', '.join(file.schema_arrow.names)})"
+        )
     for batch in file.iter_batches(batch_size=batch_size):
         yield pl.from_arrow(batch)
 
@@ -211,12 +218,14 @@ def _record(line: bytes, path: Path, lineno: int) -> dict[str, Any]:
     try:
         record = json.loads(line)
     except ValueError as e:
-        raise InputError(f"{path}:{lineno}: invalid JSON ({e})") from None
+        raise InputError(f"{path}, line {lineno}: invalid JSON ({e})") from None
     if not isinstance(record, dict):
-        raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        raise InputError(
+            f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}"
+        )
     for field in ("id", "text"):
         if field not in record:
-            raise InputError(f"{path}:{lineno}: record has no {field!r} field")
+            raise InputError(f"{path}, line {lineno}: record has no {field!r} field")
     return record
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from flywheel.dedup import lsh, store
+from flywheel.dedup import lsh, store, verify
 from flywheel.dedup.minhash import HASH_SCHEME, MinHasher
 from flywheel.dedup.settings import DedupSettings
 
@@ -40,6 +40,7 @@ DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
 }
 KEPT, EXACT, MINHASH = 0, 1, 2
 _PAIR_BLOCK = 65_536  # candidate pairs verified at once: 2 x 65536 x 128 x 4 B = 64 MiB
+_SKETCH_BLOCK = 4096  # pairs per sketch verification: <= 4096 x 2 x 512 keys = 32 MiB
 _METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)
 
 
@@ -82,7 +83,7 @@ class DedupIndex:
         self.path = None if path is None else Path(path)
         s = self.settings
         self.bands, self.rows = s.resolve_bands()
-        self.hasher = MinHasher(s.num_perm, s.ngram, s.lowercase, s.seed)
+        self.hasher = MinHasher(s.num_perm, s.ngram, s.lowercase, s.seed, s.sketch_size)
         self._ids: list[str] = []
         self._order_of: dict[str, int] = {}
         self._first_exact: dict[int, int] = {}  # exact hash -> order of its first document
@@ -93,7 +94,10 @@ class DedupIndex:
             "exact": _Column(np.uint64),
             "lsh": _Column(np.bool_),
             "sig": _Column(np.uint32, s.num_perm),
+            "sk_len": _Column(np.int64),  # bottom-m sketch length (0: none stored)
+            "sk_off": _Column(np.int64),  # where it starts in _sketches
         }
+        self._sketches = _Column(np.uint32)  # every sketch, concatenated in order
         self._buckets: list[pl.DataFrame] = []  # (order, band, key) of lsh docs < _bucketed
         self._bucketed = 0
         self._committed = 0
@@ -120,8 +124,16 @@ class DedupIndex:
 
     def fingerprint(self) -> dict[str, Any]:
         s = self.settings
-        return {"hash_scheme": HASH_SCHEME, "num_perm": s.num_perm, "ngram": s.ngram,
-                "lowercase": s.lowercase, "seed": s.seed, "bands": self.bands, "rows": self.rows}
+        return {
+            "hash_scheme": HASH_SCHEME,
+            "num_perm": s.num_perm,
+            "ngram": s.ngram,
+            "lowercase": s.lowercase,
+            "seed": s.seed,
+            "bands": self.bands,
+            "rows": self.rows,
+            "sketch_size": s.sketch_size,
+        }
 
     def commit(self) -> None:
         """Persist the documents added since the last commit (no-op in memory): a new part
@@ -130,7 +142,8 @@ class DedupIndex:
         if self.path is None or self._committed == len(self):
             return
         c = self._committed
-        columns = {k: col.values[c:] for k, col in self._cols.items()}
+        columns = {k: col.values[c:] for k, col in self._cols.items() if k != "sk_off"}
+        columns["sk_values"] = self._sketches.values[self._cols["sk_off"].values[c] :]
         entry = store.write_part(self.path, len(self._parts), {"id": self._ids[c:], **columns})
         parts = [*self._parts, entry]
         store.write_manifest(self.path, self.fingerprint(), parts)
@@ -142,6 +155,9 @@ class DedupIndex:
 
     def _append(self, ids: list[str], columns: dict[str, np.ndarray]) -> None:
         n0 = len(self._ids)
+        lengths = columns["sk_len"]
+        columns["sk_off"] = self._sketches.n + np.cumsum(lengths) - lengths
+        self._sketches.append(columns["sk_values"])
         for k, col in self._cols.items():
             col.append(columns[k])
         self._ids.extend(ids)
@@ -171,8 +187,12 @@ class DedupIndex:
         self._append(list(fresh), columns)
         result = self._result(ids, orders)
         mb = sum(len(texts[p].encode("utf-8", "surrogatepass")) for p in new_pos) / 1e6
-        result.stats.update(stats, new_docs=len(new_pos), mb=round(mb, 6),
-                            seconds=round(time.perf_counter() - started, 6))
+        result.stats.update(
+            stats,
+            new_docs=len(new_pos),
+            mb=round(mb, 6),
+            seconds=round(time.perf_counter() - started, 6),
+        )
         return result
 
     def _process(self, texts: list[str], n0: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -184,61 +204,133 @@ class DedupIndex:
         method = np.zeros(m, dtype=np.int8)
         similarity = np.zeros(m, dtype=np.float64)
         if s.exact:
-            seen: dict[int, int] = {}
-            for j, h in enumerate(exact.tolist()):
-                first = self._first_exact.get(h, seen.get(h))
-                if first is None:
-                    seen[h] = n0 + j
-                else:
-                    parent[j], method[j], similarity[j] = first, EXACT, 1.0
+            self._exact_parents(exact, n0, parent, method, similarity)
         fresh = method != EXACT
         started = time.perf_counter()
-        sig = np.empty((m, s.num_perm), dtype=np.uint32)
-        sig[fresh] = self.hasher.signatures_normalized([norms[j] for j in np.flatnonzero(fresh)])
+        sk = self.hasher.sketches([norms[j] for j in np.flatnonzero(fresh)])
         sig_seconds = time.perf_counter() - started
+        sig = np.empty((m, s.num_perm), dtype=np.uint32)
+        sig[fresh] = sk.sig
+        # an exact copy keeps no sketch: it never enters LSH buckets, so is never verified
+        sk_len = np.zeros(m, dtype=np.int64)
+        sk_len[fresh] = sk.lengths
         for j in np.flatnonzero(~fresh):  # an exact copy has its original's signature
             p = parent[j]
             sig[j] = self._cols["sig"].values[p] if p < n0 else sig[p - n0]
         in_lsh = fresh & np.fromiter((bool(t) for t in norms), dtype=np.bool_, count=m)
-        stats = {"signature_seconds": round(sig_seconds, 6), "candidate_pairs": 0,
-                 "verified_pairs": 0, "bands": self.bands, "rows": self.rows}
+        stats = {
+            "signature_seconds": round(sig_seconds, 6),
+            "candidate_pairs": 0,
+            "verified_pairs": 0,
+            "bands": self.bands,
+            "rows": self.rows,
+        }
         if s.minhash and in_lsh.any():
-            stats.update(self._near_duplicates(sig, in_lsh, n0, parent, method, similarity))
-        root = np.arange(n0, n0 + m, dtype=np.int64)
-        old_root = self._cols["root"].values
-        for j in np.flatnonzero(parent >= 0):  # parents come first, so are already resolved
-            p = parent[j]
-            root[j] = old_root[p] if p < n0 else root[p - n0]
-        columns = {"root": root, "method": method, "similarity": similarity, "exact": exact,
-                   "lsh": in_lsh, "sig": sig}
+            new = (sig, sk.values, np.cumsum(sk_len) - sk_len, sk_len)
+            stats.update(self._near_duplicates(new, in_lsh, n0, parent, method, similarity))
+        columns = {
+            "root": self._roots(parent, n0),
+            "method": method,
+            "similarity": similarity,
+            "exact": exact,
+            "lsh": in_lsh,
+            "sig": sig,
+            "sk_len": sk_len,
+            "sk_values": sk.values,
+        }
         return columns, stats
 
-    def _near_duplicates(self, sig, in_lsh, n0, parent, method, similarity) -> dict[str, int]:
-        """LSH candidates of the new docs in ``in_lsh``, verified; fills parent/method/sim."""
+    def _exact_parents(self, exact, n0: int, parent, method, similarity) -> None:
+        """Mark each new doc whose normalized-text hash was seen before (in the index or
+        earlier in the batch) as an exact duplicate of the first doc with that hash."""
+        seen: dict[int, int] = {}
+        for j, h in enumerate(exact.tolist()):
+            first = self._first_exact.get(h, seen.get(h))
+            if first is None:
+                seen[h] = n0 + j
+            else:
+                parent[j], method[j], similarity[j] = first, EXACT, 1.0
+
+    def _roots(self, parent: np.ndarray, n0: int) -> np.ndarray:
+        """Each new doc's root: itself if kept, else its parent's root (a parent is always
+        earlier, so one pass in order resolves every chain)."""
+        root = np.arange(n0, n0 + parent.size, dtype=np.int64)
+        old_root = self._cols["root"].values
+        for j in np.flatnonzero(parent >= 0):
+            p = parent[j]
+            root[j] = old_root[p] if p < n0 else root[p - n0]
+        return root
+
+    def _near_duplicates(self, new, in_lsh, n0, parent, method, similarity) -> dict[str, int]:
+        """LSH candidates of the new docs in ``in_lsh``, verified; fills parent/method/sim.
+        ``new`` is (signatures, sketch values, sketch offsets, sketch lengths) of the batch."""
+        sig = new[0]
         keys = lsh.band_keys(sig[in_lsh], self.bands, self.rows)
-        new = lsh.bucket_frame(n0 + np.flatnonzero(in_lsh), keys)
-        pairs = lsh.candidate_pairs(self._bucket_table(n0), new, self.settings.bucket_window)
+        frame = lsh.bucket_frame(n0 + np.flatnonzero(in_lsh), keys)
+        pairs = lsh.candidate_pairs(self._bucket_table(n0), frame, self.settings.bucket_window)
         doc, other = pairs["doc"].to_numpy(), pairs["other"].to_numpy()
-        agree = np.empty(doc.size, dtype=np.int64)
-        for b in range(0, doc.size, _PAIR_BLOCK):
-            rows_a = self._signature_rows(sig, n0, doc[b : b + _PAIR_BLOCK])
-            rows_b = self._signature_rows(sig, n0, other[b : b + _PAIR_BLOCK])
-            agree[b : b + _PAIR_BLOCK] = lsh.agreeing_rows(rows_a, rows_b)
-        need = lsh.min_agreements(self.settings.threshold, self.settings.num_perm)
-        ok = agree >= need if self.settings.verify else np.ones(doc.size, dtype=np.bool_)
+        sim, ok = self._verify(new, n0, doc, other)
         # each doc's parent: its earliest verified candidate
         best = (
-            pl.DataFrame({"doc": doc[ok], "other": other[ok], "agree": agree[ok]})
+            pl.DataFrame({"doc": doc[ok], "other": other[ok], "sim": sim[ok]})
             .sort("doc", "other")
             .unique("doc", keep="first")
         )
         j = best["doc"].to_numpy() - n0
         parent[j] = best["other"].to_numpy()
         method[j] = MINHASH
-        similarity[j] = best["agree"].to_numpy() / self.settings.num_perm
-        self._buckets.append(new)
+        similarity[j] = best["sim"].to_numpy()
+        self._buckets.append(frame)
         self._bucketed = n0 + len(sig)
         return {"candidate_pairs": int(doc.size), "verified_pairs": int(ok.sum())}
+
+    def _verify(self, new, n0: int, doc: np.ndarray, other: np.ndarray):
+        """(similarity, accepted) of candidate pairs, per ``settings.verify``."""
+        s = self.settings
+        agree = np.empty(doc.size, dtype=np.int64)
+        for b in range(0, doc.size, _PAIR_BLOCK):
+            rows_a = self._signature_rows(new[0], n0, doc[b : b + _PAIR_BLOCK])
+            rows_b = self._signature_rows(new[0], n0, other[b : b + _PAIR_BLOCK])
+            agree[b : b + _PAIR_BLOCK] = lsh.agreeing_rows(rows_a, rows_b)
+        sim = agree / s.num_perm
+        if s.verify == "none":
+            return sim, np.ones(doc.size, dtype=np.bool_)
+        if s.verify == "signature":
+            return sim, agree >= lsh.min_agreements(s.threshold, s.num_perm)
+        lo, hi = verify.signature_margins(s.threshold, s.num_perm)
+        unsure = np.flatnonzero((agree >= lo) & (agree < hi))
+        for b in range(0, unsure.size, _SKETCH_BLOCK):
+            u = unsure[b : b + _SKETCH_BLOCK]
+            a_side = self._sketch_rows(new, n0, doc[u])
+            b_side = self._sketch_rows(new, n0, other[u])
+            sim[u] = verify.sketch_jaccard(a_side, b_side, s.sketch_size)
+        ok = sim >= s.threshold - 1e-12
+        ok[agree < lo] = False
+        ok[agree >= hi] = True
+        return sim, ok
+
+    def _sketch_rows(self, new, n0: int, orders: np.ndarray):
+        """(values, lengths) of the sketches of documents ``orders`` (old or new), in order."""
+        old = orders < n0
+        parts = []
+        if old.any():
+            col = self._cols
+            parts.append(
+                verify.ragged_take(
+                    self._sketches.values, col["sk_off"].values, col["sk_len"].values, orders[old]
+                )
+            )
+        if (~old).any():
+            parts.append(verify.ragged_take(new[1], new[2], new[3], orders[~old] - n0))
+        if len(parts) == 1:
+            return parts[0]
+        # restore the input order: sort the (old, new) concatenation by position
+        position = np.concatenate([np.flatnonzero(old), np.flatnonzero(~old)])
+        values = np.concatenate([parts[0][0], parts[1][0]])
+        lengths = np.concatenate([parts[0][1], parts[1][1]])
+        inv = np.argsort(position, kind="stable")
+        starts = np.cumsum(lengths) - lengths
+        return verify.ragged_take(values, starts, lengths, inv)
 
     def _signature_rows(self, sig: np.ndarray, n0: int, orders: np.ndarray) -> np.ndarray:
         """Signatures of documents by order: old ones from the index, new ones from ``sig``."""
@@ -258,7 +350,9 @@ class DedupIndex:
             self._buckets.append(lsh.bucket_frame(docs, keys))
             self._bucketed = n0
         if len(self._buckets) > 1:
-            self._buckets = [pl.concat(self._buckets, rechunk=False)]  # no O(index) copy
+            # no O(index) copy per batch; compact once the chunks pile up (amortized O(1))
+            table = pl.concat(self._buckets, rechunk=False)
+            self._buckets = [table.rechunk() if table.n_chunks() > 32 else table]
         if not self._buckets:
             return pl.DataFrame(schema={"order": pl.Int64, "band": pl.Int16, "key": pl.UInt64})
         return self._buckets[0]
@@ -277,9 +371,13 @@ class DedupIndex:
             },
             schema=DUPLICATES_SCHEMA,
         )
-        stats = {"docs": len(ids), "kept": int(keep.sum()), "removed": int(gone.size),
-                 "exact_removed": int((method == EXACT).sum()),
-                 "minhash_removed": int((method == MINHASH).sum())}
+        stats = {
+            "docs": len(ids),
+            "kept": int(keep.sum()),
+            "removed": int(gone.size),
+            "exact_removed": int((method == EXACT).sum()),
+            "minhash_removed": int((method == MINHASH).sum()),
+        }
         return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
 
 

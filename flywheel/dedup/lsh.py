@@ -1,6 +1,6 @@
 """Banded LSH over MinHash signatures: bucket keys, candidate pairs and their verification.
 
-    python -c "from flywheel.dedup.lsh import *; print(s_curve(0.8, 9, 13))"
+    python -c "from flywheel.dedup.lsh import *; print(s_curve(0.8, 16, 8))"
 
 Why bands. Two documents with Jaccard similarity s agree on any one signature row with
 probability s (the MinHash property), so on all r rows of a band with probability s^r, and
@@ -8,21 +8,28 @@ share at least one of b independent bands (become candidates) with probability
 
     P(s) = 1 - (1 - s^r)^b,
 
-an S-curve rising from ~0 to ~1. Its steepest point (the "threshold" it implies) is near
-where P'' = 0; the usual closed form sets the expected number of colliding bands b * s^r to 1:
+an S-curve rising from ~0 to ~1. It rises around the s where one band is expected to collide,
+b * s^r = 1: there s^r = 1/b and P = 1 - (1 - 1/b)^b ~ 1 - 1/e ~ 0.63, so the similarity the
+layout implies is
 
     s* ~ (1/b)^(1/r).
 
 More bands move s* down (more recall, more candidates); more rows make the curve steeper and
 move it up. ``DedupSettings.resolve_bands`` lets datasketch's optimizer choose (b, r) with
 b * r <= num_perm, minimizing w_fp * (area under P below t) + w_fn * (area above P past t).
-With num_perm = 128 and t = 0.8 at equal weights that is b = 9, r = 13: s* = 9^(-1/13) ~ 0.84,
-P(0.80) ~ 0.40, P(0.90) ~ 0.93, P(0.95) ~ 0.9997, P(0.70) ~ 0.08, P(0.50) ~ 0.001.
 
-Why verification. Sharing a band is a coin flip near the threshold, so every candidate pair is
-checked by the fraction of the num_perm signature rows on which the two agree, an unbiased
-estimate of s with standard deviation sqrt(s (1 - s) / num_perm) (0.035 at s = 0.8, k = 128);
-only pairs with agreement >= threshold are duplicates. This is what gives precision.
+Equal weights put s* ABOVE t: at num_perm = 128, t = 0.8 they give b = 9, r = 13, s* ~ 0.84
+and P(0.80) ~ 0.40, P(0.85) ~ 0.69: half of the pairs near the threshold never become
+candidates (bench/dedup.py measured recall 0.89 that way). A false positive of LSH only costs
+one verification, a false negative is a missed duplicate, so the defaults weigh them 0.05 /
+0.95, which gives b = 16, r = 8: s* = 16^(-1/8) ~ 0.71 and
+
+    P(0.5) ~ 0.06   P(0.6) ~ 0.24   P(0.7) ~ 0.61   P(0.75) ~ 0.82   P(0.8) ~ 0.947
+    P(0.85) ~ 0.994   P(0.9) ~ 0.9999
+
+(a pair at J = 0.8 is missed with probability 0.053; most such docs have several near
+duplicates, each another chance). Verification (``flywheel.dedup.verify``) then restores the
+precision: a candidate counts only if its similarity is >= t.
 
 Which pairs. A bucket (band, key) of m documents has m(m-1)/2 pairs; a boilerplate paragraph
 can put thousands of documents in one bucket. Each member is therefore compared only with the

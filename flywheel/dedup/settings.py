@@ -7,7 +7,8 @@ Validated by pydantic; ``resolve_bands`` turns them into the (bands, rows) LSH l
 
 from __future__ import annotations
 
-from typing import Self
+import functools
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,14 +35,21 @@ class DedupSettings(BaseModel):
     rows: int | None = Field(
         None, ge=1, description="Signature rows per LSH band r; None: chosen with bands."
     )
+    # LSH false positives cost one verification each, false negatives are missed duplicates:
+    # at 0.05 / 0.95 the optimizer picks b=16, r=8 for t=0.8 (P(candidate | J=0.8) = 0.947)
+    # where 0.5 / 0.5 picks b=9, r=13 (0.40); see flywheel.dedup.lsh for the S-curves
     false_positive_weight: float = Field(
-        0.5, ge=0.0, description="Optimizer weight of LSH false positives when choosing b, r."
+        0.05, ge=0.0, description="Optimizer weight of LSH false positives when choosing b, r."
     )
     false_negative_weight: float = Field(
-        0.5, ge=0.0, description="Optimizer weight of LSH false negatives when choosing b, r."
+        0.95, ge=0.0, description="Optimizer weight of LSH false negatives when choosing b, r."
     )
-    verify: bool = Field(
-        True, description="Keep only LSH candidates whose signature agreement >= threshold."
+    # sketch: exact Jaccard for docs under sketch_size shingles (see flywheel.dedup.verify)
+    verify: Literal["sketch", "signature", "none"] = Field(
+        "sketch", description="Candidate check: bottom-m sketch Jaccard, signature agreement, none."
+    )
+    sketch_size: int = Field(
+        512, ge=0, le=65536, description="Shingle hashes kept per doc for verification (bottom m)."
     )
     bucket_window: int = Field(
         8, ge=1, description="Earlier bucket members (besides the first) each doc is compared to."
@@ -51,11 +59,16 @@ class DedupSettings(BaseModel):
     def _check_bands(self) -> Self:
         if (self.bands is None) != (self.rows is None):
             raise ValueError("set both bands and rows, or neither (the optimizer then picks both)")
-        if self.bands is not None and self.rows is not None:
-            if self.bands * self.rows > self.num_perm:
-                raise ValueError(
-                    f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
-                )
+        if (
+            self.bands is not None
+            and self.rows is not None
+            and self.bands * self.rows > self.num_perm
+        ):
+            raise ValueError(
+                f"bands * rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}"
+            )
+        if self.verify == "sketch" and self.sketch_size == 0:
+            raise ValueError('verify="sketch" needs sketch_size > 0')
         if self.false_positive_weight + self.false_negative_weight <= 0:
             raise ValueError("false_positive_weight + false_negative_weight must be positive")
         return self
@@ -69,9 +82,14 @@ class DedupSettings(BaseModel):
         """
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
-        from datasketch.lsh import _optimal_param
-
-        b, r = _optimal_param(
+        return _optimal(
             self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight
         )
-        return int(b), int(r)
+
+
+@functools.lru_cache(maxsize=64)
+def _optimal(threshold: float, num_perm: int, fp: float, fn: float) -> tuple[int, int]:
+    from datasketch.lsh import _optimal_param  # imports scipy: only when needed, once
+
+    b, r = _optimal_param(threshold, num_perm, fp, fn)
+    return int(b), int(r)

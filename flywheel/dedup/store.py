@@ -5,7 +5,8 @@
 
 A part holds, per document in arrival order: id (string), root (arrival order of the kept
 document it resolves to), method (0 kept, 1 exact, 2 minhash), similarity, exact (normalized-
-text hash), lsh (whether it sits in LSH buckets) and sig (its MinHash signature). Parts are
+text hash), lsh (whether it sits in LSH buckets), sig (its MinHash signature) and sketch (its
+bottom-m shingle hashes, for verification; empty for exact copies). Parts are
 written first and the manifest last, each atomically (``flywheel.shards``), so a crash before
 the manifest is replaced leaves the previous index exactly as it was; a part that no manifest
 names is an orphan from such a crash and is deleted by the next commit. One writer at a time.
@@ -57,8 +58,9 @@ def check_fingerprint(path: Path, manifest: dict[str, Any], expected: dict[str, 
 def write_manifest(path: Path, fingerprint: dict[str, Any], parts: list[dict[str, Any]]) -> None:
     docs = sum(p["rows"] for p in parts)
     updated = datetime.now(UTC).isoformat()
-    atomic_write_json(Path(path) / MANIFEST, {**fingerprint, "parts": parts, "docs": docs,
-                                              "updated": updated})
+    atomic_write_json(
+        Path(path) / MANIFEST, {**fingerprint, "parts": parts, "docs": docs, "updated": updated}
+    )
 
 
 def write_part(path: Path, number: int, columns: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def write_part(path: Path, number: int, columns: dict[str, Any]) -> dict[str, An
             "exact": pl.Series(columns["exact"], dtype=pl.UInt64),
             "lsh": pl.Series(columns["lsh"], dtype=pl.Boolean),
             "sig": pl.Series(columns["sig"]),
+            "sketch": _list_series(columns["sk_values"], columns["sk_len"]),
         }
     )
     atomic_write_parquet(frame, Path(path) / name)
@@ -83,8 +86,10 @@ def write_part(path: Path, number: int, columns: dict[str, Any]) -> dict[str, An
 def read_part(path: Path, entry: dict[str, Any], num_perm: int) -> dict[str, Any]:
     frame = pl.read_parquet(Path(path) / entry["file"])
     if frame.height != entry["rows"]:
-        raise ValueError(f"dedup index part {entry['file']} has {frame.height} rows, "
-                         f"the manifest says {entry['rows']}")
+        raise ValueError(
+            f"dedup index part {entry['file']} has {frame.height} rows, "
+            f"the manifest says {entry['rows']}"
+        )
     sig = frame["sig"].to_numpy() if frame.height else np.empty((0, num_perm), np.uint32)
     return {
         "id": frame["id"].to_list(),
@@ -94,7 +99,30 @@ def read_part(path: Path, entry: dict[str, Any], num_perm: int) -> dict[str, Any
         "exact": frame["exact"].to_numpy(),
         "lsh": frame["lsh"].to_numpy(),
         "sig": np.ascontiguousarray(sig, dtype=np.uint32),
+        **_list_arrays(frame["sketch"]),
     }
+
+
+def _list_series(values: np.ndarray, lengths: np.ndarray) -> pl.Series:
+    """A List(UInt32) column from concatenated values and per-row lengths (no Python loop)."""
+    import pyarrow as pa
+
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    array = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, pa.uint32()))
+    return pl.Series("sketch", array)
+
+
+def _list_arrays(column: pl.Series) -> dict[str, np.ndarray]:
+    """Inverse of ``_list_series``: {"sk_values": concatenated values, "sk_len": lengths}."""
+    import pyarrow as pa
+
+    array = column.to_arrow()
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], array.type)
+    offsets = np.asarray(array.offsets, dtype=np.int64)
+    values = np.asarray(array.values, dtype=np.uint32)[offsets[0] : offsets[-1]]
+    return {"sk_values": np.ascontiguousarray(values), "sk_len": np.diff(offsets)}
 
 
 def remove_orphans(path: Path, parts: list[dict[str, Any]]) -> None:

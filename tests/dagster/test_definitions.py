@@ -68,7 +68,7 @@ def test_data_group_materializes_in_process(small_spec: Path) -> None:
     catalog = Catalog(spec.catalog)
     near = catalog.query("SELECT doc_id FROM documents WHERE source_id = 'near1'")["doc_id"][0]
     facts = catalog.document_lineage(near)
-    assert facts["status"].startswith("removed as a minhash duplicate of corpus-")
+    assert facts["status"].startswith("removed as near-duplicate of corpus-")
     assert facts["source"] == "corpus" and facts["path"].endswith("corpus.jsonl")
     assert len(facts["cluster"]) == 2
 
@@ -94,8 +94,15 @@ def test_validation_frame_flags_duplicates(tmp_path: Path) -> None:
     from flywheel.validation import validate_shardset
 
     with ShardWriter(tmp_path / "p") as w:
-        w.write(pl.DataFrame({"id": ["a", "b", "c"], "source": ["s"] * 3,
-                              "text": ["Hello  World", "hello world", "other"]}))
+        w.write(
+            pl.DataFrame(
+                {
+                    "id": ["a", "b", "c"],
+                    "source": ["s"] * 3,
+                    "text": ["Hello  World", "hello world", "other"],
+                }
+            )
+        )
         shards = w.commit()
     report = validate_shardset(shards, "dedup", unique_text=True)
     assert not report.success

@@ -1,0 +1,57 @@
+"""The flywheel command line, run in-process on a materialized small spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flywheel import pipeline
+from flywheel.catalog import Catalog
+from flywheel.cli import main
+from flywheel.spec import load_spec
+from tests.conftest import write_spec
+
+
+def test_check_valid_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = write_spec(tmp_path, "name: ok\n")
+    assert main(["check", str(good)]) == 0
+    assert "spec 'ok' is valid" in capsys.readouterr().out
+    bad = write_spec(tmp_path, "filters:\n  gopher_quality:\n    min_wrds: 3\n")
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "filters.gopher_quality.min_wrds: unknown key (did you mean 'min_words'?)" in err
+    assert "Traceback" not in err
+
+
+def test_check_with_overrides_and_explain(tmp_path: Path, capsys) -> None:
+    spec = write_spec(tmp_path, "name: ok\n")
+    assert main(["check", str(spec), "dedup.threshold=2"]) == 2
+    assert "dedup.threshold" in capsys.readouterr().err
+    assert main(["check", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "dedup.threshold = 0.8  #" in out and "ingest.batch_rows = 2000  #" in out
+
+
+def test_summary_and_lineage(small_spec: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = load_spec(small_spec)
+    assert main(["summary", "--spec", str(small_spec)]) == 0
+    assert "not materialized" in capsys.readouterr().out
+    pipeline.run_ingest(spec, "corpus")
+    pipeline.run_filters(spec)
+    pipeline.run_dedup(spec)
+    assert main(["summary", "--spec", str(small_spec), "--json"]) == 0
+    rows = {r["product"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["raw_corpus"]["rows"] == 32
+    assert rows["deduplicated_shards"]["rows"] == rows["filtered_documents"]["rows"] - 2
+
+    exact = Catalog(spec.catalog).query("SELECT doc_id FROM documents WHERE source_id = 'exact0'")[
+        "doc_id"
+    ][0]
+    assert main(["lineage", exact, "--spec", str(small_spec), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["status"].startswith("removed as exact duplicate of corpus-")
+    assert facts["offset"] > 0 and facts["source_id"] == "exact0"
+    assert main(["lineage", "nope", "--spec", str(small_spec)]) == 2
+    assert "not in the catalog" in capsys.readouterr().err
