@@ -6,18 +6,19 @@ The Dagster layer runs these as blocking asset checks; they also run by hand:
 
 GX validates a compact per-document frame (id, source, length, normalized-text hash) rather
 than the texts, so a check of a shard set costs memory proportional to its row count, not its
-bytes. The normalized hash is computed with polars, independently of the dedup engine whose
-output it checks.
+bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
+from flywheel.dedup import normalize
 from flywheel.shards import ShardSet
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home
@@ -59,20 +60,35 @@ class ValidationReport:
 
 
 def validation_frame(shardset: ShardSet) -> pl.DataFrame:
-    """id, source, n_chars and a hash of the normalized text (lower-cased, whitespace
-    collapsed: the same normalization exact dedup uses) for every row of the set."""
-    text = pl.col("text")
-    norm = text.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
-    return (
-        shardset.scan()
-        .select(
-            "id",
-            "source",
-            text.str.len_chars().alias("n_chars"),
-            norm.hash(seed=0).cast(pl.String).alias("norm_hash"),
+    """id, source, n_chars and a hash of the normalized text for every row of the set, read
+    one shard at a time. The normalization is the one that defines an exact duplicate
+    (``flywheel.dedup.normalize``: lower-cased, words joined by single spaces); the hash is
+    computed here, apart from the dedup engine whose output it checks."""
+    frames = []
+    for batch in shardset.iter_batches(columns=["id", "source", "text"]):
+        digests = [
+            hashlib.blake2b(
+                normalize(t).encode("utf-8", "surrogatepass"), digest_size=16
+            ).hexdigest()
+            for t in batch["text"]
+        ]
+        frames.append(
+            batch.select(
+                "id",
+                "source",
+                pl.col("text").str.len_chars().alias("n_chars"),
+                pl.Series("norm_hash", digests, dtype=pl.String),
+            )
         )
-        .collect()
-    )
+    if not frames:
+        schema = {
+            "id": pl.String,
+            "source": pl.String,
+            "n_chars": pl.UInt32,
+            "norm_hash": pl.String,
+        }
+        return pl.DataFrame(schema=schema)
+    return pl.concat(frames)
 
 
 def validate_documents(
