@@ -10,11 +10,12 @@ export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui check bench lint format clean
+.PHONY: install demo test test-fast ui check defs bench lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dagster,dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dagster,dev]' \
+		> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,6 +43,9 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/dedup.py
+
+defs: $(STAMP)  ## check that the definitions load, through dg
+	source $(BIN)/activate && dg check defs
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
