@@ -180,6 +180,11 @@ def _filter_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
         stats[f"dropped_{name}"] = dropped
         stats[f"keep_rate_{name}"] = round(1 - dropped / seen, 4) if seen else 1.0
         seen -= dropped
+    # which rule dropped how many: the reason's first word names the rule ("word_count 12 < 20")
+    rules = decisions.filter(~pl.col("kept")).select(
+        pl.format("dropped_{}.{}", "filter", pl.col("reason").str.split(" ").list.first())
+    )
+    stats |= dict(sorted(Counter(rules.to_series().to_list()).items()))
     return stats
 
 
@@ -188,7 +193,7 @@ def run_dedup(spec: Spec) -> StageResult:
     """Exact + MinHash LSH dedup of the filtered set against the persistent index."""
     filtered = _current(spec, FILTERED)
     index = DedupIndex.open(spec.dedup_index_dir, spec.dedup)
-    duplicates, kept_rows, preview = [], [], []
+    duplicates, preview, n_kept = [], [], 0
     totals: Counter[str] = Counter()
     writer = ShardWriter(spec.product_dir(DEDUPLICATED), spec.ingest.shard_rows)
     with writer:
@@ -196,21 +201,19 @@ def run_dedup(spec: Spec) -> StageResult:
             result = index.add(batch["id"].to_list(), batch["text"].to_list())
             kept = batch.filter(pl.Series(result.keep))
             writer.write(kept)
-            kept_rows.append(kept.select("id"))
+            n_kept += kept.height
             duplicates.append(result.duplicates)
             preview.append(kept.head(PREVIEW_ROWS))
             totals.update({k: v for k, v in result.stats.items() if isinstance(v, int | float)})
         dupes = pl.concat(duplicates) if duplicates else _no_duplicates()
-        kept_ids = pl.concat(kept_rows) if kept_rows else pl.DataFrame(schema={"id": pl.String})
-        metadata = _dedup_stats(filtered.num_rows, kept_ids.height, dupes, totals)
+        metadata = _dedup_stats(filtered.num_rows, n_kept, dupes, totals)
         writer.write_aux("duplicates", dupes)
         shards = writer.commit(
             inputs={FILTERED: filtered.version}, spec=spec.resolved(), **metadata
         )
         index.commit()
-    shard_of = _shard_of(shards)
     catalog = Catalog(spec.catalog)
-    catalog.record_dedup(kept_ids.join(shard_of, on="id", how="left"), dupes, shards.version)
+    catalog.record_dedup(_shard_of(shards), dupes, shards.version)
     catalog.record_materialization(DEDUPLICATED, shards.version, spec.fingerprint(), metadata)
     sample = pl.concat(preview).head(PREVIEW_ROWS) if preview else pl.DataFrame()
     return StageResult(DEDUPLICATED, shards, metadata, _sample(sample) if len(sample) else sample)
