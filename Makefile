@@ -26,7 +26,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## materialize the whole graph through Dagster, print a summary
 	$(BIN)/flywheel check
-	$(BIN)/dagster job execute -f definitions.py -d . -j flywheel_job
+	source $(BIN)/activate && dg launch --job flywheel_job
 	$(BIN)/flywheel summary
 
 test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)

@@ -1,7 +1,7 @@
 """The one Dagster ``Definitions`` of this flywheel, built from the spec.
 
     dagster dev -w workspace.yaml        (or: dg dev / make ui)
-    dagster job execute -f definitions.py -d . -j flywheel_job
+    dg launch --job flywheel_job          (what make demo runs)
 
 The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
 names): one raw asset per source, then the curation stages. A spec error fails the load with

@@ -159,6 +159,12 @@ class Catalog:
             raise KeyError(f"document {doc_id!r} is not in the catalog {self.path}")
         row = rows[0]
         row["cluster"] = self.cluster(row["duplicate_of"] or doc_id)
+        if row["duplicate_of"]:
+            kept = self.query(
+                "SELECT source, source_id, path FROM documents WHERE doc_id = ?",
+                [row["duplicate_of"]],
+            ).to_dicts()
+            row["duplicate_of_origin"] = kept[0] if kept else None
         row["status"] = _status(row)
         return row
 

@@ -66,6 +66,7 @@ def test_lineage_of_kept_dropped_and_duplicate(tmp_path: Path) -> None:
     c = cat.document_lineage("c")
     assert c["status"] == "removed as near-duplicate of a by minhash dedup (similarity 0.910)"
     assert c["source"] == "web" and c["offset"] == 2
+    assert c["duplicate_of_origin"] == {"source": "web", "source_id": "a", "path": "/x.jsonl"}
     with pytest.raises(KeyError, match="not in the catalog"):
         cat.document_lineage("zzz")
     assert cat.counts()["quarantine"] == 1

@@ -1,5 +1,5 @@
-"""The main command's path: ``dagster job execute`` in a subprocess, multiprocess executor,
-a Dagster home on disk, the spec chosen by ``FLYWHEEL_SPEC`` (as ``make demo`` runs it)."""
+"""The main command's path: ``dg launch --job flywheel_job`` in a subprocess (multiprocess
+executor), a Dagster home on disk, the spec chosen by ``FLYWHEEL_SPEC``, as ``make demo``."""
 
 from __future__ import annotations
 
@@ -25,9 +25,15 @@ def test_dagster_job_execute_materializes_and_records_the_run(
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "FLYWHEEL_SPEC": str(small_spec)}
-    dagster = Path(sys.executable).parent / "dagster"
-    cmd = [str(dagster), "job", "execute", "-f", "definitions.py", "-d", ".", "-j", "flywheel_job"]
+    venv = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "FLYWHEEL_SPEC": str(small_spec),
+        "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}",  # what `source .venv/bin/activate` does
+        "VIRTUAL_ENV": str(venv.parent),
+    }
+    cmd = [str(venv / "dg"), "launch", "--job", "flywheel_job"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
