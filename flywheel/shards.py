@@ -29,6 +29,8 @@ from typing import Any
 
 import polars as pl
 
+from flywheel import __version__
+
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
 KEEP_VERSIONS = 2  # committed versions kept per root: the current one and the one before
@@ -221,6 +223,7 @@ class ShardWriter:
             "schema": self._schema,
             "aux": self._aux,
             "created_at": datetime.now(UTC).isoformat(),
+            "code_version": __version__,
             **metadata,
         }
         atomic_write_json(self.staging / MANIFEST, manifest)
