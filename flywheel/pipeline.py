@@ -24,7 +24,7 @@ import polars as pl
 from flywheel.catalog import Catalog
 from flywheel.dedup import DedupIndex
 from flywheel.documents import DROPPED_SCHEMA
-from flywheel.filters import apply_filters, build_filters
+from flywheel.filters import apply_filters, build_filters, decision_stats
 from flywheel.ingest import ingest_source, source_files
 from flywheel.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.spec import Spec
@@ -163,29 +163,29 @@ def _no_decisions() -> pl.DataFrame:
 
 
 def _filter_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
-    """Keep rate per filter: of the documents a filter saw, the share it passed. A document
-    is seen by every filter up to (and including) the first one that drops it."""
-    total = decisions.height
-    kept = int(decisions["kept"].sum()) if total else 0
-    dropped_by = Counter(decisions["filter"].drop_nulls().to_list())
-    stats: dict[str, Any] = {
-        "rows_in": total,
-        "rows": kept,
-        "dropped": total - kept,
-        "keep_rate": round(kept / total, 4) if total else 0.0,
+    """``decision_stats`` flattened into Dagster metadata: keep rate per filter (of the
+    documents a filter saw, the share it passed) and drops per rule."""
+    stats = decision_stats(decisions, names)
+    flat: dict[str, Any] = {
+        "rows_in": stats["documents"],
+        "rows": stats["kept"],
+        "dropped": stats["dropped"],
+        "keep_rate": _rounded(stats["keep_rate"], 0.0),
     }
-    seen = total
-    for name in names:
-        dropped = dropped_by.get(name, 0)
-        stats[f"dropped_{name}"] = dropped
-        stats[f"keep_rate_{name}"] = round(1 - dropped / seen, 4) if seen else 1.0
-        seen -= dropped
-    # which rule dropped how many: the reason's first word names the rule ("word_count 12 < 20")
-    rules = decisions.filter(~pl.col("kept")).select(
-        pl.format("dropped_{}.{}", "filter", pl.col("reason").str.split(" ").list.first())
-    )
-    stats |= dict(sorted(Counter(rules.to_series().to_list()).items()))
-    return stats
+    for name, f in stats["filters"].items():
+        flat[f"dropped_{name}"] = f["dropped"]
+        flat[f"keep_rate_{name}"] = _rounded(f["keep_rate"], 1.0)
+    rules = {
+        f"dropped_{name}.{rule}": count
+        for name, f in stats["filters"].items()
+        for rule, count in f["rules"].items()
+    }
+    return flat | dict(sorted(rules.items()))
+
+
+def _rounded(rate: float | None, empty: float) -> float:
+    """A rate for the UI to plot: 4 decimals, ``empty`` when nothing was evaluated."""
+    return empty if rate is None else round(rate, 4)
 
 
 # -- deduplication -----------------------------------------------------------------------

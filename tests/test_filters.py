@@ -544,3 +544,16 @@ def test_apply_filters_edge_cases() -> None:
         apply_filters(pl.DataFrame({"id": ["a"]}), [])
     with pytest.raises(ValueError, match="unique"):
         apply_filters(_frame(["a"]), [Silent(), Silent()])
+
+
+def test_decision_stats_over_batches_match_one_pass() -> None:
+    from flywheel.filters import decision_stats
+
+    texts = [*topics.values(), "too short", "", "a b c"]
+    df = pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts})
+    filters = build_filters(FilterSettings())
+    whole = apply_filters(df, filters)
+    parts = [apply_filters(df.slice(i, 20), filters).decisions for i in range(0, df.height, 20)]
+    names = [f.name for f in filters]
+    assert decision_stats(pl.concat(parts), names) == whole.stats
+    assert whole.stats["dropped"] >= 3

@@ -10,7 +10,13 @@ Each filter is an object with ``name`` and ``keep(text) -> (kept, reason)``. ``F
     outcome.kept, outcome.dropped, outcome.decisions, outcome.stats
 """
 
-from flywheel.filters.apply import Filter, FilterOutcome, apply_filters, build_filters
+from flywheel.filters.apply import (
+    Filter,
+    FilterOutcome,
+    apply_filters,
+    build_filters,
+    decision_stats,
+)
 from flywheel.filters.c4 import C4Filter
 from flywheel.filters.gopher import GopherQualityFilter, GopherRepetitionFilter
 from flywheel.filters.settings import (
@@ -31,5 +37,6 @@ __all__ = [
     "GopherRepetitionFilter",
     "GopherRepetitionSettings",
     "apply_filters",
+    "decision_stats",
     "build_filters",
 ]

@@ -96,6 +96,11 @@ def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> FilterOutcome:
     )
 
 
+def decision_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
+    """``apply_filters``' stats, recomputed from decisions gathered over many batches."""
+    return _stats(names, decisions["filter"].to_list(), decisions["reason"].to_list())
+
+
 def _first_rejection(filters: list[Filter], text: str) -> tuple[str | None, str | None]:
     for f in filters:
         ok, reason = f.keep(text)
