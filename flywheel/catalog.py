@@ -45,6 +45,18 @@ CREATE TABLE IF NOT EXISTS duplicates (
 CREATE TABLE IF NOT EXISTS deduplicated (
     doc_id VARCHAR PRIMARY KEY, shard VARCHAR, version VARCHAR
 );
+CREATE TABLE IF NOT EXISTS tokenized_documents (
+    doc_id VARCHAR, split VARCHAR, seq_start BIGINT, seq_end BIGINT, tokens BIGINT,
+    version VARCHAR
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    checkpoint VARCHAR PRIMARY KEY, stage VARCHAR, path VARCHAR, parent VARCHAR,
+    inputs JSON, metrics JSON, spec_fingerprint VARCHAR, created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS eval_scores (
+    checkpoint VARCHAR, eval_version VARCHAR, metric VARCHAR, value DOUBLE,
+    created_at TIMESTAMP
+);
 CREATE TABLE IF NOT EXISTS materializations (
     product VARCHAR, version VARCHAR, spec_fingerprint VARCHAR, code_version VARCHAR,
     created_at TIMESTAMP, metadata JSON
@@ -117,6 +129,51 @@ class Catalog:
             con.execute("INSERT INTO deduplicated SELECT * FROM kept_f")
             con.execute("INSERT INTO duplicates SELECT * FROM dup_f")
 
+    def record_tokenized(self, spans: pl.DataFrame, version: str) -> None:
+        """Which documents (``id``, ``split``) went into which packed sequences of a version."""
+        frame = spans.select("id", "split", "seq_start", "seq_end", "tokens")
+        with self.connect() as con, _transaction(con):
+            con.register("spans", frame.with_columns(pl.lit(version).alias("version")))
+            con.execute("DELETE FROM tokenized_documents WHERE version = ?", [version])
+            con.execute("INSERT INTO tokenized_documents SELECT * FROM spans")
+
+    def record_checkpoint(
+        self,
+        checkpoint: str,
+        stage: str,
+        path: Path,
+        parent: str | None,
+        inputs: dict[str, Any],
+        metrics: dict[str, Any],
+        spec_fingerprint: str,
+    ) -> None:
+        """A published checkpoint and what it was trained from (dataset, tokenizer, parent)."""
+        with self.connect() as con, _transaction(con):
+            con.execute("DELETE FROM checkpoints WHERE checkpoint = ?", [checkpoint])
+            con.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    checkpoint,
+                    stage,
+                    str(path),
+                    parent,
+                    json.dumps(inputs, default=str),
+                    json.dumps(metrics, default=str),
+                    spec_fingerprint,
+                    datetime.now(UTC),
+                ],
+            )
+
+    def record_eval(self, checkpoint: str, eval_version: str, metrics: dict[str, float]) -> None:
+        now = datetime.now(UTC)
+        with self.connect() as con, _transaction(con):
+            con.execute("DELETE FROM eval_scores WHERE eval_version = ?", [eval_version])
+            for metric, value in metrics.items():
+                con.execute(
+                    "INSERT INTO eval_scores VALUES (?, ?, ?, ?, ?)",
+                    [checkpoint, eval_version, metric, float(value), now],
+                )
+
     def record_materialization(
         self, product: str, version: str, spec_fingerprint: str, metadata: dict[str, Any]
     ) -> None:
@@ -167,6 +224,40 @@ class Catalog:
             row["duplicate_of_origin"] = kept[0] if kept else None
         row["status"] = _status(row)
         return row
+
+    def checkpoint_lineage(self, checkpoint: str) -> dict[str, Any]:
+        """A checkpoint, its chain of parents, and the training documents of its dataset."""
+        chain: list[dict[str, Any]] = []
+        current: str | None = checkpoint
+        while current is not None and len(chain) < 100:
+            rows = self.query("SELECT * FROM checkpoints WHERE checkpoint = ?", [current])
+            if rows.height == 0:
+                break
+            row = rows.row(0, named=True)
+            row["inputs"] = json.loads(row["inputs"] or "{}")
+            row["metrics"] = json.loads(row["metrics"] or "{}")
+            chain.append(row)
+            current = row["parent"]
+        if not chain:
+            raise KeyError(f"checkpoint {checkpoint!r} is not in the catalog")
+        docs: dict[str, int] = {}
+        for row in chain:
+            version = row["inputs"].get("tokenized_dataset")
+            if version:
+                n = self.query(
+                    "SELECT count(*) AS n FROM tokenized_documents "
+                    "WHERE version = ? AND split = 'train'",
+                    [version],
+                )["n"][0]
+                docs[version] = int(n)
+        return {"checkpoint": checkpoint, "chain": chain, "training_documents": docs}
+
+    def training_documents(self, dataset_version: str) -> pl.DataFrame:
+        return self.query(
+            "SELECT doc_id, seq_start, seq_end, tokens FROM tokenized_documents "
+            "WHERE version = ? AND split = 'train' ORDER BY seq_start",
+            [dataset_version],
+        )
 
     def cluster(self, root: str) -> list[str]:
         """The kept document ``root`` and every document removed as its duplicate."""

@@ -24,6 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from flywheel.dedup.settings import DedupSettings
 from flywheel.filters import FilterSettings
 from flywheel.ingest import PythonEnvSource, SourceSpec
+from flywheel.train.settings import (
+    EvalSettings,
+    ModelSettings,
+    PackingSettings,
+    PretrainSettings,
+    SftSettings,
+    TokenizerSettings,
+)
 
 DEFAULT_SPEC = "flywheel.yaml"
 SPEC_ENV = "FLYWHEEL_SPEC"
@@ -77,6 +85,24 @@ class Spec(_Model):
     )
     validation: ValidationSettings = Field(
         default_factory=ValidationSettings, description="Great Expectations asset checks."
+    )
+    tokenizer: TokenizerSettings = Field(
+        default_factory=TokenizerSettings, description="Byte-level BPE trained on the shards."
+    )
+    packing: PackingSettings = Field(
+        default_factory=PackingSettings, description="Packed fixed-length training sequences."
+    )
+    model: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model trained (config or local path)."
+    )
+    pretrain: PretrainSettings = Field(
+        default_factory=PretrainSettings, description="Next-token pre-training."
+    )
+    sft: SftSettings = Field(
+        default_factory=SftSettings, description="Supervised fine-tuning with TRL."
+    )
+    eval: EvalSettings = Field(
+        default_factory=EvalSettings, description="Held-out perplexity and task accuracy."
     )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -148,8 +174,20 @@ def parse_spec(raw: dict[str, Any], path: Path) -> Spec:
     base = path.parent
     spec.data_dir = (base / spec.data_dir).resolve()
     spec.catalog = (base / spec.catalog).resolve()
+    _resolve_paths(spec, base)
     spec._base_dir = base
     return spec
+
+
+def _resolve_paths(spec: Spec, base: Path) -> None:
+    """Resolve the training plane's optional local paths against the spec's directory."""
+    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.eval.tasks]
+    for owner in owners:
+        if getattr(owner, "path", None) is not None:
+            owner.path = (base / owner.path).resolve()
+    for train in (spec.pretrain, spec.sft):
+        if train.accelerate_config is not None:
+            train.accelerate_config = (base / train.accelerate_config).resolve()
 
 
 def format_errors(exc: ValidationError, path: Path) -> str:

@@ -1,0 +1,80 @@
+"""Launch a training or evaluation stage out of process, the same way with or without Dagster.
+
+    flywheel train pretrain --spec flywheel.yaml      # == accelerate launch -m flywheel.train.pretrain
+    flywheel train sft --spec flywheel.yaml
+    flywheel train eval --spec flywheel.yaml          # one process, no accelerate
+
+The stage reads a *resolved* spec file (absolute paths, defaults filled in), written next to
+its outputs, so the exact inputs of every run are on disk. ``num_processes > 1`` adds
+``--multi_gpu``: on CUDA that is one rank per GPU (NCCL); on CPU the entry points build their
+``Accelerator(cpu=True)``, which gives real gloo ranks (``accelerate launch --cpu`` would
+silently start one process). An ``accelerate_config`` file (FSDP, DeepSpeed, multi-node)
+replaces these flags; see ``configs/accelerate/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from flywheel.spec import Spec
+
+STAGES = {
+    "pretrain": "flywheel.train.pretrain",
+    "sft": "flywheel.train.sft",
+    "eval": "flywheel.eval",
+}
+PRODUCTS = {"pretrain": "pretrained_checkpoint", "sft": "sft_checkpoint", "eval": "eval_scores"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_run_spec(spec: Spec, stage: str) -> Path:
+    """Write the resolved spec for one stage run; the file name is its content hash."""
+    resolved = spec.resolved()
+    blob = json.dumps(resolved, sort_keys=True).encode()
+    path = spec.product_dir(PRODUCTS[stage]) / "specs" / f"{hashlib.sha256(blob).hexdigest()[:16]}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        tmp.replace(path)
+    return path
+
+
+def command(stage: str, spec: Spec, spec_file: Path) -> list[str]:
+    """The argv that runs ``stage`` on ``spec_file``: ``accelerate launch`` for training."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    module = STAGES[stage]
+    if stage == "eval":
+        return [sys.executable, "-m", module, "--spec", str(spec_file)]
+    train = spec.pretrain if stage == "pretrain" else spec.sft
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if train.accelerate_config is not None:
+        cmd += ["--config_file", str(train.accelerate_config)]
+        cmd += ["--num_processes", str(train.num_processes)]
+    else:
+        cmd += ["--num_machines", "1", "--num_processes", str(train.num_processes)]
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+        if train.num_processes > 1:
+            cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
+    return [*cmd, "-m", module, "--spec", str(spec_file)]
+
+
+def run_stage(stage: str, spec: Spec) -> int:
+    """Run a stage by hand (no Dagster): write its spec, launch it, return its exit code."""
+    spec_file = write_run_spec(spec, stage)
+    argv = command(stage, spec, spec_file)
+    print("$ " + " ".join(argv), file=sys.stderr, flush=True)
+    return subprocess.call(argv)
