@@ -10,7 +10,7 @@ export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui check defs bench lint format clean
+.PHONY: install demo test test-fast ui check defs bench bench-gpu lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,12 @@ ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## the Dagster UI on the same home ma
 check: $(STAMP)
 	$(BIN)/flywheel check
 
-bench: $(STAMP)
+bench: $(STAMP)  ## CPU benchmarks, each against its baseline in the same run
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/train.py
+
+bench-gpu: $(STAMP)  ## on a CUDA machine: tokens/s and MFU of ~110M and ~0.9B Llama models
+	$(BIN)/python bench/train_gpu.py
 
 defs: $(STAMP)  ## check that the definitions load, through dg
 	source $(BIN)/activate && dg check defs

@@ -4,7 +4,8 @@
     dg launch --job flywheel_job          (what make demo runs)
 
 The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
-names): one raw asset per source, then the curation stages. A spec error fails the load with
+names): one raw asset per source, then the curation stages, then the training plane
+(tokenizer, packed dataset, pre-training, SFT, evaluation). A spec error fails the load with
 the spec's own message, which the UI shows as the code location's error.
 """
 
@@ -12,7 +13,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import FlywheelResource, build_document_assets, build_document_checks
+from assets import (
+    FlywheelResource,
+    build_document_assets,
+    build_document_checks,
+    build_training_assets,
+)
 from flywheel.spec import load_spec, spec_path
 from jobs import JOBS
 from sensors import build_sensors
@@ -24,11 +30,11 @@ def build_definitions(
     spec = load_spec(path, overrides)
     resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides or [])
     return dg.Definitions(
-        assets=build_document_assets(spec),
+        assets=[*build_document_assets(spec), *build_training_assets(spec)],
         asset_checks=build_document_checks(spec),
         jobs=JOBS,
         sensors=build_sensors(spec),
-        resources={"flywheel": resource},
+        resources={"flywheel": resource, "pipes": dg.PipesSubprocessClient()},
     )
 
 

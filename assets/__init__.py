@@ -3,5 +3,11 @@
 from assets.checks import build_document_checks
 from assets.documents import build_document_assets
 from assets.resources import FlywheelResource
+from assets.training import build_training_assets
 
-__all__ = ["FlywheelResource", "build_document_assets", "build_document_checks"]
+__all__ = [
+    "FlywheelResource",
+    "build_document_assets",
+    "build_document_checks",
+    "build_training_assets",
+]

@@ -4,6 +4,8 @@ flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
 flywheel lineage DOC_ID [--spec SPEC] [--json]           where a document came from
 flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
+flywheel train STAGE [--spec SPEC] [key.path=value ...]  tokenizer | pack | pretrain | sft | eval
+flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
 """
 
 from __future__ import annotations
@@ -54,6 +56,46 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Run one training-plane stage by hand, exactly as its Dagster asset does."""
+    spec = load_spec(args.spec, args.overrides)
+    if args.stage == "tokenizer":
+        from flywheel.tokenizer import build_tokenizer
+
+        artifact = build_tokenizer(spec)
+        print(f"tokenizer {artifact.version} at {artifact.path}")
+        return 0
+    if args.stage == "pack":
+        from flywheel.packing import build_tokenized_dataset
+
+        shards = build_tokenized_dataset(spec)
+        print(f"tokenized_dataset {shards.version}: {shards.num_rows} sequences at {shards.path}")
+        return 0
+    from flywheel.train.launch import run_stage
+
+    return run_stage(args.stage, spec)
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    from flywheel.catalog import Catalog
+
+    spec = load_spec(args.spec)
+    try:
+        facts = Catalog(spec.catalog).checkpoint_lineage(args.version)
+    except KeyError as exc:
+        print(f"flywheel checkpoint: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(facts, indent=2, default=str))
+        return 0
+    for row in facts["chain"]:
+        inputs = ", ".join(f"{k}={v}" for k, v in row["inputs"].items())
+        print(f"{row['stage']:>8} {row['checkpoint']}  <- {inputs}")
+    for version, n in facts["training_documents"].items():
+        print(f"{'':>8} {n} training documents in tokenized_dataset {version}")
+    return 0
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
@@ -86,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)
+
+    train = sub.add_parser("train", help="run a training-plane stage without Dagster")
+    train.add_argument("stage", choices=["tokenizer", "pack", "pretrain", "sft", "eval"])
+    train.add_argument("overrides", nargs="*", help="typed overrides, e.g. pretrain.steps=50")
+    train.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
+    train.set_defaults(func=_train)
+
+    ckpt = sub.add_parser("checkpoint", help="a checkpoint's parents, inputs and documents")
+    ckpt.add_argument("version")
+    ckpt.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
+    ckpt.add_argument("--json", action="store_true", help="machine-readable output")
+    ckpt.set_defaults(func=_checkpoint)
 
     register_dedup(sub)
     return parser

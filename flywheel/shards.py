@@ -66,17 +66,28 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_parquet(
-    df: pl.DataFrame | pl.LazyFrame, path: Path, compression: str = "zstd"
+    df: pl.DataFrame | pl.LazyFrame,
+    path: Path,
+    compression: str = "zstd",
+    row_group_size: int | None = None,
 ) -> None:
-    """Write ``df`` as one Parquet file, visible only once complete (a LazyFrame is streamed)."""
+    """Write ``df`` as one Parquet file, visible only once complete (a LazyFrame is streamed).
+
+    ``row_group_size`` caps rows per row group (Polars' default when None); small row groups
+    let readers such as ``flywheel.loader`` read a file a piece at a time.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
     try:
         if isinstance(df, pl.LazyFrame):
-            df.sink_parquet(tmp, compression=compression, statistics=True)
+            df.sink_parquet(
+                tmp, compression=compression, statistics=True, row_group_size=row_group_size
+            )
         else:
-            df.write_parquet(tmp, compression=compression, statistics=True)
+            df.write_parquet(
+                tmp, compression=compression, statistics=True, row_group_size=row_group_size
+            )
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -163,10 +174,17 @@ class ShardWriter:
     by the shard size. Nothing is visible to readers until ``commit``.
     """
 
-    def __init__(self, root: Path, shard_rows: int = 50_000, prefix: str = "part"):
+    def __init__(
+        self,
+        root: Path,
+        shard_rows: int = 50_000,
+        prefix: str = "part",
+        row_group_size: int | None = None,
+    ):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.shard_rows = shard_rows
+        self.row_group_size = row_group_size  # None: Polars' default
         self.prefix = prefix
         self.staging = self.root / f".staging-{uuid.uuid4().hex}"
         self.staging.mkdir()
@@ -200,14 +218,16 @@ class ShardWriter:
         head, tail = frame.head(n), frame.slice(n)
         self._buffer, self._buffered = ([tail] if tail.height else []), tail.height
         name = f"{self.prefix}-{len(self._shards):05d}.parquet"
-        atomic_write_parquet(head, self.staging / name)
+        atomic_write_parquet(head, self.staging / name, row_group_size=self.row_group_size)
         self._schema = {k: str(v) for k, v in head.schema.items()}
         self._shards.append(name)
         self._rows += head.height
 
     def write_aux(self, name: str, df: pl.DataFrame | pl.LazyFrame) -> None:
         """Write one auxiliary table (e.g. ``quarantine``) into this version."""
-        atomic_write_parquet(df, self.staging / f"{name}.parquet")
+        atomic_write_parquet(
+            df, self.staging / f"{name}.parquet", row_group_size=self.row_group_size
+        )
         if name not in self._aux:
             self._aux.append(name)
 

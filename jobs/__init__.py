@@ -1,4 +1,4 @@
-"""Jobs: the whole flywheel graph, and the document plane on its own."""
+"""Jobs: the whole flywheel graph, the document plane, and the training plane."""
 
 from __future__ import annotations
 
@@ -16,4 +16,10 @@ data_job = dg.define_asset_job(
     description="Raw corpora -> filtered documents -> deduplicated shards.",
 )
 
-JOBS = [flywheel_job, data_job]
+train_job = dg.define_asset_job(
+    "train_job",
+    selection=dg.AssetSelection.groups("train", "evaluate"),
+    description="Tokenizer -> packed dataset -> pre-training -> SFT -> evaluation.",
+)
+
+JOBS = [flywheel_job, data_job, train_job]

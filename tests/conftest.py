@@ -40,6 +40,29 @@ def corpus_jsonl(tmp_path: Path) -> Path:
     return path
 
 
+# The training plane at toy size: every stage runs in seconds on 2 CPU cores.
+TINY_TRAINING = """
+        tokenizer: {vocab_size: 400}
+        packing: {seq_len: 64, shard_rows: 256}
+        model:
+          config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+                   num_attention_heads: 2, num_key_value_heads: 2}
+        pretrain: {steps: 12, micro_batch: 4, warmup_steps: 2, save_every: 5, log_every: 2}
+        sft:
+          steps: 6
+          micro_batch: 4
+          warmup_steps: 1
+          save_every: 3
+          log_every: 1
+          max_length: 64
+          data: {kind: arithmetic, num_examples: 48}
+        eval:
+          perplexity_batches: 2
+          micro_batch: 4
+          tasks: [{name: arithmetic, kind: arithmetic, num_examples: 6, max_new_tokens: 4}]
+"""
+
+
 def write_spec(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "flywheel.yaml"
     path.write_text(textwrap.dedent(body))
@@ -61,5 +84,6 @@ def small_spec(tmp_path: Path, corpus_jsonl: Path) -> Path:
         filters:
           gopher_quality:
             min_words: 20
+        {TINY_TRAINING}
         """,
     )

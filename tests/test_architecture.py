@@ -1,4 +1,8 @@
-"""flywheel/ is a pure library: no module in it imports dagster, directly or at import time."""
+"""flywheel/ is a pure library: no module in it imports dagster, directly or at import time.
+
+The one exception is ``dagster_pipes``, the dependency-free Pipes protocol package made for
+external processes: training entry points use it (only in ``flywheel/train/report.py``, only
+when launched by Dagster) to stream logs and report their materialization."""
 
 import ast
 import subprocess
@@ -17,8 +21,15 @@ def test_no_module_imports_dagster() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path}: {n}" for n in names if n.split(".")[0].startswith("dagster")]
+            offenders += [f"{path}: {n}" for n in names if _is_dagster(n, path)]
     assert offenders == []
+
+
+def _is_dagster(module: str, path: Path) -> bool:
+    root = module.split(".")[0]
+    if root == "dagster_pipes":
+        return path.relative_to(PACKAGE).as_posix() != "train/report.py"
+    return root.startswith("dagster")
 
 
 def test_importing_every_module_loads_no_dagster() -> None:

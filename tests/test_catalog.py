@@ -118,3 +118,36 @@ def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
     Catalog(path).record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
     holder.wait()
     assert time.monotonic() - started > 0.5  # it did have to wait for the lock
+
+
+def test_checkpoint_lineage_follows_parents_to_documents(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    spans = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "split": ["train", "train", "heldout"],
+            "seq_start": [0, 1, 0],
+            "seq_end": [1, 3, 0],
+            "tokens": [40, 90, 10],
+        }
+    )
+    cat.record_tokenized(spans, "tok-v1")
+    cat.record_tokenized(spans, "tok-v1")  # re-recording a version replaces it
+    inputs = {"tokenized_dataset": "tok-v1", "tokenizer": "bpe-v1"}
+    cat.record_checkpoint("pre-1", "pretrain", tmp_path / "p", None, inputs, {"loss": 3.0}, "f")
+    cat.record_checkpoint("sft-1", "sft", tmp_path / "s", "pre-1", {"sft_data": "x"}, {}, "f")
+    facts = cat.checkpoint_lineage("sft-1")
+    assert [r["checkpoint"] for r in facts["chain"]] == ["sft-1", "pre-1"]
+    assert facts["chain"][1]["metrics"] == {"loss": 3.0}
+    assert facts["training_documents"] == {"tok-v1": 2}
+    assert cat.training_documents("tok-v1")["doc_id"].to_list() == ["a", "b"]
+    with pytest.raises(KeyError, match="not in the catalog"):
+        cat.checkpoint_lineage("nope")
+
+
+def test_eval_scores_are_replaced_per_eval_version(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.record_eval("sft-1", "e1", {"perplexity": 12.5, "accuracy/arith": 0.25})
+    cat.record_eval("sft-1", "e1", {"perplexity": 11.0})
+    rows = cat.query("SELECT metric, value FROM eval_scores WHERE eval_version = 'e1'")
+    assert rows.to_dicts() == [{"metric": "perplexity", "value": 11.0}]

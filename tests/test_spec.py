@@ -103,3 +103,40 @@ def test_fingerprint_tracks_content(tmp_path: Path) -> None:
     b = load_spec(write_spec(tmp_path, "name: x\ndedup: {threshold: 0.7}\n"))
     assert a.fingerprint() != b.fingerprint()
     assert a.resolved()["dedup"]["threshold"] == 0.8
+
+
+def test_training_sections_validate_with_key_paths(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        """
+        pretrain: {precision: fp8, lr: -1}
+        sft: {data: {kind: jsonl}}
+        model: {confg: {}}
+        """,
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert "pretrain.precision: Input should be 'auto', 'bf16', 'fp16' or 'fp32'" in msg
+    assert "pretrain.lr: Input should be greater than 0" in msg
+    assert "sft.data: sft.data.path is required for kind 'jsonl'" in msg
+    assert "model.confg: unknown key (did you mean 'config'?)" in msg
+
+
+def test_training_paths_resolve_against_the_spec(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        """
+        tokenizer: {path: tok}
+        sft: {data: {kind: jsonl, path: sft.jsonl}, accelerate_config: acc.yaml}
+        eval: {tasks: [{name: qa, kind: jsonl, path: qa.jsonl, verifier: exact}]}
+        """,
+    )
+    spec = load_spec(path, ["pretrain.steps=7", "model.config.hidden_size=64"])
+    assert spec.tokenizer.path == tmp_path / "tok"
+    assert spec.sft.data.path == tmp_path / "sft.jsonl"
+    assert spec.sft.accelerate_config == tmp_path / "acc.yaml"
+    assert spec.eval.tasks[0].path == tmp_path / "qa.jsonl"
+    assert spec.pretrain.steps == 7 and spec.model.config["hidden_size"] == 64
+    assert spec.model.config["model_type"] == "llama"  # merged over the default Llama
+    assert spec.model.config["num_hidden_layers"] == 4

@@ -68,8 +68,9 @@ def _sha256(path: Path) -> str:
 
 def _files(directory: Path) -> list[Path]:
     return sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST and
-        not p.name.startswith(".tmp-")
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".tmp-")
     )
 
 
@@ -105,7 +106,9 @@ def verify(directory: Path, deep: bool = True) -> Artifact:
     try:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"checkpoint {directory}: {MANIFEST} is not valid JSON: {exc}")
+        raise CheckpointError(
+            f"checkpoint {directory}: {MANIFEST} is not valid JSON: {exc}"
+        ) from None
     for rel, info in manifest.get("files", {}).items():
         path = directory / rel
         if not path.exists():
@@ -179,7 +182,7 @@ def read_current(root: Path, deep: bool = True) -> Artifact:
         older = [d for d in root.glob("v-*") if d.is_dir() and d.name < current.name]
         fallback = latest_valid(older, deep=deep)
         if fallback is None:
-            raise CheckpointError(f"{exc}; and no older good version exists under {root}")
+            raise CheckpointError(f"{exc}; and no older good version exists under {root}") from None
         log.error("%s; using the previous good version %s", exc, fallback.version)
         return fallback
 

@@ -1,6 +1,6 @@
 """Launch a training or evaluation stage out of process, the same way with or without Dagster.
 
-    flywheel train pretrain --spec flywheel.yaml      # == accelerate launch -m flywheel.train.pretrain
+    flywheel train pretrain --spec flywheel.yaml      # accelerate launch -m flywheel.train.pretrain
     flywheel train sft --spec flywheel.yaml
     flywheel train eval --spec flywheel.yaml          # one process, no accelerate
 
@@ -43,7 +43,11 @@ def write_run_spec(spec: Spec, stage: str) -> Path:
     """Write the resolved spec for one stage run; the file name is its content hash."""
     resolved = spec.resolved()
     blob = json.dumps(resolved, sort_keys=True).encode()
-    path = spec.product_dir(PRODUCTS[stage]) / "specs" / f"{hashlib.sha256(blob).hexdigest()[:16]}.yaml"
+    path = (
+        spec.product_dir(PRODUCTS[stage])
+        / "specs"
+        / f"{hashlib.sha256(blob).hexdigest()[:16]}.yaml"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         tmp = path.with_suffix(".tmp")

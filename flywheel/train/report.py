@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
@@ -69,6 +70,13 @@ class Reporter:
         else:
             shown = ", ".join(f"{k}={v}" for k, v in metadata.items() if _scalar(v))
             log.info("result (version %s): %s", data_version, shown)
+
+
+def loss_curve(losses: Sequence[tuple[int, float]], points: int = 20) -> list[list[float]]:
+    """(step, loss) at up to ``points`` evenly spaced entries, the first and last included."""
+    n, k = len(losses), min(points, len(losses))
+    idx = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
+    return [[losses[i][0], round(losses[i][1], 5)] for i in idx]
 
 
 def _scalar(v: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Model(BaseModel):
@@ -64,11 +64,14 @@ class ModelSettings(_Model):
         "sdpa", description="Attention kernel: SDPA picks flash/memory-efficient kernels itself."
     )
 
-    @model_validator(mode="after")
-    def _has_model_type(self) -> ModelSettings:
-        if self.path is None and "model_type" not in self.config:
-            raise ValueError("model.config needs a model_type (e.g. llama, qwen2, gpt2)")
-        return self
+    @field_validator("config", mode="before")
+    @classmethod
+    def _over_default_llama(cls, config: Any) -> Any:
+        # A partial Llama config (e.g. the override model.config.hidden_size=512) is merged
+        # over the default; another model_type starts from transformers' own defaults.
+        if isinstance(config, dict) and config.get("model_type", "llama") == "llama":
+            return {**_tiny_llama(), **config}
+        return config
 
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]

@@ -48,7 +48,7 @@ def test_graph_follows_the_spec(tmp_path: Path, corpus_jsonl: Path) -> None:
 @pytest.mark.integration
 def test_data_group_materializes_in_process(small_spec: Path) -> None:
     defs = build_definitions(str(small_spec))
-    result = defs.resolve_job_def("flywheel_job").execute_in_process(
+    result = defs.resolve_job_def("data_job").execute_in_process(
         instance=dg.DagsterInstance.ephemeral()
     )
     assert result.success
@@ -76,7 +76,7 @@ def test_data_group_materializes_in_process(small_spec: Path) -> None:
 @pytest.mark.integration
 def test_failing_blocking_check_stops_downstream(small_spec: Path) -> None:
     defs = build_definitions(str(small_spec), ["validation.max_chars=100"])
-    result = defs.resolve_job_def("flywheel_job").execute_in_process(
+    result = defs.resolve_job_def("data_job").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(), raise_on_error=False
     )
     assert not result.success

@@ -1,0 +1,136 @@
+"""The training plane: deduplicated shards -> tokenizer -> tokenized dataset -> pre-trained
+checkpoint -> SFT checkpoint -> eval scores.
+
+Tokenizer training and packing run in process (CPU, seconds). Training and evaluation run out
+of process: each asset writes the resolved spec, launches the same command that
+``flywheel train STAGE`` runs (``accelerate launch -m flywheel.train.pretrain ...``) through
+Dagster Pipes, and returns what rank 0 reported. They share the ``gpu`` concurrency pool, so
+two runs never fight over one accelerator.
+"""
+
+import dagster as dg
+from dagster import AssetExecutionContext, PipesSubprocessClient
+
+from assets.resources import FlywheelResource
+from flywheel.spec import Spec
+from flywheel.train import launch
+
+TRAIN, EVALUATE = "train", "evaluate"
+GPU_POOL = "gpu"
+
+
+def _launch(
+    stage: str,
+    context: AssetExecutionContext,
+    flywheel: FlywheelResource,
+    pipes: PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    spec = flywheel.spec()
+    spec_file = launch.write_run_spec(spec, stage)
+    command = launch.command(stage, spec, spec_file)
+    context.log.info("launching: " + " ".join(command))
+    result = pipes.run(context=context, command=command).get_materialize_result()
+    metadata = dict(result.metadata or {})
+    metadata["spec_file"] = dg.MetadataValue.path(str(spec_file))
+    if "checkpoint" in metadata:
+        metadata["checkpoint"] = dg.MetadataValue.path(str(_raw(metadata["checkpoint"])))
+    return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _raw(value: object) -> object:
+    return getattr(value, "value", value)
+
+
+def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
+    owners = spec.owners
+
+    @dg.asset(deps=["deduplicated_shards"], group_name=TRAIN, kinds={"huggingface"}, owners=owners)
+    def tokenizer(flywheel: FlywheelResource) -> dg.MaterializeResult:
+        """A byte-level BPE tokenizer trained on the deduplicated shards (or a local one)."""
+        from flywheel.tokenizer import build_tokenizer
+
+        artifact = build_tokenizer(flywheel.spec())
+        metadata = {k: v for k, v in artifact.meta.items() if isinstance(v, int | float | str)}
+        metadata["path"] = dg.MetadataValue.path(str(artifact.path))
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(artifact.version)
+        )
+
+    @dg.asset(
+        deps=[tokenizer, "deduplicated_shards"],
+        group_name=TRAIN,
+        kinds={"parquet", "pytorch"},
+        owners=owners,
+    )
+    def tokenized_dataset(flywheel: FlywheelResource) -> dg.MaterializeResult:
+        """Documents tokenized and packed into fixed-length sequences, plus a held-out split."""
+        from flywheel.packing import build_tokenized_dataset
+
+        shards = build_tokenized_dataset(flywheel.spec())
+        m = shards.manifest
+        metadata = {k: m[k] for k in _PACK_KEYS if isinstance(m.get(k), int | float | str)}
+        metadata["num_rows"] = shards.num_rows
+        metadata["path"] = dg.MetadataValue.path(str(shards.path))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(shards.version))
+
+    @dg.asset(
+        deps=[tokenized_dataset, tokenizer],
+        group_name=TRAIN,
+        kinds={"pytorch", "accelerate"},
+        owners=owners,
+        pool=GPU_POOL,
+    )
+    def pretrained_checkpoint(
+        context: AssetExecutionContext,
+        flywheel: FlywheelResource,
+        pipes: PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """A causal LM pre-trained on the packed dataset (next-token prediction, resumable)."""
+        return _launch("pretrain", context, flywheel, pipes)
+
+    @dg.asset(
+        deps=[pretrained_checkpoint],
+        group_name=TRAIN,
+        kinds={"pytorch", "trl"},
+        owners=owners,
+        pool=GPU_POOL,
+    )
+    def sft_checkpoint(
+        context: AssetExecutionContext,
+        flywheel: FlywheelResource,
+        pipes: PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """The pre-trained model fine-tuned on instruction-response pairs (TRL SFTTrainer)."""
+        return _launch("sft", context, flywheel, pipes)
+
+    @dg.asset(
+        deps=[sft_checkpoint, tokenized_dataset],
+        group_name=EVALUATE,
+        kinds={"pytorch"},
+        owners=owners,
+        pool=GPU_POOL,
+    )
+    def eval_scores(
+        context: AssetExecutionContext,
+        flywheel: FlywheelResource,
+        pipes: PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        """Held-out perplexity and task accuracy of the SFT checkpoint."""
+        return _launch("eval", context, flywheel, pipes)
+
+    return [tokenizer, tokenized_dataset, pretrained_checkpoint, sft_checkpoint, eval_scores]
+
+
+_PACK_KEYS = [
+    "seq_len",
+    "vocab_size",
+    "tokenizer_version",
+    "input_version",
+    "tail_tokens_dropped",
+    "train_rows",
+    "heldout_rows",
+    "train_tokens",
+    "heldout_tokens",
+    "train_docs",
+    "heldout_docs",
+]

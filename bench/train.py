@@ -1,0 +1,215 @@
+"""Benchmark of flywheel's training step against a plain PyTorch loop, same model, same data.
+
+    .venv/bin/python bench/train.py [--steps 6] [--repeats 5] [--hidden 256] [--layers 4]
+
+Data (no downloads): the Python documentation topics (``pydoc_data.topics``, real English
+prose) go through the platform's own builders: a byte-level BPE tokenizer trained here
+(``flywheel.tokenizer``) and packing into 256-token rows (``flywheel.packing``), written as a
+``tokenized_dataset`` shard set in a temporary directory.
+
+Two paths train the same Llama-style model (built from one seed) on CPU in fp32:
+
+- platform: exactly what ``python -m flywheel.train.pretrain`` runs per step, i.e. the
+  Accelerator from ``pretrain.make_accelerator``, AdamW with decay groups, the warmup+cosine
+  ``LambdaLR``, gradient clipping, and ``loop.train`` reading ``PackedStream`` through a
+  DataLoader (the loader's cost is included);
+- baseline: a plain loop with no Accelerate: ``torch.optim.AdamW`` as constructed by default
+  (on CPU its per-tensor loop), ``clip_grad_norm_``, the same schedule, losses kept on the
+  device, and the same rows pre-loaded in memory (its data costs nothing);
+- baseline_fused: the same plain loop with ``AdamW(fused=True)``, the kernel the platform
+  picks, so ``ratio_same_optimizer`` isolates the loop's own overhead (Accelerate, loader,
+  decay groups, bookkeeping) from the optimizer choice.
+
+After a warm-up block each, timed blocks of ``--steps`` steps run in rotating order so that
+drifting machine load hits every path alike; the report is each path's median tokens/s. The
+last line is key=value pairs; ratio = platform / baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pydoc_data.topics
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flywheel.loader import PackedStream, train_files  # noqa: E402
+from flywheel.packing import build_tokenized_dataset  # noqa: E402
+from flywheel.shards import ShardWriter  # noqa: E402
+from flywheel.spec import Spec, load_spec  # noqa: E402
+from flywheel.tokenizer import build_tokenizer  # noqa: E402
+from flywheel.train.loop import (  # noqa: E402
+    Position,
+    has_fused_adamw,
+    lr_multiplier,
+    make_optimizer,
+    make_scheduler,
+    train,
+)
+from flywheel.train.model import build_model, count_parameters  # noqa: E402
+from flywheel.train.pretrain import make_accelerator, read_inputs  # noqa: E402
+
+
+def make_spec(directory: Path, args: argparse.Namespace) -> Spec:
+    """A spec for the benchmark's model and batch, its inputs materialized by the builders."""
+    (directory / "flywheel.yaml").write_text(
+        textwrap.dedent(f"""
+        name: bench-train
+        data_dir: data
+        catalog: catalog.duckdb
+        tokenizer: {{vocab_size: {args.vocab}}}
+        packing: {{seq_len: {args.seq_len}, heldout_fraction: 0.0}}
+        model:
+          config: {{hidden_size: {args.hidden}, intermediate_size: {args.hidden * 11 // 4},
+                   num_hidden_layers: {args.layers}, num_attention_heads: {args.hidden // 64},
+                   num_key_value_heads: {args.hidden // 64}}}
+        pretrain: {{micro_batch: {args.micro_batch}, precision: fp32, lr: 0.001,
+                   warmup_steps: 5, steps: 1000}}
+        """)
+    )
+    spec = load_spec(directory / "flywheel.yaml")
+    topics = sorted(pydoc_data.topics.topics.items())
+    with ShardWriter(spec.product_dir("deduplicated_shards")) as writer:
+        writer.write(pl.DataFrame({"id": [k for k, _ in topics], "text": [v for _, v in topics]}))
+        writer.commit()
+    build_tokenizer(spec)
+    build_tokenized_dataset(spec)
+    return spec
+
+
+class Platform:
+    """The entry's step: its Accelerator, optimizer, schedule, loop and data stream."""
+
+    def __init__(self, spec: Spec, vocab: int):
+        s = spec.pretrain
+        self.accelerator, _, _ = make_accelerator(spec)
+        model = build_model(spec.model, vocab, spec.packing.seq_len, seed=s.seed)
+        fused = has_fused_adamw(self.accelerator.device)  # as pretrain._train chooses
+        opt = make_optimizer(model, s.lr, s.weight_decay, (s.beta1, s.beta2), s.eps, fused)
+        self.scheduler = make_scheduler(opt, s.warmup_steps, s.steps, s.min_lr_ratio)
+        self.model, self.optimizer = self.accelerator.prepare(model, opt)
+        stream = PackedStream(train_files(read_inputs(spec).dataset), s.micro_batch, seed=s.seed)
+        self.batches = iter(torch.utils.data.DataLoader(stream, batch_size=None))
+        self.pos, self.s = Position(), s
+
+    def run(self, steps: int) -> list[float]:
+        start = len(self.pos.losses)
+        train(
+            self.accelerator, self.model, self.optimizer, self.scheduler, self.batches, self.pos,
+            steps=self.pos.step + steps, grad_accum=1, max_grad_norm=self.s.max_grad_norm,
+            tokens_per_step=0, log_every=10**9,
+        )  # fmt: skip
+        return self.pos.losses[start:]
+
+
+class Baseline:
+    """A plain PyTorch loop: no Accelerate, rows already in memory."""
+
+    def __init__(self, spec: Spec, vocab: int, rows: list[torch.Tensor], fused: bool = False):
+        s = spec.pretrain
+        self.model = build_model(spec.model, vocab, spec.packing.seq_len, seed=s.seed)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=s.lr, betas=(s.beta1, s.beta2), eps=s.eps,
+            weight_decay=s.weight_decay, fused=fused or None,
+        )  # fmt: skip
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: lr_multiplier(i, s.warmup_steps, s.steps, s.min_lr_ratio)
+        )
+        self.rows: Iterator[torch.Tensor] = iter(rows)
+        self.max_norm = s.max_grad_norm
+
+    def run(self, steps: int) -> list[float]:
+        self.model.train()
+        losses = []
+        for _ in range(steps):
+            x = next(self.rows)
+            loss = self.model(input_ids=x, labels=x, use_cache=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+        return torch.stack(losses).tolist()
+
+
+def timed(path: Platform | Baseline, steps: int, tokens_per_step: int) -> float:
+    started = time.perf_counter()
+    path.run(steps)
+    return steps * tokens_per_step / (time.perf_counter() - started)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per timed block")
+    ap.add_argument("--repeats", type=int, default=5, help="timed blocks per path")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per path first")
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=4096)
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = make_spec(Path(tmp), args)
+        dataset = read_inputs(spec).dataset
+        vocab = dataset.manifest["vocab_size"]
+        total = args.warmup + args.steps * args.repeats
+        # the baselines' rows: the very batches the platform's stream yields, pre-loaded
+        stream = PackedStream(train_files(dataset), args.micro_batch, seed=spec.pretrain.seed)
+        data = [b["input_ids"] for _, b in zip(range(total), stream, strict=False)]
+        paths = {
+            "platform": Platform(spec, vocab),
+            "baseline": Baseline(spec, vocab, data),
+            "baseline_fused": Baseline(spec, vocab, data, fused=True),
+        }
+        setup_s = time.perf_counter() - t0
+        first = {name: path.run(args.warmup)[0] for name, path in paths.items()}
+        tokens = args.micro_batch * args.seq_len
+        speeds: dict[str, list[float]] = {name: [] for name in paths}
+        for r in range(args.repeats):  # rotate the order so load drift hits every path alike
+            names = list(paths)[r % 3 :] + list(paths)[: r % 3]
+            for name in names:
+                speeds[name].append(timed(paths[name], args.steps, tokens))
+        info = {"rows": dataset.num_rows, "vocab": vocab, "setup_s": setup_s}
+    report(args, paths["platform"], speeds, first, info, time.perf_counter() - t0)
+
+
+def report(args, platform, speeds, first, info, total_s) -> None:
+    med = {k: statistics.median(v) for k, v in speeds.items()}
+    p, b, f = med["platform"], med["baseline"], med["baseline_fused"]
+    params = count_parameters(platform.accelerator.unwrap_model(platform.model))
+    lines = {
+        "model": f"llama {args.layers}x{args.hidden}, {params / 1e6:.2f}M parameters, "
+        f"vocab {info['vocab']}",
+        "batch": f"{args.micro_batch} x {args.seq_len} tokens, fp32, "
+        f"{torch.get_num_threads()} threads",
+        "data": f"{info['rows']} packed rows of pydoc topics; setup {info['setup_s']:.1f} s",
+        "first-step loss": ", ".join(f"{k} {v:.5f}" for k, v in first.items()),
+        **{f"{k} tokens/s": ", ".join(f"{x:,.0f}" for x in v) for k, v in speeds.items()},
+        "median ratio": f"{p / b:.3f} vs plain AdamW, {p / f:.3f} vs plain loop + fused AdamW",
+    }
+    width = max(map(len, lines))
+    for k, v in lines.items():
+        print(f"{k:<{width}}  {v}")
+    loss_diff = max(abs(v - first["platform"]) for v in first.values())
+    print(
+        f"params={params} steps={args.steps} repeats={args.repeats} "
+        f"platform_tok_s={p:.0f} baseline_tok_s={b:.0f} ratio={p / b:.3f} "
+        f"baseline_fused_tok_s={f:.0f} ratio_same_optimizer={p / f:.3f} "
+        f"loss0_diff={loss_diff:.2e} total_s={total_s:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

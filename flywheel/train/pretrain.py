@@ -1,0 +1,342 @@
+"""Pre-train a causal LM on the packed ``tokenized_dataset``, resumably, and publish it.
+
+    accelerate launch -m flywheel.train.pretrain --spec SPEC [--set pretrain.steps=50 ...]
+    python -m flywheel.train.pretrain --spec SPEC            # one process, same result
+    flywheel train pretrain --spec SPEC                      # writes the spec, then the above
+
+One run = one *work directory*, ``<data_dir>/pretrained_checkpoint/work/<fingerprint>``,
+where the fingerprint hashes what decides the trained weights: ``pretrain`` (less logging,
+checkpoint cadence and loader workers), ``model``, and the versions of the tokenized dataset
+and tokenizer. A run resumes from the newest good step checkpoint there (``flywheel.train.
+state``) and continues the same loss trajectory; at the end it publishes the model with its
+tokenizer as a new version of ``pretrained_checkpoint`` (``flywheel.train.checkpoint``),
+writes ``done.json``, records lineage in the catalog and reports one materialization (rank
+0, through Dagster Pipes when launched by Dagster). Re-running a finished fingerprint
+re-reports its published version instead of training again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flywheel.catalog import Catalog
+from flywheel.shards import CURRENT, ShardSet, atomic_write_bytes, atomic_write_json, read_current
+from flywheel.spec import Spec, load_spec
+from flywheel.train import checkpoint, state
+from flywheel.train.loop import (
+    Position,
+    has_fused_adamw,
+    make_optimizer,
+    make_scheduler,
+    resolve_precision,
+    train,
+)
+from flywheel.train.report import Reporter, loss_curve
+
+PRODUCT = "pretrained_checkpoint"
+DATASET = "tokenized_dataset"  # flywheel.packing.PRODUCT
+TOKENIZER = "tokenizer"  # flywheel.tokenizer.PRODUCT
+# Settings that change how a run is watched or stored, never the weights it produces.
+NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_checkpoints", "num_workers"}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    dataset: ShardSet
+    tokenizer: checkpoint.Artifact
+
+    @property
+    def lineage(self) -> dict[str, str | None]:
+        return {
+            DATASET: self.dataset.version,
+            TOKENIZER: self.tokenizer.version,
+            "deduplicated_shards": self.dataset.manifest.get("input_version"),
+        }
+
+
+def read_inputs(spec: Spec) -> Inputs:
+    """The current tokenized dataset and the tokenizer version it was packed with."""
+    dataset = read_current(spec.product_dir(DATASET))
+    root = spec.product_dir(TOKENIZER)
+    version = dataset.manifest.get("tokenizer_version")
+    try:
+        tokenizer = checkpoint.verify(root / version) if version else checkpoint.read_current(root)
+    except checkpoint.CheckpointError as exc:
+        raise checkpoint.CheckpointError(
+            f"{exc}; {DATASET} {dataset.version} was packed with tokenizer {version}: "
+            f"re-materialize {DATASET}"
+        ) from None
+    return Inputs(dataset, tokenizer)
+
+
+def work_fingerprint(spec: Spec, inputs: Inputs) -> str:
+    blob = {
+        "pretrain": spec.pretrain.model_dump(mode="json", exclude=NOT_IN_FINGERPRINT),
+        "model": spec.model.model_dump(mode="json"),
+        DATASET: inputs.dataset.version,
+        TOKENIZER: inputs.tokenizer.version,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def make_accelerator(spec: Spec) -> tuple[Any, str, str | None]:
+    """The Accelerator, the mixed precision it uses, and a warning if the spec's was changed."""
+    from accelerate import Accelerator
+
+    s = spec.pretrain
+    cuda = torch.cuda.is_available()
+    precision, note = resolve_precision(s.precision, cuda, cuda and torch.cuda.is_bf16_supported())
+    accelerator = Accelerator(
+        # cpu=True on a CPU machine: `accelerate launch --multi_gpu` then gives real gloo
+        # ranks (MULTI_CPU); without it every process believes it is alone.
+        cpu=not cuda,
+        mixed_precision=precision,
+        gradient_accumulation_steps=s.grad_accum,
+        dynamo_backend="inductor" if s.compile else "no",  # the spec decides, not the env
+    )
+    return accelerator, precision, note
+
+
+# -- a finished fingerprint ------------------------------------------------------------
+def _reusable(spec: Spec, work: Path, reporter: Reporter) -> dict[str, Any] | None:
+    """done.json's record if its version is still published and verifies (made current)."""
+    done = work / "done.json"
+    if not done.exists():
+        return None
+    root = spec.product_dir(PRODUCT)
+    try:
+        record = json.loads(done.read_text())
+        artifact = checkpoint.verify(root / record["version"])
+    except (checkpoint.CheckpointError, json.JSONDecodeError, KeyError) as exc:
+        reporter.warning(f"{done} names no usable checkpoint ({exc}); publishing again")
+        return None
+    pointer = root / CURRENT
+    if not pointer.exists() or pointer.read_text().strip() != artifact.version:
+        atomic_write_bytes(pointer, artifact.version.encode())
+        reporter.info(f"made {artifact.version} the current {PRODUCT} again")
+    record["metadata"]["checkpoint"] = str(artifact.path)
+    return record
+
+
+# -- training --------------------------------------------------------------------------
+def _special_ids(tokenizer_dir: Path) -> dict[str, int]:
+    from flywheel.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+    ids["pad_token_id"] = tok.pad_token_id
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _build(spec: Spec, inputs: Inputs, resume: Path | None, device: torch.device) -> Any:
+    """The model: the resumed step's weights, or a fresh (seeded) one from the spec."""
+    from flywheel.train.model import build_model, load_model
+
+    manifest = inputs.dataset.manifest
+    if resume is not None:
+        model = load_model(resume, spec.model.attn_implementation)
+    else:
+        special = _special_ids(inputs.tokenizer.path)
+        seq_len, vocab = manifest["seq_len"], manifest["vocab_size"]
+        model = build_model(spec.model, vocab, seq_len, special, spec.pretrain.seed)
+    if model.get_input_embeddings().num_embeddings < manifest["vocab_size"]:
+        raise ValueError(
+            f"the model has {model.get_input_embeddings().num_embeddings} token embeddings, "
+            f"fewer than the tokenizer's vocabulary of {manifest['vocab_size']}"
+        )
+    if spec.pretrain.gradient_checkpointing:
+        # use_cache is turned off per forward call (loop.train_step) rather than in the
+        # config, so the published config still generates with a KV cache.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model.to(device)
+
+
+def _batches(spec: Spec, inputs: Inputs, accelerator: Any, start_batch: int) -> tuple[Any, Any]:
+    """This rank's stream of micro-batches from ``start_batch`` on, and the stream itself."""
+    from torch.utils.data import DataLoader
+
+    from flywheel.loader import PackedStream, train_files
+
+    s = spec.pretrain
+    # Not prepared by Accelerate: the stream already gives each rank its own rows, and
+    # start_batch puts it exactly where the checkpoint left off.
+    stream = PackedStream(
+        train_files(inputs.dataset),
+        s.micro_batch,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        seed=s.seed,
+        start_batch=start_batch,
+    )
+    cuda = accelerator.device.type == "cuda"
+    loader = DataLoader(stream, batch_size=None, num_workers=s.num_workers, pin_memory=cuda)
+    return iter(loader), stream
+
+
+def _train(
+    spec: Spec, accelerator: Any, reporter: Reporter, inputs: Inputs, work: Path
+) -> tuple[Position, int, Any]:
+    """Resume or start, train to ``pretrain.steps``; returns (position, resumed step, model)."""
+    from accelerate.utils import set_seed
+
+    s = spec.pretrain
+    resume = state.on_main(accelerator, lambda: state.find_resumable(work, reporter.warning))
+    set_seed(s.seed)
+    model = _build(spec, inputs, resume, accelerator.device)
+    fused = has_fused_adamw(accelerator.device)
+    optimizer = make_optimizer(model, s.lr, s.weight_decay, (s.beta1, s.beta2), s.eps, fused)
+    scheduler = make_scheduler(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    pos = state.load_position(resume) if resume is not None else Position()
+    batches, stream = _batches(spec, inputs, accelerator, pos.batches)
+    if resume is not None:  # after the loader started: it draws from the RNG being restored
+        state.restore(accelerator, resume, optimizer, scheduler)
+        reporter.info(f"resuming from {resume.name}: step {pos.step}, batch {pos.batches}")
+    else:
+        reporter.info(f"training from scratch in {work}")
+    debug = _debug_enabled()
+
+    def log(p: Position, m: dict[str, float]) -> None:
+        reporter.info(
+            f"step {m['step']}/{s.steps} loss {m['loss']:.4f} lr {m['lr']:.3e} "
+            f"grad_norm {m['grad_norm']:.3f} tokens/s {m['tokens_per_s']:,.0f}"
+        )
+
+    def save(p: Position) -> None:
+        keep = s.keep_checkpoints
+        path = state.save(accelerator, work, model, optimizer, scheduler, p, keep, debug)
+        reporter.info(f"saved {path.name}")
+
+    tokens_per_step = s.micro_batch * s.grad_accum * accelerator.num_processes * stream.seq_len
+    reporter.info(f"data: {stream.describe()}; {tokens_per_step} tokens per step")
+    started = pos.step
+    train(
+        accelerator, model, optimizer, scheduler, batches, pos,
+        steps=s.steps, grad_accum=s.grad_accum, max_grad_norm=s.max_grad_norm,
+        tokens_per_step=tokens_per_step, log_every=s.log_every, save_every=s.save_every,
+        on_log=log, on_save=save,
+    )  # fmt: skip
+    return pos, started, accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
+def _debug_enabled() -> bool:
+    return os.environ.get(state.DEBUG_ENV, "") not in ("", "0")
+
+
+# -- publishing ------------------------------------------------------------------------
+def _metadata(
+    accelerator: Any, precision: str, pos: Position, resumed: int, model: Any
+) -> dict[str, Any]:
+    from flywheel.train.model import count_parameters
+
+    curve = loss_curve(list(enumerate(pos.losses, start=1)))
+    table = "| step | loss |\n|---:|---:|\n" + "\n".join(f"| {s} | {v:.4f} |" for s, v in curve)
+    return {
+        "steps": pos.step,
+        "final_loss": pos.losses[-1],
+        "first_loss": pos.losses[0],
+        "min_loss": min(pos.losses),
+        "loss_curve": curve,
+        "loss_table": {"raw_value": table, "type": "md"},
+        "tokens": pos.tokens,
+        "tokens_per_s": pos.tokens / max(pos.train_seconds, 1e-9),
+        "train_seconds": round(pos.train_seconds, 3),
+        "resumed_from_step": resumed,  # 0: trained from scratch in this run
+        "num_processes": accelerator.num_processes,
+        "precision": precision,
+        "parameters": count_parameters(model),
+    }
+
+
+def _publish(spec: Spec, inputs: Inputs, work: Path, metrics: dict[str, Any]) -> Any:
+    """The last step checkpoint's weights + the tokenizer, as a new published version."""
+    root = spec.product_dir(PRODUCT)
+    final = state.step_dir(work, spec.pretrain.steps)
+    staging = checkpoint.staging_dir(root)
+    for f in final.iterdir():
+        if f.is_file() and f.name != checkpoint.MANIFEST:
+            shutil.copy2(f, staging / f.name)
+    for f in inputs.tokenizer.path.iterdir():
+        if f.is_file() and f.name != checkpoint.MANIFEST and not (staging / f.name).exists():
+            shutil.copy2(f, staging / f.name)
+    parent = str(spec.model.path) if spec.model.path is not None else None
+    lineage = {**inputs.lineage, "parent": parent}
+    return checkpoint.publish(
+        root, staging, stage="pretrain", spec=spec.resolved(), lineage=lineage, metrics=metrics
+    )
+
+
+def _finish(spec: Spec, inputs: Inputs, work: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0: publish, then write done.json; returns the done record."""
+    scalars = {k: v for k, v in metadata.items() if isinstance(v, int | float | str)}
+    artifact = _publish(spec, inputs, work, scalars)
+    record = {
+        "version": artifact.version,
+        "lineage": inputs.lineage,
+        "metrics": scalars,
+        "metadata": {**metadata, "checkpoint": str(artifact.path), **inputs.lineage},
+    }
+    atomic_write_json(work / "done.json", record)
+    return record
+
+
+def _record_lineage(spec: Spec, record: dict[str, Any]) -> None:
+    """The catalog row of the published version (replaced, so re-reporting is idempotent)."""
+    parent = str(spec.model.path) if spec.model.path is not None else None
+    Catalog(spec.catalog).record_checkpoint(
+        record["version"], "pretrain", Path(record["metadata"]["checkpoint"]), parent,
+        record["lineage"], record["metrics"], spec.fingerprint(),
+    )  # fmt: skip
+
+
+def pretrain(spec: Spec) -> dict[str, Any]:
+    """Train (or resume, or reuse) the spec's pre-training run; returns rank 0's report."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # save_pretrained's bars would flood the training log
+    accelerator, precision, note = make_accelerator(spec)
+    state.check_supported(accelerator)
+    main = accelerator.is_main_process
+    with Reporter(main) as reporter:
+        if note:
+            reporter.warning(note)
+        inputs = read_inputs(spec)
+        work = spec.product_dir(PRODUCT) / "work" / work_fingerprint(spec, inputs)
+        record = state.on_main(accelerator, lambda: _reusable(spec, work, reporter))
+        if record is None:
+            with state.run_lock(work) if main else nullcontext():
+                pos, resumed, model = _train(spec, accelerator, reporter, inputs, work)
+                metadata = _metadata(accelerator, precision, pos, resumed, model)
+                record = _finish(spec, inputs, work, metadata) if main else None
+        else:
+            reporter.info(f"{work.name} already trained: reusing {record['version']}")
+        if main:
+            _record_lineage(spec, record)
+            reporter.materialization(record["metadata"], data_version=record["version"])
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record["metadata"] if main else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", required=True, help="the (resolved) spec file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
+    )
+    args = parser.parse_args(argv)
+    pretrain(load_spec(args.spec, args.set))
+
+
+if __name__ == "__main__":
+    main()

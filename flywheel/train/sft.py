@@ -1,0 +1,437 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: the current pre-trained model -> sft_checkpoint.
+
+    accelerate launch -m flywheel.train.sft --spec flywheel.yaml [--set sft.steps=50 ...]
+    python -m flywheel.train.sft --spec flywheel.yaml            # one process, by hand
+
+Starts from the published ``pretrained_checkpoint`` (its tokenizer is in the same directory)
+and trains on ``sft.data`` as ChatML conversations with the loss on assistant tokens only
+(``assistant_only_loss``: the chat template's ``{% generation %}`` span, i.e. the answer and
+its closing ``<|im_end|>``). The result is published as a versioned, verified model directory
+(safetensors + tokenizer) under ``<data_dir>/sft_checkpoint`` and recorded in the catalog.
+
+A run is keyed by a fingerprint of the settings that shape training, the parent checkpoint's
+version and the data's content. Until it is published, its resumable checkpoints live in
+``sft_checkpoint/work/<fingerprint>/checkpoint-N`` (Trainer's format, every ``save_every``
+steps): a rerun after a crash resumes from the newest complete one, exactly where it stopped
+(a corrupt one is logged, set aside as ``corrupt-checkpoint-N`` and skipped). A rerun of a
+finished run whose version is still published trains nothing, makes that version current
+again and reports it (``done.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from flywheel.catalog import Catalog
+from flywheel.sft_data import data_fingerprint, load_sft_data
+from flywheel.shards import CURRENT, atomic_write_bytes, atomic_write_json
+from flywheel.spec import Spec, load_spec
+from flywheel.tasks import Loaded
+from flywheel.train import checkpoint
+from flywheel.train.loop import resolve_precision
+from flywheel.train.model import load_model
+from flywheel.train.report import Reporter, loss_curve
+from flywheel.train.settings import SftSettings
+from flywheel.train.state import run_lock
+
+PRODUCT = "sft_checkpoint"
+PARENT = "pretrained_checkpoint"
+DONE = "done.json"
+# Settings that change only bookkeeping, not the trained weights: editing them must not
+# start a new run (and lose the resumable checkpoints of the current one).
+BOOKKEEPING = {"save_every", "keep_checkpoints", "log_every", "num_workers", "accelerate_config"}
+# Files that Trainer.save_model writes beside the model but a published checkpoint must not
+# hold: training_args.bin is a pickle, and published weights are safetensors only.
+NOT_PUBLISHED = ("training_args.bin",)
+
+
+def run_fingerprint(settings: SftSettings, parent_version: str, data: Loaded) -> str:
+    """What decides the trained weights: same fingerprint, same run (and same work dir)."""
+    shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING | {"data"})
+    key = {"settings": shaping, "parent": parent_version, "data": data_fingerprint(data)}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sft_config(settings: SftSettings, output_dir: Path, mixed_precision: str = "no") -> Any:
+    """TRL's SFTConfig for ``settings``; creating it sets up the (distributed) device state.
+
+    ``mixed_precision`` is accelerate's "no", "bf16" or "fp16" (see ``resolve_precision``).
+    """
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=settings.steps,
+        per_device_train_batch_size=settings.micro_batch,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": settings.min_lr_ratio},
+        warmup_steps=settings.warmup_steps,
+        optim="adamw_torch",
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.beta1,
+        adam_beta2=settings.beta2,
+        adam_epsilon=settings.eps,
+        max_grad_norm=settings.max_grad_norm,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        # transformers 5's name for gradient checkpointing; TRL's own default is on.
+        activation_checkpointing=settings.gradient_checkpointing,
+        # TRL defaults bf16 to on; fp32 must be asked for explicitly.
+        bf16=mixed_precision == "bf16",
+        fp16=mixed_precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        torch_compile=settings.compile,
+        dataloader_num_workers=settings.num_workers,
+        logging_steps=settings.log_every,
+        logging_first_step=True,  # the first loss is the baseline the summary compares to
+        save_strategy="steps",
+        save_steps=settings.save_every,
+        save_total_limit=settings.keep_checkpoints,
+        report_to=[],
+        disable_tqdm=True,  # progress goes through the reporter's log lines
+        include_num_input_tokens_seen="non_padding",
+        max_length=settings.max_length,
+        assistant_only_loss=True,
+        packing=False,  # packing would need padding-free attention (flash-attn) to be exact
+    )
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer the ChatML template with generation markers, checking its tokens."""
+    from trl.chat_template_utils import has_generation_markers
+
+    from flywheel.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
+
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (IM_START, IM_END) if t not in vocab]
+    if missing:
+        raise ValueError(
+            f"the pre-trained tokenizer lacks the chat tokens {missing}; train it with "
+            "flywheel.tokenizer (it adds them) or use one that has them"
+        )
+    if not tokenizer.chat_template or not has_generation_markers(tokenizer.chat_template):
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def stop_on_turn_end(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make generation stop at ``<|im_end|>`` as well as EOS: the end of an assistant turn."""
+    from flywheel.tokenizer import IM_END
+
+    ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
+    model.generation_config.eos_token_id = [i for i in dict.fromkeys(ids) if i is not None]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a ``checkpoint-N`` directory cannot be resumed from, or None if it can.
+
+    Trainer writes ``trainer_state.json`` last, so without it the save was interrupted.
+    """
+    from safetensors import safe_open
+
+    state = path / "trainer_state.json"
+    if not state.exists():
+        return "no trainer_state.json: the save was interrupted"
+    try:
+        json.loads(state.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return f"trainer_state.json is corrupt ({exc})"
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        return "model.safetensors is missing"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            list(f.keys())  # reads and checks the header against the file's size
+    except Exception as exc:  # safetensors raises its own error types for a damaged file
+        return f"model.safetensors is corrupt ({exc})"
+    if not (path / "optimizer.pt").exists():
+        return "optimizer.pt is missing"
+    return None
+
+
+def _step(path: Path) -> int:
+    suffix = path.name.removeprefix("checkpoint-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def resumable_checkpoint(work: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest complete ``checkpoint-N`` under ``work``, and the newer bad ones skipped."""
+    candidates = sorted((p for p in work.glob("checkpoint-*") if _step(p) >= 0), key=_step)
+    bad: list[tuple[Path, str]] = []
+    for path in reversed(candidates):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, bad
+        bad.append((path, problem))
+    return None, bad
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a bad checkpoint out of Trainer's ``checkpoint-*`` namespace, keeping it."""
+    target = path.with_name(f"corrupt-{path.name}")
+    shutil.rmtree(target, ignore_errors=True)  # one set aside earlier at the same step
+    path.rename(target)
+    return target
+
+
+def finished_run(root: Path, work: Path) -> dict[str, Any] | None:
+    """The record of a finished run in ``work`` whose version is still published, if any."""
+    done = work / DONE
+    if not done.exists():
+        return None
+    record = json.loads(done.read_text())
+    try:
+        checkpoint.verify(root / record["version"], deep=False)
+    except checkpoint.CheckpointError:
+        return None  # pruned or damaged since: train (resume) and publish again
+    return record
+
+
+class ReportLogs(TrainerCallback):
+    """Streams Trainer's log lines to the reporter and remembers where this session began."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Called after a resumed state is loaded: this session trains from here.
+        self.start_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if logs and state.is_world_process_zero:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in logs.items())
+            self.reporter.info(f"step {state.global_step}/{state.max_steps}: {shown}")
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def train_metrics(state: Any, runtime: float, callback: ReportLogs) -> dict[str, Any]:
+    """Loss summary (over every session of the run) and this session's throughput.
+
+    Named as pre-training names them (``flywheel.train.pretrain``), so the UI plots both alike.
+    """
+    losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
+    tokens = state.num_input_tokens_seen - callback.start_tokens
+    points = loss_curve(losses)
+    table = "| step | loss |\n|---:|---:|\n" + "\n".join(f"| {s} | {v:.4f} |" for s, v in points)
+    return {
+        "steps": state.global_step,
+        "first_loss": losses[0][1] if losses else None,
+        "final_loss": losses[-1][1] if losses else None,
+        "min_loss": min(v for _, v in losses) if losses else None,
+        "loss_curve": points,
+        "loss_table": {"raw_value": table, "type": "md"},
+        "tokens": tokens,
+        "tokens_per_s": tokens / max(runtime, 1e-9),
+        "train_seconds": round(runtime, 3),
+        "resumed_from_step": callback.start_step,  # 0: trained from the parent in one go
+    }
+
+
+def _quarantine(reporter: Reporter, data: Loaded, work: Path) -> None:
+    """Keep every refused record, with its reason, beside the run; warn with the counts."""
+    if not data.quarantine:
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps(q) + "\n" for q in data.quarantine)
+    atomic_write_bytes(work / "quarantine.jsonl", lines.encode())
+    reasons = {k: v for k, v in data.counts.items() if k.startswith("quarantined/")}
+    reporter.warning(
+        f"sft data {data.source}: {len(data.quarantine)} record(s) quarantined {reasons}; "
+        f"see {work / 'quarantine.jsonl'}"
+    )
+
+
+def _resume_point(work: Path, reporter: Reporter, is_main: bool) -> Path | None:
+    resume, bad = resumable_checkpoint(work)
+    for path, problem in bad:
+        reporter.warning(f"cannot resume from {path}: {problem}; using the previous checkpoint")
+        if is_main:
+            reporter.warning(f"set aside {path} as {set_aside(path)}")
+    if resume is not None:
+        reporter.info(f"resuming from {resume}")
+    return resume
+
+
+def build_trainer(
+    config: Any,
+    parent_path: Path,
+    attn_implementation: str,
+    data: Loaded,
+    callback: ReportLogs | None = None,
+) -> Any:
+    """SFTTrainer on the parent model and tokenizer, with the chat template it needs."""
+    import datasets
+    import transformers
+    from trl import SFTTrainer
+
+    from flywheel.tokenizer import load_tokenizer
+
+    # Progress bars are noise in a log stream; ReportLogs reports progress instead.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = prepare_tokenizer(load_tokenizer(parent_path))
+    model = load_model(parent_path, attn_implementation)
+    stop_on_turn_end(model, tokenizer)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=datasets.Dataset.from_list(data.examples),
+        processing_class=tokenizer,
+        callbacks=[callback] if callback is not None else None,
+    )
+    # With tqdm off, Trainer prints every log dict to stdout; ReportLogs already logs them.
+    trainer.remove_callback(transformers.PrinterCallback)
+    return trainer
+
+
+def publish_run(
+    spec: Spec,
+    staging: Path,
+    fingerprint: str,
+    parent: checkpoint.Artifact,
+    data: Loaded,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Publish the trained model, record it in the catalog, and mark the run done."""
+    root = spec.product_dir(PRODUCT)
+    for name in NOT_PUBLISHED:
+        (staging / name).unlink(missing_ok=True)
+    lineage = {
+        PARENT: parent.version,
+        "sft_data": data.source,
+        "data_fingerprint": data_fingerprint(data),
+        **data.counts,
+    }
+    # The manifest and catalog keep plain values; the markdown table is for the UI only.
+    scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
+    artifact = checkpoint.publish(
+        root,
+        staging,
+        stage="sft",
+        fingerprint=fingerprint,
+        spec=spec.resolved(),
+        lineage=lineage,
+        metrics=scalars,
+    )
+    Catalog(spec.catalog).record_checkpoint(
+        artifact.version, "sft", artifact.path, parent.version, lineage, scalars, spec.fingerprint()
+    )
+    metadata = {
+        **metrics,
+        "checkpoint": str(artifact.path),
+        "parent_checkpoint": parent.version,
+        "sft_data": data.source,
+        "examples": len(data.examples),
+        "quarantined": len(data.quarantine),
+    }
+    work = root / "work" / fingerprint
+    atomic_write_json(work / DONE, {"version": artifact.version, "metadata": metadata})
+    # The published version is the run's result; its resumable checkpoints (weights and
+    # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
+    for path in work.glob("checkpoint-*"):
+        shutil.rmtree(path, ignore_errors=True)
+    return {"version": artifact.version, "metadata": metadata}
+
+
+def train_and_save(
+    spec: Spec, reporter: Reporter, parent: checkpoint.Artifact, data: Loaded, work: Path
+) -> tuple[dict[str, Any], Path]:
+    """Train (resuming if possible) on every rank; the metrics and the saved model's dir."""
+    from accelerate import PartialState
+
+    settings = spec.sft
+    cuda = torch.cuda.is_available()
+    precision, note = resolve_precision(
+        settings.precision, cuda, cuda and torch.cuda.is_bf16_supported()
+    )
+    if note:
+        reporter.warning(note)
+    config = sft_config(settings, work, precision)
+    state = PartialState()  # set up by the config: one rank per process under accelerate
+    resume = _resume_point(work, reporter, state.is_main_process)
+    state.wait_for_everyone()
+    callback = ReportLogs(reporter)
+    trainer = build_trainer(config, parent.path, spec.model.attn_implementation, data, callback)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = train_metrics(trainer.state, output.metrics["train_runtime"], callback)
+    metrics |= {"precision": precision, "num_processes": state.num_processes}
+    # One staging path for every rank: save_model gathers sharded weights collectively.
+    staging = spec.product_dir(PRODUCT) / f".staging-{work.name}"
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(staging))
+    state.wait_for_everyone()
+    return metrics, staging
+
+
+def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
+    """Fine-tune (or resume, or reuse a finished run) and publish; rank 0 returns the record."""
+    root = spec.product_dir(PRODUCT)
+    parent = checkpoint.read_current(spec.product_dir(PARENT))
+    data = load_sft_data(spec.sft.data)
+    fingerprint = run_fingerprint(spec.sft, parent.version, data)
+    work = root / "work" / fingerprint
+    done = finished_run(root, work)
+    if done is not None:
+        if reporter.is_main:  # the same spec again: its model becomes current again
+            atomic_write_bytes(root / CURRENT, done["version"].encode())
+        reporter.info(f"SFT run {fingerprint} already published as {done['version']}")
+        reporter.materialization(done["metadata"], data_version=done["version"])
+        return done
+    reporter.info(
+        f"SFT {fingerprint}: {len(data.examples)} conversations from {data.source}, "
+        f"parent {parent.version}, {spec.sft.steps} steps"
+    )
+    if not reporter.is_main:
+        train_and_save(spec, reporter, parent, data, work)
+        return {}
+    with run_lock(work):  # a second run of the same spec waits for nothing: it fails fast
+        _quarantine(reporter, data, work)
+        metrics, staging = train_and_save(spec, reporter, parent, data, work)
+        result = publish_run(spec, staging, fingerprint, parent, data, metrics)
+    reporter.materialization(result["metadata"], data_version=result["version"])
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flywheel.train.sft", description=__doc__)
+    parser.add_argument("--spec", required=True, help="the flywheel spec (YAML) to run")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set sft.steps=50 (repeatable)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # accelerate launch sets RANK on every process; only rank 0 talks to Dagster Pipes.
+    with Reporter(is_main=os.environ.get("RANK", "0") == "0") as reporter:
+        run_sft(load_spec(args.spec, args.set), reporter)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
