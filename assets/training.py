@@ -32,8 +32,10 @@ def _launch(
     result = pipes.run(context=context, command=command).get_materialize_result()
     metadata = dict(result.metadata or {})
     metadata["spec_file"] = dg.MetadataValue.path(str(spec_file))
-    if "checkpoint" in metadata:
-        metadata["checkpoint"] = dg.MetadataValue.path(str(_raw(metadata["checkpoint"])))
+    for key in ("checkpoint", "report"):
+        value = str(_raw(metadata.get(key, "")))
+        if value.startswith("/"):  # a directory (not a version): clickable in the UI
+            metadata[key] = dg.MetadataValue.path(value)
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
 
 

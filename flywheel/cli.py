@@ -4,7 +4,7 @@ flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
 flywheel lineage DOC_ID [--spec SPEC] [--json]           where a document came from
 flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
-flywheel train STAGE [--spec SPEC] [key.path=value ...]  tokenizer | pack | pretrain | sft | eval
+flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
 """
 
@@ -131,7 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a training-plane stage without Dagster")
     train.add_argument("stage", choices=["tokenizer", "pack", "pretrain", "sft", "eval"])
-    train.add_argument("overrides", nargs="*", help="typed overrides, e.g. pretrain.steps=50")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a typed override, e.g. --set pretrain.steps=50 (repeatable)",
+    )
     train.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
     train.set_defaults(func=_train)
 

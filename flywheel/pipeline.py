@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import sys
 import time
 from collections import Counter
@@ -304,7 +305,58 @@ def summary(spec: Spec) -> list[dict[str, Any]]:
                 "version": shards.version,
             }
         )
+    return out + _training_summary(spec)
+
+
+TRAINING_PRODUCTS = [
+    "tokenizer",
+    "tokenized_dataset",
+    "pretrained_checkpoint",
+    "sft_checkpoint",
+    "eval_scores",
+]
+
+
+def _training_summary(spec: Spec) -> list[dict[str, Any]]:
+    """The training plane's products: the tokenized dataset and the published artifacts."""
+    from flywheel.train import checkpoint
+
+    out = []
+    for product in TRAINING_PRODUCTS:
+        root = spec.product_dir(product)
+        if product == "tokenized_dataset" and has_current(root):
+            m = read_current(root).manifest
+            detail = f"{m.get('train_tokens')} train / {m.get('heldout_tokens')} held-out tokens"
+            out.append(_row(product, m.get("num_rows"), detail, m.get("version", "")))
+        elif product != "tokenized_dataset" and checkpoint.has_current(root):
+            version = (root / "CURRENT").read_text().strip()
+            meta = checkpoint.read_meta(root / version)
+            out.append(_row(product, "", _artifact_detail(product, root / version, meta), version))
+        else:
+            out.append(_row(product, "", "not materialized", ""))
     return out
+
+
+def _row(product: str, rows: Any, detail: str, version: str) -> dict[str, Any]:
+    return {"product": product, "rows": rows, "detail": detail, "version": version}
+
+
+def _artifact_detail(product: str, path: Path, meta: dict[str, Any]) -> str:
+    if product == "tokenizer":
+        return f"byte-level BPE, vocab {meta.get('vocab_size')} ({meta.get('source')})"
+    if product == "eval_scores":
+        scores = json.loads((path / "scores.json").read_text())
+        shown = {k: round(v, 4) for k, v in scores.items() if k == "perplexity" or "accuracy" in k}
+        return f"{meta.get('stage')} {meta.get('checkpoint')}: {shown}"
+    m = meta.get("metrics", {})
+    return (
+        f"{m.get('steps')} steps, loss {_num(m.get('first_loss'))} -> "
+        f"{_num(m.get('final_loss'))}, {_num(m.get('tokens_per_s'), 0)} tokens/s"
+    )
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
 def _detail(product: str, m: dict[str, Any]) -> str:

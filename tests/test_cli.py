@@ -55,3 +55,37 @@ def test_summary_and_lineage(small_spec: Path, capsys: pytest.CaptureFixture) ->
     assert facts["offset"] > 0 and facts["source_id"] == "exact0"
     assert main(["lineage", "nope", "--spec", str(small_spec)]) == 2
     assert "not in the catalog" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_train_stages_by_hand_and_checkpoint_lineage(small_spec: Path, capsys) -> None:
+    """`flywheel train STAGE` runs the whole training plane without Dagster."""
+    spec = load_spec(small_spec)
+    pipeline.run_ingest(spec, "corpus")
+    pipeline.run_filters(spec)
+    pipeline.run_dedup(spec)
+    for stage in ("tokenizer", "pack", "pretrain", "sft", "eval"):
+        assert (
+            main(["train", stage, "--spec", str(small_spec), "--set", "pretrain.steps=4"]) == 0
+        ), stage
+    out = capsys.readouterr().out
+    assert "tokenizer v-" in out and "tokenized_dataset v-" in out
+
+    from flywheel.train import checkpoint
+
+    sft = checkpoint.read_current(spec.product_dir("sft_checkpoint"))
+    assert main(["checkpoint", sft.version, "--spec", str(small_spec)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["sft", sft.version]
+    assert lines[1].split()[0] == "pretrain" and "tokenized_dataset=v-" in lines[1]
+    assert "training documents in tokenized_dataset" in lines[2]
+    assert main(["summary", "--spec", str(small_spec)]) == 0
+    summary = capsys.readouterr().out
+    assert "4 steps, loss" in summary and "accuracy/arithmetic" in summary
+    assert main(["checkpoint", "v-nope", "--spec", str(small_spec)]) == 2
+
+
+def test_train_rejects_an_unknown_stage(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "rl"])
+    assert "invalid choice: 'rl'" in capsys.readouterr().err

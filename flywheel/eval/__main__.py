@@ -72,6 +72,21 @@ def perplexity_metrics(spec: Spec, model: Any, reporter: Reporter) -> dict[str, 
     }
 
 
+def parent_perplexity(
+    spec: Spec, evaluated: checkpoint.Artifact, reporter: Reporter
+) -> dict[str, Any]:
+    """Held-out perplexity of the SFT checkpoint's pre-trained parent, beside the SFT one:
+    how much general language modelling fine-tuning gave up."""
+    parent = evaluated.meta.get("lineage", {}).get(CHECKPOINTS["pretrain"])
+    path = spec.product_dir(CHECKPOINTS["pretrain"]) / str(parent)
+    if not parent or not path.is_dir():
+        reporter.warning(f"no parent perplexity: pre-trained checkpoint {parent} is gone")
+        return {}
+    model, _ = load_for_eval(path, spec.model.attn_implementation)
+    result = perplexity_metrics(spec, model, reporter)
+    return {"pretrained_perplexity": result["perplexity"], "pretrained_checkpoint": parent}
+
+
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", "⏎")
 
@@ -109,6 +124,8 @@ def run_eval(spec: Spec, stage: str, reporter: Reporter) -> dict[str, Any]:
     reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
     model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
     metrics: dict[str, Any] = perplexity_metrics(spec, model, reporter)
+    if stage == "sft" and "perplexity" in metrics:
+        metrics.update(parent_perplexity(spec, evaluated, reporter))
     scores = []
     for task in spec.eval.tasks:
         score = evaluate_task(model, tokenizer, task, spec.eval.micro_batch)

@@ -5,6 +5,7 @@ Written every ``save_every`` steps by ``python -m flywheel.train.pretrain --spec
     <work>/step-0000050/
         config.json, generation_config.json, model.safetensors   weights (rank 0)
         training_state/optimizer.pt, scheduler.pt[, scaler.pt]   rank 0: DDP replicates them
+        training_state/accelerate/        FSDP instead of optimizer.pt: Accelerate's save_state
         training_state/rng-<rank>.pt      every rank's python, numpy, torch and CUDA generators
         training_state/data.json          the Position: steps, batches consumed, tokens, losses
         training_state/debug-<rank>.json  with FLYWHEEL_TRAIN_DEBUG=1: the sha256 of this
@@ -20,8 +21,16 @@ The data position is ``Position.batches`` (this rank's micro-batches consumed): 
 (``flywheel.loader.PackedStream``) computes its order from (files, seed, epoch), so resuming
 is ``start_batch=batches``, not a replay.
 
-Only replicated optimizers are saved this way (one process or DDP); FSDP and DeepSpeed shard
-the optimizer state, and ``check_supported`` refuses them rather than save a partial state.
+Under FSDP (``configs/accelerate/fsdp.yaml``, FSDP2) parameters and optimizer state are
+sharded, so one rank's ``optimizer.state_dict()`` is only its part. There every rank calls
+``accelerator.save_state`` into ``training_state/accelerate``: with ``fsdp_state_dict_type:
+SHARDED_STATE_DICT`` each rank writes its shards of model and optimizer (torch distributed
+checkpoint); with ``FULL_STATE_DICT`` rank 0 writes them gathered. ``accelerator.load_state``
+reads either back after ``prepare``. The scheduler is ours (not prepared by Accelerate), so it
+is saved as scheduler.pt as in DDP, and so are the data position and our RNG files. The
+weights beside it are the full model, gathered by ``accelerator.get_state_dict`` (a collective)
+and written by rank 0 with ``save_pretrained``: a step checkpoint is always a loadable Hugging
+Face model. ``check_supported`` refuses what cannot be resumed this way (see there).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from flywheel.train import checkpoint
 from flywheel.train.loop import Position
 
 STATE = "training_state"
+ACCELERATE = "accelerate"  # under STATE: accelerator.save_state's files (FSDP only)
 DEBUG_ENV = "FLYWHEEL_TRAIN_DEBUG"
 
 
@@ -52,13 +62,45 @@ def step_dir(work: Path, step: int) -> Path:
     return Path(work) / f"step-{step:07d}"
 
 
+def is_sharded(accelerator: Any) -> bool:
+    """Whether parameters and optimizer state are sharded over ranks (FSDP)."""
+    return accelerator.distributed_type == "FSDP"  # DistributedType is a str enum
+
+
 def check_supported(accelerator: Any) -> None:
-    kind = str(accelerator.distributed_type)
-    if any(s in kind for s in ("FSDP", "DEEPSPEED", "MEGATRON")):
+    """Refuse the distributed setups whose training state this module cannot save and resume.
+
+    One process, DDP and FSDP2 are supported. ``accelerate launch`` announces FSDP and DeepSpeed
+    to the process through ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``; Accelerate
+    honours them only on GPUs (and other accelerators), so on a CPU machine such a config would
+    silently train plain DDP: that is refused too, rather than run something else than asked.
+    """
+    kind = accelerator.distributed_type
+    if kind == "DEEPSPEED" or _env_flag("ACCELERATE_USE_DEEPSPEED"):
         raise NotImplementedError(
-            f"resumable pre-training checkpoints support one process and DDP, not {kind}: "
-            "its optimizer state is sharded; use configs/accelerate/multi_gpu.yaml"
+            "pre-training does not run under DeepSpeed: its engine owns the optimizer and "
+            "checkpoint format, which this entry's resumable checkpoints do not drive. Use FSDP "
+            "(configs/accelerate/fsdp.yaml shards parameters, gradients and optimizer state as "
+            "ZeRO-3 does), or DeepSpeed through sft (sft.accelerate_config), whose Trainer "
+            "supports it"
         )
+    if kind == "MEGATRON_LM":
+        raise NotImplementedError("pre-training does not run under Megatron-LM; use FSDP or DDP")
+    if kind == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise NotImplementedError(
+            "pre-training supports FSDP2 only (fsdp_version: 2, configs/accelerate/fsdp.yaml): "
+            "its optimizer is built before wrapping, which FSDP1's flattened parameters break"
+        )
+    if _env_flag("ACCELERATE_USE_FSDP") and kind != "FSDP":
+        raise NotImplementedError(
+            f"the accelerate config asks for FSDP, but Accelerate runs {kind.value} here: it "
+            "enables FSDP only on GPUs and other accelerators, not on CPU (gloo) ranks. On CPU "
+            "use no accelerate_config (pretrain.num_processes gives gloo DDP ranks)"
+        )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true")
 
 
 def on_main(accelerator: Any, fn: Callable[[], Any]) -> Any:
@@ -134,19 +176,27 @@ def save(
         (staging / STATE).mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), staging / STATE / f"rng-{rank}.pt")
+    sharded = is_sharded(accelerator)
+    full = None
+    if sharded:  # collectives: every rank calls both
+        accelerator.save_state(str(staging / STATE / ACCELERATE))  # model + optimizer (+ scaler)
+        full = accelerator.get_state_dict(model)  # gathered on rank 0, {} elsewhere
     # without DDP and torch.compile wrappers: their state_dict keys would not load into HF
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     if debug:
+        # under FSDP a rank holds only shards, so there is no per-rank hash of the model to compare
+        digest = None if sharded else params_sha256(unwrapped)
         atomic_write_json(
             staging / STATE / f"debug-{rank}.json",
-            {"rank": rank, "params_sha256": params_sha256(unwrapped), "losses": pos.local_losses},
+            {"rank": rank, "params_sha256": digest, "losses": pos.local_losses},
         )
     if main:
-        unwrapped.save_pretrained(staging)
-        torch.save(optimizer.state_dict(), staging / STATE / "optimizer.pt")
+        unwrapped.save_pretrained(staging, state_dict=full)  # None: the model's own state_dict
+        if not sharded:
+            torch.save(optimizer.state_dict(), staging / STATE / "optimizer.pt")
+            if accelerator.scaler is not None:
+                torch.save(accelerator.scaler.state_dict(), staging / STATE / "scaler.pt")
         torch.save(scheduler.state_dict(), staging / STATE / "scheduler.pt")
-        if accelerator.scaler is not None:
-            torch.save(accelerator.scaler.state_dict(), staging / STATE / "scaler.pt")
         data = {**pos.to_json(), "world_size": accelerator.num_processes}
         atomic_write_json(staging / STATE / "data.json", data)
     accelerator.wait_for_everyone()  # every rank's files are in staging
@@ -191,8 +241,9 @@ def load_position(path: Path) -> Position:
 def restore(accelerator: Any, path: Path, optimizer: Any, scheduler: Any) -> None:
     """Load optimizer, scheduler, loss scaler and this rank's RNG generators.
 
-    Call it after the data iterator exists: a DataLoader draws a seed from the torch RNG when
-    it starts, which an uninterrupted run did before it reached this step as well.
+    Under FSDP also the model's shards (``accelerator.load_state``: the model and optimizer
+    must have been prepared). Call it after the data iterator exists: a DataLoader draws a seed
+    from the torch RNG when it starts, which an uninterrupted run did before this step as well.
     """
     state = Path(path) / STATE
     data = json.loads((state / "data.json").read_text())
@@ -201,10 +252,14 @@ def restore(accelerator: Any, path: Path, optimizer: Any, scheduler: Any) -> Non
             f"{path} was written by {data['world_size']} processes, this run has "
             f"{accelerator.num_processes}: the data position cannot carry over"
         )
-    optimizer.load_state_dict(_load(state / "optimizer.pt"))  # moved onto the params' device
+    if is_sharded(accelerator):
+        # also restores Accelerate's own RNG files; ours, set below, are the same moment's
+        accelerator.load_state(str(state / ACCELERATE))
+    else:
+        optimizer.load_state_dict(_load(state / "optimizer.pt"))  # onto the params' device
+        if accelerator.scaler is not None and (state / "scaler.pt").exists():
+            accelerator.scaler.load_state_dict(_load(state / "scaler.pt"))
     scheduler.load_state_dict(_load(state / "scheduler.pt"))
-    if accelerator.scaler is not None and (state / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(_load(state / "scaler.pt"))
     set_rng_state(_load(state / f"rng-{accelerator.process_index}.pt"))
 
 

@@ -59,6 +59,8 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     assert sft["steps"].value == 6 and sft["final_loss"].value > 0
     scores = meta["eval_scores"]
     assert scores["perplexity"].value > 1 and 0 <= scores["accuracy/arithmetic"].value <= 1
+    assert scores["pretrained_perplexity"].value > 1  # the parent's, for comparison
+    assert isinstance(scores["checkpoint"].value, str)  # the evaluated version
 
     spec = load_spec(small_spec)
     pre_art = checkpoint.read_current(spec.product_dir("pretrained_checkpoint"))
@@ -87,3 +89,59 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
         if e.asset_key.to_user_string() == "pretrained_checkpoint"
     ]
     assert pre_again.materialization.tags.get("dagster/data_version") == pre_art.version
+
+
+@pytest.mark.integration
+def test_kill_9_during_the_asset_then_rematerialize_resumes(small_spec: Path) -> None:
+    import threading
+    import time
+
+    import psutil
+
+    overrides = ["pretrain.steps=400", "pretrain.save_every=10", "pretrain.log_every=50"]
+    defs = build_definitions(str(small_spec), overrides)
+    instance = dg.DagsterInstance.ephemeral()
+    prep = dg.AssetSelection.assets("tokenized_dataset").upstream()
+    assert (
+        defs.resolve_implicit_global_asset_job_def()
+        .execute_in_process(
+            instance=instance, asset_selection=list(prep.resolve(defs.resolve_asset_graph()))
+        )
+        .success
+    )
+    job = defs.resolve_implicit_global_asset_job_def()
+    target = [dg.AssetKey("pretrained_checkpoint")]
+    outcome: dict[str, object] = {}
+
+    def materialize() -> None:
+        result = job.execute_in_process(
+            instance=instance, asset_selection=target, raise_on_error=False
+        )
+        outcome["success"] = result.success
+
+    thread = threading.Thread(target=materialize)
+    thread.start()
+    work = load_spec(small_spec).product_dir("pretrained_checkpoint") / "work"
+    deadline = time.monotonic() + 180
+    while not list(work.glob("*/step-0000010/checkpoint.json")):
+        assert thread.is_alive() and time.monotonic() < deadline, "no first checkpoint"
+        time.sleep(0.01)
+    trainers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "flywheel.train.pretrain" in " ".join(p.cmdline())
+    ]
+    assert trainers, "the training process was not found"
+    for proc in trainers:  # the accelerate launcher and the trainer it started
+        proc.kill()
+    thread.join(timeout=120)
+    assert outcome == {"success": False}  # the asset failed with its training process
+    [run_dir] = work.iterdir()
+    assert not (run_dir / "done.json").exists(), "training finished before the kill"
+    last = max(int(p.name.split("-")[1]) for p in run_dir.glob("step-*"))
+
+    result = job.execute_in_process(instance=instance, asset_selection=target)
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    meta = event.materialization.metadata
+    assert meta["resumed_from_step"].value == last and meta["steps"].value == 400
