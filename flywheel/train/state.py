@@ -89,7 +89,8 @@ def check_supported(accelerator: Any) -> None:
     if kind == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise NotImplementedError(
             "pre-training supports FSDP2 only (fsdp_version: 2, configs/accelerate/fsdp.yaml): "
-            "its optimizer is built before wrapping, which FSDP1's flattened parameters break"
+            "its optimizer is built before prepare(), and Accelerate moves an optimizer onto the "
+            "sharded parameters for FSDP2 but not for FSDP1"
         )
     if _env_flag("ACCELERATE_USE_FSDP") and kind != "FSDP":
         raise NotImplementedError(
