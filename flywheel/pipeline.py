@@ -346,7 +346,7 @@ def _artifact_detail(product: str, path: Path, meta: dict[str, Any]) -> str:
         return f"byte-level BPE, vocab {meta.get('vocab_size')} ({meta.get('source')})"
     if product == "eval_scores":
         scores = json.loads((path / "scores.json").read_text())
-        shown = {k: round(v, 4) for k, v in scores.items() if k == "perplexity" or "accuracy" in k}
+        shown = {k: round(v, 4) for k, v in scores.items() if "perplexity" in k or "accuracy" in k}
         return f"{meta.get('stage')} {meta.get('checkpoint')}: {shown}"
     m = meta.get("metrics", {})
     return (
