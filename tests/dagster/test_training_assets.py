@@ -40,7 +40,7 @@ def test_training_graph_shape(small_spec: Path) -> None:
 @pytest.mark.integration
 def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) -> None:
     # Two gloo ranks inherit the Pipes environment; only rank 0 may report, or the step fails.
-    defs = build_definitions(str(small_spec), ["pretrain.num_processes=2"])
+    defs = build_definitions(str(small_spec), ["pretrain.num_processes=2", "sft.num_processes=2"])
     instance = dg.DagsterInstance.ephemeral()
     result = defs.resolve_job_def("flywheel_job").execute_in_process(instance=instance)
     assert result.success
@@ -57,6 +57,7 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     assert pre["tokens_per_s"].value > 0
     sft = meta["sft_checkpoint"]
     assert sft["steps"].value == 6 and sft["final_loss"].value > 0
+    assert sft["num_processes"].value == 2
     scores = meta["eval_scores"]
     assert scores["perplexity"].value > 1 and 0 <= scores["accuracy/arithmetic"].value <= 1
     assert scores["pretrained_perplexity"].value > 1  # the parent's, for comparison
