@@ -41,11 +41,17 @@ from flywheel.train.loop import resolve_precision
 from flywheel.train.model import load_model
 from flywheel.train.report import Reporter, loss_curve
 from flywheel.train.settings import SftSettings
+from flywheel.train.sft_resume import (
+    DONE,
+    ManifestOnSave,
+    finished_run,
+    resumable_checkpoint,
+    set_aside,
+)
 from flywheel.train.state import run_lock
 
 PRODUCT = "sft_checkpoint"
 PARENT = "pretrained_checkpoint"
-DONE = "done.json"
 # Settings that change only bookkeeping, not the trained weights: editing them must not
 # start a new run (and lose the resumable checkpoints of the current one).
 BOOKKEEPING = {"save_every", "keep_checkpoints", "log_every", "num_workers", "accelerate_config"}
@@ -132,71 +138,6 @@ def stop_on_turn_end(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
     model.generation_config.eos_token_id = [i for i in dict.fromkeys(ids) if i is not None]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why a ``checkpoint-N`` directory cannot be resumed from, or None if it can.
-
-    Trainer writes ``trainer_state.json`` last, so without it the save was interrupted.
-    """
-    from safetensors import safe_open
-
-    state = path / "trainer_state.json"
-    if not state.exists():
-        return "no trainer_state.json: the save was interrupted"
-    try:
-        json.loads(state.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return f"trainer_state.json is corrupt ({exc})"
-    weights = path / "model.safetensors"
-    if not weights.exists():
-        return "model.safetensors is missing"
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            list(f.keys())  # reads and checks the header against the file's size
-    except Exception as exc:  # safetensors raises its own error types for a damaged file
-        return f"model.safetensors is corrupt ({exc})"
-    if not (path / "optimizer.pt").exists():
-        return "optimizer.pt is missing"
-    return None
-
-
-def _step(path: Path) -> int:
-    suffix = path.name.removeprefix("checkpoint-")
-    return int(suffix) if suffix.isdigit() else -1
-
-
-def resumable_checkpoint(work: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest complete ``checkpoint-N`` under ``work``, and the newer bad ones skipped."""
-    candidates = sorted((p for p in work.glob("checkpoint-*") if _step(p) >= 0), key=_step)
-    bad: list[tuple[Path, str]] = []
-    for path in reversed(candidates):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path, bad
-        bad.append((path, problem))
-    return None, bad
-
-
-def set_aside(path: Path) -> Path:
-    """Rename a bad checkpoint out of Trainer's ``checkpoint-*`` namespace, keeping it."""
-    target = path.with_name(f"corrupt-{path.name}")
-    shutil.rmtree(target, ignore_errors=True)  # one set aside earlier at the same step
-    path.rename(target)
-    return target
-
-
-def finished_run(root: Path, work: Path) -> dict[str, Any] | None:
-    """The record of a finished run in ``work`` whose version is still published, if any."""
-    done = work / DONE
-    if not done.exists():
-        return None
-    record = json.loads(done.read_text())
-    try:
-        checkpoint.verify(root / record["version"], deep=False)
-    except checkpoint.CheckpointError:
-        return None  # pruned or damaged since: train (resume) and publish again
-    return record
 
 
 class ReportLogs(TrainerCallback):
@@ -295,7 +236,7 @@ def build_trainer(
         args=config,
         train_dataset=datasets.Dataset.from_list(data.examples),
         processing_class=tokenizer,
-        callbacks=[callback] if callback is not None else None,
+        callbacks=[ManifestOnSave(), *([callback] if callback is not None else [])],
     )
     # With tqdm off, Trainer prints every log dict to stdout; ReportLogs already logs them.
     trainer.remove_callback(transformers.PrinterCallback)

@@ -19,13 +19,8 @@ from flywheel.spec import load_spec
 from flywheel.train import checkpoint, launch
 from flywheel.train.report import loss_curve
 from flywheel.train.settings import SftData, SftSettings
-from flywheel.train.sft import (
-    build_trainer,
-    checkpoint_problem,
-    resumable_checkpoint,
-    run_fingerprint,
-    sft_config,
-)
+from flywheel.train.sft import build_trainer, run_fingerprint, sft_config
+from flywheel.train.sft_resume import checkpoint_problem, resumable_checkpoint
 from tests.eval.conftest import build_pretrained, write_spec
 
 SPEC = """
@@ -92,20 +87,28 @@ def test_labels_cover_exactly_the_assistant_answer(tmp_path: Path, template: Pat
         assert tok.decode(ids[:first]) == prompt
 
 
-def _fake_checkpoint(path: Path, state: bool = True, optimizer: bool = True) -> Path:
+def _fake_checkpoint(
+    path: Path, state: bool = True, optimizer: bool = True, manifest: bool = True
+) -> Path:
     path.mkdir(parents=True)
     save_file({"w": torch.zeros(4, 4)}, str(path / "model.safetensors"))
     if optimizer:
-        torch.save({}, path / "optimizer.pt")
+        torch.save({"exp_avg": torch.ones(3)}, path / "optimizer.pt")
     if state:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    if manifest:
+        checkpoint.write_manifest(path)
     return path
 
 
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     good = _fake_checkpoint(tmp_path / "checkpoint-5")
     assert checkpoint_problem(good) is None
-    _fake_checkpoint(tmp_path / "checkpoint-20", state=False)  # killed while saving
+    _fake_checkpoint(tmp_path / "checkpoint-25", manifest=False)  # killed while saving
+    flipped = _fake_checkpoint(tmp_path / "checkpoint-20")
+    data = bytearray((flipped / "optimizer.pt").read_bytes())
+    data[-40] ^= 0xFF  # one flipped byte: same size, still unpicklable or wrong values
+    (flipped / "optimizer.pt").write_bytes(bytes(data))
     torn = _fake_checkpoint(tmp_path / "checkpoint-15")
     data = (torn / "model.safetensors").read_bytes()
     (torn / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -115,9 +118,10 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     chosen, bad = resumable_checkpoint(tmp_path)
     assert chosen == good
     reasons = {p.name: why for p, why in bad}
-    assert list(reasons) == ["checkpoint-20", "checkpoint-15", "checkpoint-10"]  # newest first
-    assert "interrupted" in reasons["checkpoint-20"]
-    assert "model.safetensors is corrupt" in reasons["checkpoint-15"]
+    assert list(reasons) == [f"checkpoint-{n}" for n in (25, 20, 15, 10)]  # newest first
+    assert reasons["checkpoint-25"] == "no checkpoint.json: the save was interrupted"
+    assert reasons["checkpoint-20"] == "corrupt: optimizer.pt fails its sha256"
+    assert reasons["checkpoint-15"].startswith("corrupt: model.safetensors has ")
     assert "optimizer.pt is missing" in reasons["checkpoint-10"]
     assert resumable_checkpoint(tmp_path / "empty") == (None, [])
 
@@ -235,7 +239,7 @@ def test_interrupted_run_resumes_past_a_corrupt_checkpoint(tmp_path: Path, templ
 
     run = _sft(spec_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert f"cannot resume from {torn}: model.safetensors is corrupt" in run.stderr
+    assert f"cannot resume from {torn}: corrupt: model.safetensors has 1000 bytes" in run.stderr
     assert f"resuming from {good}" in run.stderr
     assert (work / "corrupt-checkpoint-39").is_dir()  # set aside, not deleted
     resumed_at = int(good.name.split("-")[1])
