@@ -47,6 +47,35 @@ def _raw(value: object) -> object:
     return getattr(value, "value", value)
 
 
+def _launched_asset(
+    stage: str,
+    deps: list[dg.AssetsDefinition],
+    group: str,
+    kinds: set[str],
+    owners: list[str],
+    description: str,
+) -> dg.AssetsDefinition:
+    """An asset whose materialization is the stage's out-of-process run, in the gpu pool."""
+
+    @dg.asset(
+        name=launch.PRODUCTS[stage],
+        deps=deps,
+        group_name=group,
+        kinds=kinds,
+        owners=owners,
+        pool=GPU_POOL,
+        description=description,
+    )
+    def _asset(
+        context: AssetExecutionContext,
+        flywheel: FlywheelResource,
+        pipes: PipesSubprocessClient,
+    ) -> dg.MaterializeResult:
+        return _launch(stage, context, flywheel, pipes)
+
+    return _asset
+
+
 def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     owners = spec.owners
 
@@ -79,51 +108,30 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         metadata["path"] = dg.MetadataValue.path(str(shards.path))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(shards.version))
 
-    @dg.asset(
-        deps=[tokenized_dataset, tokenizer],
-        group_name=TRAIN,
-        kinds={"pytorch", "accelerate"},
-        owners=owners,
-        pool=GPU_POOL,
+    pretrained_checkpoint = _launched_asset(
+        "pretrain",
+        [tokenized_dataset, tokenizer],
+        TRAIN,
+        {"pytorch", "accelerate"},
+        owners,
+        "A causal LM pre-trained on the packed dataset (next-token prediction, resumable).",
     )
-    def pretrained_checkpoint(
-        context: AssetExecutionContext,
-        flywheel: FlywheelResource,
-        pipes: PipesSubprocessClient,
-    ) -> dg.MaterializeResult:
-        """A causal LM pre-trained on the packed dataset (next-token prediction, resumable)."""
-        return _launch("pretrain", context, flywheel, pipes)
-
-    @dg.asset(
-        deps=[pretrained_checkpoint],
-        group_name=TRAIN,
-        kinds={"pytorch", "trl"},
-        owners=owners,
-        pool=GPU_POOL,
+    sft_checkpoint = _launched_asset(
+        "sft",
+        [pretrained_checkpoint],
+        TRAIN,
+        {"pytorch", "trl"},
+        owners,
+        "The pre-trained model fine-tuned on instruction-response pairs (TRL SFTTrainer).",
     )
-    def sft_checkpoint(
-        context: AssetExecutionContext,
-        flywheel: FlywheelResource,
-        pipes: PipesSubprocessClient,
-    ) -> dg.MaterializeResult:
-        """The pre-trained model fine-tuned on instruction-response pairs (TRL SFTTrainer)."""
-        return _launch("sft", context, flywheel, pipes)
-
-    @dg.asset(
-        deps=[sft_checkpoint, tokenized_dataset],
-        group_name=EVALUATE,
-        kinds={"pytorch"},
-        owners=owners,
-        pool=GPU_POOL,
+    eval_scores = _launched_asset(
+        "eval",
+        [sft_checkpoint, tokenized_dataset],
+        EVALUATE,
+        {"pytorch"},
+        owners,
+        "Held-out perplexity and task accuracy of the SFT checkpoint.",
     )
-    def eval_scores(
-        context: AssetExecutionContext,
-        flywheel: FlywheelResource,
-        pipes: PipesSubprocessClient,
-    ) -> dg.MaterializeResult:
-        """Held-out perplexity and task accuracy of the SFT checkpoint."""
-        return _launch("eval", context, flywheel, pipes)
-
     return [tokenizer, tokenized_dataset, pretrained_checkpoint, sft_checkpoint, eval_scores]
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
-from flywheel.spec import SpecError, explain, load_spec
+from flywheel.spec import SpecError, add_spec_arguments, explain, load_spec
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -39,21 +40,30 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lineage(args: argparse.Namespace) -> int:
+def _facts(
+    args: argparse.Namespace,
+    lookup: Callable[[Any], dict[str, Any]],
+    render: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """Look something up in the catalog and print it (``--json`` or lines); unknown: exit 2."""
     from flywheel.catalog import Catalog
 
     spec = load_spec(args.spec)
     try:
-        facts = Catalog(spec.catalog).document_lineage(args.doc_id)
+        facts = lookup(Catalog(spec.catalog))
     except KeyError as exc:
-        print(f"flywheel lineage: {exc.args[0]}", file=sys.stderr)
+        print(f"flywheel {args.command}: {exc.args[0]}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(facts, indent=2, default=str))
-        return 0
-    for key, value in facts.items():
-        print(f"{key:>20}: {value}")
+    print(json.dumps(facts, indent=2, default=str) if args.json else "\n".join(render(facts)))
     return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    return _facts(
+        args,
+        lambda catalog: catalog.document_lineage(args.doc_id),
+        lambda facts: [f"{key:>20}: {value}" for key, value in facts.items()],
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -77,23 +87,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _checkpoint(args: argparse.Namespace) -> int:
-    from flywheel.catalog import Catalog
+    return _facts(args, lambda catalog: catalog.checkpoint_lineage(args.version), _chain_lines)
 
-    spec = load_spec(args.spec)
-    try:
-        facts = Catalog(spec.catalog).checkpoint_lineage(args.version)
-    except KeyError as exc:
-        print(f"flywheel checkpoint: {exc.args[0]}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(facts, indent=2, default=str))
-        return 0
+
+def _chain_lines(facts: dict[str, Any]) -> list[str]:
+    lines = []
     for row in facts["chain"]:
         inputs = ", ".join(f"{k}={v}" for k, v in row["inputs"].items())
-        print(f"{row['stage']:>8} {row['checkpoint']}  <- {inputs}")
+        lines.append(f"{row['stage']:>8} {row['checkpoint']}  <- {inputs}")
     for version, n in facts["training_documents"].items():
-        print(f"{'':>8} {n} training documents in tokenized_dataset {version}")
-    return 0
+        lines.append(f"{'':>8} {n} training documents in tokenized_dataset {version}")
+    return lines
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -131,15 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="run a training-plane stage without Dagster")
     train.add_argument("stage", choices=["tokenizer", "pack", "pretrain", "sft", "eval"])
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a typed override, e.g. --set pretrain.steps=50 (repeatable)",
-    )
-    train.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
+    add_spec_arguments(train, required=False)
     train.set_defaults(func=_train)
 
     ckpt = sub.add_parser("checkpoint", help="a checkpoint's parents, inputs and documents")

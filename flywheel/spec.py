@@ -11,6 +11,7 @@ means the same thing from any working directory.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import json
@@ -148,6 +149,22 @@ class Spec(_Model):
 def spec_path(path: str | Path | None = None) -> Path:
     """The spec file to use: an explicit path, else ``$FLYWHEEL_SPEC``, else ``flywheel.yaml``."""
     return Path(path or os.environ.get(SPEC_ENV) or DEFAULT_SPEC).resolve()
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--spec FILE`` and repeatable typed ``--set key.path=value`` (into ``overrides``),
+    as every entry point that takes a spec spells them."""
+    parser.add_argument(
+        "--spec", required=required, help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a typed spec override, e.g. --set pretrain.steps=50 (repeatable)",
+    )
 
 
 def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> Spec:

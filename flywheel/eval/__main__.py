@@ -25,7 +25,7 @@ from flywheel.eval.perplexity import heldout_perplexity
 from flywheel.eval.tasks import TaskScore, evaluate_task
 from flywheel.loader import heldout_files
 from flywheel.shards import has_current, read_current
-from flywheel.spec import Spec, load_spec
+from flywheel.spec import Spec, add_spec_arguments, load_spec
 from flywheel.train import checkpoint
 from flywheel.train.report import Reporter
 
@@ -159,16 +159,9 @@ def run_eval(spec: Spec, stage: str, reporter: Reporter) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flywheel.eval", description=__doc__)
-    parser.add_argument("--spec", required=True, help="the flywheel spec (YAML) to run")
+    add_spec_arguments(parser)
     parser.add_argument(
         "--stage", choices=sorted(CHECKPOINTS), default="sft", help="whose checkpoint to score"
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec field, e.g. --set eval.micro_batch=16 (repeatable)",
     )
     return parser.parse_args(argv)
 
@@ -176,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with Reporter(is_main=True) as reporter:
-        run_eval(load_spec(args.spec, args.set), args.stage, reporter)
+        run_eval(load_spec(args.spec, args.overrides), args.stage, reporter)
     return 0
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from flywheel.shards import CURRENT, atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
+DONE = "done.json"  # in a training run's work dir: the version its run was published as
 KEEP_VERSIONS = 3  # published versions kept: the current one and two to fall back on
 
 
@@ -190,3 +191,36 @@ def read_current(root: Path, deep: bool = True) -> Artifact:
 def read_meta(directory: Path) -> dict[str, Any]:
     """The ``meta`` of a complete artifact without re-hashing (for listings)."""
     return json.loads((Path(directory) / MANIFEST).read_text()).get("meta", {})
+
+
+# -- finished training runs: a rerun with the same inputs reuses its published version ---
+def mark_done(work: Path, record: dict[str, Any]) -> None:
+    """Record in the run's work dir that it was published (``record["version"]``)."""
+    atomic_write_json(Path(work) / DONE, record)
+
+
+def finished_run(
+    root: Path, work: Path, deep: bool = True, warn: Callable[[str], None] | None = None
+) -> dict[str, Any] | None:
+    """The done record of the run in ``work`` if the version it names is still published
+    under ``root`` and verifies; None (with a warning why, if it names nothing usable)."""
+    done = Path(work) / DONE
+    if not done.exists():
+        return None
+    try:
+        record = json.loads(done.read_text())
+        verify(Path(root) / record["version"], deep=deep)
+    except (CheckpointError, json.JSONDecodeError, KeyError) as exc:
+        if warn is not None:
+            warn(f"{done} names no usable checkpoint ({exc}); publishing again")
+        return None
+    return record
+
+
+def make_current(root: Path, version: str) -> bool:
+    """Point ``root``'s CURRENT at ``version``; False if it already did."""
+    pointer = Path(root) / CURRENT
+    if pointer.exists() and pointer.read_text().strip() == version:
+        return False
+    atomic_write_bytes(pointer, version.encode())
+    return True

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 
 from flywheel.catalog import Catalog
-from flywheel.shards import CURRENT, ShardSet, atomic_write_bytes, atomic_write_json, read_current
-from flywheel.spec import Spec, load_spec
+from flywheel.shards import ShardSet, read_current
+from flywheel.spec import Spec, add_spec_arguments, load_spec
 from flywheel.train import checkpoint, state
 from flywheel.train.loop import (
     Position,
@@ -110,21 +110,13 @@ def make_accelerator(spec: Spec) -> tuple[Any, str, str | None]:
 # -- a finished fingerprint ------------------------------------------------------------
 def _reusable(spec: Spec, work: Path, reporter: Reporter) -> dict[str, Any] | None:
     """done.json's record if its version is still published and verifies (made current)."""
-    done = work / "done.json"
-    if not done.exists():
-        return None
     root = spec.product_dir(PRODUCT)
-    try:
-        record = json.loads(done.read_text())
-        artifact = checkpoint.verify(root / record["version"])
-    except (checkpoint.CheckpointError, json.JSONDecodeError, KeyError) as exc:
-        reporter.warning(f"{done} names no usable checkpoint ({exc}); publishing again")
+    record = checkpoint.finished_run(root, work, warn=reporter.warning)
+    if record is None:
         return None
-    pointer = root / CURRENT
-    if not pointer.exists() or pointer.read_text().strip() != artifact.version:
-        atomic_write_bytes(pointer, artifact.version.encode())
-        reporter.info(f"made {artifact.version} the current {PRODUCT} again")
-    record["metadata"]["checkpoint"] = str(artifact.path)
+    if checkpoint.make_current(root, record["version"]):
+        reporter.info(f"made {record['version']} the current {PRODUCT} again")
+    record["metadata"]["checkpoint"] = str(root / record["version"])
     return record
 
 
@@ -286,7 +278,7 @@ def _finish(spec: Spec, inputs: Inputs, work: Path, metadata: dict[str, Any]) ->
         "metrics": scalars,
         "metadata": {**metadata, "checkpoint": str(artifact.path), **inputs.lineage},
     }
-    atomic_write_json(work / "done.json", record)
+    checkpoint.mark_done(work, record)
     return record
 
 
@@ -330,12 +322,9 @@ def pretrain(spec: Spec) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spec", required=True, help="the (resolved) spec file")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, repeatable"
-    )
+    add_spec_arguments(parser)
     args = parser.parse_args(argv)
-    pretrain(load_spec(args.spec, args.set))
+    pretrain(load_spec(args.spec, args.overrides))
 
 
 if __name__ == "__main__":

@@ -33,21 +33,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from flywheel.catalog import Catalog
 from flywheel.sft_data import data_fingerprint, load_sft_data
-from flywheel.shards import CURRENT, atomic_write_bytes, atomic_write_json
-from flywheel.spec import Spec, load_spec
+from flywheel.shards import atomic_write_bytes
+from flywheel.spec import Spec, add_spec_arguments, load_spec
 from flywheel.tasks import Loaded
 from flywheel.train import checkpoint
 from flywheel.train.loop import resolve_precision
 from flywheel.train.model import load_model
 from flywheel.train.report import Reporter, loss_curve
 from flywheel.train.settings import SftSettings
-from flywheel.train.sft_resume import (
-    DONE,
-    ManifestOnSave,
-    finished_run,
-    resumable_checkpoint,
-    set_aside,
-)
+from flywheel.train.sft_resume import ManifestOnSave, resumable_checkpoint, set_aside
 from flywheel.train.state import run_lock
 
 PRODUCT = "sft_checkpoint"
@@ -284,7 +278,7 @@ def publish_run(
         "quarantined": len(data.quarantine),
     }
     work = root / "work" / fingerprint
-    atomic_write_json(work / DONE, {"version": artifact.version, "metadata": metadata})
+    checkpoint.mark_done(work, {"version": artifact.version, "metadata": metadata})
     # The published version is the run's result; its resumable checkpoints (weights and
     # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
     for path in work.glob("checkpoint-*"):
@@ -331,10 +325,10 @@ def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     data = load_sft_data(spec.sft.data)
     fingerprint = run_fingerprint(spec.sft, parent.version, data)
     work = root / "work" / fingerprint
-    done = finished_run(root, work)
+    done = checkpoint.finished_run(root, work, deep=False, warn=reporter.warning)
     if done is not None:
         if reporter.is_main:  # the same spec again: its model becomes current again
-            atomic_write_bytes(root / CURRENT, done["version"].encode())
+            checkpoint.make_current(root, done["version"])
         reporter.info(f"SFT run {fingerprint} already published as {done['version']}")
         reporter.materialization(done["metadata"], data_version=done["version"])
         return done
@@ -355,14 +349,7 @@ def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flywheel.train.sft", description=__doc__)
-    parser.add_argument("--spec", required=True, help="the flywheel spec (YAML) to run")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec field, e.g. --set sft.steps=50 (repeatable)",
-    )
+    add_spec_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -370,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # accelerate launch sets RANK on every process; only rank 0 talks to Dagster Pipes.
     with Reporter(is_main=os.environ.get("RANK", "0") == "0") as reporter:
-        run_sft(load_spec(args.spec, args.set), reporter)
+        run_sft(load_spec(args.spec, args.overrides), reporter)
     return 0
 
 

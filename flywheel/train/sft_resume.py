@@ -19,8 +19,6 @@ from transformers import TrainerCallback
 
 from flywheel.train import checkpoint
 
-DONE = "done.json"
-
 
 class ManifestOnSave(TrainerCallback):
     """After every Trainer save: wait for all ranks' files, then rank 0 writes the manifest."""
@@ -91,16 +89,3 @@ def set_aside(path: Path) -> Path:
     shutil.rmtree(target, ignore_errors=True)  # one set aside earlier at the same step
     path.rename(target)
     return target
-
-
-def finished_run(root: Path, work: Path) -> dict[str, Any] | None:
-    """The record of a finished run in ``work`` whose version is still published, if any."""
-    done = work / DONE
-    if not done.exists():
-        return None
-    record = json.loads(done.read_text())
-    try:
-        checkpoint.verify(root / record["version"], deep=False)
-    except checkpoint.CheckpointError:
-        return None  # pruned or damaged since: train (resume) and publish again
-    return record
