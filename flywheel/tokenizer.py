@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from flywheel.shards import read_current
 from flywheel.spec import Spec
@@ -100,6 +100,12 @@ def _wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,
         model_max_length=1 << 30,  # packing, not the tokenizer, decides sequence length
     )
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an answer: ``<|im_end|>`` (if the vocabulary has it) and EOS."""
+    ids = [tokenizer.get_vocab().get(IM_END), tokenizer.eos_token_id]
+    return [i for i in dict.fromkeys(ids) if i is not None]
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:

@@ -19,10 +19,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flywheel.tasks import load_task_examples
+from flywheel.tokenizer import stop_token_ids
 from flywheel.train.settings import EvalTask
 from flywheel.verifiers import verify
-
-IM_END = "<|im_end|>"  # flywheel.tokenizer.IM_END; ends an assistant turn
 
 
 @dataclass
@@ -47,13 +46,6 @@ class TaskScore:
 
     def samples(self, k: int = 5) -> list[dict[str, Any]]:
         return self.rows[:k]
-
-
-def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids that end an answer: ``<|im_end|>`` (if the vocabulary has it) and EOS."""
-    vocab = tokenizer.get_vocab()
-    ids = [vocab.get(IM_END), tokenizer.eos_token_id]
-    return [i for i in dict.fromkeys(ids) if i is not None]
 
 
 @torch.no_grad()

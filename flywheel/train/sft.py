@@ -127,10 +127,9 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 def stop_on_turn_end(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make generation stop at ``<|im_end|>`` as well as EOS: the end of an assistant turn."""
-    from flywheel.tokenizer import IM_END
+    from flywheel.tokenizer import stop_token_ids
 
-    ids = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.eos_token_id]
-    model.generation_config.eos_token_id = [i for i in dict.fromkeys(ids) if i is not None]
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
