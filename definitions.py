@@ -5,7 +5,9 @@
 
 The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
 names): one raw asset per source, then the curation stages, then the training plane
-(tokenizer, packed dataset, pre-training, SFT, evaluation). A spec error fails the load with
+(tokenizer, packed dataset, pre-training, SFT, evaluation), then the flywheel's cycles
+(training set, retraining, eval, promotion, generation, acceptance; one dynamic partition
+per cycle), its sensors and its schedule. A spec error fails the load with
 the spec's own message, which the UI shows as the code location's error.
 """
 
@@ -15,13 +17,14 @@ import dagster as dg
 
 from assets import (
     FlywheelResource,
+    build_cycle_assets,
     build_document_assets,
     build_document_checks,
     build_training_assets,
 )
 from flywheel.spec import load_spec, spec_path
 from jobs import JOBS
-from sensors import build_sensors
+from sensors import build_schedules, build_sensors
 
 
 def build_definitions(
@@ -30,10 +33,15 @@ def build_definitions(
     spec = load_spec(path, overrides)
     resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides or [])
     return dg.Definitions(
-        assets=[*build_document_assets(spec), *build_training_assets(spec)],
+        assets=[
+            *build_document_assets(spec),
+            *build_training_assets(spec),
+            *build_cycle_assets(spec),
+        ],
         asset_checks=build_document_checks(spec),
         jobs=JOBS,
         sensors=build_sensors(spec),
+        schedules=build_schedules(spec),
         resources={"flywheel": resource, "pipes": dg.PipesSubprocessClient()},
     )
 

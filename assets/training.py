@@ -23,15 +23,17 @@ warnings.filterwarnings("ignore", message=".*PipesMessageReader.expected_writer_
 GPU_POOL = "gpu"
 
 
-def _launch(
+def launch_stage(
     stage: str,
     context: AssetExecutionContext,
     flywheel: FlywheelResource,
     pipes: PipesSubprocessClient,
+    extra: list[str] | None = None,
 ) -> dg.MaterializeResult:
+    """Run ``stage`` out of process through Pipes; what rank 0 reported, with clickable paths."""
     spec = flywheel.spec()
     spec_file = launch.write_run_spec(spec, stage)
-    command = launch.command(stage, spec, spec_file)
+    command = launch.command(stage, spec, spec_file, extra or [])
     context.log.info("launching: " + " ".join(command))
     result = pipes.run(context=context, command=command).get_materialize_result()
     metadata = dict(result.metadata or {})
@@ -71,7 +73,7 @@ def _launched_asset(
         flywheel: FlywheelResource,
         pipes: PipesSubprocessClient,
     ) -> dg.MaterializeResult:
-        return _launch(stage, context, flywheel, pipes)
+        return launch_stage(stage, context, flywheel, pipes)
 
     return _asset
 

@@ -57,6 +57,24 @@ CREATE TABLE IF NOT EXISTS eval_scores (
     checkpoint VARCHAR, eval_version VARCHAR, metric VARCHAR, value DOUBLE,
     created_at TIMESTAMP
 );
+CREATE TABLE IF NOT EXISTS generations (
+    generation_id VARCHAR PRIMARY KEY, cycle BIGINT, prompt_id VARCHAR, checkpoint VARCHAR,
+    status VARCHAR, reason VARCHAR, accepted_version VARCHAR
+);
+CREATE TABLE IF NOT EXISTS training_sets (
+    version VARCHAR PRIMARY KEY, cycle BIGINT, parent_cycle BIGINT, parent_version VARCHAR,
+    rows BIGINT, seed_rows BIGINT, generation_rows BIGINT, new_rows BIGINT,
+    created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS training_examples (
+    version VARCHAR, prompt_id VARCHAR, generation_id VARCHAR, origin VARCHAR,
+    cycle_added BIGINT
+);
+CREATE TABLE IF NOT EXISTS cycles (
+    cycle BIGINT PRIMARY KEY, candidate VARCHAR, metric VARCHAR, value DOUBLE,
+    champion_before VARCHAR, champion_value DOUBLE, promoted BOOLEAN, reason VARCHAR,
+    decided_at TIMESTAMP
+);
 CREATE TABLE IF NOT EXISTS materializations (
     product VARCHAR, version VARCHAR, spec_fingerprint VARCHAR, code_version VARCHAR,
     created_at TIMESTAMP, metadata JSON
@@ -173,6 +191,23 @@ class Catalog:
                     "INSERT INTO eval_scores VALUES (?, ?, ?, ?, ?)",
                     [checkpoint, eval_version, metric, float(value), now],
                 )
+
+    def record_generations(self, cycle: int, decisions: pl.DataFrame, version: str) -> None:
+        """Replace cycle ``cycle``'s acceptance decisions: one row per generation with
+        generation_id, prompt_id, checkpoint, status ('accepted'|'rejected') and reason."""
+        frame = decisions.select(
+            "generation_id",
+            pl.lit(cycle, dtype=pl.Int64).alias("cycle"),
+            "prompt_id",
+            "checkpoint",
+            "status",
+            "reason",
+            pl.lit(version).alias("accepted_version"),
+        )
+        with self.connect() as con, _transaction(con):
+            con.register("gen_f", frame)
+            con.execute("DELETE FROM generations WHERE cycle = ?", [cycle])
+            con.execute("INSERT INTO generations SELECT * FROM gen_f")
 
     def record_materialization(
         self, product: str, version: str, spec_fingerprint: str, metadata: dict[str, Any]

@@ -2,7 +2,8 @@
 
 flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
-flywheel lineage DOC_ID [--spec SPEC] [--json]           where a document came from
+flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, generation or doc
+flywheel report [--spec SPEC] [--json]                   the flywheel's per-cycle table
 flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
 flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
@@ -59,11 +60,31 @@ def _facts(
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    return _facts(
-        args,
-        lambda catalog: catalog.document_lineage(args.doc_id),
-        lambda facts: [f"{key:>20}: {value}" for key, value in facts.items()],
-    )
+    from flywheel.cycle_report import lineage, lineage_lines
+
+    spec = load_spec(args.spec)
+    return _facts(args, lambda catalog: lineage(spec, args.key), lineage_lines)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flywheel.cycle_report import REPORT_COLUMNS, metric_columns, report_footer, report_rows
+
+    spec = load_spec(args.spec)
+    rows = report_rows(spec)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    shown = [{k: _cell(v) for k, v in r.items()} for r in rows]
+    columns = [*REPORT_COLUMNS, "accept_rate", *metric_columns(rows), "promoted"]
+    print(_table(shown, columns) if rows else "no flywheel cycle has run yet")
+    print("\n".join(report_footer(spec)))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -124,11 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, helptext in [
         ("summary", _summary, "row counts, keep and dedup rates of the data products"),
-        ("lineage", _lineage, "where a document came from and why it was kept or dropped"),
+        ("lineage", _lineage, "what fed a checkpoint or cycle; where a document came from"),
+        ("report", _report, "the flywheel's per-cycle table: data, eval metrics, promotion"),
     ]:
         p = sub.add_parser(name, help=helptext)
         if name == "lineage":
-            p.add_argument("doc_id")
+            p.add_argument(
+                "key", help="a checkpoint version, a cycle number, a generation or doc id"
+            )
         p.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.set_defaults(func=func)

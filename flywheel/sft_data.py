@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from flywheel.tasks import Loaded, arithmetic_examples, quarantined, read_jsonl
+from flywheel.tasks import Loaded, addition_examples, arithmetic_examples, quarantined, read_jsonl
 from flywheel.train.settings import SftData
 
 ROLES = ("system", "user", "assistant")
@@ -114,6 +114,16 @@ def load_sft_data(data: SftData) -> Loaded:
         examples = [conversation(p["prompt"], p["answer"]) for p in problems]
         about = (
             f"arithmetic(n={data.num_examples}, max_operand={data.max_operand}, seed={data.seed})"
+        )
+        return Loaded(examples, [], about)
+    if data.kind == "addition":
+        problems = addition_examples(
+            data.num_examples, data.min_digits, data.max_digits, data.width, data.seed
+        )
+        examples = [conversation(p["prompt"], p["answer"]) for p in problems]
+        about = (
+            f"addition(n={data.num_examples}, digits={data.min_digits}-{data.max_digits}, "
+            f"width={data.width}, seed={data.seed})"
         )
         return Loaded(examples, [], about)
     if data.path is None:

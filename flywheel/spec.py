@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from flywheel.cycle_settings import AcceptanceSettings, CycleSettings, GenerationSettings
 from flywheel.dedup.settings import DedupSettings
 from flywheel.filters import FilterSettings
 from flywheel.ingest import PythonEnvSource, SourceSpec
@@ -104,6 +105,15 @@ class Spec(_Model):
     )
     eval: EvalSettings = Field(
         default_factory=EvalSettings, description="Held-out perplexity and task accuracy."
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Synthetic generation by the champion."
+    )
+    acceptance: AcceptanceSettings = Field(
+        default_factory=AcceptanceSettings, description="Verification, filters and dedup."
+    )
+    cycles: CycleSettings = Field(
+        default_factory=CycleSettings, description="Triggers, retraining and promotion."
     )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -198,13 +208,19 @@ def parse_spec(raw: dict[str, Any], path: Path) -> Spec:
 
 def _resolve_paths(spec: Spec, base: Path) -> None:
     """Resolve the training plane's optional local paths against the spec's directory."""
-    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.eval.tasks]
+    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.eval.tasks, spec.generation.prompts]
     for owner in owners:
         if getattr(owner, "path", None) is not None:
             owner.path = (base / owner.path).resolve()
-    for train in (spec.pretrain, spec.sft):
+    trains = (spec.pretrain, spec.sft, spec.cycles.train, spec.cycles.preference_train)
+    for train in trains:
         if train.accelerate_config is not None:
             train.accelerate_config = (base / train.accelerate_config).resolve()
+    serve = spec.generation.endpoint.serve
+    serve.executable = (base / serve.executable).absolute()
+    verifier = spec.acceptance.verifier
+    if verifier.reward_model is not None:
+        verifier.reward_model = (base / verifier.reward_model).resolve()
 
 
 def format_errors(exc: ValidationError, path: Path) -> str:

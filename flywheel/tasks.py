@@ -69,6 +69,40 @@ def arithmetic_examples(n: int, max_operand: int, seed: int) -> list[dict[str, s
     return out
 
 
+def addition_examples(
+    n: int, min_digits: int, max_digits: int, width: int, seed: int
+) -> list[dict[str, str]]:
+    """``n`` sums written least-significant digit first, zero-padded to a fixed width.
+
+    ``a=123, b=45, width=5`` is the prompt ``32100+54000`` and the answer ``861000`` (the
+    sum, padded to ``width + 1`` digits and reversed). Reversed digits let a causal model
+    emit each answer digit right after the operand digits and carry it depends on; the fixed
+    width puts every digit at the same position whatever the number's length, so a model
+    trained on 3-digit sums has seen every position (holding zeros) and can extend to 4
+    and 5 digits from its own verified answers. Operand lengths are uniform over
+    ``[min_digits, max_digits]``; the same arguments give the same list.
+    """
+    if not 1 <= min_digits <= max_digits <= width:
+        raise ValueError(
+            f"need 1 <= min_digits <= max_digits <= width, got {min_digits}, {max_digits}, {width}"
+        )
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = (_number(rng, rng.randint(min_digits, max_digits)) for _ in range(2))
+        prompt = f"{_reversed(a, width)}+{_reversed(b, width)}"
+        out.append({"prompt": prompt, "answer": _reversed(a + b, width + 1)})
+    return out
+
+
+def _number(rng: random.Random, digits: int) -> int:
+    return rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1)
+
+
+def _reversed(value: int, width: int) -> str:
+    return str(value).zfill(width)[::-1]
+
+
 def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
     """The JSON objects of a JSONL file with their 1-based line numbers, and the bad lines.
 
@@ -133,6 +167,12 @@ def load_task_examples(task: EvalTask) -> Loaded:
     if task.kind == "arithmetic":
         examples = arithmetic_examples(task.num_examples, task.max_operand, task.seed)
         return Loaded(examples, [], f"arithmetic(max_operand={task.max_operand})")
+    if task.kind == "addition":
+        examples = addition_examples(
+            task.num_examples, task.min_digits, task.max_digits, task.width, task.seed
+        )
+        about = f"addition(digits={task.min_digits}-{task.max_digits}, width={task.width})"
+        return Loaded(examples, [], about)
     if task.path is None:
         raise ValueError(f"eval task {task.name!r}: kind jsonl needs a path")
     try:

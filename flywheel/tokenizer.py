@@ -70,8 +70,15 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on ``texts`` and save it to ``out_dir``; same input, same output."""
     bpe = Tokenizer(models.BPE())
-    # No normalizer: text is encoded exactly as written, so decode(encode(x)) == x.
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # No normalizer: text is encoded exactly as written, so decode(encode(x)) == x. Digits
+    # are split one per token (as Llama and DeepSeek do): merged digit strings ("00", "123")
+    # would give a number a different token shape for each length, which defeats arithmetic.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -13,13 +13,33 @@ built in; ``register_verifier`` adds more (e.g. a unit-test runner for code task
 - ``contains``: the answer (stripped) occurs in the completion.
 - ``regex``: ``pattern`` with ``{answer}`` replaced by the escaped answer matches somewhere
   in the completion (e.g. ``"answer: {answer}\\b"``).
+
+``judge`` applies the spec's ``acceptance.verifier`` to a frame of generations (one row per
+sampled completion) and says, for every row, whether it is accepted and why not:
+
+- ``exact`` / ``numeric``: the verifier above against the row's reference ``answer``; a row
+  without one is rejected ``no_reference``, a wrong one ``incorrect``.
+- ``python``: ``fn(prompt, completion, answer) -> bool | (bool, reason)`` imported from
+  ``package.module:function``; a call that raises rejects its row ``verifier_error: <exc>``.
+- ``self_consistency``: majority vote across one prompt's samples, for prompts without a
+  reference (see ``_judge_majority``).
+- ``reward_model``: a local sequence-classification model's score >= threshold
+  (``flywheel.reward``; torch is imported only for this kind).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+if TYPE_CHECKING:  # the settings model is only read here; importing it at runtime is not needed
+    from flywheel.cycle_settings import VerifierSettings
 
 Verifier = Callable[[str, str, str | None], bool]
 
@@ -93,3 +113,167 @@ def get_verifier(kind: str) -> Verifier:
 def verify(kind: str, completion: str, answer: str, pattern: str | None = None) -> bool:
     """Whether ``completion`` answers correctly, judged by the verifier ``kind``."""
     return bool(get_verifier(kind)(completion, answer, pattern))
+
+
+# -- judging generations: the acceptance step's verifier ----------------------------------
+# One verdict per row: (verified, reason when rejected, response to train on, score or None).
+Verdict = tuple[bool, str | None, str, float | None]
+JUDGE_COLUMNS = {
+    "verified": pl.Boolean,
+    "reason": pl.String,
+    "response": pl.String,
+    "score": pl.Float64,
+}
+
+
+def judge(settings: VerifierSettings, rows: pl.DataFrame, batch_size: int = 16) -> pl.DataFrame:
+    """``rows`` (prompt, completion, optional answer; prompt_id for self_consistency) plus
+    ``verified``, ``reason`` (null when verified), ``response`` and ``score``, row for row.
+
+    The response is the text to train on: the stripped completion, or for self_consistency
+    the majority answer. ``score`` is the reward (reward_model), the majority's share of the
+    prompt's samples (self_consistency), or null. ``batch_size`` batches reward-model scoring.
+    """
+    needed = {"prompt", "completion"} | (
+        {"prompt_id"} if settings.kind == "self_consistency" else set()
+    )
+    missing = sorted(needed - set(rows.columns))
+    if missing:
+        raise ValueError(f"judge ({settings.kind}) needs columns {missing}; got {rows.columns}")
+    for col in ("answer", "prompt_id"):
+        if col not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(col))
+    prompts, completions = rows["prompt"].to_list(), rows["completion"].fill_null("").to_list()
+    answers = rows["answer"].cast(pl.String).to_list()
+    kind = settings.kind
+    if kind in ("exact", "numeric"):
+        verdicts = [_judge_reference(kind, c, a) for c, a in zip(completions, answers, strict=True)]
+    elif kind == "python":
+        fn = load_function(settings.function or "")
+        verdicts = [_judge_call(fn, *r) for r in zip(prompts, completions, answers, strict=True)]
+    elif kind == "self_consistency":
+        verdicts = _judge_majority(
+            rows["prompt_id"].cast(pl.String).to_list(),
+            completions,
+            settings.min_votes,
+            settings.min_agreement,
+        )
+    elif kind == "reward_model":
+        verdicts = _judge_reward(settings, prompts, completions, batch_size)
+    else:
+        raise ValueError(f"unknown acceptance verifier kind {kind!r}")
+    return _attach(rows, verdicts)
+
+
+def _attach(rows: pl.DataFrame, verdicts: list[Verdict]) -> pl.DataFrame:
+    columns = list(zip(*verdicts, strict=True)) if verdicts else [[], [], [], []]
+    return rows.with_columns(
+        pl.Series(name, list(values), dtype=dtype)
+        for (name, dtype), values in zip(JUDGE_COLUMNS.items(), columns, strict=True)
+    )
+
+
+def _judge_reward(
+    settings: VerifierSettings, prompts: list[str], completions: list[str], batch_size: int
+) -> list[Verdict]:
+    from flywheel.reward import reward_scores  # torch + transformers: only for this kind
+
+    if settings.reward_model is None:
+        raise ValueError("verifier kind reward_model needs reward_model (a model directory)")
+    scores = reward_scores(settings.reward_model, prompts, completions, batch_size)
+    verdicts: list[Verdict] = []
+    for score, completion in zip(scores, completions, strict=True):
+        ok = score >= settings.threshold
+        verdicts.append((ok, None if ok else "below_reward_threshold", completion.strip(), score))
+    return verdicts
+
+
+def _judge_reference(kind: str, completion: str, answer: str | None) -> Verdict:
+    if answer is None:
+        return False, "no_reference", completion.strip(), None
+    try:
+        ok = verify(kind, completion, answer)
+    except ValueError as exc:  # e.g. numeric with an answer that is not a number
+        return False, f"verifier_error: {exc}", completion.strip(), None
+    return ok, None if ok else "incorrect", completion.strip(), None
+
+
+def load_function(path: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:function``; errors name the path and the cause."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"verifier function {path!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(
+            f"verifier function {path!r}: cannot import {module_name!r}: {exc}"
+        ) from exc
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise ImportError(f"verifier function {path!r}: {module_name!r} has no {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise TypeError(f"verifier function {path!r} is a {type(fn).__name__}, not callable")
+    return fn
+
+
+def _judge_call(
+    fn: Callable[..., Any], prompt: str, completion: str, answer: str | None
+) -> Verdict:
+    """One call of a user verifier; whatever it raises rejects this row, not the whole run."""
+    response = completion.strip()
+    try:
+        result = fn(prompt, completion, answer)
+    except Exception as exc:  # noqa: BLE001 - user code: any failure is this row's reason
+        return False, f"verifier_error: {type(exc).__name__}: {exc}", response, None
+    ok, why = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
+    # `in (True, False)` admits numpy bools and rejects a truthy string such as "False".
+    if isinstance(ok, str) or ok not in (True, False):
+        return False, f"verifier_error: returned {result!r}, not a bool", response, None
+    if ok:
+        return True, None, response, None
+    return False, str(why) if why else "incorrect", response, None
+
+
+def vote_key(completion: str) -> tuple[str, Any]:
+    """What a sample votes for: the number it is, when it is one number, else its stripped
+    text. So "19", " 19.0" and "19\\n" agree; "The answer is 19" is a different text."""
+    text = completion.strip()
+    number = parse_number(text)
+    return ("number", number) if number is not None else ("text", text)
+
+
+def _judge_majority(
+    prompt_ids: list[str | None], completions: list[str], min_votes: int, min_agreement: float
+) -> list[Verdict]:
+    """Self-consistency (Wang et al. 2022): per prompt, the answer most samples agree on wins
+    if it has >= ``min_votes`` votes and >= ``min_agreement`` of the prompt's samples; a tie
+    for the top is no majority. Winners get the majority answer (its most common written
+    form) as response; the others are ``not_majority``, or ``no_majority`` without a winner."""
+    groups: dict[str | None, list[int]] = {}
+    for i, pid in enumerate(prompt_ids):
+        groups.setdefault(pid, []).append(i)
+    keys = [vote_key(c) for c in completions]
+    out: list[Verdict | None] = [None] * len(completions)
+    for members in groups.values():
+        votes = Counter(keys[i] for i in members).most_common()
+        top, count = votes[0]
+        share = count / len(members)
+        tied = len(votes) > 1 and votes[1][1] == count
+        if tied or count < min_votes or share < min_agreement:
+            for i in members:
+                out[i] = (False, "no_majority", completions[i].strip(), share)
+            continue
+        forms = Counter(completions[i].strip() for i in members if keys[i] == top)
+        answer = forms.most_common(1)[0][0]  # ties: the form seen first (Counter keeps order)
+        for i in members:
+            won = keys[i] == top
+            out[i] = (
+                won,
+                None if won else "not_majority",
+                answer if won else completions[i].strip(),
+                share,
+            )
+    return [v for v in out if v is not None]

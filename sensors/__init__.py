@@ -52,5 +52,14 @@ def build_source_change_sensor() -> dg.SensorDefinition:
 
 
 def build_sensors(spec: Spec) -> list[dg.SensorDefinition]:
-    del spec  # the sensor reads the live spec at each tick through the resource
-    return [build_source_change_sensor()]
+    from sensors.cycles import build_accepted_data_sensor, cycle_failure_sensor
+
+    # Sensors read the live spec at each tick through the resource; the interval and the
+    # default status come from the spec the definitions were loaded with.
+    return [build_source_change_sensor(), build_accepted_data_sensor(spec), cycle_failure_sensor]
+
+
+def build_schedules(spec: Spec) -> list[dg.ScheduleDefinition]:
+    from sensors.cycles import build_cycle_schedule
+
+    return [build_cycle_schedule(spec)]

@@ -87,3 +87,64 @@ def small_spec(tmp_path: Path, corpus_jsonl: Path) -> Path:
         {TINY_TRAINING}
         """,
     )
+
+
+# The flywheel at toy size: addition seed SFT, one cycle of a few prompts. The tiny model's
+# answers are mostly wrong, so plumbing tests accept any non-empty answer (accept_nonempty).
+TINY_FLYWHEEL = """
+        sft:
+          steps: 6
+          micro_batch: 4
+          warmup_steps: 1
+          save_every: 3
+          log_every: 1
+          max_length: 64
+          data: {kind: addition, num_examples: 48, min_digits: 1, max_digits: 2, width: 3}
+        eval:
+          perplexity_batches: 2
+          micro_batch: 4
+          tasks: [{name: addition, kind: addition, num_examples: 8, min_digits: 3,
+                   max_digits: 3, width: 3, verifier: exact, max_new_tokens: 6}]
+        generation:
+          prompts: {kind: addition, num_prompts: 8, min_digits: 3, max_digits: 3, width: 3}
+          samples_per_prompt: 2
+          max_new_tokens: 6
+        acceptance:
+          verifier: {kind: python, function: "tests.conftest:accept_nonempty"}
+        cycles:
+          threshold_rows: 1
+          max_cycles: 1
+          patience: 5
+          sensor_interval_s: 1
+          gate: {metric: accuracy/addition}
+          train: {steps: 4, micro_batch: 4, warmup_steps: 0, save_every: 10, log_every: 1,
+                  max_length: 64}
+"""
+
+
+def accept_nonempty(prompt: str, completion: str, answer: str | None) -> tuple[bool, str]:
+    """A verifier for plumbing tests: any non-empty completion is accepted."""
+    return bool(completion.strip()), "empty completion"
+
+
+@pytest.fixture
+def flywheel_spec(tmp_path: Path, corpus_jsonl: Path) -> Path:
+    """The small corpus, the tiny training plane and one tiny flywheel cycle."""
+    training = TINY_TRAINING.split("        sft:")[0]  # TINY_FLYWHEEL has its own sft/eval
+    return write_spec(
+        tmp_path,
+        f"""
+        name: test-flywheel
+        data_dir: data
+        catalog: catalog.duckdb
+        sources:
+          - name: corpus
+            kind: jsonl
+            path: {corpus_jsonl.name}
+        filters:
+          gopher_quality:
+            min_words: 20
+        {training}
+        {TINY_FLYWHEEL}
+        """,
+    )

@@ -94,3 +94,19 @@ def test_jsonl_task_errors_name_the_file(tmp_path: Path) -> None:
     bad = _write_lines(tmp_path / "bad.jsonl", ["{oops", json.dumps({"prompt": "p"})])
     with pytest.raises(ValueError, match=r"bad.jsonl has no usable records.*line 1: invalid_json"):
         load_task_examples(EvalTask(name="x", kind="jsonl", path=bad))
+
+
+def test_addition_examples_are_padded_reversed_sums() -> None:
+    from flywheel.tasks import addition_examples
+
+    problems = addition_examples(200, 2, 4, 5, seed=3)
+    assert problems == addition_examples(200, 2, 4, 5, seed=3)
+    for p in problems:
+        a, b = (int(x[::-1]) for x in p["prompt"].split("+"))
+        assert len(p["prompt"]) == 11 and len(p["answer"]) == 6
+        assert int(p["answer"][::-1]) == a + b
+        assert all(2 <= len(str(n)) <= 4 for n in (a, b))
+    lengths = {len(str(int(p["prompt"].split("+")[0][::-1]))) for p in problems}
+    assert lengths == {2, 3, 4}
+    with pytest.raises(ValueError, match="max_digits <= width"):
+        addition_examples(1, 1, 6, 5, seed=0)

@@ -171,3 +171,15 @@ def test_build_without_shards_says_to_materialize(small_spec: Path) -> None:
     spec = load_spec(small_spec)
     with pytest.raises((FileNotFoundError, CheckpointError), match="deduplicated_shards"):
         build_tokenizer(spec)
+
+
+def test_digits_are_one_token_each(tmp_path) -> None:
+    from flywheel.tokenizer import train_tokenizer
+    from tests.conftest import prose
+
+    texts = [*prose(20), "In 2024 there were 1000 and 12345 items. " * 50]
+    tok = train_tokenizer(texts, 400, 2, tmp_path)
+    pieces = tok.tokenize("32100+54000=861000")
+    assert "".join(pieces) == "32100+54000=861000"
+    assert all(len(p) == 1 for p in pieces)  # no merged digit strings like "00" or "2024"
+    assert tok.decode(tok.encode("sum 12345 ok")) == "sum 12345 ok"

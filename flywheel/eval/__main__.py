@@ -1,13 +1,15 @@
 """Evaluate the current checkpoint of a stage and publish the scores as ``eval_scores``.
 
     python -m flywheel.eval --spec flywheel.yaml [--stage sft|pretrain] [--set eval.micro_batch=16]
+    python -m flywheel.eval --spec flywheel.yaml --cycle 2      # a flywheel cycle's candidate
 
 Reads the current ``sft_checkpoint`` (default) or ``pretrained_checkpoint``, measures held-out
 perplexity on the current ``tokenized_dataset`` (skipped, with a warning, when there is none)
 and the accuracy of every ``eval.tasks`` entry, then publishes a verified report directory
 (``scores.json``, ``samples.jsonl`` with every scored answer, ``quarantine.jsonl`` when a task
 file had bad records), records the metrics in the catalog, and reports a materialization
-whose data version is the report's version.
+whose data version is the report's version. With ``--cycle N`` it scores cycle N's
+candidate (``flywheel.cycles``) and publishes under ``cycles/N/eval`` instead.
 """
 
 from __future__ import annotations
@@ -118,9 +120,25 @@ def write_report(directory: Path, metrics: dict[str, Any], scores: list[TaskScor
             f.writelines(json.dumps(q) + "\n" for q in quarantine)
 
 
-def run_eval(spec: Spec, stage: str, reporter: Reporter) -> dict[str, Any]:
-    """Evaluate the stage's current checkpoint, publish the report; returns its metadata."""
-    evaluated = checkpoint.read_current(spec.product_dir(CHECKPOINTS[stage]))
+def _target(spec: Spec, stage: str, cycle: int | None) -> tuple[checkpoint.Artifact, Path]:
+    """The checkpoint to score and the root its report is published under."""
+    if cycle is None:
+        return checkpoint.read_current(spec.product_dir(CHECKPOINTS[stage])), spec.product_dir(
+            PRODUCT
+        )
+    from flywheel.cycles import eval_root
+    from flywheel.promotion import candidate
+
+    return candidate(spec, cycle), eval_root(spec, cycle)
+
+
+def run_eval(
+    spec: Spec, stage: str, reporter: Reporter, cycle: int | None = None
+) -> dict[str, Any]:
+    """Evaluate the stage's current checkpoint (or a cycle's candidate), publish the report;
+    returns its metadata."""
+    evaluated, root = _target(spec, stage, cycle)
+    stage = stage if cycle is None else "cycle"
     reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
     model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
     metrics: dict[str, Any] = perplexity_metrics(spec, model, reporter)
@@ -136,11 +154,16 @@ def run_eval(spec: Spec, stage: str, reporter: Reporter) -> dict[str, Any]:
             metrics[f"quarantined/{score.name}"] = len(score.quarantine)
             reporter.warning(f"task {score.name}: {len(score.quarantine)} record(s) quarantined")
         reporter.info(f"task {score.name}: accuracy {score.accuracy:.3f} on {score.n}")
-    root = spec.product_dir(PRODUCT)
     staging = checkpoint.staging_dir(root)
-    write_report(staging, {"checkpoint": evaluated.version, "stage": stage, **metrics}, scores)
+    head = {"checkpoint": evaluated.version, "stage": stage, "cycle": cycle}
+    write_report(staging, {**head, **metrics}, scores)
     report = checkpoint.publish(
-        root, staging, checkpoint=evaluated.version, stage=stage, spec=spec.resolved()
+        root,
+        staging,
+        checkpoint=evaluated.version,
+        stage=stage,
+        cycle=cycle,
+        spec=spec.resolved(),
     )
     numeric = {
         k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
@@ -150,6 +173,7 @@ def run_eval(spec: Spec, stage: str, reporter: Reporter) -> dict[str, Any]:
         **metrics,
         "checkpoint": evaluated.version,
         "stage": stage,
+        **({"cycle": cycle} if cycle is not None else {}),
         "report": str(report.path),
         "samples": samples_table(scores),
     }
@@ -163,13 +187,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--stage", choices=sorted(CHECKPOINTS), default="sft", help="whose checkpoint to score"
     )
+    parser.add_argument("--cycle", type=int, help="score this flywheel cycle's candidate")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with Reporter(is_main=True) as reporter:
-        run_eval(load_spec(args.spec, args.overrides), args.stage, reporter)
+        run_eval(load_spec(args.spec, args.overrides), args.stage, reporter, args.cycle)
     return 0
 
 

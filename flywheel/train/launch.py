@@ -4,6 +4,9 @@
     flywheel train sft --spec flywheel.yaml
     flywheel train eval --spec flywheel.yaml          # one process, no accelerate
 
+A flywheel cycle's retraining takes its cycle and champion as extra arguments:
+``command("retrain", spec, spec_file, ["--cycle", "3", "--parent", champion_dir])``.
+
 The stage reads a *resolved* spec file (absolute paths, defaults filled in), written next to
 its outputs, so the exact inputs of every run are on disk. ``num_processes > 1`` adds
 ``--multi_gpu``: on CUDA that is one rank per GPU (NCCL); on CPU the entry points build their
@@ -19,18 +22,29 @@ import json
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
 from flywheel.spec import Spec
+from flywheel.train.settings import TrainSettings
 
 STAGES = {
     "pretrain": "flywheel.train.pretrain",
     "sft": "flywheel.train.sft",
+    "retrain": "flywheel.train.retrain",
     "eval": "flywheel.eval",
+    "generate": "flywheel.generate",
 }
-PRODUCTS = {"pretrain": "pretrained_checkpoint", "sft": "sft_checkpoint", "eval": "eval_scores"}
+PRODUCTS = {
+    "pretrain": "pretrained_checkpoint",
+    "sft": "sft_checkpoint",
+    "retrain": "cycle_checkpoint",
+    "eval": "eval_scores",
+    "generate": "synthetic_generations",
+}
+ONE_PROCESS = ("eval", "generate")  # plain python: no accelerate, no ranks
 
 
 def _free_port() -> int:
@@ -56,14 +70,25 @@ def write_run_spec(spec: Spec, stage: str) -> Path:
     return path
 
 
-def command(stage: str, spec: Spec, spec_file: Path) -> list[str]:
-    """The argv that runs ``stage`` on ``spec_file``: ``accelerate launch`` for training."""
+def train_settings(stage: str, spec: Spec) -> TrainSettings:
+    """The settings a training stage launches with (its processes, its accelerate config)."""
+    stages = {"pretrain": spec.pretrain, "sft": spec.sft, "retrain": spec.cycles.train}
+    return stages[stage]
+
+
+def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    """The argv that runs ``stage`` on ``spec_file``: ``accelerate launch`` for training.
+
+    ``extra_args`` go to the stage's entry point after ``--spec`` (e.g. retrain's
+    ``--cycle N --parent DIR``).
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     module = STAGES[stage]
-    if stage == "eval":
-        return [sys.executable, "-m", module, "--spec", str(spec_file)]
-    train = spec.pretrain if stage == "pretrain" else spec.sft
+    entry = ["-m", module, "--spec", str(spec_file), *map(str, extra_args)]
+    if stage in ONE_PROCESS:
+        return [sys.executable, *entry]
+    train = train_settings(stage, spec)
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if train.accelerate_config is not None:
         cmd += ["--config_file", str(train.accelerate_config)]
@@ -73,12 +98,12 @@ def command(stage: str, spec: Spec, spec_file: Path) -> list[str]:
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
         if train.num_processes > 1:
             cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]
-    return [*cmd, "-m", module, "--spec", str(spec_file)]
+    return [*cmd, *entry]
 
 
-def run_stage(stage: str, spec: Spec) -> int:
+def run_stage(stage: str, spec: Spec, extra_args: Sequence[str] = ()) -> int:
     """Run a stage by hand (no Dagster): write its spec, launch it, return its exit code."""
     spec_file = write_run_spec(spec, stage)
-    argv = command(stage, spec, spec_file)
+    argv = command(stage, spec, spec_file, extra_args)
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
     return subprocess.call(argv)

@@ -115,10 +115,27 @@ class PretrainSettings(TrainSettings):
     pass
 
 
-class SftData(_Model):
-    kind: Literal["jsonl", "parquet", "arithmetic"] = Field(
+class AdditionTask(_Model):
+    """Fields of the built-in ``addition`` task (flywheel.tasks.addition_examples)."""
+
+    min_digits: int = Field(1, ge=1, description="Fewest operand digits (kind addition).")
+    max_digits: int = Field(3, ge=1, description="Most operand digits (kind addition).")
+    width: int = Field(5, ge=1, description="Operands are zero-padded to this many digits.")
+
+    @model_validator(mode="after")
+    def _digits(self) -> AdditionTask:
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits must not exceed max_digits")
+        if self.max_digits > self.width:
+            raise ValueError("max_digits must not exceed width (operands are padded to width)")
+        return self
+
+
+class SftData(AdditionTask):
+    kind: Literal["jsonl", "parquet", "arithmetic", "addition"] = Field(
         "arithmetic",
-        description="jsonl/parquet of prompt/response or messages, or built-in arithmetic.",
+        description="jsonl/parquet of prompt/response or messages, or built-in arithmetic "
+        "('What is a + b?') or addition (padded reversed sums).",
     )
     path: Path | None = Field(None, description="The jsonl/parquet file (kind jsonl/parquet).")
     num_examples: int = Field(2000, gt=0, description="Built-in examples to generate.")
@@ -141,10 +158,11 @@ class SftSettings(TrainSettings):
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
 
 
-class EvalTask(_Model):
+class EvalTask(AdditionTask):
     name: str = Field("arithmetic", description="Task name; metadata key accuracy/<name>.")
-    kind: Literal["jsonl", "arithmetic"] = Field(
-        "arithmetic", description="jsonl of prompt/answer, or built-in arithmetic problems."
+    kind: Literal["jsonl", "arithmetic", "addition"] = Field(
+        "arithmetic",
+        description="jsonl of prompt/answer, or built-in arithmetic or addition problems.",
     )
     path: Path | None = Field(None, description="The jsonl file (kind jsonl).")
     num_examples: int = Field(100, gt=0, description="Problems evaluated.")

@@ -16,6 +16,9 @@ steps): a rerun after a crash resumes from the newest complete one, exactly wher
 (a corrupt one is logged, set aside as ``corrupt-checkpoint-N`` and skipped). A rerun of a
 finished run whose version is still published trains nothing, makes that version current
 again and reports it (``done.json``).
+
+``FineTune`` and ``run_finetune`` do all this for any fine-tuning run (settings, parent, data,
+product root, catalog stage, lineage): ``flywheel.train.retrain`` runs each cycle with them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ from flywheel.train import checkpoint
 from flywheel.train.loop import resolve_precision
 from flywheel.train.model import load_model
 from flywheel.train.report import Reporter, loss_curve
-from flywheel.train.settings import SftSettings
+from flywheel.train.settings import SftSettings, TrainSettings
 from flywheel.train.sft_resume import ManifestOnSave, resumable_checkpoint, set_aside
 from flywheel.train.state import run_lock
 
@@ -52,23 +58,65 @@ BOOKKEEPING = {"save_every", "keep_checkpoints", "log_every", "num_workers", "ac
 # Files that Trainer.save_model writes beside the model but a published checkpoint must not
 # hold: training_args.bin is a pickle, and published weights are safetensors only.
 NOT_PUBLISHED = ("training_args.bin",)
+# In a run's work dir: the model of an earlier stage of the same run (SFT before preference
+# training), kept until the run is published so that a crash in a later stage keeps it.
+INTERMEDIATE = "sft-model"
 
 
-def run_fingerprint(settings: SftSettings, parent_version: str, data: Loaded) -> str:
-    """What decides the trained weights: same fingerprint, same run (and same work dir)."""
+def run_fingerprint(
+    settings: SftSettings, parent_version: str, data: Loaded, extra: dict[str, Any] | None = None
+) -> str:
+    """What decides the trained weights: same fingerprint, same run (and same work dir).
+
+    ``extra`` holds further inputs that shape the weights (a later stage's settings and data).
+    """
     shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING | {"data"})
     key = {"settings": shaping, "parent": parent_version, "data": data_fingerprint(data)}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    if extra:  # absent, not empty: SFT's fingerprints (and work dirs) stay what they were
+        key["extra"] = extra
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def sft_config(settings: SftSettings, output_dir: Path, mixed_precision: str = "no") -> Any:
-    """TRL's SFTConfig for ``settings``; creating it sets up the (distributed) device state.
+@dataclass(frozen=True)
+class FineTune:
+    """One fine-tuning run: ``settings`` on ``data`` from ``parent``, published under ``root``.
+
+    ``stage`` names it in the manifest and the catalog; ``lineage`` is what it was made from
+    (manifest and catalog); ``metadata`` is added to its materialization; ``keyed_by`` holds
+    inputs beyond settings, parent and data that shape its weights (see ``run_fingerprint``).
+    """
+
+    settings: SftSettings
+    parent: checkpoint.Artifact
+    data: Loaded
+    root: Path
+    stage: str
+    lineage: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    keyed_by: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return run_fingerprint(self.settings, self.parent.version, self.data, self.keyed_by)
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work" / self.fingerprint
+
+    @property
+    def staging(self) -> Path:
+        """Where the final model is saved before publishing: one path for every rank."""
+        return self.root / f".staging-{self.fingerprint}"
+
+
+def trainer_arguments(
+    settings: TrainSettings, output_dir: Path, mixed_precision: str = "no"
+) -> dict[str, Any]:
+    """The TrainingArguments fields every TRL trainer here shares, from ``settings``.
 
     ``mixed_precision`` is accelerate's "no", "bf16" or "fp16" (see ``resolve_precision``).
     """
-    from trl import SFTConfig
-
-    return SFTConfig(
+    return dict(
         output_dir=str(output_dir),
         max_steps=settings.steps,
         per_device_train_batch_size=settings.micro_batch,
@@ -100,11 +148,31 @@ def sft_config(settings: SftSettings, output_dir: Path, mixed_precision: str = "
         save_total_limit=settings.keep_checkpoints,
         report_to=[],
         disable_tqdm=True,  # progress goes through the reporter's log lines
+    )
+
+
+def sft_config(settings: SftSettings, output_dir: Path, mixed_precision: str = "no") -> Any:
+    """TRL's SFTConfig for ``settings``; creating it sets up the (distributed) device state."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_arguments(settings, output_dir, mixed_precision),
         include_num_input_tokens_seen="non_padding",
         max_length=settings.max_length,
         assistant_only_loss=True,
         packing=False,  # packing would need padding-free attention (flash-attn) to be exact
     )
+
+
+def training_precision(settings: TrainSettings, reporter: Reporter) -> str:
+    """Accelerate's mixed precision for ``settings.precision`` here, warning if it changed."""
+    cuda = torch.cuda.is_available()
+    precision, note = resolve_precision(
+        settings.precision, cuda, cuda and torch.cuda.is_bf16_supported()
+    )
+    if note:
+        reporter.warning(note)
+    return precision
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -193,7 +261,7 @@ def _quarantine(reporter: Reporter, data: Loaded, work: Path) -> None:
     )
 
 
-def _resume_point(work: Path, reporter: Reporter, is_main: bool) -> Path | None:
+def resume_point(work: Path, reporter: Reporter, is_main: bool) -> Path | None:
     resume, bad = resumable_checkpoint(work)
     for path, problem in bad:
         reporter.warning(f"cannot resume from {path}: {problem}; using the previous checkpoint")
@@ -237,113 +305,118 @@ def build_trainer(
 
 
 def publish_run(
-    spec: Spec,
-    staging: Path,
-    fingerprint: str,
-    parent: checkpoint.Artifact,
-    data: Loaded,
-    metrics: dict[str, Any],
+    spec: Spec, run: FineTune, staging: Path, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """Publish the trained model, record it in the catalog, and mark the run done."""
-    root = spec.product_dir(PRODUCT)
     for name in NOT_PUBLISHED:
         (staging / name).unlink(missing_ok=True)
+    # The manifest and catalog keep plain values; the markdown table is for the UI only.
+    scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
+    artifact = checkpoint.publish(
+        run.root,
+        staging,
+        stage=run.stage,
+        fingerprint=run.fingerprint,
+        spec=spec.resolved(),
+        lineage=run.lineage,
+        metrics=scalars,
+    )
+    record = (artifact.version, run.stage, artifact.path, run.parent.version, run.lineage)
+    Catalog(spec.catalog).record_checkpoint(*record, scalars, spec.fingerprint())
+    metadata = {
+        **metrics,
+        "checkpoint": str(artifact.path),
+        "parent_checkpoint": run.parent.version,
+        **run.metadata,
+        "examples": len(run.data.examples),
+        "quarantined": len(run.data.quarantine),
+    }
+    checkpoint.mark_done(run.work, {"version": artifact.version, "metadata": metadata})
+    # The published version is the run's result; its resumable checkpoints (weights and
+    # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
+    for path in [*run.work.rglob("checkpoint-*"), run.work / INTERMEDIATE]:
+        shutil.rmtree(path, ignore_errors=True)
+    return {"version": artifact.version, "metadata": metadata}
+
+
+def train_and_save(
+    run: FineTune, reporter: Reporter, attn_implementation: str, staging: Path | None = None
+) -> tuple[dict[str, Any], Path]:
+    """Train (resuming if possible) on every rank; the metrics and the saved model's dir.
+
+    The model is saved to ``staging`` (default ``run.staging``), the same path on every rank.
+    """
+    from accelerate import PartialState
+
+    precision = training_precision(run.settings, reporter)
+    config = sft_config(run.settings, run.work, precision)
+    state = PartialState()  # set up by the config: one rank per process under accelerate
+    resume = resume_point(run.work, reporter, state.is_main_process)
+    state.wait_for_everyone()
+    callback = ReportLogs(reporter)
+    trainer = build_trainer(config, run.parent.path, attn_implementation, run.data, callback)
+    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = train_metrics(trainer.state, output.metrics["train_runtime"], callback)
+    metrics |= {"precision": precision, "num_processes": state.num_processes}
+    staging = staging or run.staging
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    trainer.save_model(str(staging))  # collective: it gathers sharded weights
+    state.wait_for_everyone()
+    return metrics, staging
+
+
+Train = Callable[[], tuple[dict[str, Any], Path]]
+
+
+def run_finetune(
+    spec: Spec, reporter: Reporter, run: FineTune, train: Train | None = None
+) -> dict[str, Any]:
+    """Train ``run`` (or resume it, or reuse it if finished) and publish it; rank 0 returns
+    the record ``{"version", "metadata"}``, the other ranks ``{}``.
+
+    ``train`` runs on every rank and returns the metrics and the saved model's directory;
+    by default it is SFT (``train_and_save``).
+    """
+    label = f"{run.stage} run {run.fingerprint}"
+    done = checkpoint.finished_run(run.root, run.work, deep=False, warn=reporter.warning)
+    if done is not None:
+        if reporter.is_main:  # the same inputs again: their model becomes current again
+            checkpoint.make_current(run.root, done["version"])
+        reporter.info(f"{label} already published as {done['version']}")
+        reporter.materialization(done["metadata"], data_version=done["version"])
+        return done
+    reporter.info(
+        f"{label}: {len(run.data.examples)} conversations from {run.data.source}, "
+        f"parent {run.parent.version}, {run.settings.steps} steps"
+    )
+    train = train or partial(train_and_save, run, reporter, spec.model.attn_implementation)
+    if not reporter.is_main:
+        train()
+        return {}
+    with run_lock(run.work):  # a second run of the same inputs waits for nothing: it fails fast
+        _quarantine(reporter, run.data, run.work)
+        metrics, staging = train()
+        result = publish_run(spec, run, staging, metrics)
+    reporter.materialization(result["metadata"], data_version=result["version"])
+    return result
+
+
+def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
+    """Fine-tune the pre-trained model on ``sft.data`` (or resume, or reuse) and publish it."""
+    parent = checkpoint.read_current(spec.product_dir(PARENT))
+    data = load_sft_data(spec.sft.data)
     lineage = {
         PARENT: parent.version,
         "sft_data": data.source,
         "data_fingerprint": data_fingerprint(data),
         **data.counts,
     }
-    # The manifest and catalog keep plain values; the markdown table is for the UI only.
-    scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
-    artifact = checkpoint.publish(
-        root,
-        staging,
-        stage="sft",
-        fingerprint=fingerprint,
-        spec=spec.resolved(),
-        lineage=lineage,
-        metrics=scalars,
+    run = FineTune(
+        spec.sft, parent, data, spec.product_dir(PRODUCT), "sft", lineage, {"sft_data": data.source}
     )
-    Catalog(spec.catalog).record_checkpoint(
-        artifact.version, "sft", artifact.path, parent.version, lineage, scalars, spec.fingerprint()
-    )
-    metadata = {
-        **metrics,
-        "checkpoint": str(artifact.path),
-        "parent_checkpoint": parent.version,
-        "sft_data": data.source,
-        "examples": len(data.examples),
-        "quarantined": len(data.quarantine),
-    }
-    work = root / "work" / fingerprint
-    checkpoint.mark_done(work, {"version": artifact.version, "metadata": metadata})
-    # The published version is the run's result; its resumable checkpoints (weights and
-    # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
-    for path in work.glob("checkpoint-*"):
-        shutil.rmtree(path, ignore_errors=True)
-    return {"version": artifact.version, "metadata": metadata}
-
-
-def train_and_save(
-    spec: Spec, reporter: Reporter, parent: checkpoint.Artifact, data: Loaded, work: Path
-) -> tuple[dict[str, Any], Path]:
-    """Train (resuming if possible) on every rank; the metrics and the saved model's dir."""
-    from accelerate import PartialState
-
-    settings = spec.sft
-    cuda = torch.cuda.is_available()
-    precision, note = resolve_precision(
-        settings.precision, cuda, cuda and torch.cuda.is_bf16_supported()
-    )
-    if note:
-        reporter.warning(note)
-    config = sft_config(settings, work, precision)
-    state = PartialState()  # set up by the config: one rank per process under accelerate
-    resume = _resume_point(work, reporter, state.is_main_process)
-    state.wait_for_everyone()
-    callback = ReportLogs(reporter)
-    trainer = build_trainer(config, parent.path, spec.model.attn_implementation, data, callback)
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    metrics = train_metrics(trainer.state, output.metrics["train_runtime"], callback)
-    metrics |= {"precision": precision, "num_processes": state.num_processes}
-    # One staging path for every rank: save_model gathers sharded weights collectively.
-    staging = spec.product_dir(PRODUCT) / f".staging-{work.name}"
-    if state.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    state.wait_for_everyone()
-    trainer.save_model(str(staging))
-    state.wait_for_everyone()
-    return metrics, staging
-
-
-def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
-    """Fine-tune (or resume, or reuse a finished run) and publish; rank 0 returns the record."""
-    root = spec.product_dir(PRODUCT)
-    parent = checkpoint.read_current(spec.product_dir(PARENT))
-    data = load_sft_data(spec.sft.data)
-    fingerprint = run_fingerprint(spec.sft, parent.version, data)
-    work = root / "work" / fingerprint
-    done = checkpoint.finished_run(root, work, deep=False, warn=reporter.warning)
-    if done is not None:
-        if reporter.is_main:  # the same spec again: its model becomes current again
-            checkpoint.make_current(root, done["version"])
-        reporter.info(f"SFT run {fingerprint} already published as {done['version']}")
-        reporter.materialization(done["metadata"], data_version=done["version"])
-        return done
-    reporter.info(
-        f"SFT {fingerprint}: {len(data.examples)} conversations from {data.source}, "
-        f"parent {parent.version}, {spec.sft.steps} steps"
-    )
-    if not reporter.is_main:
-        train_and_save(spec, reporter, parent, data, work)
-        return {}
-    with run_lock(work):  # a second run of the same spec waits for nothing: it fails fast
-        _quarantine(reporter, data, work)
-        metrics, staging = train_and_save(spec, reporter, parent, data, work)
-        result = publish_run(spec, staging, fingerprint, parent, data, metrics)
-    reporter.materialization(result["metadata"], data_version=result["version"])
-    return result
+    return run_finetune(spec, reporter, run)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

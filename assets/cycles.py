@@ -1,0 +1,186 @@
+"""The closed loop, one dynamic partition per flywheel cycle (group ``flywheel``).
+
+    training_set -> cycle_checkpoint -> cycle_eval_scores -> promoted_model
+                 -> synthetic_generations -> accepted_generations
+
+Cycle 0 adopts the seed SFT checkpoint; cycle c >= 1 fine-tunes the champion on cycle c-1's
+training set plus the generations accepted since. ``training_set`` cannot declare a
+dependency on the previous cycle's ``accepted_generations`` (that would be a cycle in the
+graph, and a dynamic partition cannot depend on itself), so it finds cycle c-1 at run time and
+records it in its metadata and manifest; the accepted-data sensor closes the loop. Retraining,
+evaluation and generation run out of process through Pipes in the ``gpu`` pool.
+"""
+
+import dagster as dg
+from dagster import AssetExecutionContext, PipesSubprocessClient
+
+from assets.resources import FlywheelResource
+from assets.training import GPU_POOL, launch_stage
+from flywheel.spec import Spec
+
+FLYWHEEL = "flywheel"
+cycles_partitions = dg.DynamicPartitionsDefinition(name="cycles")
+
+
+def _cycle(context: AssetExecutionContext) -> int:
+    return int(context.partition_key)
+
+
+def _asset(name: str, deps: list, kinds: set[str], pool: str | None = None, **kw):  # noqa: ANN201
+    return dg.asset(
+        name=name,
+        deps=deps,
+        partitions_def=cycles_partitions,
+        group_name=FLYWHEEL,
+        kinds=kinds,
+        pool=pool,
+        **kw,
+    )
+
+
+CHAMPION_CHECKS = [
+    ("champion_verified", "The champion's files match its sha256 manifest."),
+    ("champion_is_best", "No promoted candidate scored better than the champion."),
+]
+ACCEPTED_CHECKS = [
+    ("not_empty", "At least one generation was accepted."),
+    ("no_eval_prompts", "No accepted prompt is an evaluation prompt."),
+    ("no_duplicates", "No accepted (prompt, response) repeats, in this cycle or earlier."),
+]
+
+
+def _checks(asset: str, specs: list[tuple[str, str]]) -> list[dg.AssetCheckSpec]:
+    """Blocking checks: a failure stops the assets after this one in the run."""
+    return [dg.AssetCheckSpec(n, asset=asset, blocking=True, description=d) for n, d in specs]
+
+
+def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.accept.AcceptResult
+    """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
+    metadata: dict = dict(result.metadata)
+    metadata["accepted_rows"] = result.manifest["accepted"]  # what the sensor sums
+    metadata["path"] = dg.MetadataValue.path(str(result.path))
+    return metadata
+
+
+def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
+    owners = spec.owners
+
+    @_asset("training_set", ["sft_checkpoint"], {"parquet"}, owners=owners)
+    def training_set(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
+        """The cycle's SFT data: the previous cycle's set plus newly accepted generations."""
+        from flywheel.cycles import NothingToTrain, build_training_set
+
+        try:
+            shards = build_training_set(flywheel.spec(), _cycle(context))
+        except NothingToTrain as exc:
+            raise dg.Failure(description=str(exc)) from None
+        m = shards.manifest
+        keys = ["rows", "new_rows", "seed_rows", "generation_rows", "parent_cycle"]
+        metadata = {k: m[k] for k in keys if m.get(k) is not None}
+        metadata["parent_training_set"] = str(m.get("parent_version"))
+        metadata["accepted_versions"] = dg.MetadataValue.json(m.get("accepted_versions", {}))
+        metadata["path"] = dg.MetadataValue.path(str(shards.path))
+        return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(shards.version))
+
+    @_asset("cycle_checkpoint", [training_set], {"pytorch", "trl"}, GPU_POOL, owners=owners)
+    def cycle_checkpoint(
+        context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
+    ) -> dg.MaterializeResult:
+        """The cycle's candidate: the champion fine-tuned on the cycle's training set."""
+        from flywheel.promotion import candidate, champion_after
+
+        cycle, spec = _cycle(context), flywheel.spec()
+        if cycle == 0:  # the seed SFT model is cycle 0's candidate: nothing to train
+            seed = candidate(spec, 0)
+            metadata = {"checkpoint": dg.MetadataValue.path(str(seed.path)), "adopted": True}
+            return dg.MaterializeResult(
+                metadata=metadata, data_version=dg.DataVersion(seed.version)
+            )
+        parent = champion_after(spec, cycle - 1)  # not "the champion now": reruns stay put
+        extra = ["--cycle", str(cycle), "--parent", str(parent.path)]
+        return launch_stage("retrain", context, flywheel, pipes, extra)
+
+    @_asset("cycle_eval_scores", [cycle_checkpoint], {"pytorch"}, GPU_POOL, owners=owners)
+    def cycle_eval_scores(
+        context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
+    ) -> dg.MaterializeResult:
+        """Held-out perplexity and task accuracy of the cycle's candidate (plotted per cycle)."""
+        return launch_stage("eval", context, flywheel, pipes, ["--cycle", context.partition_key])
+
+    @_asset(
+        "promoted_model",
+        [cycle_eval_scores],
+        {"huggingface"},
+        owners=owners,
+        check_specs=_checks("promoted_model", CHAMPION_CHECKS),
+    )
+    def promoted_model(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
+        """The champion after this cycle: the candidate only if it beat the champion."""
+        from flywheel.promotion import champion_checks, promote
+
+        spec = flywheel.spec()
+        d = promote(spec, _cycle(context))
+        context.log.info(f"cycle {d['cycle']}: promoted={d['promoted']} ({d['reason']})")
+        champion = d["candidate"] if d["promoted"] else d["champion_before"]
+        metadata = {
+            "promoted": d["promoted"],
+            "reason": d["reason"],
+            "champion": champion,
+            "candidate": d["candidate"],
+            d["metric"]: d["value"],
+            "champion_value_before": d["champion_value"],
+        }
+        metadata = {k: v for k, v in metadata.items() if v is not None}
+        results = [
+            dg.AssetCheckResult(check_name=n, passed=ok, description=desc, metadata=meta)
+            for n, ok, desc, meta in champion_checks(spec)
+        ]
+        return dg.MaterializeResult(
+            metadata=metadata, data_version=dg.DataVersion(champion), check_results=results
+        )
+
+    @_asset("synthetic_generations", [promoted_model], {"pytorch"}, GPU_POOL, owners=owners)
+    def synthetic_generations(
+        context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
+    ) -> dg.MaterializeResult:
+        """k sampled completions per prompt from the champion, with how each was made."""
+        from flywheel.promotion import champion_after
+
+        champ = champion_after(flywheel.spec(), int(context.partition_key))
+        extra = ["--cycle", context.partition_key, "--checkpoint", str(champ.path)]
+        return launch_stage("generate", context, flywheel, pipes, extra)
+
+    @_asset(
+        "accepted_generations",
+        [synthetic_generations],
+        {"parquet"},
+        owners=owners,
+        check_specs=_checks("accepted_generations", ACCEPTED_CHECKS),
+    )
+    def accepted_generations(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
+        """Verified, filtered, deduplicated generations (rejected ones kept with reasons)."""
+        from flywheel.accept import accept_generations, accepted_checks
+
+        spec, cycle = flywheel.spec(), _cycle(context)
+        result = accept_generations(spec, cycle)
+        results = [
+            dg.AssetCheckResult(
+                check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata
+            )
+            for o in accepted_checks(spec, cycle)
+        ]
+        return dg.MaterializeResult(
+            metadata=accepted_metadata(result),
+            data_version=dg.DataVersion(result.version),
+            check_results=results,
+        )
+
+    assets = [
+        training_set,
+        cycle_checkpoint,
+        cycle_eval_scores,
+        promoted_model,
+        synthetic_generations,
+        accepted_generations,
+    ]
+    return assets

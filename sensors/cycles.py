@@ -1,0 +1,151 @@
+"""The loop's triggers: new accepted data starts the next cycle; a schedule runs cycles on a
+cron; failed cycles are reported.
+
+The accepted-data sensor keeps a cursor over ``accepted_generations`` materializations and
+sums the accepted rows of cycles it has not counted yet (only cycles whose guard checks
+pass). At ``cycles.threshold_rows`` it adds the next cycle's partition and requests its run
+with ``run_key="cycle-N"``, so a repeated tick can never launch a cycle twice. It bootstraps
+cycle 0 once the seed SFT checkpoint exists, and stops (saying why) when the loop is stopped:
+``cycles.patience`` cycles without a promotion, or ``cycles.max_cycles``. It is RUNNING by
+default: the flywheel turns by itself as soon as a daemon runs (``dagster dev``, make demo).
+"""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from assets.cycles import cycles_partitions
+from assets.resources import FlywheelResource
+from flywheel.spec import Spec
+from jobs import cycle_job
+
+ACCEPTED = dg.AssetKey("accepted_generations")
+
+
+def _request(cycle: int, trigger: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=f"cycle-{cycle}",
+        partition_key=str(cycle),
+        tags={"flywheel/cycle": str(cycle), "flywheel/trigger": trigger},
+    )
+
+
+def _count_new(context: dg.SensorEvaluationContext, spec: Spec, cursor: dict) -> None:
+    """Add the new accepted rows of newly materialized (and passing) cycles to the cursor.
+
+    ``counted`` remembers the rows already counted per cycle, so re-materializing a cycle
+    adds only the difference (e.g. more prompts), and a repeated event adds nothing.
+    """
+    from flywheel.accept import accepted_checks
+
+    result = context.instance.fetch_materializations(
+        ACCEPTED, limit=1000, cursor=cursor.get("after"), ascending=True
+    )
+    for record in result.records:
+        part, mat = record.partition_key, record.asset_materialization
+        if part is None or mat is None:
+            continue
+        failed = [o.name for o in accepted_checks(spec, int(part)) if not o.passed]
+        if failed:
+            context.log.warning(f"cycle {part}: accepted set fails {failed}; not counted")
+            continue
+        rows = mat.metadata.get("accepted_rows")
+        rows = int(getattr(rows, "value", rows) or 0)
+        cursor["pending"] += max(0, rows - cursor["counted"].get(part, 0))
+        cursor["counted"][part] = max(rows, cursor["counted"].get(part, 0))
+    cursor["after"] = result.cursor
+
+
+def build_accepted_data_sensor(spec: Spec) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=cycle_job,
+        minimum_interval_seconds=spec.cycles.sensor_interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING
+        if spec.cycles.enabled
+        else dg.DefaultSensorStatus.STOPPED,
+        description="Start the next flywheel cycle when enough new generations were accepted.",
+    )
+    def accepted_data_sensor(
+        context: dg.SensorEvaluationContext, flywheel: FlywheelResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        from flywheel.promotion import loop_state
+        from flywheel.train.checkpoint import has_current
+
+        spec = flywheel.spec()
+        cursor = json.loads(context.cursor or "{}")
+        cursor.setdefault("pending", 0)
+        cursor.setdefault("counted", {})
+        state = loop_state(spec)
+        if state.stopped:
+            return dg.SkipReason(f"the flywheel is {state.reason}")
+        _count_new(context, spec, cursor)
+        existing = set(context.instance.get_dynamic_partitions(cycles_partitions.name))
+        cycle = state.next_cycle
+        skip = None
+        if str(cycle) in existing:
+            skip = f"cycle {cycle} was already requested; waiting for its promotion decision"
+        elif cycle == 0 and not has_current(spec.product_dir("sft_checkpoint")):
+            skip = "no seed SFT checkpoint yet: materialize flywheel_job first"
+        elif cycle > 0 and cursor["pending"] < spec.cycles.threshold_rows:
+            skip = (
+                f"{cursor['pending']} new accepted rows; cycle {cycle} starts at "
+                f"cycles.threshold_rows={spec.cycles.threshold_rows}"
+            )
+        if skip:
+            return dg.SensorResult(skip_reason=skip, cursor=json.dumps(cursor))
+        trigger = "seed" if cycle == 0 else f"{cursor['pending']} accepted rows"
+        cursor["pending"] = 0
+        return dg.SensorResult(
+            run_requests=[_request(cycle, trigger)],
+            dynamic_partitions_requests=[cycles_partitions.build_add_request([str(cycle)])],
+            cursor=json.dumps(cursor),
+        )
+
+    return accepted_data_sensor
+
+
+def build_cycle_schedule(spec: Spec) -> dg.ScheduleDefinition:
+    status = dg.DefaultScheduleStatus.RUNNING if spec.cycles.schedule_running else None
+
+    @dg.schedule(
+        cron_schedule=spec.cycles.cron,
+        job=cycle_job,
+        default_status=status or dg.DefaultScheduleStatus.STOPPED,
+        description="A recurring flywheel cycle, whatever the amount of new accepted data.",
+    )
+    def flywheel_cycle_schedule(
+        context: dg.ScheduleEvaluationContext, flywheel: FlywheelResource
+    ) -> dg.RunRequest | dg.SkipReason:
+        from flywheel.cycles import new_accepted_rows
+        from flywheel.promotion import loop_state
+
+        spec = flywheel.spec()
+        state = loop_state(spec)
+        if state.stopped:
+            return dg.SkipReason(f"the flywheel is {state.reason}")
+        cycle = state.next_cycle
+        if context.instance.has_dynamic_partition(cycles_partitions.name, str(cycle)):
+            return dg.SkipReason(f"cycle {cycle} was already requested")
+        if cycle > 0 and new_accepted_rows(spec, cycle) == 0:
+            return dg.SkipReason(f"no accepted generation is new since cycle {cycle - 1}")
+        context.instance.add_dynamic_partitions(cycles_partitions.name, [str(cycle)])
+        return _request(cycle, "schedule")
+
+    return flywheel_cycle_schedule
+
+
+@dg.run_failure_sensor(
+    monitored_jobs=[cycle_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Record every failed flywheel cycle (flywheel report lists them).",
+)
+def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: FlywheelResource) -> None:
+    from flywheel.cycles import record_failure
+
+    run = context.dagster_run
+    cycle = run.tags.get("dagster/partition")
+    message = context.failure_event.message or "run failed"
+    record_failure(flywheel.spec(), cycle, run.run_id, message)
+    context.log.error(f"flywheel cycle {cycle} failed in run {run.run_id}: {message}")

@@ -1,0 +1,134 @@
+"""The loop's triggers on a real (ephemeral) Dagster instance, ticked with
+``build_sensor_context``: cycle 0 bootstraps from the seed model, new accepted rows start the
+next cycle once, a repeated tick never requests a cycle twice, and patience stops the loop."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from definitions import build_definitions
+from flywheel import cycles, promotion
+from flywheel.shards import ShardWriter
+from flywheel.spec import load_spec
+from tests.test_cycles import SPEC, _publish_model, _run_cycle
+
+ACCEPTED = dg.AssetKey("accepted_generations")
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path) -> Path:
+    path = tmp_path / "flywheel.yaml"
+    body = textwrap.dedent(SPEC).replace(
+        "cycles: {patience: 2,", "cycles: {threshold_rows: 5, sensor_interval_s: 5, patience: 2,"
+    )
+    path.write_text(body)
+    return path
+
+
+def _accepted(spec, cycle: int, n: int) -> None:
+    """An accepted set that passes its guard checks, and its materialization event."""
+    rows = [
+        {
+            "generation_id": f"g{cycle}-{i}",
+            "prompt_id": f"p{i}",
+            "prompt": f"{cycle}+{i}",
+            "response": str(cycle + i),
+        }
+        for i in range(n)
+    ]
+    with ShardWriter(cycles.accepted_root(spec, cycle)) as writer:
+        writer.write(pl.DataFrame(rows))
+        writer.commit(cycle=cycle)
+
+
+def _event(instance, cycle: int, n: int) -> None:
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(ACCEPTED, partition=str(cycle), metadata={"accepted_rows": n})
+    )
+
+
+class Tick:
+    """A sensor's answer, whichever type it returned."""
+
+    def __init__(self, result, cursor):
+        skip = result if isinstance(result, dg.SkipReason) else result.skip_reason
+        self.skip_message = skip.skip_message if skip else None
+        self.run_requests = [] if isinstance(result, dg.SkipReason) else result.run_requests
+        self.dynamic_partitions_requests = getattr(result, "dynamic_partitions_requests", [])
+        self.cursor = getattr(result, "cursor", None) or cursor
+
+
+def _tick(sensor, instance, defs, cursor) -> Tick:
+    # Called directly: evaluate_tick would validate the requested partition key before the
+    # daemon applies the same result's add-partition request.
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=defs.resources, definitions=defs
+    )
+    return Tick(sensor(context), cursor)
+
+
+def test_accepted_rows_start_each_cycle_once(spec_path: Path) -> None:
+    defs = build_definitions(str(spec_path))
+    spec = load_spec(spec_path)
+    sensor = defs.resolve_sensor_def("accepted_data_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 5
+    instance = dg.DagsterInstance.ephemeral()
+
+    result = _tick(sensor, instance, defs, None)
+    assert not result.run_requests and "no seed SFT checkpoint" in result.skip_message
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    result = _tick(sensor, instance, defs, result.cursor)
+    [request] = result.run_requests
+    assert (request.partition_key, request.run_key) == ("0", "cycle-0")
+    [add] = result.dynamic_partitions_requests
+    assert add.partition_keys == ["0"]
+    instance.add_dynamic_partitions("cycles", ["0"])
+    again = _tick(sensor, instance, defs, result.cursor)
+    assert not again.run_requests and "already requested" in again.skip_message
+
+    # Cycle 0 runs: decided, then its generations are accepted (3 rows < threshold 5).
+    _run_cycle(spec, 0, 0.1)
+    _accepted(spec, 0, 3)
+    _event(instance, 0, 3)
+    result = _tick(sensor, instance, defs, again.cursor)
+    assert not result.run_requests and "3 new accepted rows" in result.skip_message
+    # Re-accepting cycle 0 with more rows counts only the difference: 3 + 3 = 6 >= 5.
+    _accepted(spec, 0, 6)
+    _event(instance, 0, 6)
+    first = _tick(sensor, instance, defs, result.cursor)
+    [request] = first.run_requests
+    assert (request.partition_key, request.run_key) == ("1", "cycle-1")
+    # A repeated tick from the same cursor asks for the same run key: Dagster dedupes it.
+    repeat = _tick(sensor, instance, defs, result.cursor)
+    assert [r.run_key for r in repeat.run_requests] == ["cycle-1"]
+    instance.add_dynamic_partitions("cycles", ["1"])
+    after = _tick(sensor, instance, defs, first.cursor)
+    assert not after.run_requests and "already requested" in after.skip_message
+
+
+def test_the_loop_stops_after_patience_cycles_without_promotion(spec_path: Path) -> None:
+    defs = build_definitions(str(spec_path))
+    spec = load_spec(spec_path)
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    for cycle, accuracy in enumerate([0.5, 0.4, 0.3]):
+        if cycle:
+            _accepted(spec, cycle - 1, 5)
+        assert _run_cycle(spec, cycle, accuracy)["promoted"] == (cycle == 0)
+    assert promotion.loop_state(spec).stopped
+    instance = dg.DagsterInstance.ephemeral()
+    _accepted(spec, 2, 50)
+    _event(instance, 2, 50)
+    result = _tick(defs.resolve_sensor_def("accepted_data_sensor"), instance, defs, None)
+    assert not result.run_requests
+    assert "2 cycle(s) in a row without promotion" in result.skip_message
+    schedule = defs.resolve_schedule_def("flywheel_cycle_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    context = dg.build_schedule_context(instance=instance, resources=defs.resources)
+    skipped = schedule(context)
+    assert isinstance(skipped, dg.SkipReason) and "without promotion" in skipped.skip_message

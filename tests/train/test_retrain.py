@@ -1,0 +1,317 @@
+"""Per-cycle retraining: SFT of the champion on the cycle's training set, then optionally DPO or
+GRPO, published once as the cycle's checkpoint; real runs on a 1-layer, 32-wide model."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from flywheel.catalog import Catalog
+from flywheel.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
+from flywheel.shards import ShardSet, ShardWriter
+from flywheel.spec import Spec, load_spec
+from flywheel.tasks import addition_examples
+from flywheel.train import checkpoint, launch
+from flywheel.train.report import Reporter
+from flywheel.train.retrain import cycle_run, load_pairs, load_prompts, run_retrain
+from tests.conftest import write_spec
+from tests.train.test_preference import build_champion
+
+SPEC = """
+name: retrain-test
+data_dir: data
+catalog: catalog.duckdb
+cycles:
+  train: {steps: 4, micro_batch: 4, lr: 0.003, warmup_steps: 0, save_every: 2, log_every: 1,
+          max_length: 64}
+  preference_train: {steps: 2, micro_batch: 4, warmup_steps: 0, save_every: 2, log_every: 1,
+                     num_generations: 2, max_new_tokens: 6, max_length: 64, max_prompts: 6}
+"""
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> checkpoint.Artifact:
+    """The champion's checkpoint: only read by retraining, so one serves every test."""
+    return build_champion(tmp_path_factory.mktemp("champion") / "sft_checkpoint")
+
+
+def _spec(tmp_path: Path, *overrides: str) -> Spec:
+    return load_spec(write_spec(tmp_path, SPEC), list(overrides))
+
+
+def write_training_set(spec: Spec, cycle: int, seed: int = 0, generated: int = 8) -> ShardSet:
+    """24 seed rows and ``generated`` accepted generations, as the cycle's training set."""
+    problems = addition_examples(24 + generated, 1, 3, 5, seed=seed)
+    n = len(problems)
+    frame = pl.DataFrame(
+        {
+            "prompt_id": [f"p{i}" for i in range(n)],
+            "prompt": [p["prompt"] for p in problems],
+            "response": [p["answer"] for p in problems],
+            "origin": ["seed"] * 24 + ["generation"] * generated,
+            "cycle_added": pl.Series([0] * 24 + [cycle - 1] * generated, dtype=pl.Int64),
+            "generation_id": pl.Series([None] * 24 + [f"g{i}" for i in range(generated)]),
+        },
+        schema_overrides={"generation_id": pl.String},
+    )
+    with ShardWriter(training_set_root(spec, cycle)) as writer:
+        writer.write(frame)
+        return writer.commit(cycle=cycle, parent_cycle=cycle - 1)
+
+
+def write_accepted(spec: Spec, cycle: int, n: int = 4) -> ShardSet:
+    """Cycle ``cycle``'s accepted set with ``n`` preference pairs (right sum vs. reversed)."""
+    problems = addition_examples(n, 1, 3, 5, seed=100 + cycle)
+    ids = [f"c{cycle}p{i}" for i in range(n)]
+    pairs = pl.DataFrame(
+        {
+            "prompt_id": ids,
+            "prompt": [p["prompt"] for p in problems],
+            "chosen": [p["answer"] for p in problems],
+            "rejected": [p["answer"][::-1] for p in problems],
+            "chosen_generation_id": [f"{i}a" for i in ids],
+            "rejected_generation_id": [f"{i}b" for i in ids],
+            "cycle": pl.Series([cycle] * n, dtype=pl.Int64),
+        }
+    )
+    with ShardWriter(accepted_root(spec, cycle)) as writer:
+        writer.write(pairs.select("prompt_id", "prompt", completion=pl.col("chosen")))
+        writer.write_aux("preference_pairs", pairs)
+        return writer.commit(cycle=cycle)
+
+
+def write_generations(spec: Spec, cycle: int) -> ShardSet:
+    """Two samples of each of 5 prompts; one prompt has no reference answer."""
+    problems = addition_examples(5, 1, 3, 5, seed=200 + cycle)
+    answers = [p["answer"] for p in problems[:4]] + [None]
+    frame = pl.DataFrame(
+        {
+            "prompt_id": [f"q{i}" for i in range(5)] * 2,
+            "prompt": [p["prompt"] for p in problems] * 2,
+            "answer": pl.Series(answers * 2, dtype=pl.String),
+            "completion": ["123"] * 10,
+        }
+    )
+    with ShardWriter(generations_root(spec, cycle)) as writer:
+        writer.write(frame)
+        return writer.commit(cycle=cycle)
+
+
+def _retrain(spec: Spec, champion: checkpoint.Artifact, cycle: int = 1) -> dict[str, Any]:
+    with Reporter() as reporter:
+        return run_retrain(spec, reporter, cycle, champion.path)
+
+
+def _published(spec: Spec, cycle: int = 1) -> checkpoint.Artifact:
+    root = checkpoint_root(spec, cycle)
+    assert len(list(root.glob("v-*"))) == 1  # one published checkpoint per cycle
+    work = next((root / "work").iterdir())
+    assert not list(work.rglob("checkpoint-*")) and not (work / "sft-model").exists()
+    return checkpoint.read_current(root)
+
+
+# -- unit: inputs, fingerprints, errors ----------------------------------------------------
+
+
+def test_pairs_come_from_earlier_cycles_newest_first(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    for cycle in (0, 1, 2):
+        write_accepted(spec, cycle)
+    data = load_pairs(spec, 2, limit=6)
+    prompts = [e["prompt"][0]["content"] for e in data.examples]
+    expected = [p["prompt"] for p in addition_examples(4, 1, 3, 5, seed=101)]
+    expected += [p["prompt"] for p in addition_examples(4, 1, 3, 5, seed=100)][:2]
+    assert prompts == expected  # cycle 1's four, then cycle 0's first two; never cycle 2's
+    first = data.examples[0]
+    assert first["chosen"][0]["role"] == first["rejected"][0]["role"] == "assistant"
+    assert "0:" in data.source and "1:" in data.source and "2:" not in data.source
+    assert load_pairs(spec, 0, limit=6).examples == []
+
+
+def test_prompts_are_the_previous_cycles_answered_ones(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    write_generations(spec, 0)
+    data = load_prompts(spec, 1, "grpo", limit=3)
+    expected = addition_examples(5, 1, 3, 5, seed=200)[:3]
+    assert [e["answer"] for e in data.examples] == [p["answer"] for p in expected]
+    assert data.examples[0]["prompt"] == [{"role": "user", "content": expected[0]["prompt"]}]
+    assert len(load_prompts(spec, 1, "grpo", limit=10).examples) == 4  # once each, no None
+    assert load_prompts(spec, 2, "rloo", limit=10).examples == []  # cycle 1 generated nothing
+
+
+def test_fingerprint_covers_what_shapes_the_weights(
+    tmp_path: Path, champion: checkpoint.Artifact
+) -> None:
+    spec = _spec(tmp_path)
+    write_training_set(spec, 1)
+    write_accepted(spec, 0)
+
+    def fingerprint(*overrides: str) -> str:
+        return cycle_run(_spec(tmp_path, *overrides), 1, champion.path)[0].fingerprint
+
+    base = fingerprint()
+    assert fingerprint("cycles.train.log_every=3") == base  # bookkeeping only
+    assert fingerprint("cycles.preference_train.lr=0.1") == base  # no preference stage
+    assert fingerprint("cycles.train.lr=0.001") != base
+    dpo = fingerprint("cycles.preference=dpo")
+    assert dpo not in (base, fingerprint("cycles.preference=grpo"))
+    assert fingerprint("cycles.preference=dpo", "cycles.preference_train.beta=0.5") != dpo
+    write_accepted(spec, 0, n=5)  # new pairs
+    assert fingerprint("cycles.preference=dpo") != dpo
+    write_training_set(spec, 1)  # the same rows, a new version of the training set
+    assert fingerprint() != base
+
+
+def test_clear_errors(tmp_path: Path, champion: checkpoint.Artifact) -> None:
+    spec = _spec(tmp_path)
+    with pytest.raises(FileNotFoundError, match="cycle 1 has no training set at .*training_set"):
+        cycle_run(spec, 1, champion.path)
+    write_training_set(spec, 1)
+    with pytest.raises(checkpoint.CheckpointError, match=r"parent \(champion\) .* does not exist"):
+        cycle_run(spec, 1, tmp_path / "nowhere")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="incomplete: no checkpoint.json"):
+        cycle_run(spec, 1, tmp_path / "half")
+    with pytest.raises(ValueError, match="--cycle must be >= 1, got 0"):
+        cycle_run(spec, 0, champion.path)
+    grpo = _spec(tmp_path, "cycles.preference=grpo", "acceptance.verifier.kind=self_consistency")
+    with pytest.raises(ValueError, match="cannot be a GRPO/RLOO reward"):
+        cycle_run(grpo, 1, champion.path)
+    odd = _spec(tmp_path, "cycles.preference=rloo", "cycles.preference_train.micro_batch=3")
+    with pytest.raises(ValueError, match="not a multiple of num_generations"):
+        cycle_run(odd, 1, champion.path)
+
+
+def test_launch_runs_retrain_with_the_cycle_settings(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "cycles.train.num_processes=2")
+    spec_file = launch.write_run_spec(spec, "retrain")
+    assert spec_file.parent == spec.data_dir / "cycle_checkpoint" / "specs"
+    argv = launch.command("retrain", spec, spec_file, ["--cycle", 3, "--parent", "/champ"])
+    assert "--multi_gpu" in argv and argv[argv.index("--num_processes") + 1] == "2"
+    tail = ["-m", "flywheel.train.retrain", "--spec", str(spec_file)]
+    assert argv[-8:] == [*tail, "--cycle", "3", "--parent", "/champ"]
+
+
+# -- integration: the entry point and each preference stage ----------------------------------
+
+
+@pytest.mark.integration
+def test_retrain_publishes_the_cycle_and_reuses_it(
+    tmp_path: Path, champion: checkpoint.Artifact
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec = _spec(tmp_path)
+    training_set = write_training_set(spec, 1)
+    extra = ["--cycle", "1", "--parent", str(champion.path)]
+    argv = launch.command("retrain", spec, launch.write_run_spec(spec, "retrain"), extra)
+    assert "accelerate.commands.launch" in argv and argv[-4:] == extra
+    run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "step 1/4: loss=" in run.stderr
+
+    artifact = _published(spec)
+    assert artifact.meta["stage"] == "cycle"
+    lineage = artifact.meta["lineage"]
+    assert lineage["parent_checkpoint"] == champion.version
+    assert (lineage["training_set"], lineage["cycle"]) == (training_set.version, 1)
+    assert lineage["parent_cycle"] == 0 and lineage["preference"] == "none"
+    assert (lineage["origin/seed"], lineage["origin/generation"]) == (24, 8)
+    metrics = artifact.meta["metrics"]
+    assert metrics["steps"] == 4 and math.isfinite(metrics["final_loss"])
+    assert metrics["tokens_per_s"] > 0
+    AutoModelForCausalLM.from_pretrained(artifact.path, local_files_only=True)
+    row = Catalog(spec.catalog).query("SELECT * FROM checkpoints WHERE stage = 'cycle'")
+    assert row.height == 1
+    assert (row["checkpoint"][0], row["parent"][0]) == (artifact.version, champion.version)
+    done = json.loads(next((artifact.path.parent / "work").glob("*/done.json")).read_text())
+    assert done["metadata"]["training_set"] == training_set.version
+    assert done["metadata"]["rows"] == 32 and done["metadata"]["checkpoint"] == str(artifact.path)
+
+    # The same cycle again, by hand: nothing is trained, the same version is reported.
+    spec_file = tmp_path / "flywheel.yaml"
+    again = [sys.executable, "-m", "flywheel.train.retrain", "--spec", str(spec_file), *extra]
+    rerun = subprocess.run(again, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"already published as {artifact.version}" in rerun.stderr
+    assert "step 1/" not in rerun.stderr
+    assert checkpoint.read_current(checkpoint_root(spec, 1)).version == artifact.version
+
+
+@pytest.mark.integration
+def test_dpo_cycle_publishes_one_checkpoint(tmp_path: Path, champion: checkpoint.Artifact) -> None:
+    spec = _spec(tmp_path, "cycles.preference=dpo")
+    write_training_set(spec, 2)
+    accepted = write_accepted(spec, 0)
+    write_accepted(spec, 1)
+    result = _retrain(spec, champion, cycle=2)
+    artifact = _published(spec, cycle=2)
+    assert result["version"] == artifact.version
+    metrics = artifact.meta["metrics"]
+    assert metrics["steps"] == 4  # SFT first
+    assert metrics["preference"] == "dpo" and metrics["preference/steps"] == 2
+    assert metrics["preference/examples"] == 6  # max_prompts of the 8 pairs
+    assert all(math.isfinite(v) for _, v in metrics["preference/loss_curve"])
+    assert 0.0 <= metrics["preference/rewards/accuracies"] <= 1.0
+    assert f"0:{accepted.version}" in artifact.meta["lineage"]["preference_data"]
+    assert result["metadata"]["preference/final_loss"] == metrics["preference/final_loss"]
+
+
+@pytest.mark.integration
+def test_grpo_cycle_is_rewarded_by_the_verifier(
+    tmp_path: Path, champion: checkpoint.Artifact
+) -> None:
+    spec = _spec(tmp_path, "cycles.preference=grpo", "acceptance.verifier.kind=exact")
+    write_training_set(spec, 1)
+    write_generations(spec, 0)
+    _retrain(spec, champion)
+    metrics = _published(spec).meta["metrics"]
+    assert metrics["preference"] == "grpo" and metrics["preference/steps"] == 2
+    assert metrics["preference/examples"] == 4
+    assert 0.0 <= metrics["preference/reward"] <= 1.0  # exact match: 1.0 or 0.0 per sample
+
+
+@pytest.mark.integration
+def test_dpo_without_pairs_is_skipped(
+    tmp_path: Path, champion: checkpoint.Artifact, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = _spec(tmp_path, "cycles.preference=dpo")
+    write_training_set(spec, 1)
+    with caplog.at_level(logging.WARNING, logger="flywheel.train"):
+        _retrain(spec, champion)
+    assert "cycles.preference is dpo but there are no preference pairs" in caplog.text
+    metrics = _published(spec).meta["metrics"]
+    assert metrics["steps"] == 4 and "preference/steps" not in metrics
+    assert metrics["preference/skipped"].startswith("no preference pairs")
+
+
+@pytest.mark.integration
+def test_a_crash_in_preference_keeps_the_sft_model(
+    tmp_path: Path, champion: checkpoint.Artifact, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = _spec(tmp_path, "cycles.preference=dpo")
+    write_training_set(spec, 1)
+    write_accepted(spec, 0)
+    work = cycle_run(spec, 1, champion.path)[0].work
+    work.mkdir(parents=True)
+    (work / "preference").write_text("")  # a file where DPO saves its checkpoints: it fails
+    with pytest.raises(OSError):
+        _retrain(spec, champion)
+    assert (work / "sft-model" / checkpoint.MANIFEST).exists()
+    assert not checkpoint.has_current(checkpoint_root(spec, 1))
+
+    (work / "preference").unlink()
+    with caplog.at_level(logging.INFO, logger="flywheel.train"):
+        _retrain(spec, champion)
+    assert "SFT of this run is done" in caplog.text
+    assert "step 1/4" not in caplog.text  # SFT is not trained again
+    metrics = _published(spec).meta["metrics"]
+    assert metrics["steps"] == 4 and metrics["preference/steps"] == 2
