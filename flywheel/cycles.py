@@ -19,8 +19,11 @@ and ``<data_dir>/promoted_model/champion.json`` names the champion.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -167,9 +170,25 @@ def _accepted_since(spec: Spec, cycle: int, seen: set[str]) -> tuple[pl.DataFram
     return new.select(list(TRAINING_COLUMNS)).cast(TRAINING_COLUMNS), versions
 
 
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Exclusive use of ``folder`` across processes (waits for the holder; freed on exit,
+    also on kill -9): two runs of one cycle build or decide one after the other."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def build_training_set(spec: Spec, cycle: int) -> ShardSet:
     """Cycle 0: the seed SFT data. Cycle c: cycle c-1's training set plus every accepted
-    generation not in it yet; an error if there is none (never retrain on the same data)."""
+    generation not in it yet; an error if there is none (never retrain on the same data).
+    Two runs of the same cycle at once build it once: the second waits and reuses it."""
+    with locked(training_set_root(spec, cycle)):
+        return _build_training_set(spec, cycle)
+
+
+def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
     root = training_set_root(spec, cycle)
     if cycle == 0:
         df, source = _seed_rows(spec)

@@ -11,17 +11,14 @@ promotion, or ``cycles.max_cycles``, stop it.
 
 from __future__ import annotations
 
-import fcntl
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flywheel.cycle_settings import GateSettings
-from flywheel.cycles import SFT, catalog, checkpoint_root, eval_root, promoted_dir
+from flywheel.cycles import SFT, catalog, checkpoint_root, eval_root, locked, promoted_dir
 from flywheel.shards import atomic_write_json
 from flywheel.spec import Spec
 from flywheel.train import checkpoint
@@ -68,18 +65,6 @@ def decisions(spec: Spec) -> list[dict[str, Any]]:
     return sorted(found, key=lambda d: d["cycle"])
 
 
-@contextmanager
-def _promotion_lock(spec: Spec) -> Iterator[None]:
-    folder = promoted_dir(spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # one decision at a time, across processes
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _better(value: float, best: float, gate: GateSettings) -> bool:
     if gate.mode == "max":
         return value > best + gate.min_delta
@@ -96,7 +81,7 @@ def promote(spec: Spec, cycle: int) -> dict[str, Any]:
     gate = spec.cycles.gate
     cand = candidate(spec, cycle)
     folder = promoted_dir(spec) / "decisions"
-    with _promotion_lock(spec):
+    with locked(promoted_dir(spec)):  # one decision at a time, across processes
         recorded = folder / f"{cycle}.json"
         if recorded.exists():
             old = json.loads(recorded.read_text())

@@ -178,3 +178,19 @@ def test_lineage_of_a_cycle_names_its_training_set_and_decision(spec) -> None:
     assert facts["cycle"] == 0
     assert facts["training_set"] == read_current(cycles.training_set_root(spec, 0)).version
     assert facts["decisions"][0]["promoted"]
+
+
+def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    with ThreadPoolExecutor(4) as pool:
+        sets = list(pool.map(lambda _: cycles.build_training_set(spec, 0).version, range(4)))
+    assert len(set(sets)) == 1  # the later builders waited and reused the first one's set
+    _publish_eval(spec, 0, 0.2)
+    with ThreadPoolExecutor(4) as pool:
+        decided = list(pool.map(lambda _: promotion.promote(spec, 0), range(4)))
+    assert all(d == decided[0] for d in decided) and decided[0]["promoted"]
+    assert len(promotion.decisions(spec)) == 1
+    rows = cycles.catalog(spec).query("SELECT count(*) AS n FROM training_sets")["n"][0]
+    assert rows == 1

@@ -111,5 +111,9 @@ def test_vllm_backend_refuses_without_cuda(
     (tmp_path / "vllm" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
-    with pytest.raises(RuntimeError, match=r"no CUDA GPU.*make vllm-env"):
-        VllmBackend(chat_checkpoint)
+    try:
+        with pytest.raises(RuntimeError, match=r"no CUDA GPU.*make vllm-env"):
+            VllmBackend(chat_checkpoint)
+    finally:
+        # The fake must not outlive the test: TRL (GRPO, RLOO) probes for vllm by import.
+        sys.modules.pop("vllm", None)

@@ -63,7 +63,9 @@ def test_request_bodies(server: CompletionsServer, chat_checkpoint: Path, api_ke
     with EndpointBackend(settings, chat_checkpoint) as backend:
         backend.generate(PROMPTS[:1], params())
         backend.generate(PROMPTS[:1], params(temperature=0.0, n=2))
-    greedy, sampled, only_greedy = server.requests
+    # The greedy and the sampled request of one call are sent at once: order by content.
+    first, only_greedy = server.requests[:2], server.requests[2]
+    greedy, sampled = sorted(first, key=lambda r: r["n"])
     assert greedy["prompt"] == f"<|im_start|>user\n{PROMPTS[0]}<|im_end|>\n<|im_start|>assistant\n"
     assert (greedy["n"], greedy["temperature"], greedy["stop"]) == (1, 0.0, ["<|im_end|>"])
     assert "top_k" not in greedy
