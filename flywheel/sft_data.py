@@ -108,7 +108,20 @@ def _parquet_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def load_sft_data(data: SftData) -> Loaded:
-    """The usable conversations of ``sft.data`` and the quarantined records, with reasons."""
+    """The usable conversations of ``sft.data`` (and of its ``extra`` sets, appended) and the
+    quarantined records, with reasons."""
+    loaded = _load_one(data)
+    for more in data.extra:
+        other = load_sft_data(more)
+        loaded = Loaded(
+            loaded.examples + other.examples,
+            loaded.quarantine + other.quarantine,
+            f"{loaded.source} + {other.source}",
+        )
+    return loaded
+
+
+def _load_one(data: SftData) -> Loaded:
     if data.kind == "arithmetic":
         problems = arithmetic_examples(data.num_examples, data.max_operand, data.seed)
         examples = [conversation(p["prompt"], p["answer"]) for p in problems]

@@ -208,7 +208,8 @@ def parse_spec(raw: dict[str, Any], path: Path) -> Spec:
 
 def _resolve_paths(spec: Spec, base: Path) -> None:
     """Resolve the training plane's optional local paths against the spec's directory."""
-    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.eval.tasks, spec.generation.prompts]
+    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.sft.data.extra]
+    owners += [*spec.eval.tasks, spec.generation.prompts]
     for owner in owners:
         if getattr(owner, "path", None) is not None:
             owner.path = (base / owner.path).resolve()

@@ -114,3 +114,19 @@ def test_fingerprint_follows_content(tmp_path: Path) -> None:
     a = load_sft_data(SftData(num_examples=10))
     assert data_fingerprint(a) == data_fingerprint(load_sft_data(SftData(num_examples=10)))
     assert data_fingerprint(a) != data_fingerprint(load_sft_data(SftData(num_examples=11)))
+
+
+def test_extra_sets_are_appended() -> None:
+    from flywheel.sft_data import load_sft_data
+    from flywheel.train.settings import SftData
+
+    data = SftData(
+        kind="addition",
+        num_examples=30,
+        max_digits=3,
+        extra=[SftData(kind="addition", num_examples=5, min_digits=4, max_digits=4, seed=9)],
+    )
+    loaded = load_sft_data(data)
+    assert len(loaded.examples) == 35 and "digits=4-4" in loaded.source
+    hard = [e["messages"][0]["content"] for e in loaded.examples[30:]]
+    assert all(p.split("+")[0][3] != "0" for p in hard)  # reversed: the 4th digit is set

@@ -141,6 +141,10 @@ class SftData(AdditionTask):
     num_examples: int = Field(2000, gt=0, description="Built-in examples to generate.")
     max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
     seed: int = Field(0, description="Seed of the built-in generator.")
+    extra: list[SftData] = Field(
+        default_factory=list,
+        description="More data sets appended to this one (e.g. a few harder built-in problems).",
+    )
 
     @model_validator(mode="after")
     def _path_for_files(self) -> SftData:
