@@ -113,7 +113,7 @@ def build_cycle_schedule(spec: Spec) -> dg.ScheduleDefinition:
         cron_schedule=spec.cycles.cron,
         job=cycle_job,
         default_status=status or dg.DefaultScheduleStatus.STOPPED,
-        description="A recurring flywheel cycle, whatever the amount of new accepted data.",
+        description="A recurring flywheel cycle, even below the sensor's threshold.",
     )
     def flywheel_cycle_schedule(
         context: dg.ScheduleEvaluationContext, flywheel: FlywheelResource

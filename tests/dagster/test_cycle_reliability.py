@@ -19,9 +19,7 @@ GENERATE = ["synthetic_generations", "accepted_generations"]
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, cycle: int):
     job = defs.resolve_job_def("cycle_job")
-    return job.execute_in_process(
-        instance=instance, partition_key=str(cycle), raise_on_error=False
-    )
+    return job.execute_in_process(instance=instance, partition_key=str(cycle), raise_on_error=False)
 
 
 def _mats(result) -> dict[str, dg.AssetMaterialization]:
