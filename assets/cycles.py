@@ -146,7 +146,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         """k sampled completions per prompt from the champion, with how each was made."""
         from flywheel.promotion import champion_after
 
-        champ = champion_after(flywheel.spec(), int(context.partition_key))
+        champ = champion_after(flywheel.spec(), _cycle(context))
         extra = ["--cycle", context.partition_key, "--checkpoint", str(champ.path)]
         return launch_stage("generate", context, flywheel, pipes, extra)
 

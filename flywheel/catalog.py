@@ -209,6 +209,35 @@ class Catalog:
             con.execute("DELETE FROM generations WHERE cycle = ?", [cycle])
             con.execute("INSERT INTO generations SELECT * FROM gen_f")
 
+    def record_training_set(
+        self, version: str, facts: dict[str, Any], examples: pl.DataFrame
+    ) -> None:
+        """Replace a training set's row (cycle, parent, row counts) and its examples
+        (prompt_id, generation_id, origin, cycle_added)."""
+        keys = ["cycle", "parent_cycle", "parent_version", "rows", "seed_rows"]
+        keys += ["generation_rows", "new_rows"]
+        frame = examples.select(
+            pl.lit(version).alias("version"), "prompt_id", "generation_id", "origin", "cycle_added"
+        )
+        with self.connect() as con, _transaction(con):
+            con.execute("DELETE FROM training_sets WHERE version = ?", [version])
+            con.execute("DELETE FROM training_examples WHERE version = ?", [version])
+            con.execute(
+                "INSERT INTO training_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [version, *(facts[k] for k in keys), datetime.now(UTC)],
+            )
+            con.register("examples_f", frame)
+            con.execute("INSERT INTO training_examples SELECT * FROM examples_f")
+
+    def record_cycle_decision(self, d: dict[str, Any]) -> None:
+        """Replace cycle ``d["cycle"]``'s promotion decision."""
+        keys = ["cycle", "candidate", "metric", "value", "champion_before", "champion_value"]
+        keys += ["promoted", "reason", "decided_at"]
+        with self.connect() as con, _transaction(con):
+            con.execute("DELETE FROM cycles WHERE cycle = ?", [d["cycle"]])
+            values = [d[k] for k in keys]
+            con.execute("INSERT INTO cycles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
     def record_materialization(
         self, product: str, version: str, spec_fingerprint: str, metadata: dict[str, Any]
     ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel import cycles, promotion
+from flywheel.catalog import Catalog
 from flywheel.shards import has_current, read_current
 from flywheel.spec import Spec
 from flywheel.train import checkpoint
@@ -24,8 +25,9 @@ REPORT_COLUMNS = ["cycle", "checkpoint", "train_rows", "new_rows", "generations"
 
 def _cycles_on_disk(spec: Spec) -> list[int]:
     root = spec.data_dir / cycles.CYCLES
-    found = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(found) if root.is_dir() else []
+    if not root.is_dir():  # no cycle has run yet
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def _manifest(root: Any) -> dict[str, Any]:
@@ -87,13 +89,8 @@ def report_footer(spec: Spec) -> list[str]:
     return lines
 
 
-def _rows(catalog: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    try:
-        return catalog.query(sql, params).to_dicts()
-    except Exception as exc:  # a table a stage has not created yet
-        if "does not exist" in str(exc):
-            return []
-        raise
+def _rows(catalog: Catalog, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return catalog.query(sql, params).to_dicts()
 
 
 def _fed_by(catalog: Any, training_set: str) -> list[dict[str, Any]]:
@@ -123,7 +120,7 @@ def _sources(catalog: Any, dataset: str) -> list[dict[str, Any]]:
 
 def checkpoint_lineage(spec: Spec, version: str) -> dict[str, Any]:
     """A checkpoint's chain down to documents and generations, its scores and promotion."""
-    catalog = cycles.catalog(spec)
+    catalog = Catalog(spec.catalog)
     facts = catalog.checkpoint_lineage(version)
     for row in facts["chain"]:
         inputs = row["inputs"]
@@ -151,7 +148,7 @@ def cycle_lineage(spec: Spec, cycle: int) -> dict[str, Any]:
 
 def generation_lineage(spec: Spec, generation_id: str) -> dict[str, Any]:
     """Which checkpoint generated a completion, its verdict, and the training sets using it."""
-    catalog = cycles.catalog(spec)
+    catalog = Catalog(spec.catalog)
     found = _rows(catalog, "SELECT * FROM generations WHERE generation_id = ?", [generation_id])
     if not found:
         raise KeyError(f"{generation_id!r} is not a generation in the catalog")
@@ -168,7 +165,7 @@ def lineage(spec: Spec, key: str) -> dict[str, Any]:
     """Dispatch on what ``key`` is: a cycle number, a checkpoint, a generation or a doc id."""
     if key.removeprefix("cycle:").isdigit():
         return cycle_lineage(spec, int(key.removeprefix("cycle:")))
-    catalog = cycles.catalog(spec)
+    catalog = Catalog(spec.catalog)
     if _rows(catalog, "SELECT 1 FROM checkpoints WHERE checkpoint = ?", [key]):
         return checkpoint_lineage(spec, key)
     if _rows(catalog, "SELECT 1 FROM generations WHERE generation_id = ?", [key]):

@@ -20,7 +20,6 @@ and ``<data_dir>/promoted_model/champion.json`` names the champion.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any
 import polars as pl
 
 from flywheel.catalog import Catalog
+from flywheel.prompts import prompt_id
 from flywheel.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.spec import Spec
 
@@ -72,43 +72,6 @@ def promoted_dir(spec: Spec) -> Path:
 # -- catalog: training sets and promotion decisions ----------------------------------------
 
 
-def catalog(spec: Spec) -> Catalog:
-    return Catalog(spec.catalog)
-
-
-def _record_training_set(spec: Spec, shards: ShardSet, df: pl.DataFrame) -> None:
-    m = shards.manifest
-    store = catalog(spec)
-    examples = df.select(
-        pl.lit(shards.version).alias("version"),
-        "prompt_id",
-        "generation_id",
-        "origin",
-        "cycle_added",
-    )
-    with store.connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("DELETE FROM training_sets WHERE version = ?", [shards.version])
-        con.execute("DELETE FROM training_examples WHERE version = ?", [shards.version])
-        con.execute(
-            "INSERT INTO training_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                shards.version,
-                m["cycle"],
-                m["parent_cycle"],
-                m["parent_version"],
-                m["rows"],
-                m["seed_rows"],
-                m["generation_rows"],
-                m["new_rows"],
-                datetime.now(UTC),
-            ],
-        )
-        con.register("examples_view", examples.to_arrow())
-        con.execute("INSERT INTO training_examples SELECT * FROM examples_view")
-        con.execute("COMMIT")
-
-
 # -- training sets -------------------------------------------------------------------------
 TRAINING_COLUMNS = {
     "prompt_id": pl.String,
@@ -124,10 +87,6 @@ class NothingToTrain(RuntimeError):
     """A cycle was asked for, but no accepted generation is new since its parent cycle."""
 
 
-def _prompt_id(prompt: str) -> str:
-    return hashlib.sha1(prompt.encode()).hexdigest()[:16]
-
-
 def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
     from flywheel.sft_data import load_sft_data
 
@@ -139,7 +98,7 @@ def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
         response = messages[-1]["content"]
         rows.append(
             {
-                "prompt_id": _prompt_id(prompt),
+                "prompt_id": prompt_id(prompt),
                 "prompt": prompt,
                 "response": response,
                 "origin": "seed",
@@ -236,7 +195,7 @@ def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
             generation_rows=int(by_origin.get("generation", 0)),
             spec_fingerprint=spec.fingerprint(),
         )
-    _record_training_set(spec, shards, df)
+    Catalog(spec.catalog).record_training_set(shards.version, shards.manifest, df)
     return shards
 
 

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flywheel.catalog import Catalog
 from flywheel.cycle_settings import GateSettings
-from flywheel.cycles import SFT, catalog, checkpoint_root, eval_root, locked, promoted_dir
+from flywheel.cycles import SFT, checkpoint_root, eval_root, locked, promoted_dir
 from flywheel.shards import atomic_write_json
 from flywheel.spec import Spec
 from flywheel.train import checkpoint
@@ -132,27 +133,8 @@ def promote(spec: Spec, cycle: int) -> dict[str, Any]:
             }
             atomic_write_json(promoted_dir(spec) / CHAMPION, record)
         atomic_write_json(recorded, decision)
-        _record_decision(spec, decision)
+        Catalog(spec.catalog).record_cycle_decision(decision)
     return decision
-
-
-def _record_decision(spec: Spec, d: dict[str, Any]) -> None:
-    with catalog(spec).connect() as con:
-        con.execute("DELETE FROM cycles WHERE cycle = ?", [d["cycle"]])
-        con.execute(
-            "INSERT INTO cycles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                d["cycle"],
-                d["candidate"],
-                d["metric"],
-                d["value"],
-                d["champion_before"],
-                d["champion_value"],
-                d["promoted"],
-                d["reason"],
-                d["decided_at"],
-            ],
-        )
 
 
 def champion_checks(spec: Spec) -> list[tuple[str, bool, str, dict[str, Any]]]:

@@ -18,38 +18,15 @@ import pytest
 from flywheel.accept import accept_generations, accepted_checks
 from flywheel.accept_gates import repeated_line_fraction, text_hash
 from flywheel.catalog import Catalog
-from flywheel.cycles import accepted_root, generations_root, training_set_root
+from flywheel.cycles import TRAINING_COLUMNS, accepted_root, generations_root, training_set_root
+from flywheel.generate.__main__ import SCHEMA as GENERATION_SCHEMA
 from flywheel.shards import ShardWriter, read_current
 from flywheel.spec import Spec, parse_spec
 from tests.conftest import prose
 
 EVAL = [("What is 2 + 2?", "4"), ("What is 3 + 3?", "6")]
-GEN_SCHEMA = {
-    "generation_id": pl.String,
-    "cycle": pl.Int64,
-    "prompt_id": pl.String,
-    "prompt": pl.String,
-    "answer": pl.String,
-    "sample_index": pl.Int64,
-    "greedy": pl.Boolean,
-    "completion": pl.String,
-    "finish_reason": pl.String,
-    "checkpoint": pl.String,
-    "backend": pl.String,
-    "temperature": pl.Float64,
-    "top_p": pl.Float64,
-    "top_k": pl.Int64,
-    "max_new_tokens": pl.Int64,
-    "seed": pl.Int64,
-}
-TRAIN_SCHEMA = {
-    "prompt_id": pl.String,
-    "prompt": pl.String,
-    "response": pl.String,
-    "origin": pl.String,
-    "cycle_added": pl.Int64,
-    "generation_id": pl.String,
-}
+GEN_SCHEMA = GENERATION_SCHEMA  # what flywheel.generate writes
+TRAIN_SCHEMA = TRAINING_COLUMNS
 
 
 def make_spec(tmp_path: Path, **acceptance: Any) -> Spec:

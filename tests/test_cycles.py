@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from flywheel import cycles, promotion
+from flywheel.catalog import Catalog
 from flywheel.cycle_report import lineage, report_rows
 from flywheel.shards import ShardWriter, read_current
 from flywheel.spec import load_spec
@@ -98,7 +99,7 @@ def test_training_sets_grow_from_the_seed_with_new_accepted_rows_only(spec) -> N
     assert two.num_rows == 30 and two.manifest["new_rows"] == 3
     ids = two.read()["generation_id"].drop_nulls()
     assert ids.n_unique() == ids.len() == 10
-    counts = cycles.catalog(spec).query("SELECT cycle, rows FROM training_sets ORDER BY cycle")
+    counts = Catalog(spec.catalog).query("SELECT cycle, rows FROM training_sets ORDER BY cycle")
     assert counts.rows() == [(0, 20), (1, 27), (2, 30)]
 
 
@@ -143,7 +144,7 @@ def test_promotion_only_when_the_candidate_beats_the_champion(spec) -> None:
     assert [r["promoted"] for r in rows] == [True, True, False, False]
     assert [r["accuracy/addition"] for r in rows] == [0.10, 0.30, 0.305, 0.20]
     assert rows[1]["new_rows"] == 5 and rows[2]["train_rows"] == 30
-    decided = cycles.catalog(spec).query("SELECT cycle, promoted FROM cycles ORDER BY cycle")
+    decided = Catalog(spec.catalog).query("SELECT cycle, promoted FROM cycles ORDER BY cycle")
     assert decided.rows() == [(0, True), (1, True), (2, False), (3, False)]
 
 
@@ -172,7 +173,7 @@ def test_a_corrupt_champion_fails_its_check(spec) -> None:
 
 def test_lineage_of_a_cycle_names_its_training_set_and_decision(spec) -> None:
     seed = _publish_model(spec.product_dir("sft_checkpoint"), "seed")
-    cycles.catalog(spec).record_checkpoint(seed.version, "sft", seed.path, None, {}, {}, "f")
+    Catalog(spec.catalog).record_checkpoint(seed.version, "sft", seed.path, None, {}, {}, "f")
     _run_cycle(spec, 0, 0.1)
     facts = lineage(spec, "cycle:0")
     assert facts["cycle"] == 0
@@ -192,5 +193,10 @@ def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
         decided = list(pool.map(lambda _: promotion.promote(spec, 0), range(4)))
     assert all(d == decided[0] for d in decided) and decided[0]["promoted"]
     assert len(promotion.decisions(spec)) == 1
-    rows = cycles.catalog(spec).query("SELECT count(*) AS n FROM training_sets")["n"][0]
+    rows = Catalog(spec.catalog).query("SELECT count(*) AS n FROM training_sets")["n"][0]
     assert rows == 1
+
+
+def test_report_before_any_cycle_is_empty(spec) -> None:
+    # Regression: listing cycles/ read the directory before checking that it exists.
+    assert report_rows(spec) == []
