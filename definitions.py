@@ -22,7 +22,7 @@ from assets import (
     build_document_checks,
     build_training_assets,
 )
-from flywheel.spec import load_spec, spec_path
+from flywheel.core.spec import load_spec, spec_path
 from jobs import JOBS
 from sensors import build_schedules, build_sensors
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from flywheel.pipeline import StageResult
+from flywheel.data.stages import StageResult
 
 
 def materialize_result(result: StageResult) -> dg.MaterializeResult:

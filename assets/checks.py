@@ -9,8 +9,8 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.resources import FlywheelResource
-from flywheel import pipeline
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
+from flywheel.data import stages as pipeline
 
 
 def build_document_check(

@@ -16,7 +16,7 @@ from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from assets.resources import FlywheelResource
 from assets.training import GPU_POOL, launch_stage
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
 
 FLYWHEEL = "flywheel"
 cycles_partitions = dg.DynamicPartitionsDefinition(name="cycles")
@@ -54,7 +54,7 @@ def _checks(asset: str, specs: list[tuple[str, str]]) -> list[dg.AssetCheckSpec]
     return [dg.AssetCheckSpec(n, asset=asset, blocking=True, description=d) for n, d in specs]
 
 
-def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.accept.AcceptResult
+def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.loop.accept.AcceptResult
     """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
     metadata: dict = dict(result.metadata)
     metadata["accepted_rows"] = result.manifest["accepted"]  # what the sensor sums
@@ -68,7 +68,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     @_asset("training_set", ["sft_checkpoint"], {"parquet"}, owners=owners)
     def training_set(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The cycle's SFT data: the previous cycle's set plus newly accepted generations."""
-        from flywheel.cycles import NothingToTrain, build_training_set
+        from flywheel.loop.cycles import NothingToTrain, build_training_set
 
         try:
             shards = build_training_set(flywheel.spec(), _cycle(context))
@@ -87,7 +87,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """The cycle's candidate: the champion fine-tuned on the cycle's training set."""
-        from flywheel.promotion import candidate, champion_after
+        from flywheel.loop.promotion import candidate, champion_after
 
         cycle, spec = _cycle(context), flywheel.spec()
         if cycle == 0:  # the seed SFT model is cycle 0's candidate: nothing to train
@@ -116,7 +116,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     )
     def promoted_model(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The champion after this cycle: the candidate only if it beat the champion."""
-        from flywheel.promotion import champion_checks, promote
+        from flywheel.loop.promotion import champion_checks, promote
 
         spec = flywheel.spec()
         d = promote(spec, _cycle(context))
@@ -144,7 +144,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """k sampled completions per prompt from the champion, with how each was made."""
-        from flywheel.promotion import champion_after
+        from flywheel.loop.promotion import champion_after
 
         champ = champion_after(flywheel.spec(), _cycle(context))
         extra = ["--cycle", context.partition_key, "--checkpoint", str(champ.path)]
@@ -159,7 +159,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     )
     def accepted_generations(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """Verified, filtered, deduplicated generations (rejected ones kept with reasons)."""
-        from flywheel.accept import accept_generations, accepted_checks
+        from flywheel.loop.accept import accept_generations, accepted_checks
 
         spec, cycle = flywheel.spec(), _cycle(context)
         result = accept_generations(spec, cycle)

@@ -1,7 +1,7 @@
 """The document plane: raw corpora -> quality-filtered documents -> deduplicated shards.
 
 One ``raw_<source>`` asset per source declared in the spec (an asset factory); the spec's
-other sections parameterize the rest. Each asset calls one ``flywheel.pipeline`` function.
+other sections parameterize the rest. Each asset calls one ``flywheel.data.stages`` function.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import dagster as dg
 
 from assets._materialize import materialize_result
 from assets.resources import FlywheelResource
-from flywheel import pipeline
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
+from flywheel.data import stages as pipeline
 
 INGEST, CURATE = "ingest", "curate"
 

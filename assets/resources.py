@@ -6,7 +6,7 @@ from functools import cache
 
 import dagster as dg
 
-from flywheel.spec import Spec, load_spec
+from flywheel.core.spec import Spec, load_spec
 
 
 @cache

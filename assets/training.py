@@ -14,7 +14,7 @@ import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from assets.resources import FlywheelResource
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
 from flywheel.train import launch
 
 TRAIN, EVALUATE = "train", "evaluate"
@@ -84,7 +84,7 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     @dg.asset(deps=["deduplicated_shards"], group_name=TRAIN, kinds={"huggingface"}, owners=owners)
     def tokenizer(flywheel: FlywheelResource) -> dg.MaterializeResult:
         """A byte-level BPE tokenizer trained on the deduplicated shards (or a local one)."""
-        from flywheel.tokenizer import build_tokenizer
+        from flywheel.train.tokenizer import build_tokenizer
 
         artifact = build_tokenizer(flywheel.spec())
         metadata = {k: v for k, v in artifact.meta.items() if isinstance(v, int | float | str)}
@@ -101,7 +101,7 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     )
     def tokenized_dataset(flywheel: FlywheelResource) -> dg.MaterializeResult:
         """Documents tokenized and packed into fixed-length sequences, plus a held-out split."""
-        from flywheel.packing import build_tokenized_dataset
+        from flywheel.train.packing import build_tokenized_dataset
 
         shards = build_tokenized_dataset(flywheel.spec())
         m = shards.manifest

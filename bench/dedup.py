@@ -35,7 +35,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flywheel.dedup import DedupSettings, MinHasher, deduplicate, normalize, shingles  # noqa: E402
+from flywheel.data.dedup import DedupSettings, MinHasher, deduplicate, normalize, shingles  # noqa: E402
 
 CAP = 100_000  # characters per document
 BINARY = {

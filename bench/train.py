@@ -4,8 +4,8 @@
 
 Data (no downloads): the Python documentation topics (``pydoc_data.topics``, real English
 prose) go through the platform's own builders: a byte-level BPE tokenizer trained here
-(``flywheel.tokenizer``) and packing into 256-token rows (``flywheel.packing``), written as a
-``tokenized_dataset`` shard set in a temporary directory.
+(``flywheel.train.tokenizer``) and packing into 256-token rows (``flywheel.train.packing``), written
+as a ``tokenized_dataset`` shard set in a temporary directory.
 
 Two paths train the same Llama-style model (built from one seed) on CPU in fp32:
 
@@ -42,12 +42,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flywheel.loader import PackedStream, train_files  # noqa: E402
-from flywheel.packing import build_tokenized_dataset  # noqa: E402
-from flywheel.shards import ShardWriter  # noqa: E402
-from flywheel.spec import Spec, load_spec  # noqa: E402
-from flywheel.tokenizer import build_tokenizer  # noqa: E402
-from flywheel.train.loop import (  # noqa: E402
+from flywheel.core.shards import ShardWriter  # noqa: E402
+from flywheel.core.spec import Spec, load_spec  # noqa: E402
+from flywheel.train.loader import PackedStream, train_files  # noqa: E402
+from flywheel.train.model import build_model, count_parameters  # noqa: E402
+from flywheel.train.packing import build_tokenized_dataset  # noqa: E402
+from flywheel.train.pretrain import make_accelerator, read_inputs  # noqa: E402
+from flywheel.train.tokenizer import build_tokenizer  # noqa: E402
+from flywheel.train.trainer import (  # noqa: E402
     Position,
     has_fused_adamw,
     lr_multiplier,
@@ -55,8 +57,6 @@ from flywheel.train.loop import (  # noqa: E402
     make_scheduler,
     train,
 )
-from flywheel.train.model import build_model, count_parameters  # noqa: E402
-from flywheel.train.pretrain import make_accelerator, read_inputs  # noqa: E402
 
 
 def make_spec(directory: Path, args: argparse.Namespace) -> Spec:

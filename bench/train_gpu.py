@@ -47,12 +47,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flywheel.loader import PackedStream, train_files  # noqa: E402
-from flywheel.shards import ShardWriter  # noqa: E402
-from flywheel.spec import Spec, load_spec  # noqa: E402
-from flywheel.train.loop import Position, make_optimizer, make_scheduler, train  # noqa: E402
+from flywheel.core.shards import ShardWriter  # noqa: E402
+from flywheel.core.spec import Spec, load_spec  # noqa: E402
+from flywheel.train.loader import PackedStream, train_files  # noqa: E402
 from flywheel.train.model import build_model, count_parameters, flops_per_token  # noqa: E402
 from flywheel.train.pretrain import make_accelerator  # noqa: E402
+from flywheel.train.trainer import Position, make_optimizer, make_scheduler, train  # noqa: E402
 
 PEAK_FLOPS = 989e12
 VOCAB = 32000

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flywheel.spec import SpecError, add_spec_arguments, explain, load_spec
+from flywheel.core.spec import SpecError, add_spec_arguments, explain, load_spec
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -31,7 +31,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from flywheel.pipeline import summary
+    from flywheel.data.stages import summary
 
     rows = summary(load_spec(args.spec))
     if args.json:
@@ -47,7 +47,7 @@ def _facts(
     render: Callable[[dict[str, Any]], list[str]],
 ) -> int:
     """Look something up in the catalog and print it (``--json`` or lines); unknown: exit 2."""
-    from flywheel.catalog import Catalog
+    from flywheel.core.catalog import Catalog
 
     spec = load_spec(args.spec)
     try:
@@ -60,14 +60,14 @@ def _facts(
 
 
 def _lineage(args: argparse.Namespace) -> int:
-    from flywheel.cycle_report import lineage, lineage_lines
+    from flywheel.loop.report import lineage, lineage_lines
 
     spec = load_spec(args.spec)
     return _facts(args, lambda catalog: lineage(spec, args.key), lineage_lines)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from flywheel.cycle_report import REPORT_COLUMNS, metric_columns, report_footer, report_rows
+    from flywheel.loop.report import REPORT_COLUMNS, metric_columns, report_footer, report_rows
 
     spec = load_spec(args.spec)
     rows = report_rows(spec)
@@ -91,13 +91,13 @@ def _train(args: argparse.Namespace) -> int:
     """Run one training-plane stage by hand, exactly as its Dagster asset does."""
     spec = load_spec(args.spec, args.overrides)
     if args.stage == "tokenizer":
-        from flywheel.tokenizer import build_tokenizer
+        from flywheel.train.tokenizer import build_tokenizer
 
         artifact = build_tokenizer(spec)
         print(f"tokenizer {artifact.version} at {artifact.path}")
         return 0
     if args.stage == "pack":
-        from flywheel.packing import build_tokenized_dataset
+        from flywheel.train.packing import build_tokenized_dataset
 
         shards = build_tokenized_dataset(spec)
         print(f"tokenized_dataset {shards.version}: {shards.num_rows} sequences at {shards.path}")
@@ -130,7 +130,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flywheel.dedup.cli import register as register_dedup
+    from flywheel.data.dedup.cli import register as register_dedup
 
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

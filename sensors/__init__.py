@@ -15,8 +15,8 @@ import dagster as dg
 
 from assets.documents import raw_asset_key
 from assets.resources import FlywheelResource
-from flywheel import pipeline
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
+from flywheel.data import stages as pipeline
 from jobs import data_job
 
 

@@ -18,7 +18,7 @@ import dagster as dg
 
 from assets.cycles import cycles_partitions
 from assets.resources import FlywheelResource
-from flywheel.spec import Spec
+from flywheel.core.spec import Spec
 from jobs import cycle_job
 
 ACCEPTED = dg.AssetKey("accepted_generations")
@@ -38,7 +38,7 @@ def _count_new(context: dg.SensorEvaluationContext, spec: Spec, cursor: dict) ->
     ``counted`` remembers the rows already counted per cycle, so re-materializing a cycle
     adds only the difference (e.g. more prompts), and a repeated event adds nothing.
     """
-    from flywheel.accept import accepted_checks
+    from flywheel.loop.accept import accepted_checks
 
     result = context.instance.fetch_materializations(
         ACCEPTED, limit=1000, cursor=cursor.get("after"), ascending=True
@@ -70,8 +70,8 @@ def build_accepted_data_sensor(spec: Spec) -> dg.SensorDefinition:
     def accepted_data_sensor(
         context: dg.SensorEvaluationContext, flywheel: FlywheelResource
     ) -> dg.SensorResult | dg.SkipReason:
-        from flywheel.promotion import loop_state
-        from flywheel.train.checkpoint import has_current
+        from flywheel.core.artifacts import has_current
+        from flywheel.loop.promotion import loop_state
 
         spec = flywheel.spec()
         cursor = json.loads(context.cursor or "{}")
@@ -118,8 +118,8 @@ def build_cycle_schedule(spec: Spec) -> dg.ScheduleDefinition:
     def flywheel_cycle_schedule(
         context: dg.ScheduleEvaluationContext, flywheel: FlywheelResource
     ) -> dg.RunRequest | dg.SkipReason:
-        from flywheel.cycles import new_accepted_rows
-        from flywheel.promotion import loop_state
+        from flywheel.loop.cycles import new_accepted_rows
+        from flywheel.loop.promotion import loop_state
 
         spec = flywheel.spec()
         state = loop_state(spec)
@@ -142,7 +142,7 @@ def build_cycle_schedule(spec: Spec) -> dg.ScheduleDefinition:
     description="Record every failed flywheel cycle (flywheel report lists them).",
 )
 def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: FlywheelResource) -> None:
-    from flywheel.cycles import record_failure
+    from flywheel.loop.cycles import record_failure
 
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")

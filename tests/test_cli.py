@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import pipeline
-from flywheel.catalog import Catalog
 from flywheel.cli import main
-from flywheel.spec import load_spec
+from flywheel.core.catalog import Catalog
+from flywheel.core.spec import load_spec
+from flywheel.data import stages as pipeline
 from tests.conftest import write_spec
 
 
@@ -71,9 +71,9 @@ def test_train_stages_by_hand_and_checkpoint_lineage(small_spec: Path, capsys) -
     out = capsys.readouterr().out
     assert "tokenizer v-" in out and "tokenized_dataset v-" in out
 
-    from flywheel.train import checkpoint
+    from flywheel.core import artifacts
 
-    sft = checkpoint.read_current(spec.product_dir("sft_checkpoint"))
+    sft = artifacts.read_current(spec.product_dir("sft_checkpoint"))
     assert main(["checkpoint", sft.version, "--spec", str(small_spec)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:2] == ["sft", sft.version]

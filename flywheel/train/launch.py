@@ -27,15 +27,15 @@ from pathlib import Path
 
 import yaml
 
-from flywheel.spec import Spec
-from flywheel.train.settings import TrainSettings
+from flywheel.core.settings.train import TrainSettings
+from flywheel.core.spec import Spec
 
 STAGES = {
     "pretrain": "flywheel.train.pretrain",
     "sft": "flywheel.train.sft",
-    "retrain": "flywheel.train.retrain",
-    "eval": "flywheel.eval",
-    "generate": "flywheel.generate",
+    "retrain": "flywheel.loop.retrain",
+    "eval": "flywheel.loop.eval",
+    "generate": "flywheel.loop.generate",
 }
 PRODUCTS = {
     "pretrain": "pretrained_checkpoint",

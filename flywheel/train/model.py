@@ -1,6 +1,6 @@
 """Build the causal LM a stage trains: from a transformers config in the spec, or a local path.
 
-The default is a tiny Llama-style decoder (``flywheel.train.settings``); any transformers
+The default is a tiny Llama-style decoder (``flywheel.core.settings.train``); any transformers
 causal-LM ``model_type`` works, and ``model.path`` starts from a local checkpoint. Nothing is
 downloaded: configs are built in memory and paths must exist.
 """
@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from flywheel.train.checkpoint import CheckpointError
-from flywheel.train.settings import ModelSettings
+from flywheel.core.artifacts import CheckpointError
+from flywheel.core.settings.train import ModelSettings
 
 
 def model_config(

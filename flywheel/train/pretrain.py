@@ -9,7 +9,7 @@ where the fingerprint hashes what decides the trained weights: ``pretrain`` (les
 checkpoint cadence and loader workers), ``model``, and the versions of the tokenized dataset
 and tokenizer. A run resumes from the newest good step checkpoint there (``flywheel.train.
 state``) and continues the same loss trajectory; at the end it publishes the model with its
-tokenizer as a new version of ``pretrained_checkpoint`` (``flywheel.train.checkpoint``),
+tokenizer as a new version of ``pretrained_checkpoint`` (``flywheel.core.artifacts``),
 writes ``done.json``, records lineage in the catalog and reports one materialization (rank
 0, through Dagster Pipes when launched by Dagster). Re-running a finished fingerprint
 re-reports its published version instead of training again.
@@ -29,11 +29,13 @@ from typing import Any
 
 import torch
 
-from flywheel.catalog import Catalog
-from flywheel.shards import ShardSet, read_current
-from flywheel.spec import Spec, add_spec_arguments, load_spec
-from flywheel.train import checkpoint, state
-from flywheel.train.loop import (
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.report import Reporter, loss_curve
+from flywheel.core.shards import ShardSet, read_current
+from flywheel.core.spec import Spec, add_spec_arguments, load_spec
+from flywheel.train import state
+from flywheel.train.trainer import (
     Position,
     has_fused_adamw,
     make_optimizer,
@@ -41,11 +43,10 @@ from flywheel.train.loop import (
     resolve_precision,
     train,
 )
-from flywheel.train.report import Reporter, loss_curve
 
 PRODUCT = "pretrained_checkpoint"
-DATASET = "tokenized_dataset"  # flywheel.packing.PRODUCT
-TOKENIZER = "tokenizer"  # flywheel.tokenizer.PRODUCT
+DATASET = "tokenized_dataset"  # flywheel.train.packing.PRODUCT
+TOKENIZER = "tokenizer"  # flywheel.train.tokenizer.PRODUCT
 # Settings that change how a run is watched or stored, never the weights it produces.
 NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_checkpoints", "num_workers"}
 
@@ -53,7 +54,7 @@ NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_checkpoints", "num_worker
 @dataclass(frozen=True)
 class Inputs:
     dataset: ShardSet
-    tokenizer: checkpoint.Artifact
+    tokenizer: artifacts.Artifact
 
     @property
     def lineage(self) -> dict[str, str | None]:
@@ -70,9 +71,9 @@ def read_inputs(spec: Spec) -> Inputs:
     root = spec.product_dir(TOKENIZER)
     version = dataset.manifest.get("tokenizer_version")
     try:
-        tokenizer = checkpoint.verify(root / version) if version else checkpoint.read_current(root)
-    except checkpoint.CheckpointError as exc:
-        raise checkpoint.CheckpointError(
+        tokenizer = artifacts.verify(root / version) if version else artifacts.read_current(root)
+    except artifacts.CheckpointError as exc:
+        raise artifacts.CheckpointError(
             f"{exc}; {DATASET} {dataset.version} was packed with tokenizer {version}: "
             f"re-materialize {DATASET}"
         ) from None
@@ -111,10 +112,10 @@ def make_accelerator(spec: Spec) -> tuple[Any, str, str | None]:
 def _reusable(spec: Spec, work: Path, reporter: Reporter) -> dict[str, Any] | None:
     """done.json's record if its version is still published and verifies (made current)."""
     root = spec.product_dir(PRODUCT)
-    record = checkpoint.finished_run(root, work, warn=reporter.warning)
+    record = artifacts.finished_run(root, work, warn=reporter.warning)
     if record is None:
         return None
-    if checkpoint.make_current(root, record["version"]):
+    if artifacts.make_current(root, record["version"]):
         reporter.info(f"made {record['version']} the current {PRODUCT} again")
     record["metadata"]["checkpoint"] = str(root / record["version"])
     return record
@@ -122,7 +123,7 @@ def _reusable(spec: Spec, work: Path, reporter: Reporter) -> dict[str, Any] | No
 
 # -- training --------------------------------------------------------------------------
 def _special_ids(tokenizer_dir: Path) -> dict[str, int]:
-    from flywheel.tokenizer import load_tokenizer
+    from flywheel.train.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
@@ -157,7 +158,7 @@ def _batches(spec: Spec, inputs: Inputs, accelerator: Any, start_batch: int) -> 
     """This rank's stream of micro-batches from ``start_batch`` on, and the stream itself."""
     from torch.utils.data import DataLoader
 
-    from flywheel.loader import PackedStream, train_files
+    from flywheel.train.loader import PackedStream, train_files
 
     s = spec.pretrain
     # Not prepared by Accelerate: the stream already gives each rank its own rows, and
@@ -254,16 +255,16 @@ def _publish(spec: Spec, inputs: Inputs, work: Path, metrics: dict[str, Any]) ->
     """The last step checkpoint's weights + the tokenizer, as a new published version."""
     root = spec.product_dir(PRODUCT)
     final = state.step_dir(work, spec.pretrain.steps)
-    staging = checkpoint.staging_dir(root)
+    staging = artifacts.staging_dir(root)
     for f in final.iterdir():
-        if f.is_file() and f.name != checkpoint.MANIFEST:
+        if f.is_file() and f.name != artifacts.MANIFEST:
             shutil.copy2(f, staging / f.name)
     for f in inputs.tokenizer.path.iterdir():
-        if f.is_file() and f.name != checkpoint.MANIFEST and not (staging / f.name).exists():
+        if f.is_file() and f.name != artifacts.MANIFEST and not (staging / f.name).exists():
             shutil.copy2(f, staging / f.name)
     parent = str(spec.model.path) if spec.model.path is not None else None
     lineage = {**inputs.lineage, "parent": parent}
-    return checkpoint.publish(
+    return artifacts.publish(
         root, staging, stage="pretrain", spec=spec.resolved(), lineage=lineage, metrics=metrics
     )
 
@@ -278,7 +279,7 @@ def _finish(spec: Spec, inputs: Inputs, work: Path, metadata: dict[str, Any]) ->
         "metrics": scalars,
         "metadata": {**metadata, "checkpoint": str(artifact.path), **inputs.lineage},
     }
-    checkpoint.mark_done(work, record)
+    artifacts.mark_done(work, record)
     return record
 
 

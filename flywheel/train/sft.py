@@ -18,7 +18,7 @@ finished run whose version is still published trains nothing, makes that version
 again and reports it (``done.json``).
 
 ``FineTune`` and ``run_finetune`` do all this for any fine-tuning run (settings, parent, data,
-product root, catalog stage, lineage): ``flywheel.train.retrain`` runs each cycle with them.
+product root, catalog stage, lineage): ``flywheel.loop.retrain`` runs each cycle with them.
 """
 
 from __future__ import annotations
@@ -37,18 +37,18 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-from flywheel.catalog import Catalog
-from flywheel.sft_data import data_fingerprint, load_sft_data
-from flywheel.shards import atomic_write_bytes
-from flywheel.spec import Spec, add_spec_arguments, load_spec
-from flywheel.tasks import Loaded
-from flywheel.train import checkpoint
-from flywheel.train.loop import resolve_precision
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.records import Loaded
+from flywheel.core.report import Reporter, loss_curve
+from flywheel.core.settings.train import SftSettings, TrainSettings
+from flywheel.core.shards import atomic_write_bytes
+from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.train.model import load_model
-from flywheel.train.report import Reporter, loss_curve
-from flywheel.train.settings import SftSettings, TrainSettings
+from flywheel.train.sft_data import data_fingerprint, load_sft_data
 from flywheel.train.sft_resume import ManifestOnSave, resumable_checkpoint, set_aside
 from flywheel.train.state import run_lock
+from flywheel.train.trainer import resolve_precision
 
 PRODUCT = "sft_checkpoint"
 PARENT = "pretrained_checkpoint"
@@ -87,7 +87,7 @@ class FineTune:
     """
 
     settings: SftSettings
-    parent: checkpoint.Artifact
+    parent: artifacts.Artifact
     data: Loaded
     root: Path
     stage: str
@@ -179,14 +179,14 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     """Give the tokenizer the ChatML template with generation markers, checking its tokens."""
     from trl.chat_template_utils import has_generation_markers
 
-    from flywheel.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
+    from flywheel.train.tokenizer import CHAT_TEMPLATE, IM_END, IM_START
 
     vocab = tokenizer.get_vocab()
     missing = [t for t in (IM_START, IM_END) if t not in vocab]
     if missing:
         raise ValueError(
             f"the pre-trained tokenizer lacks the chat tokens {missing}; train it with "
-            "flywheel.tokenizer (it adds them) or use one that has them"
+            "flywheel.train.tokenizer (it adds them) or use one that has them"
         )
     if not tokenizer.chat_template or not has_generation_markers(tokenizer.chat_template):
         tokenizer.chat_template = CHAT_TEMPLATE
@@ -195,7 +195,7 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 def stop_on_turn_end(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Make generation stop at ``<|im_end|>`` as well as EOS: the end of an assistant turn."""
-    from flywheel.tokenizer import stop_token_ids
+    from flywheel.train.tokenizer import stop_token_ids
 
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -284,7 +284,7 @@ def build_trainer(
     import transformers
     from trl import SFTTrainer
 
-    from flywheel.tokenizer import load_tokenizer
+    from flywheel.train.tokenizer import load_tokenizer
 
     # Progress bars are noise in a log stream; ReportLogs reports progress instead.
     datasets.disable_progress_bars()
@@ -312,7 +312,7 @@ def publish_run(
         (staging / name).unlink(missing_ok=True)
     # The manifest and catalog keep plain values; the markdown table is for the UI only.
     scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
-    artifact = checkpoint.publish(
+    artifact = artifacts.publish(
         run.root,
         staging,
         stage=run.stage,
@@ -331,7 +331,7 @@ def publish_run(
         "examples": len(run.data.examples),
         "quarantined": len(run.data.quarantine),
     }
-    checkpoint.mark_done(run.work, {"version": artifact.version, "metadata": metadata})
+    artifacts.mark_done(run.work, {"version": artifact.version, "metadata": metadata})
     # The published version is the run's result; its resumable checkpoints (weights and
     # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
     for path in [*run.work.rglob("checkpoint-*"), run.work / INTERMEDIATE]:
@@ -380,10 +380,10 @@ def run_finetune(
     by default it is SFT (``train_and_save``).
     """
     label = f"{run.stage} run {run.fingerprint}"
-    done = checkpoint.finished_run(run.root, run.work, deep=False, warn=reporter.warning)
+    done = artifacts.finished_run(run.root, run.work, deep=False, warn=reporter.warning)
     if done is not None:
         if reporter.is_main:  # the same inputs again: their model becomes current again
-            checkpoint.make_current(run.root, done["version"])
+            artifacts.make_current(run.root, done["version"])
         reporter.info(f"{label} already published as {done['version']}")
         reporter.materialization(done["metadata"], data_version=done["version"])
         return done
@@ -405,7 +405,7 @@ def run_finetune(
 
 def run_sft(spec: Spec, reporter: Reporter) -> dict[str, Any]:
     """Fine-tune the pre-trained model on ``sft.data`` (or resume, or reuse) and publish it."""
-    parent = checkpoint.read_current(spec.product_dir(PARENT))
+    parent = artifacts.read_current(spec.product_dir(PARENT))
     data = load_sft_data(spec.sft.data)
     lineage = {
         PARENT: parent.version,

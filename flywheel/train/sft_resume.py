@@ -2,7 +2,7 @@
 
 Trainer saves weights, optimizer, scheduler and RNG states but nothing that says the save
 finished or that the files are intact. ``ManifestOnSave`` adds the same manifest the rest of
-flywheel uses (``flywheel.train.checkpoint``: sizes and sha256, written last), and
+flywheel uses (``flywheel.core.artifacts``: sizes and sha256, written last), and
 ``resumable_checkpoint`` picks the newest directory that verifies, naming what is wrong with
 the newer ones.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from flywheel.train import checkpoint
+from flywheel.core import artifacts
 
 
 class ManifestOnSave(TrainerCallback):
@@ -28,7 +28,7 @@ class ManifestOnSave(TrainerCallback):
             torch.distributed.barrier()  # each rank writes its own rng_state_<rank>.pth
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and path.is_dir():
-            checkpoint.write_manifest(path, step=state.global_step)
+            artifacts.write_manifest(path, step=state.global_step)
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -40,11 +40,11 @@ def checkpoint_problem(path: Path) -> str | None:
     """
     from safetensors import safe_open
 
-    if not (path / checkpoint.MANIFEST).exists():
-        return f"no {checkpoint.MANIFEST}: the save was interrupted"
+    if not (path / artifacts.MANIFEST).exists():
+        return f"no {artifacts.MANIFEST}: the save was interrupted"
     try:
-        checkpoint.verify(path)
-    except checkpoint.CheckpointError as exc:
+        artifacts.verify(path)
+    except artifacts.CheckpointError as exc:
         return str(exc).removeprefix(f"checkpoint {path} is ")
     state = path / "trainer_state.json"
     if not state.exists():

@@ -10,7 +10,7 @@ Written every ``save_every`` steps by ``python -m flywheel.train.pretrain --spec
         training_state/data.json          the Position: steps, batches consumed, tokens, losses
         training_state/debug-<rank>.json  with FLYWHEEL_TRAIN_DEBUG=1: the sha256 of this
                                           rank's live parameters and its own (unaveraged) losses
-        checkpoint.json                   written last (flywheel.train.checkpoint): complete
+        checkpoint.json                   written last (flywheel.core.artifacts): complete
 
 Every rank writes into one staging directory; after a barrier rank 0 writes the manifest and
 renames it into place, so a checkpoint is visible only once all ranks' files are in it. On
@@ -18,7 +18,7 @@ start the newest checkpoint that verifies is used; a newer corrupt one is named 
 (the ``CheckpointError`` message names the file) and moved aside to ``corrupt-step-*``.
 
 The data position is ``Position.batches`` (this rank's micro-batches consumed): the loader
-(``flywheel.loader.PackedStream``) computes its order from (files, seed, epoch), so resuming
+(``flywheel.train.loader.PackedStream``) computes its order from (files, seed, epoch), so resuming
 is ``start_batch=batches``, not a replay.
 
 Under FSDP (``configs/accelerate/fsdp.yaml``, FSDP2) parameters and optimizer state are
@@ -49,9 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from flywheel.shards import atomic_write_json
-from flywheel.train import checkpoint
-from flywheel.train.loop import Position
+from flywheel.core import artifacts
+from flywheel.core.shards import atomic_write_json
+from flywheel.train.trainer import Position
 
 STATE = "training_state"
 ACCELERATE = "accelerate"  # under STATE: accelerator.save_state's files (FSDP only)
@@ -202,7 +202,7 @@ def save(
         atomic_write_json(staging / STATE / "data.json", data)
     accelerator.wait_for_everyone()  # every rank's files are in staging
     if main:
-        checkpoint.finalize(staging, final, step=pos.step)
+        artifacts.finalize(staging, final, step=pos.step)
         _prune(work, keep)
     accelerator.wait_for_everyone()
     return final
@@ -223,8 +223,8 @@ def find_resumable(work: Path, warn: Callable[[str], None]) -> Path | None:
         shutil.rmtree(stale, ignore_errors=True)
     for path in sorted(work.glob("step-*"), reverse=True):
         try:
-            checkpoint.verify(path)
-        except checkpoint.CheckpointError as exc:
+            artifacts.verify(path)
+        except artifacts.CheckpointError as exc:
             aside = work / f"corrupt-{path.name}"
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(path, aside)
@@ -249,7 +249,7 @@ def restore(accelerator: Any, path: Path, optimizer: Any, scheduler: Any) -> Non
     state = Path(path) / STATE
     data = json.loads((state / "data.json").read_text())
     if data["world_size"] != accelerator.num_processes:
-        raise checkpoint.CheckpointError(
+        raise artifacts.CheckpointError(
             f"{path} was written by {data['world_size']} processes, this run has "
             f"{accelerator.num_processes}: the data position cannot carry over"
         )

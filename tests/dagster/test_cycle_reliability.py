@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 
 from definitions import build_definitions
-from flywheel import cycles, promotion
-from flywheel.spec import load_spec
+from flywheel.core.spec import load_spec
+from flywheel.loop import cycles, promotion
 
 CYCLE = ["training_set", "cycle_checkpoint", "cycle_eval_scores", "promoted_model"]
 GENERATE = ["synthetic_generations", "accepted_generations"]

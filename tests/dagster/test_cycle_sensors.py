@@ -12,10 +12,10 @@ import polars as pl
 import pytest
 
 from definitions import build_definitions
-from flywheel import cycles, promotion
-from flywheel.shards import ShardWriter
-from flywheel.spec import load_spec
-from tests.test_cycles import SPEC, _publish_model, _run_cycle
+from flywheel.core.shards import ShardWriter
+from flywheel.core.spec import load_spec
+from flywheel.loop import cycles, promotion
+from tests.loop.test_cycles import SPEC, _publish_model, _run_cycle
 
 ACCEPTED = dg.AssetKey("accepted_generations")
 

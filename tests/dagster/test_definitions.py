@@ -9,9 +9,9 @@ import polars as pl
 import pytest
 
 from definitions import build_definitions
-from flywheel.catalog import Catalog
-from flywheel.shards import read_current
-from flywheel.spec import load_spec
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import read_current
+from flywheel.core.spec import load_spec
 from tests.conftest import write_spec
 
 
@@ -97,8 +97,8 @@ def test_failing_blocking_check_stops_downstream(small_spec: Path) -> None:
 
 
 def test_validation_frame_flags_duplicates(tmp_path: Path) -> None:
-    from flywheel.shards import ShardWriter
-    from flywheel.validation import validate_shardset
+    from flywheel.core.shards import ShardWriter
+    from flywheel.data.validation import validate_shardset
 
     with ShardWriter(tmp_path / "p") as w:
         w.write(

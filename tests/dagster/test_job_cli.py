@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from flywheel.cli import main
-from flywheel.shards import read_current
-from flywheel.spec import load_spec
+from flywheel.core.shards import read_current
+from flywheel.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from definitions import build_definitions
-from flywheel.catalog import Catalog
-from flywheel.spec import load_spec
-from flywheel.train import checkpoint
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.spec import load_spec
 
 TRAINING = ["tokenizer", "tokenized_dataset", "pretrained_checkpoint", "sft_checkpoint"]
 
@@ -64,8 +64,8 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     assert isinstance(scores["checkpoint"].value, str)  # the evaluated version
 
     spec = load_spec(small_spec)
-    pre_art = checkpoint.read_current(spec.product_dir("pretrained_checkpoint"))
-    sft_art = checkpoint.read_current(spec.product_dir("sft_checkpoint"))
+    pre_art = artifacts.read_current(spec.product_dir("pretrained_checkpoint"))
+    sft_art = artifacts.read_current(spec.product_dir("sft_checkpoint"))
     versions = {
         e.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
         for e in events

@@ -1,7 +1,7 @@
 """Real inputs for pre-training tests: prose -> deduplicated shards -> tokenizer -> packed rows.
 
-The pipeline's own builders (``flywheel.tokenizer``, ``flywheel.packing``) turn the Python
-documentation topics into a 400-token BPE vocabulary and ~3,600 packed rows of 64 tokens in
+The pipeline's own builders (``flywheel.train.tokenizer``, ``flywheel.train.packing``) turn the
+Python documentation topics into a 400-token BPE vocabulary and ~3,600 packed rows of 64 tokens in
 well under a second; a 2-layer, 32-wide Llama then trains 60 steps in about one second.
 Attention dropout is on, so a resumed run matches only if the RNG state is restored too.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from flywheel.spec import load_spec
+from flywheel.core.spec import load_spec
 from flywheel.train import launch
 from tests.conftest import prose
 
@@ -41,9 +41,9 @@ TINY_SPEC = """
 
 def build_inputs(directory: Path, spec_text: str = TINY_SPEC) -> Path:
     """Write a spec into ``directory`` and materialize what pre-training reads; its path."""
-    from flywheel.packing import build_tokenized_dataset
-    from flywheel.shards import ShardWriter
-    from flywheel.tokenizer import build_tokenizer
+    from flywheel.core.shards import ShardWriter
+    from flywheel.train.packing import build_tokenized_dataset
+    from flywheel.train.tokenizer import build_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "flywheel.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.train import checkpoint as ck
+from flywheel.core import artifacts as ck
 
 
 def _make(root: Path, name: str, payload: bytes = b"weights") -> ck.Artifact:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 
-from flywheel.spec import load_spec
+from flywheel.core.spec import load_spec
 from flywheel.train import launch
 from tests.conftest import write_spec
 
@@ -48,7 +48,7 @@ def test_accelerate_config_file_replaces_flags(tmp_path: Path) -> None:
 
 def test_eval_runs_without_accelerate(tmp_path: Path) -> None:
     argv = launch.command("eval", _spec(tmp_path), Path("/s.yaml"))
-    assert argv == [sys.executable, "-m", "flywheel.eval", "--spec", "/s.yaml"]
+    assert argv == [sys.executable, "-m", "flywheel.loop.eval", "--spec", "/s.yaml"]
 
 
 def test_unknown_stage(tmp_path: Path) -> None:

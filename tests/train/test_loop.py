@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flywheel.loader import PackedStream, train_files
-from flywheel.shards import read_current
-from flywheel.spec import load_spec
-from flywheel.train.loop import (
+from flywheel.core.settings.train import ModelSettings
+from flywheel.core.shards import read_current
+from flywheel.core.spec import load_spec
+from flywheel.train.loader import PackedStream, train_files
+from flywheel.train.model import build_model, count_parameters
+from flywheel.train.trainer import (
     Position,
     lr_multiplier,
     make_optimizer,
@@ -21,8 +23,6 @@ from flywheel.train.loop import (
     train,
     train_step,
 )
-from flywheel.train.model import build_model, count_parameters
-from flywheel.train.settings import ModelSettings
 
 LLAMA = {
     "model_type": "llama",

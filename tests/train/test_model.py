@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flywheel.train.checkpoint import CheckpointError
+from flywheel.core.artifacts import CheckpointError
+from flywheel.core.settings.train import ModelSettings
 from flywheel.train.model import build_model, count_parameters, flops_per_token, load_model
-from flywheel.train.settings import ModelSettings
 
 TINY = {
     "model_type": "llama",

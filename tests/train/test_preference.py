@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from flywheel.cycle_settings import PreferenceSettings, VerifierSettings
-from flywheel.tasks import addition_examples
-from flywheel.train import checkpoint
-from flywheel.train.preference import (
+from flywheel.core import artifacts
+from flywheel.core.report import Reporter
+from flywheel.core.settings.loop import PreferenceSettings, VerifierSettings
+from flywheel.data.arithmetic import addition_examples
+from flywheel.loop.preference import (
     check_settings,
     dpo_example,
     preference_config,
@@ -21,7 +22,6 @@ from flywheel.train.preference import (
     train_preference,
     verifier_reward,
 )
-from flywheel.train.report import Reporter
 
 TINY = {
     "model_type": "llama",
@@ -33,13 +33,13 @@ TINY = {
 }
 
 
-def build_champion(root: Path) -> checkpoint.Artifact:
+def build_champion(root: Path) -> artifacts.Artifact:
     """Publish a tiny random-init chat model + tokenizer under ``root``, as SFT publishes one."""
-    from flywheel.tokenizer import train_tokenizer
+    from flywheel.core.settings.train import ModelSettings
     from flywheel.train.model import build_model
-    from flywheel.train.settings import ModelSettings
+    from flywheel.train.tokenizer import train_tokenizer
 
-    staging = checkpoint.staging_dir(root)
+    staging = artifacts.staging_dir(root)
     texts = [
         f"<|im_start|>user\n{p['prompt']}<|im_end|>\n<|im_start|>assistant\n{p['answer']}<|im_end|>\n"
         for p in addition_examples(300, 1, 3, 5, seed=99)
@@ -52,11 +52,11 @@ def build_champion(root: Path) -> checkpoint.Artifact:
     }
     model = build_model(ModelSettings(config=TINY), len(tok), 64, special, seed=0)
     model.save_pretrained(staging)
-    return checkpoint.publish(root, staging, stage="sft")
+    return artifacts.publish(root, staging, stage="sft")
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory) -> checkpoint.Artifact:
+def champion(tmp_path_factory: pytest.TempPathFactory) -> artifacts.Artifact:
     return build_champion(tmp_path_factory.mktemp("champion") / "sft_checkpoint")
 
 
@@ -136,7 +136,7 @@ def test_a_step_must_hold_whole_groups() -> None:
 # -- integration: a few real steps of each trainer -------------------------------------------
 
 
-def _train(kind: str, champion: checkpoint.Artifact, tmp_path: Path, **reward: Any) -> dict:
+def _train(kind: str, champion: artifacts.Artifact, tmp_path: Path, **reward: Any) -> dict:
     settings = PreferenceSettings(
         steps=3, micro_batch=4, lr=3e-3, warmup_steps=0, log_every=1, save_every=2,
         num_generations=2, max_new_tokens=6, max_length=64,
@@ -153,10 +153,10 @@ def _train(kind: str, champion: checkpoint.Artifact, tmp_path: Path, **reward: A
         )  # fmt: skip
 
 
-def _check_trained(metrics: dict, champion: checkpoint.Artifact, out: Path) -> None:
+def _check_trained(metrics: dict, champion: artifacts.Artifact, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from flywheel.tokenizer import load_tokenizer
+    from flywheel.train.tokenizer import load_tokenizer
 
     assert metrics["preference/steps"] == 3
     assert [s for s, _ in metrics["preference/loss_curve"]] == [1, 2, 3]
@@ -170,18 +170,18 @@ def _check_trained(metrics: dict, champion: checkpoint.Artifact, out: Path) -> N
 
 
 @pytest.mark.integration
-def test_dpo_trains_on_pairs(champion: checkpoint.Artifact, tmp_path: Path) -> None:
+def test_dpo_trains_on_pairs(champion: artifacts.Artifact, tmp_path: Path) -> None:
     metrics = _train("dpo", champion, tmp_path)
     _check_trained(metrics, champion, tmp_path / "out")
     assert metrics["preference"] == "dpo" and metrics["preference/examples"] == 12
     assert 0.0 <= metrics["preference/rewards/accuracies"] <= 1.0
     assert math.isfinite(metrics["preference/last/rewards/margins"])
-    assert (tmp_path / "work" / "checkpoint-2" / checkpoint.MANIFEST).exists()  # resumable
+    assert (tmp_path / "work" / "checkpoint-2" / artifacts.MANIFEST).exists()  # resumable
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
-def test_rl_trains_on_the_reward(champion: checkpoint.Artifact, tmp_path: Path, kind: str) -> None:
+def test_rl_trains_on_the_reward(champion: artifacts.Artifact, tmp_path: Path, kind: str) -> None:
     metrics = _train(kind, champion, tmp_path, reward=digit_share)
     _check_trained(metrics, champion, tmp_path / "out")
     assert 0.0 <= metrics["preference/reward"] <= 1.0

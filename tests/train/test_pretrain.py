@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from flywheel.catalog import Catalog
-from flywheel.loader import PackedStream, train_files
-from flywheel.shards import CURRENT
-from flywheel.spec import load_spec
-from flywheel.train import checkpoint, state
-from flywheel.train.loop import Position, make_optimizer, make_scheduler, train
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import CURRENT
+from flywheel.core.spec import load_spec
+from flywheel.train import state
+from flywheel.train.loader import PackedStream, train_files
 from flywheel.train.model import build_model, load_model
 from flywheel.train.pretrain import read_inputs, work_fingerprint
+from flywheel.train.trainer import Position, make_optimizer, make_scheduler, train
 from tests.train.conftest import (
     PRODUCT,
     build_inputs,
@@ -158,7 +159,7 @@ def test_loss_falls_and_a_loadable_checkpoint_is_published(trained) -> None:
     names = {p.name for p in path.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "checkpoint.json"} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
-    artifact = checkpoint.verify(path)
+    artifact = artifacts.verify(path)
     spec = load_spec(root / "flywheel.yaml")
     inputs = read_inputs(spec)
     assert artifact.meta["lineage"] == {**inputs.lineage, "parent": None}
@@ -252,7 +253,7 @@ def test_corrupt_newest_checkpoint_falls_back(trained, tmp_path: Path) -> None:
     assert "resuming from step-0000040: step 40" in proc.stderr
     meta = done_record(spec_path.parent / "data")["metadata"]
     assert meta["steps"] == 60 and abs(meta["final_loss"] - _final_loss(trained)) < 1e-6
-    assert checkpoint.verify(work / "step-0000060")  # written again, good this time
+    assert artifacts.verify(work / "step-0000060")  # written again, good this time
 
 
 @pytest.mark.integration

@@ -14,14 +14,15 @@ from typing import Any
 import polars as pl
 import pytest
 
-from flywheel.catalog import Catalog
-from flywheel.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
-from flywheel.shards import ShardSet, ShardWriter
-from flywheel.spec import Spec, load_spec
-from flywheel.tasks import addition_examples
-from flywheel.train import checkpoint, launch
-from flywheel.train.report import Reporter
-from flywheel.train.retrain import cycle_run, load_pairs, load_prompts, run_retrain
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.report import Reporter
+from flywheel.core.shards import ShardSet, ShardWriter
+from flywheel.core.spec import Spec, load_spec
+from flywheel.data.arithmetic import addition_examples
+from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
+from flywheel.loop.retrain import cycle_run, load_pairs, load_prompts, run_retrain
+from flywheel.train import launch
 from tests.conftest import write_spec
 from tests.train.test_preference import build_champion
 
@@ -38,7 +39,7 @@ cycles:
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory) -> checkpoint.Artifact:
+def champion(tmp_path_factory: pytest.TempPathFactory) -> artifacts.Artifact:
     """The champion's checkpoint: only read by retraining, so one serves every test."""
     return build_champion(tmp_path_factory.mktemp("champion") / "sft_checkpoint")
 
@@ -105,17 +106,17 @@ def write_generations(spec: Spec, cycle: int) -> ShardSet:
         return writer.commit(cycle=cycle)
 
 
-def _retrain(spec: Spec, champion: checkpoint.Artifact, cycle: int = 1) -> dict[str, Any]:
+def _retrain(spec: Spec, champion: artifacts.Artifact, cycle: int = 1) -> dict[str, Any]:
     with Reporter() as reporter:
         return run_retrain(spec, reporter, cycle, champion.path)
 
 
-def _published(spec: Spec, cycle: int = 1) -> checkpoint.Artifact:
+def _published(spec: Spec, cycle: int = 1) -> artifacts.Artifact:
     root = checkpoint_root(spec, cycle)
     assert len(list(root.glob("v-*"))) == 1  # one published checkpoint per cycle
     work = next((root / "work").iterdir())
     assert not list(work.rglob("checkpoint-*")) and not (work / "sft-model").exists()
-    return checkpoint.read_current(root)
+    return artifacts.read_current(root)
 
 
 # -- unit: inputs, fingerprints, errors ----------------------------------------------------
@@ -148,7 +149,7 @@ def test_prompts_are_the_previous_cycles_answered_ones(tmp_path: Path) -> None:
 
 
 def test_fingerprint_covers_what_shapes_the_weights(
-    tmp_path: Path, champion: checkpoint.Artifact
+    tmp_path: Path, champion: artifacts.Artifact
 ) -> None:
     spec = _spec(tmp_path)
     write_training_set(spec, 1)
@@ -170,15 +171,15 @@ def test_fingerprint_covers_what_shapes_the_weights(
     assert fingerprint() != base
 
 
-def test_clear_errors(tmp_path: Path, champion: checkpoint.Artifact) -> None:
+def test_clear_errors(tmp_path: Path, champion: artifacts.Artifact) -> None:
     spec = _spec(tmp_path)
     with pytest.raises(FileNotFoundError, match="cycle 1 has no training set at .*training_set"):
         cycle_run(spec, 1, champion.path)
     write_training_set(spec, 1)
-    with pytest.raises(checkpoint.CheckpointError, match=r"parent \(champion\) .* does not exist"):
+    with pytest.raises(artifacts.CheckpointError, match=r"parent \(champion\) .* does not exist"):
         cycle_run(spec, 1, tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
-    with pytest.raises(checkpoint.CheckpointError, match="incomplete: no checkpoint.json"):
+    with pytest.raises(artifacts.CheckpointError, match="incomplete: no checkpoint.json"):
         cycle_run(spec, 1, tmp_path / "half")
     with pytest.raises(ValueError, match="--cycle must be >= 1, got 0"):
         cycle_run(spec, 0, champion.path)
@@ -196,7 +197,7 @@ def test_launch_runs_retrain_with_the_cycle_settings(tmp_path: Path) -> None:
     assert spec_file.parent == spec.data_dir / "cycle_checkpoint" / "specs"
     argv = launch.command("retrain", spec, spec_file, ["--cycle", 3, "--parent", "/champ"])
     assert "--multi_gpu" in argv and argv[argv.index("--num_processes") + 1] == "2"
-    tail = ["-m", "flywheel.train.retrain", "--spec", str(spec_file)]
+    tail = ["-m", "flywheel.loop.retrain", "--spec", str(spec_file)]
     assert argv[-8:] == [*tail, "--cycle", "3", "--parent", "/champ"]
 
 
@@ -205,7 +206,7 @@ def test_launch_runs_retrain_with_the_cycle_settings(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_retrain_publishes_the_cycle_and_reuses_it(
-    tmp_path: Path, champion: checkpoint.Artifact
+    tmp_path: Path, champion: artifacts.Artifact
 ) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -238,16 +239,16 @@ def test_retrain_publishes_the_cycle_and_reuses_it(
 
     # The same cycle again, by hand: nothing is trained, the same version is reported.
     spec_file = tmp_path / "flywheel.yaml"
-    again = [sys.executable, "-m", "flywheel.train.retrain", "--spec", str(spec_file), *extra]
+    again = [sys.executable, "-m", "flywheel.loop.retrain", "--spec", str(spec_file), *extra]
     rerun = subprocess.run(again, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"already published as {artifact.version}" in rerun.stderr
     assert "step 1/" not in rerun.stderr
-    assert checkpoint.read_current(checkpoint_root(spec, 1)).version == artifact.version
+    assert artifacts.read_current(checkpoint_root(spec, 1)).version == artifact.version
 
 
 @pytest.mark.integration
-def test_dpo_cycle_publishes_one_checkpoint(tmp_path: Path, champion: checkpoint.Artifact) -> None:
+def test_dpo_cycle_publishes_one_checkpoint(tmp_path: Path, champion: artifacts.Artifact) -> None:
     spec = _spec(tmp_path, "cycles.preference=dpo")
     write_training_set(spec, 2)
     accepted = write_accepted(spec, 0)
@@ -267,7 +268,7 @@ def test_dpo_cycle_publishes_one_checkpoint(tmp_path: Path, champion: checkpoint
 
 @pytest.mark.integration
 def test_grpo_cycle_is_rewarded_by_the_verifier(
-    tmp_path: Path, champion: checkpoint.Artifact
+    tmp_path: Path, champion: artifacts.Artifact
 ) -> None:
     spec = _spec(tmp_path, "cycles.preference=grpo", "acceptance.verifier.kind=exact")
     write_training_set(spec, 1)
@@ -281,7 +282,7 @@ def test_grpo_cycle_is_rewarded_by_the_verifier(
 
 @pytest.mark.integration
 def test_dpo_without_pairs_is_skipped(
-    tmp_path: Path, champion: checkpoint.Artifact, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, champion: artifacts.Artifact, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = _spec(tmp_path, "cycles.preference=dpo")
     write_training_set(spec, 1)
@@ -295,7 +296,7 @@ def test_dpo_without_pairs_is_skipped(
 
 @pytest.mark.integration
 def test_a_crash_in_preference_keeps_the_sft_model(
-    tmp_path: Path, champion: checkpoint.Artifact, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, champion: artifacts.Artifact, caplog: pytest.LogCaptureFixture
 ) -> None:
     spec = _spec(tmp_path, "cycles.preference=dpo")
     write_training_set(spec, 1)
@@ -305,8 +306,8 @@ def test_a_crash_in_preference_keeps_the_sft_model(
     (work / "preference").write_text("")  # a file where DPO saves its checkpoints: it fails
     with pytest.raises(OSError):
         _retrain(spec, champion)
-    assert (work / "sft-model" / checkpoint.MANIFEST).exists()
-    assert not checkpoint.has_current(checkpoint_root(spec, 1))
+    assert (work / "sft-model" / artifacts.MANIFEST).exists()
+    assert not artifacts.has_current(checkpoint_root(spec, 1))
 
     (work / "preference").unlink()
     with caplog.at_level(logging.INFO, logger="flywheel.train"):

@@ -13,15 +13,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flywheel.catalog import Catalog
-from flywheel.sft_data import load_sft_data
-from flywheel.spec import load_spec
-from flywheel.train import checkpoint, launch
-from flywheel.train.report import loss_curve
-from flywheel.train.settings import SftData, SftSettings
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.report import loss_curve
+from flywheel.core.settings.train import SftData, SftSettings
+from flywheel.core.spec import load_spec
+from flywheel.train import launch
 from flywheel.train.sft import build_trainer, run_fingerprint, sft_config
+from flywheel.train.sft_data import load_sft_data
 from flywheel.train.sft_resume import checkpoint_problem, resumable_checkpoint
-from tests.eval.conftest import build_pretrained, write_spec
+from tests.loop.eval.conftest import build_pretrained, write_spec
 
 SPEC = """
 data_dir: data
@@ -68,7 +69,7 @@ def _work(data_dir: Path) -> Path:
 def test_labels_cover_exactly_the_assistant_answer(tmp_path: Path, template: Path) -> None:
     """With assistant_only_loss, only the answer and its <|im_end|> are trained on."""
     spec = load_spec(_project(tmp_path, template))
-    parent = checkpoint.read_current(spec.product_dir("pretrained_checkpoint"))
+    parent = artifacts.read_current(spec.product_dir("pretrained_checkpoint"))
     data = load_sft_data(SftData(num_examples=20, max_operand=99))
     trainer = build_trainer(sft_config(spec.sft, tmp_path / "out"), parent.path, "sdpa", data)
     tok = trainer.processing_class
@@ -97,7 +98,7 @@ def _fake_checkpoint(
     if state:
         (path / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
     if manifest:
-        checkpoint.write_manifest(path)
+        artifacts.write_manifest(path)
     return path
 
 
@@ -168,7 +169,7 @@ def test_config_follows_the_spec(tmp_path: Path) -> None:
 def test_sft_run_lowers_loss_and_publishes(tmp_path: Path, template: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    from flywheel.tokenizer import load_tokenizer
+    from flywheel.train.tokenizer import load_tokenizer
 
     spec = load_spec(_project(tmp_path, template))
     argv = launch.command("sft", spec, launch.write_run_spec(spec, "sft"))
@@ -178,12 +179,12 @@ def test_sft_run_lowers_loss_and_publishes(tmp_path: Path, template: Path) -> No
     assert "step 1/40: loss=" in run.stderr  # training logs stream through the reporter
 
     root = spec.product_dir("sft_checkpoint")
-    artifact = checkpoint.read_current(root)
+    artifact = artifacts.read_current(root)
     metrics = artifact.meta["metrics"]
     assert metrics["steps"] == 40
     assert metrics["final_loss"] < 0.6 * metrics["first_loss"]
     assert metrics["tokens_per_s"] > 0 and metrics["resumed_from_step"] == 0
-    parent = checkpoint.read_current(spec.product_dir("pretrained_checkpoint"))
+    parent = artifacts.read_current(spec.product_dir("pretrained_checkpoint"))
     assert artifact.meta["lineage"]["pretrained_checkpoint"] == parent.version
     assert artifact.meta["lineage"]["examples"] == 400
     assert artifact.meta["spec"]["sft"]["steps"] == 40
@@ -212,7 +213,7 @@ def test_sft_run_lowers_loss_and_publishes(tmp_path: Path, template: Path) -> No
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"already published as {artifact.version}" in again.stderr
     assert "step 1/40" not in again.stderr  # no training
-    assert checkpoint.read_current(root).version == artifact.version
+    assert artifacts.read_current(root).version == artifact.version
 
 
 @pytest.mark.integration
@@ -243,7 +244,7 @@ def test_interrupted_run_resumes_past_a_corrupt_checkpoint(tmp_path: Path, templ
     assert f"resuming from {good}" in run.stderr
     assert (work / "corrupt-checkpoint-39").is_dir()  # set aside, not deleted
     resumed_at = int(good.name.split("-")[1])
-    metrics = checkpoint.read_current(tmp_path / "data" / "sft_checkpoint").meta["metrics"]
+    metrics = artifacts.read_current(tmp_path / "data" / "sft_checkpoint").meta["metrics"]
     assert metrics["steps"] == 40
     assert metrics["resumed_from_step"] == resumed_at
     assert [metrics["loss_curve"][i][0] for i in (0, -1)] == [1, 40]  # both sessions
@@ -253,5 +254,5 @@ def test_interrupted_run_resumes_past_a_corrupt_checkpoint(tmp_path: Path, templ
     baseline.mkdir()
     run = _sft(_project(baseline, template, steps=40, micro_batch=8, save_every=5))
     assert run.returncode == 0, run.stderr[-3000:]
-    expected = checkpoint.read_current(baseline / "data" / "sft_checkpoint").meta["metrics"]
+    expected = artifacts.read_current(baseline / "data" / "sft_checkpoint").meta["metrics"]
     assert metrics["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-5)

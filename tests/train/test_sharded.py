@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flywheel.spec import load_spec
-from flywheel.train import checkpoint, launch, state
+from flywheel.core import artifacts
+from flywheel.core.spec import load_spec
+from flywheel.train import launch, state
 from tests.train.conftest import PRODUCT, build_inputs, done_record, entry_env, work_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +99,7 @@ def test_fsdp_checkpoint_is_sharded_state_plus_a_full_model(fsdp_run: tuple[Path
 
     root = fsdp_run[0]
     saved = state.step_dir(work_dir(root / "data"), 10)
-    checkpoint.verify(saved)  # every rank's files are in the manifest
+    artifacts.verify(saved)  # every rank's files are in the manifest
     training_state = saved / state.STATE
     names = {p.relative_to(training_state).as_posix() for p in training_state.rglob("*")}
     assert {"data.json", "scheduler.pt", "rng-0.pt", "rng-1.pt", state.ACCELERATE} <= names

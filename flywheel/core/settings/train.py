@@ -1,0 +1,187 @@
+"""Typed spec sections of the training plane: tokenizer, packing, model, pre-training, SFT, eval.
+
+These models import neither torch nor transformers, so ``flywheel check`` stays fast; the
+training entry points turn them into plain arguments (see ``flywheel.train.pretrain``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TokenizerSettings(_Model):
+    path: Path | None = Field(
+        None, description="A local Hugging Face tokenizer directory; when set, none is trained."
+    )
+    vocab_size: int = Field(4096, ge=300, description="Byte-level BPE vocabulary size to train.")
+    min_frequency: int = Field(2, ge=1, description="Fewest occurrences for a merge to be learnt.")
+    max_docs: int = Field(
+        100_000, gt=0, description="Documents streamed into BPE training; bounds its time."
+    )
+
+
+class PackingSettings(_Model):
+    seq_len: int = Field(256, ge=8, description="Tokens per packed training sequence.")
+    heldout_fraction: float = Field(
+        0.02, ge=0.0, lt=0.5, description="Share of documents (by id hash) kept for evaluation."
+    )
+    shard_rows: int = Field(8192, gt=0, description="Packed sequences per Parquet shard.")
+    batch_docs: int = Field(2000, gt=0, description="Documents tokenized per batch.")
+
+
+def _tiny_llama() -> dict[str, Any]:
+    # ~1.3M non-embedding parameters: a CPU pre-training run of a few hundred steps takes a
+    # couple of minutes and still shows a clearly falling loss.
+    return {
+        "model_type": "llama",
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+    }
+
+
+class ModelSettings(_Model):
+    path: Path | None = Field(
+        None, description="Start pre-training from this local checkpoint instead of a config."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=_tiny_llama,
+        description="A transformers causal-LM config; vocab_size and max positions come from "
+        "the tokenizer and packing.seq_len.",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel: SDPA picks flash/memory-efficient kernels itself."
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _over_default_llama(cls, config: Any) -> Any:
+        # A partial Llama config (e.g. the override model.config.hidden_size=512) is merged
+        # over the default; another model_type starts from transformers' own defaults.
+        if isinstance(config, dict) and config.get("model_type", "llama") == "llama":
+            return {**_tiny_llama(), **config}
+        return config
+
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class TrainSettings(_Model):
+    """Optimisation settings shared by pre-training and SFT."""
+
+    steps: int = Field(200, gt=0, description="Optimizer steps to train.")
+    micro_batch: int = Field(8, gt=0, description="Sequences per process per forward pass.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio."
+    )
+    warmup_steps: int = Field(20, ge=0, description="Linear warmup steps from 0 to lr.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
+    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2; 0.95 is stabler for LMs.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns it off.")
+    precision: Precision = Field(
+        "auto", description="auto: bf16 on CUDA that has it, else fp16 on CUDA, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% more compute."
+    )
+    compile: bool = Field(False, description="torch.compile the model (worth it on GPU).")
+    save_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Resumable checkpoints kept on disk.")
+    log_every: int = Field(10, gt=0, description="Steps between logged losses.")
+    seed: int = Field(0, description="Seeds model init, data order and dropout.")
+    num_processes: int = Field(1, ge=1, description="Data-parallel processes (accelerate).")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank.")
+    accelerate_config: Path | None = Field(
+        None, description="An accelerate config file (multi-GPU, FSDP, DeepSpeed, multi-node)."
+    )
+
+
+class PretrainSettings(TrainSettings):
+    pass
+
+
+class AdditionTask(_Model):
+    """Fields of the built-in ``addition`` task (flywheel.data.arithmetic.addition_examples)."""
+
+    min_digits: int = Field(1, ge=1, description="Fewest operand digits (kind addition).")
+    max_digits: int = Field(3, ge=1, description="Most operand digits (kind addition).")
+    width: int = Field(5, ge=1, description="Operands are zero-padded to this many digits.")
+
+    @model_validator(mode="after")
+    def _digits(self) -> AdditionTask:
+        if self.min_digits > self.max_digits:
+            raise ValueError("min_digits must not exceed max_digits")
+        if self.max_digits > self.width:
+            raise ValueError("max_digits must not exceed width (operands are padded to width)")
+        return self
+
+
+class SftData(AdditionTask):
+    kind: Literal["jsonl", "parquet", "arithmetic", "addition"] = Field(
+        "arithmetic",
+        description="jsonl/parquet of prompt/response or messages, or built-in arithmetic "
+        "('What is a + b?') or addition (padded reversed sums).",
+    )
+    path: Path | None = Field(None, description="The jsonl/parquet file (kind jsonl/parquet).")
+    num_examples: int = Field(2000, gt=0, description="Built-in examples to generate.")
+    max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
+    seed: int = Field(0, description="Seed of the built-in generator.")
+    extra: list[SftData] = Field(
+        default_factory=list,
+        description="More data sets appended to this one (e.g. a few harder built-in problems).",
+    )
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SftData:
+        if self.kind in ("jsonl", "parquet") and self.path is None:
+            raise ValueError(f"sft.data.path is required for kind {self.kind!r}")
+        return self
+
+
+class SftSettings(TrainSettings):
+    steps: int = Field(100, gt=0, description="Optimizer steps to train.")
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps from 0 to lr.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    max_length: int = Field(256, ge=8, description="Longest tokenized conversation kept.")
+    data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
+
+
+class EvalTask(AdditionTask):
+    name: str = Field("arithmetic", description="Task name; metadata key accuracy/<name>.")
+    kind: Literal["jsonl", "arithmetic", "addition"] = Field(
+        "arithmetic",
+        description="jsonl of prompt/answer, or built-in arithmetic or addition problems.",
+    )
+    path: Path | None = Field(None, description="The jsonl file (kind jsonl).")
+    num_examples: int = Field(100, gt=0, description="Problems evaluated.")
+    max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
+    seed: int = Field(1234, description="Seed of the built-in generator (differs from SFT's).")
+    verifier: Literal["exact", "numeric", "contains", "regex"] = Field(
+        "numeric", description="How a completion is checked against the answer."
+    )
+    pattern: str | None = Field(None, description="Regex for verifier 'regex' ({answer} filled).")
+    max_new_tokens: int = Field(16, gt=0, description="Greedy tokens generated per prompt.")
+
+
+class EvalSettings(_Model):
+    perplexity_batches: int = Field(20, gt=0, description="Held-out batches for perplexity.")
+    micro_batch: int = Field(8, gt=0, description="Sequences per evaluation forward pass.")
+    tasks: list[EvalTask] = Field(
+        default_factory=lambda: [EvalTask()], description="Task evaluations (accuracy)."
+    )

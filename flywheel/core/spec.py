@@ -1,0 +1,309 @@
+"""The declarative flywheel spec: one YAML file, validated into typed models.
+
+    flywheel check [SPEC] [key.path=value ...]
+
+The spec lives in ``flywheel.yaml`` at the project root unless ``FLYWHEEL_SPEC`` names another
+file. Every field has a default and a one-line description (``flywheel check --explain`` prints
+them); unknown keys and bad values raise one ``SpecError`` that names the file, the key path and
+what was expected. Relative paths are resolved against the spec file's directory, so a spec
+means the same thing from any working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from flywheel.core.settings.dedup import DedupSettings
+from flywheel.core.settings.filters import FilterSettings
+from flywheel.core.settings.loop import AcceptanceSettings, CycleSettings, GenerationSettings
+from flywheel.core.settings.sources import PythonEnvSource, SourceSpec
+from flywheel.core.settings.train import (
+    EvalSettings,
+    ModelSettings,
+    PackingSettings,
+    PretrainSettings,
+    SftSettings,
+    TokenizerSettings,
+)
+
+DEFAULT_SPEC = "flywheel.yaml"
+SPEC_ENV = "FLYWHEEL_SPEC"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is meant for the user as it is."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class IngestSettings(_Model):
+    batch_rows: int = Field(2_000, gt=0, description="Records read per batch; bounds memory.")
+    shard_rows: int = Field(50_000, gt=0, description="Rows per Parquet shard written.")
+    max_doc_bytes: int = Field(
+        1_000_000, gt=0, description="Records with more UTF-8 bytes of text are quarantined."
+    )
+
+
+class ValidationSettings(_Model):
+    enabled: bool = Field(True, description="Run the Great Expectations suites as asset checks.")
+    blocking: bool = Field(True, description="A failing check stops downstream assets.")
+    min_chars: int = Field(1, ge=0, description="Shortest text a shard may hold.")
+    max_chars: int = Field(1_000_000, gt=0, description="Longest text a shard may hold.")
+    min_rows: int = Field(1, ge=0, description="Fewest rows a shard set may hold.")
+
+
+class Spec(_Model):
+    name: str = Field("flywheel", description="Name of this flywheel; shown in the UI.")
+    owners: list[str] = Field(
+        default_factory=lambda: ["team:data"], description="Dagster owners of every asset."
+    )
+    data_dir: Path = Field(
+        Path(".flywheel/data"), description="Where shards, indexes and checkpoints are written."
+    )
+    catalog: Path = Field(
+        Path(".flywheel/catalog.duckdb"), description="DuckDB catalog of documents and lineage."
+    )
+    sources: list[SourceSpec] = Field(
+        default_factory=lambda: [PythonEnvSource(name="python_docs")],
+        description="Raw corpora; one raw asset each. Default: text on this Python install.",
+    )
+    ingest: IngestSettings = Field(default_factory=IngestSettings, description="Ingest I/O.")
+    filters: FilterSettings = Field(
+        default_factory=FilterSettings, description="Heuristic quality filters."
+    )
+    dedup: DedupSettings = Field(
+        default_factory=DedupSettings, description="Exact and MinHash LSH deduplication."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="Great Expectations asset checks."
+    )
+    tokenizer: TokenizerSettings = Field(
+        default_factory=TokenizerSettings, description="Byte-level BPE trained on the shards."
+    )
+    packing: PackingSettings = Field(
+        default_factory=PackingSettings, description="Packed fixed-length training sequences."
+    )
+    model: ModelSettings = Field(
+        default_factory=ModelSettings, description="The model trained (config or local path)."
+    )
+    pretrain: PretrainSettings = Field(
+        default_factory=PretrainSettings, description="Next-token pre-training."
+    )
+    sft: SftSettings = Field(
+        default_factory=SftSettings, description="Supervised fine-tuning with TRL."
+    )
+    eval: EvalSettings = Field(
+        default_factory=EvalSettings, description="Held-out perplexity and task accuracy."
+    )
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Synthetic generation by the champion."
+    )
+    acceptance: AcceptanceSettings = Field(
+        default_factory=AcceptanceSettings, description="Verification, filters and dedup."
+    )
+    cycles: CycleSettings = Field(
+        default_factory=CycleSettings, description="Triggers, retraining and promotion."
+    )
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_source_names(cls, sources: list[Any]) -> list[Any]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        if not sources:
+            raise ValueError("at least one source is required")
+        return sources
+
+    # -- derived locations: one place decides where each data product lives ---------------
+    def product_dir(self, product: str) -> Path:
+        return self.data_dir / product
+
+    @property
+    def dedup_index_dir(self) -> Path:
+        return self.data_dir / "dedup_index"
+
+    def source(self, name: str) -> Any:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"no source named {name!r} in spec {self.name!r}")
+
+    @property
+    def base_dir(self) -> Path:
+        """The spec file's directory: relative paths inside the spec are resolved against it."""
+        return self._base_dir
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved spec (defaults filled in), as stored with every artifact."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.resolved(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def spec_path(path: str | Path | None = None) -> Path:
+    """The spec file to use: an explicit path, else ``$FLYWHEEL_SPEC``, else ``flywheel.yaml``."""
+    return Path(path or os.environ.get(SPEC_ENV) or DEFAULT_SPEC).resolve()
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--spec FILE`` and repeatable typed ``--set key.path=value`` (into ``overrides``),
+    as every entry point that takes a spec spells them."""
+    parser.add_argument(
+        "--spec", required=required, help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a typed spec override, e.g. --set pretrain.steps=50 (repeatable)",
+    )
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec; raise ``SpecError`` with a readable message."""
+    path = spec_path(path)
+    if not path.exists():
+        raise SpecError(f"{path}: spec file not found (set {SPEC_ENV} or pass a path)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of keys, got {_kind(raw)}")
+    for item in overrides or []:
+        _apply_override(raw, item, path)
+    return parse_spec(raw, path)
+
+
+def parse_spec(raw: dict[str, Any], path: Path) -> Spec:
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(format_errors(exc, path)) from None
+    base = path.parent
+    spec.data_dir = (base / spec.data_dir).resolve()
+    spec.catalog = (base / spec.catalog).resolve()
+    _resolve_paths(spec, base)
+    spec._base_dir = base
+    return spec
+
+
+def _resolve_paths(spec: Spec, base: Path) -> None:
+    """Resolve the training plane's optional local paths against the spec's directory."""
+    owners = [spec.tokenizer, spec.model, spec.sft.data, *spec.sft.data.extra]
+    owners += [*spec.eval.tasks, spec.generation.prompts]
+    for owner in owners:
+        if getattr(owner, "path", None) is not None:
+            owner.path = (base / owner.path).resolve()
+    trains = (spec.pretrain, spec.sft, spec.cycles.train, spec.cycles.preference_train)
+    for train in trains:
+        if train.accelerate_config is not None:
+            train.accelerate_config = (base / train.accelerate_config).resolve()
+    serve = spec.generation.endpoint.serve
+    serve.executable = (base / serve.executable).absolute()
+    verifier = spec.acceptance.verifier
+    if verifier.reward_model is not None:
+        verifier.reward_model = (base / verifier.reward_model).resolve()
+
+
+def format_errors(exc: ValidationError, path: Path) -> str:
+    lines = [f"{path}: invalid spec ({exc.error_count()} problem(s))"]
+    for err in exc.errors():
+        loc = _key_path(err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown key{_suggest(err['loc'])}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("jsonl", "parquet", "text_files", "python_env") and out.endswith("]"):
+            continue  # pydantic adds the union tag to the location; the user never wrote it
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """'did you mean ...' for a misspelt key, from the fields of the model that owns it."""
+    model: Any = Spec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        ann = getattr(field, "annotation", None)
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
+    """Apply ``a.b.c=value``; the value is parsed as YAML, so types come out right."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SpecError(f"{path}: override {item!r} must look like key.path=value")
+    parts = key.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise SpecError(f"{path}: override {key!r}: {part!r} is not a mapping or list index")
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = yaml.safe_load(value)
+    elif isinstance(node, dict):
+        node[last] = yaml.safe_load(value)
+    else:
+        raise SpecError(f"{path}: override {key!r}: cannot set {last!r} here")
+
+
+def _kind(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def explain(model: type[BaseModel] = Spec, prefix: str = "") -> list[str]:
+    """One line per field: key path, default and description (``flywheel check --explain``)."""
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines.append(f"{key}: {field.description}")
+            lines += explain(ann, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            default = [d.model_dump(mode="json") for d in default]
+        lines.append(f"{key} = {json.dumps(default, default=str)}  # {field.description}")
+    return lines

@@ -1,0 +1,378 @@
+"""The document plane's stages, each one call from spec to committed shard set.
+
+    raw_<source>  --run_ingest-->  filtered_documents  --run_filters-->  deduplicated_shards
+
+Each stage reads its inputs' CURRENT shard sets, writes a new version with ``ShardWriter``
+(atomic; memory bounded by a shard), records its facts in the DuckDB catalog and returns a
+``StageResult`` whose flat metadata the Dagster layer (or a CLI) reports. The same functions
+run by hand: ``python -c "from flywheel.data import stages; stages.run_ingest(...)"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
+from flywheel.core.spec import Spec
+from flywheel.data.dedup import DedupIndex
+from flywheel.data.documents import DROPPED_SCHEMA
+from flywheel.data.filters import apply_filters, build_filters, decision_stats
+from flywheel.data.ingest import ingest_source, source_files
+from flywheel.data.validation import ValidationReport, validate_shardset
+
+FILTERED = "filtered_documents"
+DROPPED = "dropped_documents"
+DEDUPLICATED = "deduplicated_shards"
+PREVIEW_ROWS = 5
+
+
+def raw_product(source_name: str) -> str:
+    return f"raw_{source_name}"
+
+
+@dataclass
+class StageResult:
+    product: str
+    shardset: ShardSet
+    metadata: dict[str, Any]  # flat numbers and short strings: Dagster plots the numbers
+    preview: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    @property
+    def preview_markdown(self) -> str:
+        return preview_markdown(self.preview)
+
+
+def preview_markdown(df: pl.DataFrame, width: int = 100) -> str:
+    """A few rows as a markdown table, texts cut to ``width`` characters on one line."""
+    if df.is_empty():
+        return "_(no rows)_"
+    cols = df.columns
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.iter_rows():
+        cells = [" ".join(str(v).split())[:width].replace("|", "\\|") for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _current(spec: Spec, product: str) -> ShardSet:
+    return read_current(spec.product_dir(product))
+
+
+def _sample(df: pl.DataFrame, *extra: str) -> pl.DataFrame:
+    return df.head(PREVIEW_ROWS).select("id", "source", *extra, "text")
+
+
+# -- ingest ------------------------------------------------------------------------------
+def run_ingest(spec: Spec, source_name: str) -> StageResult:
+    """Read one source into a new raw shard set; record its documents and quarantine."""
+    source = spec.source(source_name)
+    product = raw_product(source_name)
+    result = ingest_source(
+        source,
+        spec.product_dir(product),
+        base_dir=spec.base_dir,
+        batch_rows=spec.ingest.batch_rows,
+        shard_rows=spec.ingest.shard_rows,
+        max_doc_bytes=spec.ingest.max_doc_bytes,
+    )
+    shards = result.shardset
+    rows = [
+        _catalog_rows(df, shards.path / name)
+        for name, df in zip(shards.manifest["shards"], shards.iter_batches(), strict=True)
+    ]
+    documents = pl.concat(rows) if rows else _catalog_rows(shards.read().head(0), shards.path)
+    catalog = Catalog(spec.catalog)
+    catalog.record_source(source_name, documents, shards.aux("quarantine"), shards.version)
+    metadata = {
+        "rows": result.documents,
+        "quarantined": result.quarantined,
+        "mb_read": round(result.bytes_read / 1e6, 3),
+        "seconds": round(result.seconds, 2),
+        **{f"quarantined_{k}": v for k, v in sorted(result.quarantine_by_reason.items())},
+    }
+    catalog.record_materialization(product, shards.version, spec.fingerprint(), metadata)
+    preview = _sample(shards.scan().head(PREVIEW_ROWS).collect())
+    return StageResult(product, shards, metadata, preview)
+
+
+def _catalog_rows(df: pl.DataFrame, shard: Path) -> pl.DataFrame:
+    hashes = [hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest() for t in df["text"]]
+    return df.select(
+        pl.col("id").alias("doc_id"),
+        "source",
+        "source_id",
+        "path",
+        "offset",
+        pl.Series("content_hash", hashes, dtype=pl.String),
+        pl.col("text").str.len_chars().cast(pl.Int64).alias("n_chars"),
+        pl.lit(str(shard)).alias("shard"),
+    )
+
+
+# -- quality filters ---------------------------------------------------------------------
+def run_filters(spec: Spec) -> StageResult:
+    """Apply the spec's filters to every source's current raw set, shard by shard."""
+    filters = build_filters(spec.filters)
+    raw_sets = [_current(spec, raw_product(s.name)) for s in spec.sources]
+    decisions, preview, dropped_preview = [], [], []
+    started = time.perf_counter()
+    kept_writer = ShardWriter(spec.product_dir(FILTERED), spec.ingest.shard_rows)
+    dropped_writer = ShardWriter(spec.product_dir(DROPPED), spec.ingest.shard_rows)
+    with kept_writer, dropped_writer:
+        for raw in raw_sets:
+            for batch in raw.iter_batches():
+                outcome = apply_filters(batch, filters)
+                kept_writer.write(outcome.kept)
+                dropped_writer.write(outcome.dropped.select(list(DROPPED_SCHEMA)))
+                decisions.append(outcome.decisions)
+                preview.append(outcome.kept.head(PREVIEW_ROWS))
+                dropped_preview.append(outcome.dropped.head(PREVIEW_ROWS))
+        all_decisions = pl.concat(decisions) if decisions else _no_decisions()
+        stats = _filter_stats(all_decisions, [f.name for f in filters])
+        inputs = {r.path.parent.name: r.version for r in raw_sets}
+        dropped_set = dropped_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
+        kept_writer.write_aux("decisions", all_decisions)
+        shards = kept_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
+    stats["seconds"] = round(time.perf_counter() - started, 2)
+    stats["dropped_path"] = str(dropped_set.path)
+    catalog = Catalog(spec.catalog)
+    catalog.record_filter_decisions(all_decisions, shards.version)
+    catalog.record_materialization(FILTERED, shards.version, spec.fingerprint(), stats)
+    show = pl.DataFrame()
+    if preview:
+        kept_sample = _sample(pl.concat(preview)).with_columns(pl.lit("kept").alias("reason"))
+        dropped_sample = _sample(pl.concat(dropped_preview), "reason")
+        show = pl.concat([kept_sample, dropped_sample], how="diagonal_relaxed")
+    return StageResult(FILTERED, shards, stats, show)
+
+
+def _no_decisions() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={"id": pl.String, "kept": pl.Boolean, "filter": pl.String, "reason": pl.String}
+    )
+
+
+def _filter_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
+    """``decision_stats`` flattened into Dagster metadata: keep rate per filter (of the
+    documents a filter saw, the share it passed) and drops per rule."""
+    stats = decision_stats(decisions, names)
+    flat: dict[str, Any] = {
+        "rows_in": stats["documents"],
+        "rows": stats["kept"],
+        "dropped": stats["dropped"],
+        "keep_rate": _rounded(stats["keep_rate"], 0.0),
+    }
+    for name, f in stats["filters"].items():
+        flat[f"dropped_{name}"] = f["dropped"]
+        flat[f"keep_rate_{name}"] = _rounded(f["keep_rate"], 1.0)
+    rules = {
+        f"dropped_{name}.{rule}": count
+        for name, f in stats["filters"].items()
+        for rule, count in f["rules"].items()
+    }
+    return flat | dict(sorted(rules.items()))
+
+
+def _rounded(rate: float | None, empty: float) -> float:
+    """A rate for the UI to plot: 4 decimals, ``empty`` when nothing was evaluated."""
+    return empty if rate is None else round(rate, 4)
+
+
+# -- deduplication -----------------------------------------------------------------------
+def run_dedup(spec: Spec) -> StageResult:
+    """Exact + MinHash LSH dedup of the filtered set against the persistent index."""
+    filtered = _current(spec, FILTERED)
+    index = DedupIndex.open(spec.dedup_index_dir, spec.dedup)
+    duplicates, preview, n_kept = [], [], 0
+    totals: Counter[str] = Counter()
+    writer = ShardWriter(spec.product_dir(DEDUPLICATED), spec.ingest.shard_rows)
+    with writer:
+        for batch in filtered.iter_batches():
+            result = index.add(batch["id"].to_list(), batch["text"].to_list())
+            kept = batch.filter(pl.Series(result.keep))
+            writer.write(kept)
+            n_kept += kept.height
+            duplicates.append(result.duplicates)
+            preview.append(kept.head(PREVIEW_ROWS))
+            totals.update({k: v for k, v in result.stats.items() if isinstance(v, int | float)})
+        dupes = pl.concat(duplicates) if duplicates else _no_duplicates()
+        metadata = _dedup_stats(filtered.num_rows, n_kept, dupes, totals)
+        writer.write_aux("duplicates", dupes)
+        shards = writer.commit(
+            inputs={FILTERED: filtered.version}, spec=spec.resolved(), **metadata
+        )
+        index.commit()
+    catalog = Catalog(spec.catalog)
+    catalog.record_dedup(_shard_of(shards), dupes, shards.version)
+    catalog.record_materialization(DEDUPLICATED, shards.version, spec.fingerprint(), metadata)
+    sample = pl.concat(preview).head(PREVIEW_ROWS) if preview else pl.DataFrame()
+    return StageResult(DEDUPLICATED, shards, metadata, _sample(sample) if len(sample) else sample)
+
+
+def _no_duplicates() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "id": pl.String,
+            "duplicate_of": pl.String,
+            "method": pl.String,
+            "similarity": pl.Float64,
+        }
+    )
+
+
+def _shard_of(shards: ShardSet) -> pl.DataFrame:
+    frames = [
+        pl.read_parquet(f, columns=["id"]).with_columns(pl.lit(str(f)).alias("shard"))
+        for f in shards.files
+    ]
+    return (
+        pl.concat(frames) if frames else pl.DataFrame(schema={"id": pl.String, "shard": pl.String})
+    )
+
+
+def _dedup_stats(rows_in: int, rows: int, dupes: pl.DataFrame, totals: Counter) -> dict[str, Any]:
+    by_method = Counter(dupes["method"].to_list())
+    return {
+        "rows_in": rows_in,
+        "rows": rows,
+        "removed": rows_in - rows,
+        "removed_exact": by_method.get("exact", 0),
+        "removed_minhash": by_method.get("minhash", 0),
+        "dedup_rate": round((rows_in - rows) / rows_in, 4) if rows_in else 0.0,
+        "clusters": dupes["duplicate_of"].n_unique() if dupes.height else 0,
+        "new_docs": int(totals.get("new_docs", 0)),
+        "signature_seconds": round(float(totals.get("signature_seconds", 0.0)), 3),
+    }
+
+
+# -- checks, fingerprints, summary ---------------------------------------------------------
+def check_product(spec: Spec, product: str) -> ValidationReport:
+    """Run the product's Great Expectations suite on its current shard set."""
+    v = spec.validation
+    return validate_shardset(
+        _current(spec, product),
+        product,
+        min_chars=v.min_chars,
+        max_chars=v.max_chars,
+        min_rows=v.min_rows,
+        unique_text=product == DEDUPLICATED,
+    )
+
+
+def source_fingerprint(spec: Spec, source_name: str) -> str:
+    """Changes when the source's input changes: its files' names, sizes and mtimes, or for
+    the built-in source the installed distributions and Python version."""
+    source = spec.source(source_name)
+    if source.kind == "python_env":
+        dists = sorted(
+            f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        )
+        parts = [sys.version, *dists]
+    else:
+        parts = [
+            f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in source_files(source, spec.base_dir)
+        ]
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def summary(spec: Spec) -> list[dict[str, Any]]:
+    """One row per data product: rows now, and the stage's headline rates."""
+    out = []
+    products = [raw_product(s.name) for s in spec.sources] + [FILTERED, DROPPED, DEDUPLICATED]
+    for product in products:
+        if not has_current(spec.product_dir(product)):
+            out.append({"product": product, "rows": 0, "detail": "not materialized", "version": ""})
+            continue
+        shards = _current(spec, product)
+        detail = _detail(product, shards.manifest)
+        out.append(
+            {
+                "product": product,
+                "rows": shards.num_rows,
+                "detail": detail,
+                "version": shards.version,
+            }
+        )
+    return out + _training_summary(spec)
+
+
+TRAINING_PRODUCTS = [
+    "tokenizer",
+    "tokenized_dataset",
+    "pretrained_checkpoint",
+    "sft_checkpoint",
+    "eval_scores",
+]
+
+
+def _training_summary(spec: Spec) -> list[dict[str, Any]]:
+    """The training plane's products: the tokenized dataset and the published artifacts."""
+    from flywheel.core import artifacts
+
+    out = []
+    for product in TRAINING_PRODUCTS:
+        root = spec.product_dir(product)
+        if product == "tokenized_dataset" and has_current(root):
+            m = read_current(root).manifest
+            detail = f"{m.get('train_tokens')} train / {m.get('heldout_tokens')} held-out tokens"
+            out.append(_row(product, m.get("num_rows"), detail, m.get("version", "")))
+        elif product != "tokenized_dataset" and artifacts.has_current(root):
+            version = (root / "CURRENT").read_text().strip()
+            meta = artifacts.read_meta(root / version)
+            out.append(_row(product, "", _artifact_detail(product, root / version, meta), version))
+        else:
+            out.append(_row(product, "", "not materialized", ""))
+    return out
+
+
+def _row(product: str, rows: Any, detail: str, version: str) -> dict[str, Any]:
+    return {"product": product, "rows": rows, "detail": detail, "version": version}
+
+
+def _artifact_detail(product: str, path: Path, meta: dict[str, Any]) -> str:
+    if product == "tokenizer":
+        return f"byte-level BPE, vocab {meta.get('vocab_size')} ({meta.get('source')})"
+    if product == "eval_scores":
+        scores = json.loads((path / "scores.json").read_text())
+        shown = {k: round(v, 4) for k, v in scores.items() if "perplexity" in k or "accuracy" in k}
+        return f"{meta.get('stage')} {meta.get('checkpoint')}: {shown}"
+    m = meta.get("metrics", {})
+    return (
+        f"{m.get('steps')} steps, loss {_num(m.get('first_loss'))} -> "
+        f"{_num(m.get('final_loss'))}, {_num(m.get('tokens_per_s'), 0)} tokens/s"
+    )
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else str(value)
+
+
+def _detail(product: str, m: dict[str, Any]) -> str:
+    if product == FILTERED:
+        rates = ", ".join(
+            f"{k.removeprefix('keep_rate_')} {v}"
+            for k, v in m.items()
+            if k.startswith("keep_rate_")
+        )
+        return f"keep rate {m.get('keep_rate')} ({rates})"
+    if product == DROPPED:
+        return f"{m.get('dropped')} dropped, each with its reason"
+    if product == DEDUPLICATED:
+        return (
+            f"{m.get('removed')} removed ({m.get('removed_exact')} exact, "
+            f"{m.get('removed_minhash')} near) in {m.get('clusters')} clusters; "
+            f"dedup rate {m.get('dedup_rate')}"
+        )
+    return f"{m.get('quarantined', 0)} quarantined {m.get('quarantine_by_reason') or ''}".strip()

@@ -1,0 +1,248 @@
+"""Flywheel cycles: where each cycle's data products live, and who the champion is.
+
+    flywheel report [--json]          the per-cycle table
+
+Cycle 0 is the seed: its training set is ``sft.data`` and its checkpoint is the current
+``sft_checkpoint``. Cycle ``c >= 1`` fine-tunes the champion on cycle ``c-1``'s training set
+plus the generations accepted since; the candidate is evaluated and promoted only if it beats
+the champion on ``cycles.gate``; then the champion generates cycle ``c``'s data. Every cycle's
+products live under ``<data_dir>/cycles/<c>/``:
+
+    training_set/   shard set: prompt_id, prompt, response, origin, cycle_added, generation_id
+    checkpoint/     published model (flywheel.core.artifacts), the cycle's candidate
+    eval/           published eval report (eval.json)
+    generations/    shard set: every sampled completion and how it was made
+    accepted/       shard set: accepted generations; aux tables rejected, preference_pairs
+
+and ``<data_dir>/promoted_model/champion.json`` names the champion.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
+from flywheel.core.spec import Spec
+from flywheel.loop.prompts import prompt_id
+
+CYCLES = "cycles"
+PROMOTED = "promoted_model"
+SFT = "sft_checkpoint"
+
+
+def cycle_dir(spec: Spec, cycle: int) -> Path:
+    if cycle < 0:
+        raise ValueError(f"cycle must be >= 0, got {cycle}")
+    return spec.data_dir / CYCLES / str(cycle)
+
+
+def training_set_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "training_set"
+
+
+def checkpoint_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "checkpoint"
+
+
+def eval_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "eval"
+
+
+def generations_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "generations"
+
+
+def accepted_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "accepted"
+
+
+def promoted_dir(spec: Spec) -> Path:
+    return spec.data_dir / PROMOTED
+
+
+# -- catalog: training sets and promotion decisions ----------------------------------------
+
+
+# -- training sets -------------------------------------------------------------------------
+TRAINING_COLUMNS = {
+    "prompt_id": pl.String,
+    "prompt": pl.String,
+    "response": pl.String,
+    "origin": pl.String,
+    "cycle_added": pl.Int64,
+    "generation_id": pl.String,
+}
+
+
+class NothingToTrain(RuntimeError):
+    """A cycle was asked for, but no accepted generation is new since its parent cycle."""
+
+
+def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
+    from flywheel.train.sft_data import load_sft_data
+
+    data = load_sft_data(spec.sft.data)
+    rows = []
+    for example in data.examples:
+        messages = example["messages"]
+        prompt = next(m["content"] for m in messages if m["role"] == "user")
+        response = messages[-1]["content"]
+        rows.append(
+            {
+                "prompt_id": prompt_id(prompt),
+                "prompt": prompt,
+                "response": response,
+                "origin": "seed",
+                "cycle_added": 0,
+                "generation_id": None,
+            }
+        )
+    return pl.DataFrame(rows, schema=TRAINING_COLUMNS), data.source
+
+
+def _accepted_since(spec: Spec, cycle: int, seen: set[str]) -> tuple[pl.DataFrame, dict]:
+    """Accepted generations of cycles before ``cycle`` not yet in the parent training set."""
+    frames, versions = [], {}
+    for k in range(cycle):
+        root = accepted_root(spec, k)
+        if not has_current(root):
+            continue
+        accepted = read_current(root)
+        versions[str(k)] = accepted.version
+        df = accepted.read(["prompt_id", "prompt", "response", "generation_id"])
+        df = df.filter(~pl.col("generation_id").is_in(list(seen)))
+        frames.append(
+            df.with_columns(
+                pl.lit("generation").alias("origin"), pl.lit(k, pl.Int64).alias("cycle_added")
+            )
+        )
+    new = pl.concat(frames) if frames else pl.DataFrame(schema=TRAINING_COLUMNS)
+    return new.select(list(TRAINING_COLUMNS)).cast(TRAINING_COLUMNS), versions
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Exclusive use of ``folder`` across processes (waits for the holder; freed on exit,
+    also on kill -9): two runs of one cycle build or decide one after the other."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def build_training_set(spec: Spec, cycle: int) -> ShardSet:
+    """Cycle 0: the seed SFT data. Cycle c: cycle c-1's training set plus every accepted
+    generation not in it yet; an error if there is none (never retrain on the same data).
+    Two runs of the same cycle at once build it once: the second waits and reuses it."""
+    with locked(training_set_root(spec, cycle)):
+        return _build_training_set(spec, cycle)
+
+
+def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
+    root = training_set_root(spec, cycle)
+    if cycle == 0:
+        df, source = _seed_rows(spec)
+        key = {"cycle": 0, "parent_cycle": None, "parent_version": None, "seed": source}
+        new_rows = df.height
+    else:
+        parent_root = training_set_root(spec, cycle - 1)
+        if not has_current(parent_root):
+            raise FileNotFoundError(
+                f"cycle {cycle} needs the training set of cycle {cycle - 1}, and there is none "
+                f"under {parent_root}; run the cycles in order"
+            )
+        parent = read_current(parent_root)
+        parent_df = parent.read(list(TRAINING_COLUMNS))
+        seen = set(parent_df["generation_id"].drop_nulls().to_list())
+        new, versions = _accepted_since(spec, cycle, seen)
+        key = {
+            "cycle": cycle,
+            "parent_cycle": cycle - 1,
+            "parent_version": parent.version,
+            "accepted_versions": versions,
+            "seed_replay": spec.cycles.seed_replay,
+        }
+        if has_current(root) and _same_key(read_current(root).manifest, key):
+            return read_current(root)
+        if new.height == 0:
+            raise NothingToTrain(
+                f"cycle {cycle}: no accepted generation is new since cycle {cycle - 1}'s "
+                f"training set {parent.version}; nothing to retrain on"
+            )
+        generated = parent_df.filter(pl.col("origin") != "seed")
+        df, new_rows = pl.concat([_replayed_seed(spec, cycle), generated, new]), new.height
+    if has_current(root) and _same_key(read_current(root).manifest, key):
+        return read_current(root)
+    counts = df["origin"].value_counts()
+    by_origin = dict(zip(counts["origin"].to_list(), counts["count"].to_list(), strict=True))
+    with ShardWriter(root) as writer:
+        writer.write(df)
+        shards = writer.commit(
+            **key,
+            key=key,
+            rows=df.height,
+            new_rows=new_rows,
+            seed_rows=int(by_origin.get("seed", 0)),
+            generation_rows=int(by_origin.get("generation", 0)),
+            spec_fingerprint=spec.fingerprint(),
+        )
+    Catalog(spec.catalog).record_training_set(shards.version, shards.manifest, df)
+    return shards
+
+
+def _replayed_seed(spec: Spec, cycle: int) -> pl.DataFrame:
+    """Cycle 0's seed rows, or a sample of ``cycles.seed_replay`` of them drawn with seed
+    ``cycle`` (a different sample each cycle, the same one on every rerun)."""
+    seed = read_current(training_set_root(spec, 0)).read(list(TRAINING_COLUMNS))
+    seed = seed.filter(pl.col("origin") == "seed")
+    n = spec.cycles.seed_replay
+    if n is None or n >= seed.height:
+        return seed
+    return seed.sample(n, seed=cycle, shuffle=False)
+
+
+def _same_key(manifest: dict[str, Any], key: dict[str, Any]) -> bool:
+    return json.dumps(manifest.get("key"), sort_keys=True) == json.dumps(key, sort_keys=True)
+
+
+def new_accepted_rows(spec: Spec, cycle: int) -> int:
+    """Accepted generations that cycle ``cycle``'s training set would add to cycle-1's."""
+    parent_root = training_set_root(spec, cycle - 1)
+    if cycle < 1 or not has_current(parent_root):
+        return 0
+    parent = read_current(parent_root).read(["generation_id"])
+    seen = set(parent["generation_id"].drop_nulls().to_list())
+    return _accepted_since(spec, cycle, seen)[0].height
+
+
+FAILURES = "failures.jsonl"
+
+
+def record_failure(spec: Spec, cycle: str | None, run_id: str, message: str) -> None:
+    """Append a failed cycle run to ``<data_dir>/cycles/failures.jsonl`` (one line each)."""
+    path = spec.data_dir / CYCLES / FAILURES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {
+        "cycle": cycle,
+        "run_id": run_id,
+        "message": message[:2000],
+        "failed_at": datetime.now(UTC).isoformat(),
+    }
+    with open(path, "a") as f:  # one short write: O_APPEND keeps concurrent lines whole
+        f.write(json.dumps(row) + "\n")
+
+
+def failures(spec: Spec) -> list[dict[str, Any]]:
+    path = spec.data_dir / CYCLES / FAILURES
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,107 @@
+"""Task accuracy: greedy answers to problems with known answers, checked by a verifier.
+
+    python -m flywheel.loop.eval --spec flywheel.yaml      (reports ``accuracy/<task>``,
+    ``n/<task>``)
+
+Each prompt is rendered with the model's chat template as one user turn plus the assistant
+header (``add_generation_prompt``), exactly what SFT trained the model to continue. Prompts
+are generated in batches, left-padded so that every row's last prompt token sits at the same
+position and generation continues from it; only the new tokens are decoded, up to the end of
+the assistant turn (``<|im_end|>``) or ``max_new_tokens``. Decoding is greedy, so a score is
+a property of the checkpoint, not of a sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from flywheel.core.settings.train import EvalTask
+from flywheel.loop.tasks import load_task_examples
+from flywheel.loop.verifiers import verify
+from flywheel.train.tokenizer import stop_token_ids
+
+
+@dataclass
+class TaskScore:
+    """One task's result: every scored row, and the task records that could not be used."""
+
+    name: str
+    rows: list[dict[str, Any]]  # task, prompt, answer, completion, correct
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def correct(self) -> int:
+        return sum(r["correct"] for r in self.rows)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    def samples(self, k: int = 5) -> list[dict[str, Any]]:
+        return self.rows[:k]
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """Greedy completions of single-turn chat ``prompts``, new tokens only, in order."""
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template; evaluate a flywheel checkpoint")
+    tokenizer.padding_side = "left"
+    model.eval()
+    device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer)
+    out: list[str] = []
+    for lo in range(0, len(prompts), batch_size):
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
+            for p in prompts[lo : lo + batch_size]
+        ]
+        # The template already wrote every special token; adding BOS/EOS would change it.
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(device)
+        generated = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stops,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = generated[:, enc["input_ids"].shape[1] :]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return out
+
+
+def evaluate_task(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: EvalTask, batch_size: int
+) -> TaskScore:
+    """Greedy answers to ``task``'s problems, each checked by the task's verifier."""
+    loaded = load_task_examples(task)
+    prompts = [e["prompt"] for e in loaded.examples]
+    completions = generate(model, tokenizer, prompts, task.max_new_tokens, batch_size)
+    rows = [
+        {
+            "task": task.name,
+            "prompt": example["prompt"],
+            "answer": example["answer"],
+            "completion": completion,
+            "correct": verify(task.verifier, completion, example["answer"], task.pattern),
+        }
+        for example, completion in zip(loaded.examples, completions, strict=True)
+    ]
+    return TaskScore(task.name, rows, loaded.quarantine)

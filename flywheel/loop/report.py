@@ -1,0 +1,209 @@
+"""What the flywheel did, cycle by cycle, and what fed each checkpoint.
+
+    flywheel report [--json]                       the per-cycle table
+    flywheel lineage <checkpoint|cycle|id> [--json]
+
+``report_rows`` reads the cycles' manifests and promotion decisions (the files are the truth;
+the catalog holds the same facts for SQL). ``lineage`` answers "what made this checkpoint":
+its chain of parents down to the pre-training documents (by source), the seed and generated
+examples of every cycle's training set (and which checkpoint generated them), its eval scores
+and the promotion decision; for a cycle, the same for the cycle's candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import has_current, read_current
+from flywheel.core.spec import Spec
+from flywheel.loop import cycles, promotion
+
+REPORT_COLUMNS = ["cycle", "checkpoint", "train_rows", "new_rows", "generations", "accepted"]
+
+
+def _cycles_on_disk(spec: Spec) -> list[int]:
+    root = spec.data_dir / cycles.CYCLES
+    if not root.is_dir():  # no cycle has run yet
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def _manifest(root: Any) -> dict[str, Any]:
+    return read_current(root).manifest if has_current(root) else {}
+
+
+def _candidate(spec: Spec, cycle: int) -> str | None:
+    try:
+        return promotion.candidate(spec, cycle).version
+    except (artifacts.CheckpointError, FileNotFoundError):
+        return None
+
+
+def report_rows(spec: Spec) -> list[dict[str, Any]]:
+    """One row per cycle: its checkpoint, data, eval metrics and promotion decision."""
+    decided = {d["cycle"]: d for d in promotion.decisions(spec)}
+    rows = []
+    for c in _cycles_on_disk(spec):
+        ts = _manifest(cycles.training_set_root(spec, c))
+        gen = _manifest(cycles.generations_root(spec, c))
+        acc = _manifest(cycles.accepted_root(spec, c))
+        row: dict[str, Any] = {
+            "cycle": c,
+            "checkpoint": _candidate(spec, c),
+            "train_rows": ts.get("rows"),
+            "new_rows": ts.get("new_rows"),
+            "generations": gen.get("num_rows"),
+            "accepted": acc.get("num_rows"),
+            "accept_rate": acc.get("accept_rate"),
+            "label_precision": acc.get("label_precision"),
+        }
+        try:
+            scores = promotion.eval_scores(spec, c)
+        except (artifacts.CheckpointError, FileNotFoundError):
+            scores = {}
+        for key, value in scores.items():
+            if key.startswith(("accuracy/", "perplexity")) and isinstance(value, int | float):
+                row[key] = value
+        d = decided.get(c)
+        row["promoted"] = None if d is None else d["promoted"]
+        row["decision"] = None if d is None else d["reason"]
+        rows.append(row)
+    return rows
+
+
+def report_footer(spec: Spec) -> list[str]:
+    """The champion, whether the loop runs on, and any failed cycle runs."""
+    champ = promotion.champion(spec)
+    state = promotion.loop_state(spec)
+    lines = []
+    if champ:
+        lines.append(
+            f"champion: cycle {champ['cycle']} {champ['checkpoint']} "
+            f"({champ['metric']} {champ['value']:.4f})"
+        )
+    lines.append(f"loop: {state.reason}; next cycle {state.next_cycle}")
+    for f in cycles.failures(spec):
+        lines.append(f"failed: cycle {f['cycle']} run {f['run_id']}: {f['message'][:120]}")
+    return lines
+
+
+def _rows(catalog: Catalog, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    return catalog.query(sql, params).to_dicts()
+
+
+def _fed_by(catalog: Any, training_set: str) -> list[dict[str, Any]]:
+    """The examples of a training set by origin, cycle and generating checkpoint."""
+    return _rows(
+        catalog,
+        """
+        SELECT e.origin, e.cycle_added AS cycle, g.checkpoint AS generated_by, count(*) AS rows
+        FROM training_examples e LEFT JOIN generations g USING (generation_id)
+        WHERE e.version = ? GROUP BY ALL ORDER BY cycle, generated_by
+        """,
+        [training_set],
+    )
+
+
+def _sources(catalog: Any, dataset: str) -> list[dict[str, Any]]:
+    return _rows(
+        catalog,
+        """
+        SELECT d.source, count(DISTINCT t.doc_id) AS documents
+        FROM tokenized_documents t JOIN documents d USING (doc_id)
+        WHERE t.version = ? AND t.split = 'train' GROUP BY ALL ORDER BY d.source
+        """,
+        [dataset],
+    )
+
+
+def checkpoint_lineage(spec: Spec, version: str) -> dict[str, Any]:
+    """A checkpoint's chain down to documents and generations, its scores and promotion."""
+    catalog = Catalog(spec.catalog)
+    facts = catalog.checkpoint_lineage(version)
+    for row in facts["chain"]:
+        inputs = row["inputs"]
+        if inputs.get("training_set"):
+            row["fed_by"] = _fed_by(catalog, inputs["training_set"])
+        if inputs.get("tokenized_dataset"):
+            row["sources"] = _sources(catalog, inputs["tokenized_dataset"])
+    scores = _rows(catalog, "SELECT metric, value FROM eval_scores WHERE checkpoint = ?", [version])
+    facts["eval_scores"] = {r["metric"]: r["value"] for r in scores}
+    facts["decisions"] = [d for d in promotion.decisions(spec) if d["candidate"] == version]
+    return facts
+
+
+def cycle_lineage(spec: Spec, cycle: int) -> dict[str, Any]:
+    """The lineage of cycle ``cycle``'s candidate, plus the cycle's own data products."""
+    version = _candidate(spec, cycle)
+    if version is None:
+        raise KeyError(f"cycle {cycle} has no checkpoint yet")
+    facts = checkpoint_lineage(spec, version)
+    facts["cycle"] = cycle
+    facts["training_set"] = _manifest(cycles.training_set_root(spec, cycle)).get("version")
+    facts["accepted"] = _manifest(cycles.accepted_root(spec, cycle)).get("version")
+    return facts
+
+
+def generation_lineage(spec: Spec, generation_id: str) -> dict[str, Any]:
+    """Which checkpoint generated a completion, its verdict, and the training sets using it."""
+    catalog = Catalog(spec.catalog)
+    found = _rows(catalog, "SELECT * FROM generations WHERE generation_id = ?", [generation_id])
+    if not found:
+        raise KeyError(f"{generation_id!r} is not a generation in the catalog")
+    used = _rows(
+        catalog,
+        "SELECT s.cycle, s.version FROM training_examples e JOIN training_sets s USING (version)"
+        " WHERE e.generation_id = ? ORDER BY s.cycle",
+        [generation_id],
+    )
+    return {"generation": found[0], "in_training_sets": used}
+
+
+def lineage(spec: Spec, key: str) -> dict[str, Any]:
+    """Dispatch on what ``key`` is: a cycle number, a checkpoint, a generation or a doc id."""
+    if key.removeprefix("cycle:").isdigit():
+        return cycle_lineage(spec, int(key.removeprefix("cycle:")))
+    catalog = Catalog(spec.catalog)
+    if _rows(catalog, "SELECT 1 FROM checkpoints WHERE checkpoint = ?", [key]):
+        return checkpoint_lineage(spec, key)
+    if _rows(catalog, "SELECT 1 FROM generations WHERE generation_id = ?", [key]):
+        return generation_lineage(spec, key)
+    return catalog.document_lineage(key)
+
+
+def lineage_lines(facts: dict[str, Any]) -> list[str]:
+    """A readable rendering of ``lineage``'s facts."""
+    if "doc_id" in facts:  # a document
+        return [f"{k:>20}: {v}" for k, v in facts.items()]
+    if "generation" in facts:
+        lines = [f"{k:>16}: {v}" for k, v in facts["generation"].items()]
+        used = ", ".join(f"cycle {u['cycle']} ({u['version']})" for u in facts["in_training_sets"])
+        return [*lines, f"{'training sets':>16}: {used or 'none yet'}"]
+    lines = [] if "cycle" not in facts else [f"cycle {facts['cycle']}"]
+    for row in facts["chain"]:
+        inputs = ", ".join(
+            f"{k}={v}" for k, v in row["inputs"].items() if isinstance(v, str | int | float)
+        )
+        lines.append(f"{row['stage']:>8} {row['checkpoint']}  <- {inputs}")
+        for fed in row.get("fed_by", []):
+            by = f" generated by {fed['generated_by']}" if fed["generated_by"] else ""
+            lines.append(
+                f"{'':>10}{fed['rows']} {fed['origin']} examples of cycle {fed['cycle']}{by}"
+            )
+        for src in row.get("sources", []):
+            lines.append(f"{'':>10}{src['documents']} documents from source {src['source']}")
+    if facts["eval_scores"]:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(facts["eval_scores"].items()))
+        lines.append(f"{'eval':>8} {shown}")
+    for d in facts["decisions"]:
+        lines.append(
+            f"{'promoted' if d['promoted'] else 'kept':>8} cycle {d['cycle']}: {d['reason']}"
+        )
+    return lines
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The accuracy columns of the printed table (perplexity is in --json)."""
+    return sorted({k for r in rows for k in r if k.startswith("accuracy/")})

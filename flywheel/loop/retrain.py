@@ -1,0 +1,286 @@
+"""Retrain the champion for one flywheel cycle: SFT on the cycle's training set, then
+optionally DPO, GRPO or RLOO (TRL), published as the cycle's checkpoint.
+
+    accelerate launch -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 --parent DIR
+    python -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 --parent DIR   # by hand
+
+``DIR`` is the champion's checkpoint directory (the caller decides who the champion is; it is
+verified here). Cycle ``N >= 1`` fine-tunes it with ``cycles.train`` on the training set of
+cycle ``N`` (``flywheel.loop.cycles.training_set_root``), then, per ``cycles.preference``:
+
+- ``dpo``: on the preference pairs of the accepted sets of cycles ``< N``, newest cycles first,
+  at most ``preference_train.max_prompts`` pairs;
+- ``grpo`` / ``rloo``: on the prompts with a reference answer among cycle ``N-1``'s
+  generations (at most ``max_prompts``), rewarded by the acceptance verifier.
+
+With no pairs (or prompts) yet, preference training is skipped with a warning and the
+metrics say so. The final model is published once under ``cycles/<N>/checkpoint`` with its
+lineage (parent, training set, cycle, origins of its rows) and recorded in the catalog as stage
+``cycle``. The run's fingerprint (``flywheel.train.sft.FineTune``) covers the cycle's SFT and
+preference settings, the parent, the training set's version and content and the preference
+data; a rerun of a finished cycle trains nothing and reports the published checkpoint. A
+crash during preference training keeps the finished SFT model, and both stages resume from
+their newest complete ``checkpoint-N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from flywheel.core import artifacts, shards
+from flywheel.core.records import Loaded, quarantined
+from flywheel.core.report import Reporter
+from flywheel.core.spec import Spec, add_spec_arguments, load_spec
+from flywheel.loop import preference
+from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
+from flywheel.train.sft import (
+    BOOKKEEPING,
+    INTERMEDIATE,
+    FineTune,
+    run_finetune,
+    train_and_save,
+)
+from flywheel.train.sft_data import data_fingerprint, sft_example
+
+STAGE = "cycle"  # the catalog's name for these checkpoints
+PAIRS = "preference_pairs"  # the aux table of an accepted set that DPO trains on
+COLUMNS = ("prompt", "response", "origin")
+
+
+@dataclass(frozen=True)
+class PreferenceData:
+    """What the preference stage trains on, and where it came from."""
+
+    kind: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""
+
+    def fingerprint(self) -> str:
+        blob = "\n".join(json.dumps(e, sort_keys=True) for e in self.examples)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_training_set(spec: Spec, cycle: int) -> tuple[shards.ShardSet, Loaded]:
+    """Cycle ``cycle``'s training set and its rows as conversations (bad rows quarantined)."""
+    root = training_set_root(spec, cycle)
+    if not shards.has_current(root):
+        raise FileNotFoundError(
+            f"cycle {cycle} has no training set at {root}; materialize the cycle's "
+            "training_set before retraining"
+        )
+    training_set = shards.read_current(root)
+    missing = [c for c in COLUMNS if c not in training_set.manifest.get("schema", {})]
+    if missing:
+        raise ValueError(f"training set {training_set.path} lacks the column(s) {missing}")
+    if training_set.manifest.get("cycle", cycle) != cycle:
+        raise ValueError(
+            f"training set {training_set.path} is cycle {training_set.manifest['cycle']}'s, "
+            f"not cycle {cycle}'s"
+        )
+    source = f"training_set(cycle={cycle}, {training_set.version})"
+    examples, bad = [], []
+    rows = training_set.read(["prompt", "response"]).iter_rows(named=True)
+    for i, row in enumerate(rows, start=1):
+        example, reason = sft_example(row)
+        if example is None:
+            bad.append(quarantined(source, i, reason, row))
+        else:
+            examples.append(example)
+    if not examples:
+        raise ValueError(f"training set {training_set.path} has no usable rows ({len(bad)} bad)")
+    return training_set, Loaded(examples, bad, source)
+
+
+def origin_counts(training_set: shards.ShardSet) -> dict[str, int]:
+    """Rows per origin: ``origin/seed`` (the seed SFT data) and ``origin/generation``."""
+    counts = training_set.read(["origin"]).group_by("origin").len()
+    found = {str(o): int(n) for o, n in counts.iter_rows()}
+    return {f"origin/{o}": found.get(o, 0) for o in sorted({"seed", "generation", *found})}
+
+
+def load_pairs(spec: Spec, cycle: int, limit: int) -> PreferenceData:
+    """DPO examples from the accepted sets of cycles before ``cycle``: newest cycles first
+    (their completions come from the model closest to the one being trained)."""
+    frames, sources = [], []
+    for k in range(cycle):
+        root = accepted_root(spec, k)
+        if not shards.has_current(root):
+            continue
+        accepted = shards.read_current(root)
+        if PAIRS in accepted.manifest.get("aux", []):
+            pairs = accepted.aux(PAIRS).select("prompt_id", "prompt", "chosen", "rejected")
+            frames.append(pairs.with_columns(pl.lit(k).alias("from_cycle")))
+            sources.append(f"{k}:{accepted.version}")
+    if not frames:
+        return PreferenceData("dpo")
+    usable = pl.col("chosen").str.strip_chars() != pl.col("rejected").str.strip_chars()
+    pairs = (
+        pl.concat(frames)
+        .drop_nulls(["prompt", "chosen", "rejected"])
+        .filter(usable)
+        .sort(
+            ["from_cycle", "prompt_id", "chosen", "rejected"],
+            descending=[True, False, False, False],
+        )
+        .head(limit)
+    )
+    examples = [
+        preference.dpo_example(r["prompt"], r["chosen"], r["rejected"])
+        for r in pairs.iter_rows(named=True)
+    ]
+    return PreferenceData("dpo", examples, "accepted pairs of cycles " + ", ".join(sources))
+
+
+def load_prompts(spec: Spec, cycle: int, kind: str, limit: int) -> PreferenceData:
+    """GRPO/RLOO prompts: those with a reference answer among cycle ``cycle - 1``'s
+    generations, once each (a prompt was sampled several times), in prompt_id order."""
+    root = generations_root(spec, cycle - 1)
+    if not shards.has_current(root):
+        return PreferenceData(kind)
+    generations = shards.read_current(root)
+    answered = pl.col("answer").is_not_null() & (pl.col("answer").str.strip_chars() != "")
+    prompts = (
+        generations.read(["prompt_id", "prompt", "answer"])
+        .filter(answered & pl.col("prompt").is_not_null())
+        .unique("prompt_id", keep="first", maintain_order=True)
+        .sort("prompt_id")
+        .head(limit)
+    )
+    examples = [
+        preference.rl_example(r["prompt"], r["answer"]) for r in prompts.iter_rows(named=True)
+    ]
+    return PreferenceData(kind, examples, f"generations(cycle={cycle - 1}, {generations.version})")
+
+
+def preference_data(spec: Spec, cycle: int) -> PreferenceData | None:
+    """The preference stage's data per ``cycles.preference``; None when it is ``none``."""
+    kind, settings = spec.cycles.preference, spec.cycles.preference_train
+    if kind == "none":
+        return None
+    preference.check_settings(kind, settings, spec.cycles.train.num_processes)
+    if kind == "dpo":
+        return load_pairs(spec, cycle, settings.max_prompts)
+    preference.verifier_reward(spec.acceptance.verifier)  # an unusable verifier fails now
+    return load_prompts(spec, cycle, kind, settings.max_prompts)
+
+
+def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None) -> dict[str, Any]:
+    """What shapes the cycle's weights beyond the SFT settings, the parent and the rows."""
+    key: dict[str, Any] = {"cycle": cycle, "training_set": version, "preference": "none"}
+    if data is not None:
+        settings = spec.cycles.preference_train.model_dump(mode="json", exclude=BOOKKEEPING)
+        key |= {"preference": data.kind, "preference_train": settings}
+        key["preference_data"] = data.fingerprint() if data.examples else "none"
+        if data.kind != "dpo":  # the verifier is the reward
+            key["verifier"] = spec.acceptance.verifier.model_dump(mode="json")
+    return key
+
+
+def cycle_run(spec: Spec, cycle: int, parent_dir: Path) -> tuple[FineTune, PreferenceData | None]:
+    """The cycle's fine-tuning run (inputs read and checked) and its preference data."""
+    if cycle < 1:
+        raise ValueError(f"--cycle must be >= 1, got {cycle} (cycle 0 is flywheel.train.sft)")
+    try:
+        parent = artifacts.verify(Path(parent_dir))
+    except artifacts.CheckpointError as exc:
+        raise artifacts.CheckpointError(f"the parent (champion) {exc}") from None
+    training_set, data = load_training_set(spec, cycle)
+    pref = preference_data(spec, cycle)
+    origins = origin_counts(training_set)
+    about = {
+        "training_set": training_set.version,
+        "cycle": cycle,
+        "parent_cycle": training_set.manifest.get("parent_cycle"),
+        **origins,
+        "preference": pref.kind if pref else "none",
+        **({"preference_data": pref.source} if pref and pref.examples else {}),
+    }
+    lineage = {"parent_checkpoint": parent.version, **about}
+    lineage |= {"data_fingerprint": data_fingerprint(data), **data.counts}
+    metadata = {**about, "rows": training_set.num_rows}
+    keyed_by = _keyed_by(spec, cycle, training_set.version, pref)
+    root = checkpoint_root(spec, cycle)
+    run = FineTune(spec.cycles.train, parent, data, root, STAGE, lineage, metadata, keyed_by)
+    return run, pref
+
+
+def _finished_sft(path: Path) -> dict[str, Any] | None:
+    """The metrics of this run's SFT model if it was saved completely, else None."""
+    try:
+        return artifacts.verify(path, deep=False).meta["metrics"]
+    except artifacts.CheckpointError:
+        return None
+
+
+def train_cycle(
+    spec: Spec, reporter: Reporter, run: FineTune, pref: PreferenceData | None
+) -> tuple[dict[str, Any], Path]:
+    """SFT, then the preference stage if it has data; on every rank. Metrics and model dir."""
+    from accelerate import PartialState
+
+    attn = spec.model.attn_implementation
+    if pref is None or not pref.examples:
+        metrics, staging = train_and_save(run, reporter, attn)
+        if pref is not None:
+            what = "preference pairs" if pref.kind == "dpo" else "prompts with answers"
+            reason = f"no {what} from earlier cycles yet"
+            reporter.warning(f"cycles.preference is {pref.kind} but there are {reason}: skipped")
+            metrics |= {"preference": pref.kind, "preference/skipped": reason}
+        return metrics, staging
+    sft_model = run.work / INTERMEDIATE
+    metrics = _finished_sft(sft_model)
+    if metrics is None:
+        metrics, _ = train_and_save(run, reporter, attn, sft_model)
+        if reporter.is_main:  # marks the SFT stage complete: a rerun goes on from here
+            artifacts.write_manifest(sft_model, metrics=metrics)
+        PartialState().wait_for_everyone()
+    else:
+        reporter.info(f"SFT of this run is done ({sft_model}); going on with {pref.kind}")
+    reward = None if pref.kind == "dpo" else preference.verifier_reward(spec.acceptance.verifier)
+    settings = spec.cycles.preference_train
+    work = run.work / "preference"
+    metrics |= preference.train_preference(
+        pref.kind, settings, sft_model, pref.examples, work, run.staging, reporter, attn, reward
+    )
+    return metrics, run.staging
+
+
+def run_retrain(spec: Spec, reporter: Reporter, cycle: int, parent_dir: Path) -> dict[str, Any]:
+    """Train cycle ``cycle`` from ``parent_dir`` (or reuse it) and publish it; rank 0 returns
+    ``{"version", "metadata"}``."""
+    run, pref = cycle_run(spec, cycle, parent_dir)
+    return run_finetune(spec, reporter, run, lambda: train_cycle(spec, reporter, run, pref))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m flywheel.loop.retrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_spec_arguments(parser)
+    parser.add_argument("--cycle", type=int, required=True, help="the cycle to train (>= 1)")
+    parser.add_argument(
+        "--parent", type=Path, required=True, help="the champion's checkpoint directory"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # accelerate launch sets RANK on every process; only rank 0 talks to Dagster Pipes.
+    with Reporter(is_main=os.environ.get("RANK", "0") == "0") as reporter:
+        run_retrain(load_spec(args.spec, args.overrides), reporter, args.cycle, args.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

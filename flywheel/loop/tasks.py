@@ -1,0 +1,79 @@
+"""Evaluation tasks: problems with known answers, built in (flywheel.data.arithmetic) or from files.
+
+    python -c "from flywheel.core.spec import load_spec; from flywheel.loop.tasks import \
+load_task_examples as f; print(f(load_spec().eval.tasks[0]).counts)"
+
+A task file is JSON Lines, one ``{"prompt": ..., "answer": ...}`` object per line. A record
+that cannot be used (bad JSON or UTF-8, a missing or empty field, an answer the task's
+verifier cannot check) is quarantined with its line number and reason, never silently
+dropped; a file with no usable record at all is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.core.records import Loaded, quarantined, read_jsonl
+from flywheel.core.settings.train import EvalTask
+from flywheel.data.arithmetic import addition_examples, arithmetic_examples
+from flywheel.loop.verifiers import parse_number
+
+
+def task_record(obj: dict[str, Any], verifier: str) -> tuple[dict[str, str] | None, str]:
+    """A ``{"prompt", "answer"}`` example from a raw record, or None and the reason why not."""
+    prompt, answer = obj.get("prompt"), obj.get("answer")
+    if prompt is None:
+        return None, "missing_prompt"
+    if answer is None:
+        return None, "missing_answer"
+    if not isinstance(prompt, str):
+        return None, "prompt_not_a_string"
+    # JSON numbers are fine answers ({"answer": 19}); booleans and containers are not.
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        return None, "answer_not_a_string_or_number"
+    answer = str(answer)
+    if not prompt.strip():
+        return None, "empty_prompt"
+    if not answer.strip():
+        return None, "empty_answer"
+    if verifier == "numeric" and parse_number(answer) is None:
+        return None, "answer_not_a_number"
+    return {"prompt": prompt, "answer": answer}, ""
+
+
+def load_task_examples(task: EvalTask) -> Loaded:
+    """The problems of one evaluation task: at most ``task.num_examples`` usable ones.
+
+    Built-in arithmetic is generated; a jsonl task is read in file order, and its first
+    ``num_examples`` usable records are kept (bad ones are quarantined with their line).
+    """
+    if task.kind == "arithmetic":
+        examples = arithmetic_examples(task.num_examples, task.max_operand, task.seed)
+        return Loaded(examples, [], f"arithmetic(max_operand={task.max_operand})")
+    if task.kind == "addition":
+        examples = addition_examples(
+            task.num_examples, task.min_digits, task.max_digits, task.width, task.seed
+        )
+        about = f"addition(digits={task.min_digits}-{task.max_digits}, width={task.width})"
+        return Loaded(examples, [], about)
+    if task.path is None:
+        raise ValueError(f"eval task {task.name!r}: kind jsonl needs a path")
+    try:
+        records, bad = read_jsonl(task.path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"eval task {task.name!r}: {exc}") from None
+    source = str(task.path)
+    examples: list[dict[str, str]] = []
+    for lineno, obj in records:
+        if len(examples) == task.num_examples:
+            break
+        example, reason = task_record(obj, task.verifier)
+        if example is None:
+            bad.append(quarantined(source, lineno, reason, obj))
+        else:
+            examples.append(example)
+    bad.sort(key=lambda q: q["line"])
+    if not examples:
+        reasons = ", ".join(f"line {q['line']}: {q['reason']}" for q in bad[:5]) or "empty file"
+        raise ValueError(f"eval task {task.name!r}: {source} has no usable records ({reasons})")
+    return Loaded(examples, bad, source)

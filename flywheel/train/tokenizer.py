@@ -1,0 +1,211 @@
+"""Byte-level BPE tokenizer: trained on the deduplicated shards, or a local one, published.
+
+    flywheel train tokenizer [--spec SPEC] [tokenizer.vocab_size=8192 ...]
+
+``build_tokenizer`` publishes a versioned tokenizer directory (``save_pretrained`` files plus a
+verified manifest, see ``flywheel.core.artifacts``) under ``<data_dir>/tokenizer``. With
+``tokenizer.path`` unset it trains byte-level BPE (GPT-2 style: every byte is in the initial
+alphabet, so any UTF-8 text round-trips and nothing is ever unknown) on at most
+``tokenizer.max_docs`` documents streamed from the current ``deduplicated_shards``; with it set,
+it copies that local tokenizer. Re-materializing with the same inputs and settings returns the
+published version unchanged.
+
+The chat template is ChatML with the assistant turn wrapped in ``{% generation %}`` so that
+``return_assistant_tokens_mask`` (TRL's ``assistant_only_loss``) marks exactly what the model
+must learn to write: the assistant content and its closing ``<|im_end|>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from flywheel.core import artifacts
+from flywheel.core.shards import read_current
+from flywheel.core.spec import Spec
+
+PRODUCT = "tokenizer"
+INPUT = "deduplicated_shards"  # flywheel.data.stages.DEDUPLICATED; not imported to stay light
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS: dict[str, str] = {
+    "eos_token": EOS,
+    "bos_token": EOS,  # GPT-2 convention: one document separator serves as both
+    "pad_token": PAD,  # distinct from EOS so that padding never hides a real EOS label
+    "im_start": IM_START,
+    "im_end": IM_END,
+}
+# Trainer order fixes their ids: 0 endoftext, 1 pad, 2 im_start, 3 im_end.
+_TRAINED_SPECIALS = [EOS, PAD, IM_START, IM_END]
+
+# ChatML. The assistant's content and its <|im_end|> sit inside {% generation %}, so the
+# assistant mask covers what the model writes and stops on; the role header and the newline
+# after <|im_end|> are the template's, not the model's. The explicit string literals (rather
+# than template text) keep Jinja's whitespace handling from adding or eating newlines.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}"
+    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: Path
+) -> PreTrainedTokenizerFast:
+    """Train byte-level BPE on ``texts`` and save it to ``out_dir``; same input, same output."""
+    bpe = Tokenizer(models.BPE())
+    # No normalizer: text is encoded exactly as written, so decode(encode(x)) == x. Digits
+    # are split one per token (as Llama and DeepSeek do): merged digit strings ("00", "123")
+    # would give a number a different token shape for each length, which defeats arithmetic.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=_TRAINED_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tok = _wrap(bpe)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(out_dir)
+    return tok
+
+
+def _wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token=EOS,
+        bos_token=EOS,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=CHAT_TEMPLATE,
+        # The default cleanup rewrites " ." to "." and breaks the round trip.
+        clean_up_tokenization_spaces=False,
+        model_max_length=1 << 30,  # packing, not the tokenizer, decides sequence length
+    )
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an answer: ``<|im_end|>`` (if the vocabulary has it) and EOS."""
+    ids = [tokenizer.get_vocab().get(IM_END), tokenizer.eos_token_id]
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
+    """A local tokenizer directory (never downloaded), with a pad token guaranteed."""
+    path = Path(path)
+    if not path.is_dir() or not any(path.glob("tokenizer*.json")):
+        raise FileNotFoundError(
+            f"no tokenizer at {path} (expected a Hugging Face tokenizer directory with "
+            "tokenizer.json); set tokenizer.path to one, or leave it unset to train one"
+        )
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not tok.is_fast:
+        raise ValueError(f"tokenizer at {path} is not a fast (tokenizers-backed) tokenizer")
+    if tok.eos_token is None:
+        raise ValueError(f"tokenizer at {path} has no eos_token; packing needs a separator")
+    if tok.pad_token is None:
+        # Reusing EOS as pad keeps the vocabulary (and so any pre-trained embedding) unchanged;
+        # collators must then mask padding by attention_mask, not by token id.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tokenizer(spec: Spec) -> artifacts.Artifact:
+    """Publish the spec's tokenizer (trained or copied); reuse the current one if unchanged."""
+    settings = spec.tokenizer
+    root = spec.product_dir(PRODUCT)
+    key = _key(spec)
+    current = _current(root)
+    if current is not None and all(current.meta.get(k) == v for k, v in key.items()):
+        return current
+    staging = artifacts.staging_dir(root)
+    if settings.path is not None:
+        tok = load_tokenizer(settings.path)
+        tok.save_pretrained(staging)
+        docs = 0
+    else:
+        shards = read_current(spec.product_dir(INPUT))
+        counted = _Counted(islice(_texts(shards), settings.max_docs))
+        tok = train_tokenizer(counted, settings.vocab_size, settings.min_frequency, staging)
+        docs = counted.n
+    meta = {
+        **key,
+        "vocab_size": len(tok),
+        "eos_id": tok.eos_token_id,
+        "pad_id": tok.pad_token_id,
+        "docs": docs,
+        "spec_fingerprint": spec.fingerprint(),
+    }
+    return artifacts.publish(root, staging, **meta)
+
+
+def _key(spec: Spec) -> dict[str, Any]:
+    """What decides the tokenizer: equal keys mean re-materializing would change nothing."""
+    settings = spec.tokenizer.model_dump(mode="json")
+    if spec.tokenizer.path is not None:
+        path = Path(spec.tokenizer.path)
+        return {"source": str(path), "source_sha": _dir_sha(path), "settings": settings}
+    shards = read_current(spec.product_dir(INPUT))
+    return {"source": "trained", "input_version": shards.version, "settings": settings}
+
+
+def _dir_sha(path: Path) -> str | None:
+    """Content hash of a tokenizer directory, so an edited local tokenizer is re-published."""
+    if not path.is_dir():
+        return None  # load_tokenizer raises the error that names the path
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _current(root: Path) -> artifacts.Artifact | None:
+    if not artifacts.has_current(root):
+        return None
+    try:
+        return artifacts.read_current(root)
+    except artifacts.CheckpointError:
+        return None  # nothing good to reuse: build a fresh version
+
+
+def _texts(shards: Any) -> Iterator[str]:
+    for batch in shards.iter_batches(["text"]):
+        yield from batch["text"].to_list()
+
+
+class _Counted:
+    """An iterator that counts what it yielded (the trainer consumes it; we report docs)."""
+
+    def __init__(self, it: Iterator[str]):
+        self._it = it
+        self.n = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for x in self._it:
+            self.n += 1
+            yield x

@@ -1,0 +1,153 @@
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from flywheel.core import catalog as catalog_module
+from flywheel.core.catalog import Catalog
+
+
+def _docs(source: str, ids: list[str]) -> pl.DataFrame:
+    n = len(ids)
+    return pl.DataFrame(
+        {
+            "doc_id": ids,
+            "source": [source] * n,
+            "source_id": ids,
+            "path": ["/x.jsonl"] * n,
+            "offset": list(range(n)),
+            "content_hash": ids,
+            "n_chars": [10] * n,
+            "shard": ["s0"] * n,
+        }
+    )
+
+
+def _quarantine(source: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "source": [source],
+            "path": ["/x.jsonl"],
+            "offset": [99],
+            "reason": ["invalid_json"],
+            "detail": ["bad"],
+            "raw": ["b'{'"],
+        }
+    )
+
+
+def test_lineage_of_kept_dropped_and_duplicate(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.record_source("web", _docs("web", ["a", "b", "c", "d"]), _quarantine("web"), "v1")
+    cat.record_filter_decisions(
+        pl.DataFrame(
+            {
+                "id": ["a", "b", "c", "d"],
+                "kept": [True, False, True, True],
+                "filter": [None, "gopher_quality", None, None],
+                "reason": [None, "word_count 3 < 20", None, None],
+            }
+        ),
+        "f1",
+    )
+    cat.record_dedup(
+        pl.DataFrame({"id": ["a", "d"], "shard": ["k0", "k0"]}),
+        pl.DataFrame(
+            {"id": ["c"], "duplicate_of": ["a"], "method": ["minhash"], "similarity": [0.91]}
+        ),
+        "d1",
+    )
+    assert cat.document_lineage("a")["status"] == "kept in k0"
+    assert cat.document_lineage("a")["cluster"] == ["a", "c"]
+    assert (
+        cat.document_lineage("b")["status"] == "dropped by filter gopher_quality: word_count 3 < 20"
+    )
+    c = cat.document_lineage("c")
+    assert c["status"] == "removed as near-duplicate of a by minhash dedup (similarity 0.910)"
+    assert c["source"] == "web" and c["offset"] == 2
+    assert c["duplicate_of_origin"] == {"source": "web", "source_id": "a", "path": "/x.jsonl"}
+    with pytest.raises(KeyError, match="not in the catalog"):
+        cat.document_lineage("zzz")
+    assert cat.counts()["quarantine"] == 1
+
+
+def test_rerecording_a_source_replaces_only_its_rows(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.record_source("web", _docs("web", ["a", "b"]), _quarantine("web"), "v1")
+    cat.record_source("books", _docs("books", ["x"]), _quarantine("books").head(0), "v1")
+    cat.record_source("web", _docs("web", ["a"]), _quarantine("web"), "v2")
+    rows = cat.query("SELECT doc_id, version FROM documents ORDER BY doc_id")
+    assert rows["doc_id"].to_list() == ["a", "x"]
+    assert rows["version"].to_list() == ["v2", "v1"]
+    assert cat.counts()["quarantine"] == 1
+
+
+def test_failed_write_rolls_back(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
+    bad = _docs("web", ["a", "a"])  # violates the primary key
+    with pytest.raises(duckdb.ConstraintException):
+        cat.record_source("web", bad, _quarantine("web"), "v2")
+    assert cat.query("SELECT version FROM documents")["version"].to_list() == ["v1"]
+
+
+def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
+    """A second process holding the file lock delays, not fails, a writer."""
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "c.duckdb"
+    Catalog(path)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import duckdb, time, sys; c = duckdb.connect(sys.argv[1]); "
+                "print('locked', flush=True); time.sleep(1.5)"
+            ),
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout.readline().strip() == b"locked"
+    monkeypatch.setattr(catalog_module, "LOCK_WAIT_S", 30.0)
+    started = time.monotonic()
+    Catalog(path).record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
+    holder.wait()
+    assert time.monotonic() - started > 0.5  # it did have to wait for the lock
+
+
+def test_checkpoint_lineage_follows_parents_to_documents(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    spans = pl.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "split": ["train", "train", "heldout"],
+            "seq_start": [0, 1, 0],
+            "seq_end": [1, 3, 0],
+            "tokens": [40, 90, 10],
+        }
+    )
+    cat.record_tokenized(spans, "tok-v1")
+    cat.record_tokenized(spans, "tok-v1")  # re-recording a version replaces it
+    inputs = {"tokenized_dataset": "tok-v1", "tokenizer": "bpe-v1"}
+    cat.record_checkpoint("pre-1", "pretrain", tmp_path / "p", None, inputs, {"loss": 3.0}, "f")
+    cat.record_checkpoint("sft-1", "sft", tmp_path / "s", "pre-1", {"sft_data": "x"}, {}, "f")
+    facts = cat.checkpoint_lineage("sft-1")
+    assert [r["checkpoint"] for r in facts["chain"]] == ["sft-1", "pre-1"]
+    assert facts["chain"][1]["metrics"] == {"loss": 3.0}
+    assert facts["training_documents"] == {"tok-v1": 2}
+    assert cat.training_documents("tok-v1")["doc_id"].to_list() == ["a", "b"]
+    with pytest.raises(KeyError, match="not in the catalog"):
+        cat.checkpoint_lineage("nope")
+
+
+def test_eval_scores_are_replaced_per_eval_version(tmp_path: Path) -> None:
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.record_eval("sft-1", "e1", {"perplexity": 12.5, "accuracy/arith": 0.25})
+    cat.record_eval("sft-1", "e1", {"perplexity": 11.0})
+    rows = cat.query("SELECT metric, value FROM eval_scores WHERE eval_version = 'e1'")
+    assert rows.to_dicts() == [{"metric": "perplexity", "value": 11.0}]

@@ -1,0 +1,142 @@
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from flywheel.core.spec import Spec, SpecError, explain, load_spec
+from tests.conftest import write_spec
+
+
+def test_defaults_are_valid_and_complete(tmp_path: Path) -> None:
+    spec = load_spec(write_spec(tmp_path, "{}"))
+    assert spec.sources[0].kind == "python_env"
+    assert spec.dedup.threshold == 0.8
+    assert spec.data_dir == (tmp_path / ".flywheel/data").resolve()  # relative to the spec file
+    assert spec.base_dir == tmp_path
+
+
+def _fields(model: type[BaseModel]):
+    for name, field in model.model_fields.items():
+        yield name, field
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _fields(ann)
+
+
+def test_every_field_has_a_default_and_a_description() -> None:
+    fields = list(_fields(Spec))
+    assert len(fields) > 30
+    missing = [n for n, f in fields if not (f.description or "").strip()]
+    assert missing == []
+    required = [n for n, f in fields if f.is_required()]
+    assert required == []
+    assert len(explain(Spec)) == len(fields)
+
+
+def test_unknown_key_names_file_path_and_suggestion(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "dedup:\n  treshold: 0.9\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert str(path) in msg
+    assert "dedup.treshold: unknown key (did you mean 'threshold'?)" in msg
+
+
+def test_bad_value_names_key_path_and_expectation(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "dedup:\n  threshold: 1.5\n")
+    with pytest.raises(SpecError, match=r"dedup\.threshold: .*1.*\(got 1\.5\)"):
+        load_spec(path)
+
+
+def test_error_inside_a_source_list(tmp_path: Path) -> None:
+    body = "sources:\n  - name: a\n    kind: jsonl\n    path: x.jsonl\n    text_feild: body\n"
+    with pytest.raises(SpecError, match=r"sources\[0\]\.text_feild: unknown key"):
+        load_spec(write_spec(tmp_path, body))
+
+
+def test_unknown_source_kind(tmp_path: Path) -> None:
+    body = "sources:\n  - name: a\n    kind: csv\n"
+    with pytest.raises(SpecError, match=r"sources\[0\].*csv"):
+        load_spec(write_spec(tmp_path, body))
+
+
+def test_duplicate_source_names(tmp_path: Path) -> None:
+    body = "sources:\n  - {name: a, kind: python_env}\n  - {name: a, kind: python_env}\n"
+    with pytest.raises(SpecError, match="source names must be unique; repeated: a"):
+        load_spec(write_spec(tmp_path, body))
+
+
+def test_yaml_syntax_error_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(write_spec(tmp_path, "dedup: [unclosed\n"))
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="top level must be a mapping"):
+        load_spec(write_spec(tmp_path, "- a\n- b\n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_typed_overrides(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, "sources:\n  - {name: a, kind: python_env}\n")
+    spec = load_spec(path, ["dedup.threshold=0.9", "dedup.num_perm=64", "sources.0.name=b"])
+    assert spec.dedup.threshold == 0.9 and isinstance(spec.dedup.num_perm, int)
+    assert spec.sources[0].name == "b"
+    with pytest.raises(SpecError, match="dedup.threshold"):
+        load_spec(path, ["dedup.threshold=high"])
+    with pytest.raises(SpecError, match="must look like key.path=value"):
+        load_spec(path, ["dedup.threshold"])
+
+
+def test_env_selects_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_spec(tmp_path, "name: from-env\n")
+    monkeypatch.setenv("FLYWHEEL_SPEC", str(path))
+    assert load_spec().name == "from-env"
+
+
+def test_fingerprint_tracks_content(tmp_path: Path) -> None:
+    a = load_spec(write_spec(tmp_path, "name: x\n"))
+    b = load_spec(write_spec(tmp_path, "name: x\ndedup: {threshold: 0.7}\n"))
+    assert a.fingerprint() != b.fingerprint()
+    assert a.resolved()["dedup"]["threshold"] == 0.8
+
+
+def test_training_sections_validate_with_key_paths(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        """
+        pretrain: {precision: fp8, lr: -1}
+        sft: {data: {kind: jsonl}}
+        model: {confg: {}}
+        """,
+    )
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    msg = str(err.value)
+    assert "pretrain.precision: Input should be 'auto', 'bf16', 'fp16' or 'fp32'" in msg
+    assert "pretrain.lr: Input should be greater than 0" in msg
+    assert "sft.data: sft.data.path is required for kind 'jsonl'" in msg
+    assert "model.confg: unknown key (did you mean 'config'?)" in msg
+
+
+def test_training_paths_resolve_against_the_spec(tmp_path: Path) -> None:
+    path = write_spec(
+        tmp_path,
+        """
+        tokenizer: {path: tok}
+        sft: {data: {kind: jsonl, path: sft.jsonl}, accelerate_config: acc.yaml}
+        eval: {tasks: [{name: qa, kind: jsonl, path: qa.jsonl, verifier: exact}]}
+        """,
+    )
+    spec = load_spec(path, ["pretrain.steps=7", "model.config.hidden_size=64"])
+    assert spec.tokenizer.path == tmp_path / "tok"
+    assert spec.sft.data.path == tmp_path / "sft.jsonl"
+    assert spec.sft.accelerate_config == tmp_path / "acc.yaml"
+    assert spec.eval.tasks[0].path == tmp_path / "qa.jsonl"
+    assert spec.pretrain.steps == 7 and spec.model.config["hidden_size"] == 64
+    assert spec.model.config["model_type"] == "llama"  # merged over the default Llama
+    assert spec.model.config["num_hidden_layers"] == 4

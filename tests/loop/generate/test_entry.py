@@ -1,0 +1,127 @@
+"""``python -m flywheel.loop.generate`` in-process on a tiny spec and a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flywheel.core import artifacts
+from flywheel.core.report import Reporter
+from flywheel.core.shards import read_current
+from flywheel.core.spec import load_spec
+from flywheel.data.arithmetic import arithmetic_examples
+from flywheel.loop.cycles import generations_root
+from flywheel.loop.generate.__main__ import SCHEMA, main, run_generation
+from tests.loop.generate.openai_server import CompletionsServer
+
+EVAL_PROMPT = "What is 2 + 2?"
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path) -> Path:
+    prompts = [
+        {"prompt": e["prompt"], "answer": e["answer"]} for e in arithmetic_examples(5, 20, 31)
+    ]
+    prompts += [
+        {"prompt": EVAL_PROMPT, "answer": "4"},  # an eval prompt: must never be generated from
+        {"prompt": prompts[0]["prompt"]},  # a duplicate
+        {"id": "open-1", "prompt": "What is 10 + 10?"},  # no answer
+    ]
+    lines = [json.dumps(p) for p in prompts] + ["{not json"]
+    (tmp_path / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "qa.jsonl").write_text(json.dumps({"prompt": EVAL_PROMPT, "answer": "4"}) + "\n")
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            name: generate-test
+            data_dir: data
+            catalog: catalog.duckdb
+            eval:
+              tasks:
+                - {name: qa, kind: jsonl, path: qa.jsonl, verifier: exact}
+            generation:
+              backend: transformers
+              prompts: {kind: jsonl, path: prompts.jsonl, num_prompts: 50}
+              samples_per_prompt: 3
+              temperature: 1.0
+              max_new_tokens: 6
+              batch_size: 4
+            """
+        )
+    )
+    return path
+
+
+def argv(spec_path: Path, ckpt: Path, cycle: int = 1, *sets: str) -> list[str]:
+    overrides = [a for s in sets for a in ("--set", s)]
+    return ["--spec", str(spec_path), "--cycle", str(cycle), "--checkpoint", str(ckpt), *overrides]
+
+
+def test_generations_shard_set(spec_path: Path, chat_checkpoint: Path) -> None:
+    assert main(argv(spec_path, chat_checkpoint, 2)) == 0
+    shards = read_current(generations_root(load_spec(spec_path), 2))
+    df = shards.read()
+    assert dict(df.schema) == SCHEMA
+    version = artifacts.verify(chat_checkpoint).version
+    assert df.height == 6 * 3  # 5 problems + the open prompt, 3 samples each
+    assert df["sample_index"].to_list() == [0, 1, 2] * 6
+    assert df["greedy"].to_list() == [True, False, False] * 6
+    assert EVAL_PROMPT not in df["prompt"].to_list()
+    assert set(df["cycle"]) == {2} and set(df["checkpoint"]) == {version}
+    assert set(df["backend"]) == {"transformers"} and set(df["seed"]) == {2}  # seed 0 + cycle
+    assert set(df["finish_reason"]) <= {"stop", "length"}
+    open_rows = df.filter(pl.col("prompt_id") == "open-1")
+    assert open_rows.height == 3 and open_rows["answer"].is_null().all()
+    row = df.row(4, named=True)
+    key = f"2|{row['prompt_id']}|{row['sample_index']}|{version}"
+    assert row["generation_id"] == hashlib.sha1(key.encode()).hexdigest()[:16]
+    assert df["generation_id"].n_unique() == df.height
+
+    reasons = shards.aux("quarantine").sort("line")[["line", "reason"]].rows()
+    assert reasons == [(6, "eval_prompt"), (7, "duplicate_prompt"), (9, "invalid_json")]
+    m = shards.manifest
+    assert (m["cycle"], m["checkpoint"], m["backend"]) == (2, version, "transformers")
+    assert m["checkpoint_path"] == str(chat_checkpoint)
+    assert m["sampling"]["n"] == 3 and m["prompt_source"]["kind"] == "jsonl"
+    assert m["counts"]["prompts"] == 6 and m["counts"]["quarantined"] == 3
+    assert m["completions"] == 18 and m["new_tokens"] >= 18 and m["completions_per_s"] > 0
+
+
+def test_rerun_reuses_the_set(spec_path: Path, chat_checkpoint: Path) -> None:
+    spec = load_spec(spec_path)
+    with Reporter() as reporter:
+        first = run_generation(spec, 1, chat_checkpoint, reporter)
+        # Bookkeeping settings do not change what is generated.
+        faster = load_spec(spec_path, ["generation.endpoint.concurrency=16"])
+        again = run_generation(faster, 1, chat_checkpoint, reporter)
+        changed = load_spec(spec_path, ["generation.temperature=0.5"])
+        other = run_generation(changed, 1, chat_checkpoint, reporter)
+    assert not first["reused"] and again["reused"]
+    assert again["version"] == first["version"] and other["version"] != first["version"]
+    meta = first["metadata"]
+    assert (meta["rows"], meta["prompts"], meta["samples_per_prompt"]) == (18, 6, 3)
+    assert meta["quarantined"] == 3 and meta["quarantined/eval_prompt"] == 1
+    assert meta["samples"]["type"] == "md"
+    assert meta["samples"]["raw_value"].startswith("| prompt | sample_index | greedy |")
+
+
+def test_generation_through_an_endpoint(spec_path: Path, chat_checkpoint: Path) -> None:
+    with CompletionsServer(chat_checkpoint) as server:
+        sets = ["generation.backend=openai", f"generation.endpoint.url={server.url}"]
+        assert main(argv(spec_path, chat_checkpoint, 1, *sets)) == 0
+    df = read_current(generations_root(load_spec(spec_path), 1)).read()
+    assert df.height == 18 and set(df["backend"]) == {"openai"}
+    assert len(server.requests) == 6 * 2  # a greedy and a sampled request per prompt
+
+
+def test_unverifiable_checkpoint_is_refused(spec_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "half").mkdir()
+    with pytest.raises(artifacts.CheckpointError, match="incomplete"):
+        main(argv(spec_path, tmp_path / "half"))
+    assert not (tmp_path / "data" / "cycles" / "1" / "generations" / "CURRENT").exists()

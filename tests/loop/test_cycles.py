@@ -1,0 +1,202 @@
+"""Cycle bookkeeping without a model: training sets, promotion decisions, the loop's state,
+the report and lineage. Checkpoints and eval reports are real published artifacts holding
+placeholder files; what is under test is the bookkeeping, not the model."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from flywheel.core import artifacts
+from flywheel.core.catalog import Catalog
+from flywheel.core.shards import ShardWriter, read_current
+from flywheel.core.spec import load_spec
+from flywheel.loop import cycles, promotion
+from flywheel.loop.report import lineage, report_rows
+
+SPEC = """
+    name: cycles-test
+    data_dir: data
+    catalog: catalog.duckdb
+    sft:
+      data: {kind: addition, num_examples: 20, min_digits: 1, max_digits: 2, width: 4}
+    eval:
+      tasks: [{name: addition, kind: addition, num_examples: 5, min_digits: 3, max_digits: 3,
+               width: 4}]
+    cycles: {patience: 2, max_cycles: 5, gate: {metric: accuracy/addition, min_delta: 0.01}}
+"""
+
+
+@pytest.fixture
+def spec(tmp_path: Path):
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(textwrap.dedent(SPEC))
+    return load_spec(path)
+
+
+def _publish_model(root: Path, tag: str) -> artifacts.Artifact:
+    staging = artifacts.staging_dir(root)
+    (staging / "model.safetensors").write_bytes(tag.encode())
+    return artifacts.publish(root, staging, stage="test")
+
+
+def _publish_eval(spec, cycle: int, accuracy: float) -> None:
+    cand = promotion.candidate(spec, cycle)
+    root = cycles.eval_root(spec, cycle)
+    staging = artifacts.staging_dir(root)
+    scores = {"checkpoint": cand.version, "accuracy/addition": accuracy}
+    (staging / "scores.json").write_text(json.dumps(scores))
+    artifacts.publish(root, staging, checkpoint=cand.version)
+
+
+def _accept(spec, cycle: int, n: int, start: int = 0) -> None:
+    rows = [
+        {
+            "generation_id": f"g{cycle}-{i}",
+            "prompt_id": f"p{cycle}-{i}",
+            "prompt": f"q{cycle}-{i}",
+            "response": f"a{i}",
+        }
+        for i in range(start, start + n)
+    ]
+    with ShardWriter(cycles.accepted_root(spec, cycle)) as writer:
+        writer.write(pl.DataFrame(rows))
+        writer.commit(cycle=cycle)
+
+
+def _run_cycle(spec, cycle: int, accuracy: float) -> dict:
+    cycles.build_training_set(spec, cycle)
+    if cycle > 0:
+        _publish_model(cycles.checkpoint_root(spec, cycle), f"model-{cycle}")
+    _publish_eval(spec, cycle, accuracy)
+    return promotion.promote(spec, cycle)
+
+
+def test_training_sets_grow_from_the_seed_with_new_accepted_rows_only(spec) -> None:
+    seed = cycles.build_training_set(spec, 0)
+    assert seed.num_rows == 20 and seed.manifest["parent_cycle"] is None
+    with pytest.raises(FileNotFoundError, match="cycle 1 has no training set|cycle 1"):
+        cycles.build_training_set(spec, 2)
+    with pytest.raises(cycles.NothingToTrain, match="nothing to retrain on"):
+        cycles.build_training_set(spec, 1)  # no accepted generation yet
+    _accept(spec, 0, 7)
+    assert cycles.new_accepted_rows(spec, 1) == 7
+    one = cycles.build_training_set(spec, 1)
+    assert one.num_rows == 27 and one.manifest["new_rows"] == 7
+    assert one.manifest["parent_version"] == seed.version
+    assert cycles.build_training_set(spec, 1).version == one.version  # same inputs: reused
+    df = one.read()
+    assert df.filter(pl.col("origin") == "generation")["cycle_added"].unique().to_list() == [0]
+    # Cycle 2 adds only what cycle 1 did not have: the same accepted rows never train twice.
+    with pytest.raises(cycles.NothingToTrain):
+        cycles.build_training_set(spec, 2)
+    _accept(spec, 1, 3)
+    two = cycles.build_training_set(spec, 2)
+    assert two.num_rows == 30 and two.manifest["new_rows"] == 3
+    ids = two.read()["generation_id"].drop_nulls()
+    assert ids.n_unique() == ids.len() == 10
+    counts = Catalog(spec.catalog).query("SELECT cycle, rows FROM training_sets ORDER BY cycle")
+    assert counts.rows() == [(0, 20), (1, 27), (2, 30)]
+
+
+def test_seed_replay_keeps_a_sample_of_the_seed_and_every_generation(tmp_path: Path) -> None:
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(textwrap.dedent(SPEC).replace("cycles: {", "cycles: {seed_replay: 5, "))
+    spec = load_spec(path)
+    seed = set(cycles.build_training_set(spec, 0).read()["prompt_id"])
+    _accept(spec, 0, 7)
+    one = cycles.build_training_set(spec, 1)
+    _accept(spec, 1, 3)
+    two = cycles.build_training_set(spec, 2).read()
+    assert one.manifest["seed_rows"] == 5 and one.manifest["generation_rows"] == 7
+    assert two.filter(pl.col("origin") == "seed").height == 5
+    assert set(two.filter(pl.col("origin") == "seed")["prompt_id"]) <= seed
+    assert two.filter(pl.col("origin") == "generation").height == 10
+
+
+def test_promotion_only_when_the_candidate_beats_the_champion(spec) -> None:
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    first = _run_cycle(spec, 0, 0.10)
+    assert first["promoted"] and first["reason"] == "first champion"
+    _accept(spec, 0, 5)
+    better = _run_cycle(spec, 1, 0.30)
+    assert better["promoted"] and promotion.champion(spec)["cycle"] == 1
+    _accept(spec, 1, 5)
+    tie = _run_cycle(spec, 2, 0.305)  # within min_delta 0.01: not better
+    assert not tie["promoted"] and promotion.champion(spec)["cycle"] == 1
+    assert promotion.promote(spec, 2) == tie  # deciding again returns the recorded decision
+    # Cycle 2 was trained from (and generates with) the champion cycle 1 left, for good.
+    assert promotion.champion_after(spec, 1).version == better["candidate"]
+    assert promotion.champion_after(spec, 2).version == better["candidate"]
+    assert promotion.champion_after(spec, 0).version == first["candidate"]
+    assert not promotion.loop_state(spec).stopped
+    _accept(spec, 2, 5)
+    worse = _run_cycle(spec, 3, 0.20)
+    assert not worse["promoted"]
+    state = promotion.loop_state(spec)
+    assert state.stopped and "2 cycle(s) in a row without promotion" in state.reason
+    assert all(passed for _, passed, _, _ in promotion.champion_checks(spec))
+    rows = report_rows(spec)
+    assert [r["promoted"] for r in rows] == [True, True, False, False]
+    assert [r["accuracy/addition"] for r in rows] == [0.10, 0.30, 0.305, 0.20]
+    assert rows[1]["new_rows"] == 5 and rows[2]["train_rows"] == 30
+    decided = Catalog(spec.catalog).query("SELECT cycle, promoted FROM cycles ORDER BY cycle")
+    assert decided.rows() == [(0, True), (1, True), (2, False), (3, False)]
+
+
+def test_promotion_refuses_a_stale_eval_or_a_skipped_cycle(spec) -> None:
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    cycles.build_training_set(spec, 0)
+    _publish_eval(spec, 0, 0.1)
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed-2")  # eval now scores an old one
+    with pytest.raises(RuntimeError, match="evaluate the candidate first"):
+        promotion.promote(spec, 0)
+    _publish_eval(spec, 0, 0.1)
+    promotion.promote(spec, 0)
+    _publish_model(cycles.checkpoint_root(spec, 2), "two")
+    with pytest.raises(RuntimeError, match="cycle 1 has no promotion decision"):
+        promotion.promote(spec, 2)
+
+
+def test_a_corrupt_champion_fails_its_check(spec) -> None:
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    _run_cycle(spec, 0, 0.1)
+    path = Path(promotion.champion(spec)["path"]) / "model.safetensors"
+    path.write_bytes(b"tampered")
+    checks = {name: passed for name, passed, _, _ in promotion.champion_checks(spec)}
+    assert checks == {"champion_verified": False, "champion_is_best": True}
+
+
+def test_lineage_of_a_cycle_names_its_training_set_and_decision(spec) -> None:
+    seed = _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    Catalog(spec.catalog).record_checkpoint(seed.version, "sft", seed.path, None, {}, {}, "f")
+    _run_cycle(spec, 0, 0.1)
+    facts = lineage(spec, "cycle:0")
+    assert facts["cycle"] == 0
+    assert facts["training_set"] == read_current(cycles.training_set_root(spec, 0)).version
+    assert facts["decisions"][0]["promoted"]
+
+
+def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    with ThreadPoolExecutor(4) as pool:
+        sets = list(pool.map(lambda _: cycles.build_training_set(spec, 0).version, range(4)))
+    assert len(set(sets)) == 1  # the later builders waited and reused the first one's set
+    _publish_eval(spec, 0, 0.2)
+    with ThreadPoolExecutor(4) as pool:
+        decided = list(pool.map(lambda _: promotion.promote(spec, 0), range(4)))
+    assert all(d == decided[0] for d in decided) and decided[0]["promoted"]
+    assert len(promotion.decisions(spec)) == 1
+    rows = Catalog(spec.catalog).query("SELECT count(*) AS n FROM training_sets")["n"][0]
+    assert rows == 1
+
+
+def test_report_before_any_cycle_is_empty(spec) -> None:
+    # Regression: listing cycles/ read the directory before checking that it exists.
+    assert report_rows(spec) == []

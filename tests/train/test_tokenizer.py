@@ -1,0 +1,185 @@
+"""Byte-level BPE: exact round trips, single-id specials, the ChatML assistant mask, publishing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from flywheel.core.artifacts import CheckpointError
+from flywheel.core.shards import read_current
+from flywheel.core.spec import Spec, load_spec
+from flywheel.data import stages as pipeline
+from flywheel.train.tokenizer import (
+    CHAT_TEMPLATE,
+    EOS,
+    IM_END,
+    IM_START,
+    PAD,
+    SPECIAL_TOKENS,
+    build_tokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+from .conftest import prose
+
+VOCAB = 500
+UNICODE = (
+    "Ünïcödé — naïve café, 日本語のテキスト, emoji 🚀🧪, Ελληνικά, עברית.\n"
+    "\tTabs,  double  spaces , trailing space \r\nand a lone surrogate-free ending ."
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerFast:
+    return train_tokenizer(prose(30), VOCAB, 2, tmp_path_factory.mktemp("tok"))
+
+
+def _materialized(small_spec: Path, *overrides: str) -> Spec:
+    spec = load_spec(small_spec, [f"tokenizer.vocab_size={VOCAB}", *overrides])
+    pipeline.run_ingest(spec, "corpus")
+    pipeline.run_filters(spec)
+    pipeline.run_dedup(spec)
+    return spec
+
+
+def test_round_trip_is_exact_on_unicode(tok: PreTrainedTokenizerFast) -> None:
+    for text in [UNICODE, *prose(3), " leading space", "", "\n\n\n"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+    # Bytes never seen in training still encode (the whole byte alphabet is in the vocab).
+    assert tok.unk_token_id is None
+    assert len(tok) == VOCAB
+
+
+def test_special_tokens_are_single_ids(tok: PreTrainedTokenizerFast) -> None:
+    assert tok.eos_token == tok.bos_token == EOS and tok.pad_token == PAD
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS.values()}
+    assert ids == {EOS: 0, PAD: 1, IM_START: 2, IM_END: 3}
+    for token, i in ids.items():
+        assert tok.encode(token, add_special_tokens=False) == [i]
+    # No special token is added around plain text.
+    assert tok.encode("hello", add_special_tokens=True) == tok.encode(
+        "hello", add_special_tokens=False
+    )
+
+
+def test_chat_template_masks_exactly_the_assistant_turns(tok: PreTrainedTokenizerFast) -> None:
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And 30+12?"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text == (
+        "<|im_start|>system\nAnswer briefly.<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n"
+        "<|im_start|>user\nAnd 30+12?<|im_end|>\n"
+        "<|im_start|>assistant\nIt is 42.<|im_end|>\n"
+    )
+    out = tok.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = out["input_ids"], out["assistant_masks"]
+    assert len(ids) == len(mask)
+    assert tok.decode(ids) == text
+    # The masked tokens, in runs, are exactly each assistant content plus its <|im_end|>.
+    runs, current = [], []
+    for i, m in zip(ids, mask, strict=True):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(tok.decode(current))
+            current = []
+    assert runs == ["4<|im_end|>", "It is 42.<|im_end|>"]
+
+
+def test_generation_prompt_opens_an_assistant_turn(tok: PreTrainedTokenizerFast) -> None:
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    a = train_tokenizer(prose(20), 400, 2, tmp_path / "a")
+    b = train_tokenizer(iter(prose(20)), 400, 2, tmp_path / "b")
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
+    assert a.encode(UNICODE) == b.encode(UNICODE)
+
+
+def test_load_round_trips_and_sets_a_missing_pad(tok: PreTrainedTokenizerFast, tmp_path: Path):
+    tok.save_pretrained(tmp_path / "saved")
+    loaded = load_tokenizer(tmp_path / "saved")
+    assert loaded.chat_template == CHAT_TEMPLATE and loaded.pad_token == PAD
+    assert loaded.encode(UNICODE) == tok.encode(UNICODE)
+
+    no_pad = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()), eos_token=EOS
+    )
+    no_pad.save_pretrained(tmp_path / "no_pad")
+    assert load_tokenizer(tmp_path / "no_pad").pad_token == EOS
+
+
+def test_load_missing_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+def test_build_trains_publishes_and_is_idempotent(small_spec: Path) -> None:
+    spec = _materialized(small_spec)
+    first = build_tokenizer(spec)
+    dedup = read_current(spec.product_dir(pipeline.DEDUPLICATED))
+    assert first.meta["source"] == "trained"
+    assert first.meta["input_version"] == dedup.version
+    assert first.meta["docs"] == dedup.num_rows
+    assert first.meta["vocab_size"] == VOCAB
+    assert first.meta["spec_fingerprint"] == spec.fingerprint()
+    assert load_tokenizer(first.path).decode(load_tokenizer(first.path).encode(UNICODE)) == UNICODE
+
+    assert build_tokenizer(spec).version == first.version  # nothing changed: no retraining
+    capped = load_spec(small_spec, [f"tokenizer.vocab_size={VOCAB}", "tokenizer.max_docs=3"])
+    second = build_tokenizer(capped)
+    assert second.version != first.version and second.meta["docs"] == 3
+
+
+def test_build_from_a_local_path(small_spec: Path, tmp_path: Path) -> None:
+    spec = _materialized(small_spec)
+    trained = build_tokenizer(spec)
+    local = load_spec(small_spec, [f"tokenizer.path={trained.path}"])
+    copied = build_tokenizer(local)
+    assert copied.meta["source"] == str(trained.path)
+    assert load_tokenizer(copied.path).encode(UNICODE) == load_tokenizer(trained.path).encode(
+        UNICODE
+    )
+    assert build_tokenizer(local).version == copied.version
+
+    missing = load_spec(small_spec, [f"tokenizer.path={tmp_path / 'absent'}"])
+    with pytest.raises(FileNotFoundError, match="absent"):
+        build_tokenizer(missing)
+
+
+def test_build_without_shards_says_to_materialize(small_spec: Path) -> None:
+    spec = load_spec(small_spec)
+    with pytest.raises((FileNotFoundError, CheckpointError), match="deduplicated_shards"):
+        build_tokenizer(spec)
+
+
+def test_digits_are_one_token_each(tmp_path) -> None:
+    from flywheel.train.tokenizer import train_tokenizer
+    from tests.conftest import prose
+
+    texts = [*prose(20), "In 2024 there were 1000 and 12345 items. " * 50]
+    tok = train_tokenizer(texts, 400, 2, tmp_path)
+    pieces = tok.tokenize("32100+54000=861000")
+    assert "".join(pieces) == "32100+54000=861000"
+    assert all(len(p) == 1 for p in pieces)  # no merged digit strings like "00" or "2024"
+    assert tok.decode(tok.encode("sum 12345 ok")) == "sum 12345 ok"
