@@ -9,6 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.resources import FlywheelResource
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.data import stages as pipeline
 
@@ -22,7 +23,7 @@ def build_document_check(
         blocking=blocking,
         description=f"Great Expectations suite for {product}: ids non-null and unique, text "
         "length within bounds, at least min_rows rows"
-        + ("; no exact duplicates left." if product == pipeline.DEDUPLICATED else "."),
+        + ("; no exact duplicates left." if product == P.DEDUPLICATED else "."),
     )
     def _check(flywheel: FlywheelResource) -> dg.AssetCheckResult:
         report = pipeline.check_product(flywheel.spec(), product)
@@ -48,9 +49,5 @@ def build_document_checks(spec: Spec) -> list[dg.AssetChecksDefinition]:
     if not spec.validation.enabled:
         return []
     blocking = spec.validation.blocking
-    products = [(dg.AssetKey(f"raw_{s.name}"), pipeline.raw_product(s.name)) for s in spec.sources]
-    products += [
-        (dg.AssetKey(pipeline.FILTERED), pipeline.FILTERED),
-        (dg.AssetKey(pipeline.DEDUPLICATED), pipeline.DEDUPLICATED),
-    ]
-    return [build_document_check(key, product, blocking) for key, product in products]
+    products = [*(P.raw(s.name) for s in spec.sources), P.FILTERED, P.DEDUPLICATED]
+    return [build_document_check(dg.AssetKey(p), p, blocking) for p in products]

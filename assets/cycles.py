@@ -11,12 +11,18 @@ records it in its metadata and manifest; the accepted-data sensor closes the loo
 evaluation and generation run out of process through Pipes in the ``gpu`` pool.
 """
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from assets.resources import FlywheelResource
 from assets.training import GPU_POOL, launch_stage
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
+
+if TYPE_CHECKING:  # the flywheel modules are imported when an asset runs, not at load
+    from flywheel.loop.accept import CheckOutcome
 
 FLYWHEEL = "flywheel"
 cycles_partitions = dg.DynamicPartitionsDefinition(name="cycles")
@@ -54,6 +60,16 @@ def _checks(asset: str, specs: list[tuple[str, str]]) -> list[dg.AssetCheckSpec]
     return [dg.AssetCheckSpec(n, asset=asset, blocking=True, description=d) for n, d in specs]
 
 
+def _check_results(outcomes: list["CheckOutcome"]) -> list[dg.AssetCheckResult]:
+    """flywheel's guard outcomes as Dagster asset check results."""
+    return [
+        dg.AssetCheckResult(
+            check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata
+        )
+        for o in outcomes
+    ]
+
+
 def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.loop.accept.AcceptResult
     """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
     metadata: dict = dict(result.metadata)
@@ -65,7 +81,10 @@ def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.loop.accept.Ac
 def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     owners = spec.owners
 
-    @_asset("training_set", ["sft_checkpoint"], {"parquet"}, owners=owners)
+    def deps(product: str) -> list[str]:  # the declaration is flywheel.core.products'
+        return P.deps(product, spec)
+
+    @_asset(P.TRAINING_SET, deps(P.TRAINING_SET), {"parquet"}, owners=owners)
     def training_set(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The cycle's SFT data: the previous cycle's set plus newly accepted generations."""
         from flywheel.loop.cycles import NothingToTrain, build_training_set
@@ -82,7 +101,9 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         metadata["path"] = dg.MetadataValue.path(str(shards.path))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(shards.version))
 
-    @_asset("cycle_checkpoint", [training_set], {"pytorch", "trl"}, GPU_POOL, owners=owners)
+    @_asset(
+        P.CYCLE_CHECKPOINT, deps(P.CYCLE_CHECKPOINT), {"pytorch", "trl"}, GPU_POOL, owners=owners
+    )
     def cycle_checkpoint(
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
@@ -100,7 +121,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         extra = ["--cycle", str(cycle), "--parent", str(parent.path)]
         return launch_stage("retrain", context, flywheel, pipes, extra)
 
-    @_asset("cycle_eval_scores", [cycle_checkpoint], {"pytorch"}, GPU_POOL, owners=owners)
+    @_asset(P.CYCLE_EVAL, deps(P.CYCLE_EVAL), {"pytorch"}, GPU_POOL, owners=owners)
     def cycle_eval_scores(
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
@@ -108,11 +129,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         return launch_stage("eval", context, flywheel, pipes, ["--cycle", context.partition_key])
 
     @_asset(
-        "promoted_model",
-        [cycle_eval_scores],
+        P.PROMOTED,
+        deps(P.PROMOTED),
         {"huggingface"},
         owners=owners,
-        check_specs=_checks("promoted_model", CHAMPION_CHECKS),
+        check_specs=_checks(P.PROMOTED, CHAMPION_CHECKS),
     )
     def promoted_model(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The champion after this cycle: the candidate only if it beat the champion."""
@@ -120,26 +141,24 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
 
         spec = flywheel.spec()
         d = promote(spec, _cycle(context))
-        context.log.info(f"cycle {d['cycle']}: promoted={d['promoted']} ({d['reason']})")
-        champion = d["candidate"] if d["promoted"] else d["champion_before"]
+        context.log.info(f"cycle {d.cycle}: promoted={d.promoted} ({d.reason})")
+        champion = d.candidate if d.promoted else d.champion_before
         metadata = {
-            "promoted": d["promoted"],
-            "reason": d["reason"],
+            "promoted": d.promoted,
+            "reason": d.reason,
             "champion": champion,
-            "candidate": d["candidate"],
-            d["metric"]: d["value"],
-            "champion_value_before": d["champion_value"],
+            "candidate": d.candidate,
+            d.metric: d.value,
+            "champion_value_before": d.champion_value,
         }
         metadata = {k: v for k, v in metadata.items() if v is not None}
-        results = [
-            dg.AssetCheckResult(check_name=n, passed=ok, description=desc, metadata=meta)
-            for n, ok, desc, meta in champion_checks(spec)
-        ]
         return dg.MaterializeResult(
-            metadata=metadata, data_version=dg.DataVersion(champion), check_results=results
+            metadata=metadata,
+            data_version=dg.DataVersion(champion),
+            check_results=_check_results(champion_checks(spec)),
         )
 
-    @_asset("synthetic_generations", [promoted_model], {"pytorch"}, GPU_POOL, owners=owners)
+    @_asset(P.GENERATIONS, deps(P.GENERATIONS), {"pytorch"}, GPU_POOL, owners=owners)
     def synthetic_generations(
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
@@ -151,11 +170,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         return launch_stage("generate", context, flywheel, pipes, extra)
 
     @_asset(
-        "accepted_generations",
-        [synthetic_generations],
+        P.ACCEPTED,
+        deps(P.ACCEPTED),
         {"parquet"},
         owners=owners,
-        check_specs=_checks("accepted_generations", ACCEPTED_CHECKS),
+        check_specs=_checks(P.ACCEPTED, ACCEPTED_CHECKS),
     )
     def accepted_generations(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """Verified, filtered, deduplicated generations (rejected ones kept with reasons)."""
@@ -163,16 +182,10 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
 
         spec, cycle = flywheel.spec(), _cycle(context)
         result = accept_generations(spec, cycle)
-        results = [
-            dg.AssetCheckResult(
-                check_name=o.name, passed=o.passed, description=o.description, metadata=o.metadata
-            )
-            for o in accepted_checks(spec, cycle)
-        ]
         return dg.MaterializeResult(
             metadata=accepted_metadata(result),
             data_version=dg.DataVersion(result.version),
-            check_results=results,
+            check_results=_check_results(accepted_checks(spec, cycle)),
         )
 
     assets = [

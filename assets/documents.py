@@ -1,7 +1,8 @@
 """The document plane: raw corpora -> quality-filtered documents -> deduplicated shards.
 
 One ``raw_<source>`` asset per source declared in the spec (an asset factory); the spec's
-other sections parameterize the rest. Each asset calls one ``flywheel.data.stages`` function.
+other sections parameterize the rest. Each asset calls one ``flywheel.data.stages`` function,
+handing it the inputs ``flywheel.core.products`` declares; its ``deps`` are those same inputs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dagster as dg
 
 from assets._materialize import materialize_result
 from assets.resources import FlywheelResource
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.data import stages as pipeline
 
@@ -17,7 +19,7 @@ INGEST, CURATE = "ingest", "curate"
 
 
 def raw_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey(f"raw_{source_name}")
+    return dg.AssetKey(P.raw(source_name))
 
 
 def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
@@ -43,23 +45,27 @@ def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     raw = [build_raw_asset(s, spec.owners) for s in spec.sources]
 
     @dg.asset(
-        deps=[a.key for a in raw],
+        name=P.FILTERED,
+        deps=P.deps(P.FILTERED, spec),
         group_name=CURATE,
         kinds={"polars", "parquet"},
         owners=spec.owners,
     )
     def filtered_documents(flywheel: FlywheelResource) -> dg.MaterializeResult:
         """Documents that passed the heuristic quality filters; drops are kept with reasons."""
-        return materialize_result(pipeline.run_filters(flywheel.spec()))
+        live = flywheel.spec()
+        return materialize_result(pipeline.run_filters(live, P.resolve_inputs(live, P.FILTERED)))
 
     @dg.asset(
-        deps=[filtered_documents],
+        name=P.DEDUPLICATED,
+        deps=P.deps(P.DEDUPLICATED, spec),
         group_name=CURATE,
         kinds={"duckdb", "parquet"},
         owners=spec.owners,
     )
     def deduplicated_shards(flywheel: FlywheelResource) -> dg.MaterializeResult:
         """Filtered documents with exact and MinHash near-duplicates removed, incrementally."""
-        return materialize_result(pipeline.run_dedup(flywheel.spec()))
+        live = flywheel.spec()
+        return materialize_result(pipeline.run_dedup(live, P.resolve_inputs(live, P.DEDUPLICATED)))
 
     return [*raw, filtered_documents, deduplicated_shards]

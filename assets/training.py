@@ -1,11 +1,12 @@
 """The training plane: deduplicated shards -> tokenizer -> tokenized dataset -> pre-trained
 checkpoint -> SFT checkpoint -> eval scores.
 
-Tokenizer training and packing run in process (CPU, seconds). Training and evaluation run out
-of process: each asset writes the resolved spec, launches the same command that
-``flywheel train STAGE`` runs (``accelerate launch -m flywheel.train.pretrain ...``) through
+Tokenizer training and packing run in process (CPU, seconds), handed the inputs
+``flywheel.core.products`` declares. Training and evaluation run out of process: each asset
+writes the resolved spec, launches the same command that ``flywheel train STAGE`` runs
+(``accelerate launch -m flywheel.train.pretrain --input tokenized_dataset=v-... ...``) through
 Dagster Pipes, and returns what rank 0 reported. They share the ``gpu`` concurrency pool, so
-two runs never fight over one accelerator.
+two runs never fight over one accelerator. Every asset's ``deps`` are its declared inputs.
 """
 
 import warnings
@@ -14,6 +15,7 @@ import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from assets.resources import FlywheelResource
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.train import launch
 
@@ -30,10 +32,12 @@ def launch_stage(
     pipes: PipesSubprocessClient,
     extra: list[str] | None = None,
 ) -> dg.MaterializeResult:
-    """Run ``stage`` out of process through Pipes; what rank 0 reported, with clickable paths."""
+    """Run ``stage`` out of process through Pipes, its input versions pinned where it takes
+    them (``launch.pinned_inputs``); what rank 0 reported, with clickable paths."""
     spec = flywheel.spec()
     spec_file = launch.write_run_spec(spec, stage)
-    command = launch.command(stage, spec, spec_file, extra or [])
+    args = [*launch.pinned_inputs(stage, spec), *(extra or [])]
+    command = launch.command(stage, spec, spec_file, args)
     context.log.info("launching: " + " ".join(command))
     result = pipes.run(context=context, command=command).get_materialize_result()
     metadata = dict(result.metadata or {})
@@ -50,21 +54,17 @@ def _raw(value: object) -> object:
 
 
 def _launched_asset(
-    stage: str,
-    deps: list[dg.AssetsDefinition],
-    group: str,
-    kinds: set[str],
-    owners: list[str],
-    description: str,
+    stage: str, spec: Spec, group: str, kinds: set[str], description: str
 ) -> dg.AssetsDefinition:
     """An asset whose materialization is the stage's out-of-process run, in the gpu pool."""
+    product = launch.PRODUCTS[stage]
 
     @dg.asset(
-        name=launch.PRODUCTS[stage],
-        deps=deps,
+        name=product,
+        deps=P.deps(product, spec),
         group_name=group,
         kinds=kinds,
-        owners=owners,
+        owners=spec.owners,
         pool=GPU_POOL,
         description=description,
     )
@@ -81,12 +81,19 @@ def _launched_asset(
 def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     owners = spec.owners
 
-    @dg.asset(deps=["deduplicated_shards"], group_name=TRAIN, kinds={"huggingface"}, owners=owners)
+    @dg.asset(
+        name=P.TOKENIZER,
+        deps=P.deps(P.TOKENIZER, spec),
+        group_name=TRAIN,
+        kinds={"huggingface"},
+        owners=owners,
+    )
     def tokenizer(flywheel: FlywheelResource) -> dg.MaterializeResult:
         """A byte-level BPE tokenizer trained on the deduplicated shards (or a local one)."""
         from flywheel.train.tokenizer import build_tokenizer
 
-        artifact = build_tokenizer(flywheel.spec())
+        live = flywheel.spec()
+        artifact = build_tokenizer(live, P.resolve_inputs(live, P.TOKENIZER))
         metadata = {k: v for k, v in artifact.meta.items() if isinstance(v, int | float | str)}
         metadata["path"] = dg.MetadataValue.path(str(artifact.path))
         return dg.MaterializeResult(
@@ -94,7 +101,8 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        deps=[tokenizer, "deduplicated_shards"],
+        name=P.TOKENIZED,
+        deps=P.deps(P.TOKENIZED, spec),
         group_name=TRAIN,
         kinds={"parquet", "pytorch"},
         owners=owners,
@@ -103,7 +111,8 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         """Documents tokenized and packed into fixed-length sequences, plus a held-out split."""
         from flywheel.train.packing import build_tokenized_dataset
 
-        shards = build_tokenized_dataset(flywheel.spec())
+        live = flywheel.spec()
+        shards = build_tokenized_dataset(live, P.resolve_inputs(live, P.TOKENIZED))
         m = shards.manifest
         metadata = {k: m[k] for k in _PACK_KEYS if isinstance(m.get(k), int | float | str)}
         metadata["num_rows"] = shards.num_rows
@@ -112,27 +121,24 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
 
     pretrained_checkpoint = _launched_asset(
         "pretrain",
-        [tokenized_dataset, tokenizer],
+        spec,
         TRAIN,
         {"pytorch", "accelerate"},
-        owners,
         "A causal LM pre-trained on the packed dataset (next-token prediction, resumable).",
     )
     sft_checkpoint = _launched_asset(
         "sft",
-        [pretrained_checkpoint],
+        spec,
         TRAIN,
         {"pytorch", "trl"},
-        owners,
         "The pre-trained model fine-tuned on instruction-response pairs (TRL SFTTrainer).",
     )
     eval_scores = _launched_asset(
         "eval",
-        [sft_checkpoint, tokenized_dataset],
+        spec,
         EVALUATE,
         {"pytorch"},
-        owners,
-        "Held-out perplexity and task accuracy of the SFT checkpoint.",
+        "Held-out perplexity and task accuracy of the SFT checkpoint (and its parent's).",
     )
     return [tokenizer, tokenized_dataset, pretrained_checkpoint, sft_checkpoint, eval_scores]
 

@@ -1,10 +1,10 @@
 """The ``flywheel`` command line: the verbs that need no Dagster.
 
-flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec
+flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec and preflight it
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
 flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, generation or doc
 flywheel report [--spec SPEC] [--json]                   the flywheel's per-cycle table
-flywheel dedup INPUT --output DIR [--threshold T]        deduplicate any JSONL/Parquet
+flywheel dedup INPUT --output DIR [--threshold T] [--strict]  dedup any JSONL/Parquet
 flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
 """
@@ -17,16 +17,26 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flywheel.core.spec import SpecError, add_spec_arguments, explain, load_spec
+from flywheel.core.spec import SpecError, add_spec_arguments, explain, load_spec, spec_path
 
 
 def _check(args: argparse.Namespace) -> int:
     if args.explain:
         print("\n".join(explain()))
         return 0
+    from flywheel.preflight import errors, preflight
+
     spec = load_spec(args.spec, args.overrides)
+    problems = preflight(spec)
+    for problem in problems:
+        print(problem)
+    if errors(problems):
+        n, where = len(errors(problems)), spec_path(args.spec)
+        print(f"spec {spec.name!r} ({where}): {n} error(s) that would stop a run")
+        return 1
     sources = ", ".join(f"{s.name} ({s.kind})" for s in spec.sources)
-    print(f"spec {spec.name!r} is valid: sources {sources}; data in {spec.data_dir}")
+    warned = f" ({len(problems)} warning(s))" if problems else ""
+    print(f"spec {spec.name!r} is valid{warned}: sources {sources}; data in {spec.data_dir}")
     return 0
 
 
@@ -51,7 +61,7 @@ def _facts(
 
     spec = load_spec(args.spec)
     try:
-        facts = lookup(Catalog(spec.catalog))
+        facts = lookup(Catalog.open(spec.catalog))
     except KeyError as exc:
         print(f"flywheel {args.command}: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -89,17 +99,19 @@ def _cell(value: Any) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     """Run one training-plane stage by hand, exactly as its Dagster asset does."""
+    from flywheel.core import products as P
+
     spec = load_spec(args.spec, args.overrides)
     if args.stage == "tokenizer":
         from flywheel.train.tokenizer import build_tokenizer
 
-        artifact = build_tokenizer(spec)
+        artifact = build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
         print(f"tokenizer {artifact.version} at {artifact.path}")
         return 0
     if args.stage == "pack":
         from flywheel.train.packing import build_tokenized_dataset
 
-        shards = build_tokenized_dataset(spec)
+        shards = build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED))
         print(f"tokenized_dataset {shards.version}: {shards.num_rows} sequences at {shards.path}")
         return 0
     from flywheel.train.launch import run_stage
@@ -135,7 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    check = sub.add_parser("check", help="validate a spec")
+    check = sub.add_parser(
+        "check",
+        help="validate a spec, then preflight it: paths, imports, references, data samples",
+    )
     check.add_argument(
         "spec", nargs="?", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)"
     )

@@ -2,6 +2,7 @@
 
     python -m jobs.demo [--timeout 1200] [--skip-base]        (what make demo runs)
 
+0. ``flywheel check``'s preflight of the spec: any error stops the demo before a launch.
 1. ``dg launch --job flywheel_job``: raw corpora -> ... -> seed SFT model -> its eval.
 2. ``dagster-daemon run``: the accepted-data sensor (RUNNING by default) starts cycle 0, and
    every cycle whose accepted generations reach ``cycles.threshold_rows`` starts the next,
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from flywheel.core.spec import load_spec
+from flywheel.preflight import errors, preflight
 
 POLL_S = 2.0
 BIN = Path(sys.executable).parent  # the venv's scripts: dg, dagster-daemon
@@ -84,11 +86,25 @@ def wait_for_loop(timeout_s: float) -> int:
     return 1
 
 
+def spec_ready() -> bool:
+    """Preflight the spec (``flywheel check``): print every problem; False on any error,
+    so a missing file or a bad reference stops the demo before anything is launched."""
+    problems = preflight(load_spec())
+    for problem in problems:
+        print(f"[demo] {problem}", flush=True)
+    if errors(problems):
+        print("[demo] the spec has errors (see above; flywheel check repeats them): not started")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__)
     parser.add_argument("--timeout", type=float, default=1200, help="seconds for the cycles")
     parser.add_argument("--skip-base", action="store_true", help="skip flywheel_job")
     args = parser.parse_args(argv)
+    if not spec_ready():
+        return 1
     home = Path(os.environ["DAGSTER_HOME"])
     if not args.skip_base:
         subprocess.run([str(BIN / "dg"), "launch", "--job", "flywheel_job"], check=True)

@@ -15,6 +15,7 @@ import dagster as dg
 
 from assets.documents import raw_asset_key
 from assets.resources import FlywheelResource
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.data import stages as pipeline
 from jobs import data_job
@@ -42,7 +43,7 @@ def build_source_change_sensor() -> dg.SensorDefinition:
             return dg.SkipReason("no source changed since the last tick")
         run_key = hashlib.sha1(json.dumps(cursor, sort_keys=True).encode()).hexdigest()[:16]
         selection = [raw_asset_key(n) for n in changed]
-        selection += [dg.AssetKey(pipeline.FILTERED), dg.AssetKey(pipeline.DEDUPLICATED)]
+        selection += [dg.AssetKey(P.FILTERED), dg.AssetKey(P.DEDUPLICATED)]
         request = dg.RunRequest(
             run_key=run_key, asset_selection=selection, tags={"changed_sources": ",".join(changed)}
         )
@@ -52,11 +53,20 @@ def build_source_change_sensor() -> dg.SensorDefinition:
 
 
 def build_sensors(spec: Spec) -> list[dg.SensorDefinition]:
-    from sensors.cycles import build_accepted_data_sensor, cycle_failure_sensor
+    from sensors.cycles import (
+        build_accepted_data_sensor,
+        cycle_failure_sensor,
+        cycle_success_sensor,
+    )
 
     # Sensors read the live spec at each tick through the resource; the interval and the
     # default status come from the spec the definitions were loaded with.
-    return [build_source_change_sensor(), build_accepted_data_sensor(spec), cycle_failure_sensor]
+    return [
+        build_source_change_sensor(),
+        build_accepted_data_sensor(spec),
+        cycle_failure_sensor,
+        cycle_success_sensor,
+    ]
 
 
 def build_schedules(spec: Spec) -> list[dg.ScheduleDefinition]:

@@ -1,5 +1,5 @@
 """The loop's triggers: new accepted data starts the next cycle; a schedule runs cycles on a
-cron; failed cycles are reported.
+cron; finished cycle runs are recorded.
 
 The accepted-data sensor keeps a cursor over ``accepted_generations`` materializations and
 sums the accepted rows of cycles it has not counted yet (only cycles whose guard checks
@@ -13,15 +13,17 @@ default: the flywheel turns by itself as soon as a daemon runs (``dagster dev``,
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import dagster as dg
 
 from assets.cycles import cycles_partitions
 from assets.resources import FlywheelResource
+from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from jobs import cycle_job
 
-ACCEPTED = dg.AssetKey("accepted_generations")
+ACCEPTED = dg.AssetKey(P.ACCEPTED)
 
 
 def _request(cycle: int, trigger: str) -> dg.RunRequest:
@@ -86,7 +88,7 @@ def build_accepted_data_sensor(spec: Spec) -> dg.SensorDefinition:
         skip = None
         if str(cycle) in existing:
             skip = f"cycle {cycle} was already requested; waiting for its promotion decision"
-        elif cycle == 0 and not has_current(spec.product_dir("sft_checkpoint")):
+        elif cycle == 0 and not has_current(spec.product_dir(P.SFT)):
             skip = "no seed SFT checkpoint yet: materialize flywheel_job first"
         elif cycle > 0 and cursor["pending"] < spec.cycles.threshold_rows:
             skip = (
@@ -136,10 +138,18 @@ def build_cycle_schedule(spec: Spec) -> dg.ScheduleDefinition:
     return flywheel_cycle_schedule
 
 
+def _finished_at(context: dg.RunStatusSensorContext) -> datetime:
+    """When the run ended (not when this sensor ticked), so a failure and a later success of
+    the same cycle are ordered as they happened."""
+    record = context.instance.get_run_record_by_id(context.dagster_run.run_id)
+    ended = record.end_time if record else None
+    return datetime.fromtimestamp(ended, UTC) if ended else datetime.now(UTC)
+
+
 @dg.run_failure_sensor(
     monitored_jobs=[cycle_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Record every failed flywheel cycle (flywheel report lists them).",
+    description="Record every failed flywheel cycle run (flywheel report lists the unresolved).",
 )
 def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: FlywheelResource) -> None:
     from flywheel.loop.cycles import record_failure
@@ -147,5 +157,20 @@ def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: Flywheel
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")
     message = context.failure_event.message or "run failed"
-    record_failure(flywheel.spec(), cycle, run.run_id, message)
+    record_failure(flywheel.spec(), cycle, run.run_id, message, _finished_at(context))
     context.log.error(f"flywheel cycle {cycle} failed in run {run.run_id}: {message}")
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[cycle_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Record every successful flywheel cycle run: it resolves the cycle's earlier "
+    "failures.",
+)
+def cycle_success_sensor(context: dg.RunStatusSensorContext, flywheel: FlywheelResource) -> None:
+    from flywheel.loop.cycles import record_success
+
+    run = context.dagster_run
+    cycle = run.tags.get("dagster/partition")
+    record_success(flywheel.spec(), cycle, run.run_id, _finished_at(context))

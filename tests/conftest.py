@@ -117,8 +117,7 @@ TINY_FLYWHEEL = """
           patience: 5
           sensor_interval_s: 1
           gate: {metric: accuracy/addition}
-          train: {steps: 4, micro_batch: 4, warmup_steps: 0, save_every: 10, log_every: 1,
-                  max_length: 64}
+          train: {steps: 4, warmup_steps: 0, save_every: 10}  # the rest is sft's
 """
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.cli import main
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.spec import load_spec
 from flywheel.data import stages as pipeline
@@ -39,16 +40,15 @@ def test_summary_and_lineage(small_spec: Path, capsys: pytest.CaptureFixture) ->
     assert main(["summary", "--spec", str(small_spec)]) == 0
     assert "not materialized" in capsys.readouterr().out
     pipeline.run_ingest(spec, "corpus")
-    pipeline.run_filters(spec)
-    pipeline.run_dedup(spec)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
     assert main(["summary", "--spec", str(small_spec), "--json"]) == 0
     rows = {r["product"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["raw_corpus"]["rows"] == 32
     assert rows["deduplicated_shards"]["rows"] == rows["filtered_documents"]["rows"] - 2
 
-    exact = Catalog(spec.catalog).query("SELECT doc_id FROM documents WHERE source_id = 'exact0'")[
-        "doc_id"
-    ][0]
+    catalog = Catalog.open(spec.catalog)
+    exact = catalog.query("SELECT doc_id FROM documents WHERE source_id = 'exact0'")["doc_id"][0]
     assert main(["lineage", exact, "--spec", str(small_spec), "--json"]) == 0
     facts = json.loads(capsys.readouterr().out)
     assert facts["status"].startswith("removed as exact duplicate of corpus-")
@@ -62,8 +62,8 @@ def test_train_stages_by_hand_and_checkpoint_lineage(small_spec: Path, capsys) -
     """`flywheel train STAGE` runs the whole training plane without Dagster."""
     spec = load_spec(small_spec)
     pipeline.run_ingest(spec, "corpus")
-    pipeline.run_filters(spec)
-    pipeline.run_dedup(spec)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
     for stage in ("tokenizer", "pack", "pretrain", "sft", "eval"):
         assert (
             main(["train", stage, "--spec", str(small_spec), "--set", "pretrain.steps=4"]) == 0

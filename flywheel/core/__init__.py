@@ -2,7 +2,8 @@
 
 Owns what every plane needs and no plane owns: ``spec`` (YAML -> validated settings, one
 ``settings`` module per plane), ``artifacts`` (versioned directories published atomically with
-a manifest and a ``CURRENT`` pointer), ``catalog`` (the DuckDB record of provenance and of the
+a manifest and a ``CURRENT`` pointer), ``products`` (every product's name and what it reads:
+the graph Dagster and the stages share), ``catalog`` (the DuckDB record of provenance and of the
 loop), ``records`` (reading examples with quarantine) and ``report`` (Dagster Pipes, the one
 place ``dagster_pipes`` is imported).
 

@@ -1,19 +1,28 @@
-"""The DuckDB catalog: documents, filter decisions, duplicate clusters and their provenance.
+"""The DuckDB catalog: provenance of the data and models, and the record of the loop.
 
     flywheel lineage DOC_ID        where a document came from and why it was kept or dropped
+    flywheel report                the loop's record: decisions, champion, failed runs
 
 Data lives in Parquet shards; the catalog records *facts about* the data so that lineage
 questions are one SQL query. Each stage replaces its own rows when it re-materializes (a raw
 source its documents, the filter stage its decisions, dedup its clusters), so the catalog
 always describes the committed shard sets. Later stages add generations and checkpoints.
+The loop's own state lives only here: one promotion ``Decision`` per cycle (the champion is
+the newest promoted candidate) and every finished cycle run (``CycleRun``).
 
-DuckDB allows one writing process per file; Dagster's multiprocess executor can run two stages
-at once, so ``connect`` retries while another process holds the lock.
+``Catalog.open(path)`` is the one way to get a handle: one per process and path, whose
+schema is created on first use. A handle holds no connection: each method connects and
+closes, because DuckDB allows one writing process per file and training entries write from
+their own processes (Dagster Pipes) while Dagster's process reads. ``connect`` retries while
+another process holds the file, and takes the handle's lock first, because DuckDB also refuses
+a read-only and a read-write connection to one file at once within a process (sensor threads).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +32,11 @@ from typing import Any
 
 import duckdb
 import polars as pl
+
+from flywheel.core import products as P
+from flywheel.core.loop_record import LOOP_SCHEMA, CycleRun, Decision, LoopRecord
+
+__all__ = ["Catalog", "CycleRun", "Decision"]
 
 LOCK_WAIT_S = 120.0
 
@@ -70,11 +84,6 @@ CREATE TABLE IF NOT EXISTS training_examples (
     version VARCHAR, prompt_id VARCHAR, generation_id VARCHAR, origin VARCHAR,
     cycle_added BIGINT
 );
-CREATE TABLE IF NOT EXISTS cycles (
-    cycle BIGINT PRIMARY KEY, candidate VARCHAR, metric VARCHAR, value DOUBLE,
-    champion_before VARCHAR, champion_value DOUBLE, promoted BOOLEAN, reason VARCHAR,
-    decided_at TIMESTAMP
-);
 CREATE TABLE IF NOT EXISTS materializations (
     product VARCHAR, version VARCHAR, spec_fingerprint VARCHAR, code_version VARCHAR,
     created_at TIMESTAMP, metadata JSON
@@ -82,30 +91,52 @@ CREATE TABLE IF NOT EXISTS materializations (
 """
 
 
-class Catalog:
+_OPENED: dict[tuple[int, Path], Catalog] = {}
+_OPENING = threading.Lock()
+_TOKEN = object()
+
+
+class Catalog(LoopRecord):
     """A handle on the catalog file; each method opens, writes and closes a connection."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as con:
-            con.execute(SCHEMA)
+    def __init__(self, path: Path, token: object = None):
+        if token is not _TOKEN:
+            raise TypeError("get the catalog with Catalog.open(path), once per process")
+        self.path = path
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path | str) -> Catalog:
+        """This process's handle on the catalog at ``path``. The first call in a process (or
+        the first after the file was removed) creates the schema; later calls reuse it. The
+        key holds the process id, so a forked child creates its own handle and lock."""
+        key = (os.getpid(), Path(path).resolve())
+        with _OPENING:
+            catalog = _OPENED.get(key)
+            if catalog is None or not catalog.path.exists():
+                key[1].parent.mkdir(parents=True, exist_ok=True)
+                catalog = cls(key[1], _TOKEN)
+                with catalog.connect() as con:
+                    con.execute(SCHEMA + LOOP_SCHEMA)
+                _OPENED[key] = catalog
+        return catalog
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
+        with self._lock:  # one connection at a time in this process (see the module doc)
+            deadline = time.monotonic() + LOCK_WAIT_S
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except duckdb.IOException as exc:
+                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        try:
-            yield con
-        finally:
-            con.close()
+                yield con
+            finally:
+                con.close()
 
     # -- writers: each replaces the rows its stage owns, in one transaction --------------
     def record_source(
@@ -229,15 +260,6 @@ class Catalog:
             con.register("examples_f", frame)
             con.execute("INSERT INTO training_examples SELECT * FROM examples_f")
 
-    def record_cycle_decision(self, d: dict[str, Any]) -> None:
-        """Replace cycle ``d["cycle"]``'s promotion decision."""
-        keys = ["cycle", "candidate", "metric", "value", "champion_before", "champion_value"]
-        keys += ["promoted", "reason", "decided_at"]
-        with self.connect() as con, _transaction(con):
-            con.execute("DELETE FROM cycles WHERE cycle = ?", [d["cycle"]])
-            values = [d[k] for k in keys]
-            con.execute("INSERT INTO cycles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-
     def record_materialization(
         self, product: str, version: str, spec_fingerprint: str, metadata: dict[str, Any]
     ) -> None:
@@ -306,7 +328,7 @@ class Catalog:
             raise KeyError(f"checkpoint {checkpoint!r} is not in the catalog")
         docs: dict[str, int] = {}
         for row in chain:
-            version = row["inputs"].get("tokenized_dataset")
+            version = row["inputs"].get(P.TOKENIZED)
             if version:
                 n = self.query(
                     "SELECT count(*) AS n FROM tokenized_documents "

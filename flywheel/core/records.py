@@ -42,11 +42,14 @@ def quarantined(source: str, line: int, reason: str, raw: Any) -> dict[str, Any]
     return {"source": source, "line": line, "reason": reason, "raw": text[:RAW_CHARS]}
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
+def read_jsonl(
+    path: Path, limit: int | None = None
+) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
     """The JSON objects of a JSONL file with their 1-based line numbers, and the bad lines.
 
     Blank lines are not records and are skipped; every other line is a record or a
-    quarantine row. A missing file is an error that names it.
+    quarantine row. A missing file is an error that names it. ``limit`` stops after that
+    many records and bad lines together: a sample of the file's head (``flywheel check``).
     """
     path = Path(path)
     if not path.is_file():
@@ -56,6 +59,8 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[
     source = str(path)
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if limit is not None and len(records) + len(bad) >= limit:
+                break
             if not raw.strip():
                 continue
             try:

@@ -1,68 +1,36 @@
-"""Parquet shard sets with atomic writes.
+"""Parquet shard sets: data products stored as artifacts (``flywheel.core.artifacts``).
 
-A shard set is a directory of Parquet files plus a ``manifest.json``; a shard-set *root*
-holds successive versions of one data product and a ``CURRENT`` pointer to the committed one:
+A shard set is one published artifact version whose files are Parquet shards plus optional
+auxiliary tables (quarantine, dropped rows, duplicates, held-out rows):
 
-    <root>/CURRENT                      -> "v-20261127T101500-1a2b3c4d"
-    <root>/v-20261127T101500-1a2b3c4d/part-00000.parquet
-    <root>/v-20261127T101500-1a2b3c4d/manifest.json
+    <root>/CURRENT                      -> "v-20261127T101500123456-1a2b3c4d"
+    <root>/v-20261127T101500123456-1a2b3c4d/part-00000.parquet
+    <root>/v-20261127T101500123456-1a2b3c4d/quarantine.parquet
+    <root>/v-20261127T101500123456-1a2b3c4d/manifest.json   (sha256 + bytes of every file)
     <root>/.staging-<uuid>/...          (a writer in progress; never read)
 
-Every file is written under a temporary name and renamed into place (``os.replace`` is atomic
-on POSIX), and a version becomes visible only when ``CURRENT`` is replaced after its manifest is
-written. A run killed at any point therefore leaves the previous version readable and no partial
-shard visible. Readers go through ``CURRENT`` and the manifest, never a directory listing.
+The layout (shard names, row count, schema, auxiliary tables) is kept in the manifest's
+``meta`` beside what the producer adds; ``ShardWriter.commit`` publishes through
+``artifacts.publish``, so versions, ``inputs``, verification, ``CURRENT`` and retention are the
+artifact store's. Readers go through ``CURRENT`` and the manifest, never a directory listing;
+``read_current`` checks sizes (not hashes) so that a truncated shard is caught cheaply.
+
+Tested by ``pytest tests/core/test_artifacts.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from flywheel import __version__
-
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
-KEEP_VERSIONS = 2  # committed versions kept per root: the current one and the one before
-STALE_STAGING_S = 6 * 3600  # staging dirs older than this are from dead writers
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+from flywheel.core import artifacts
 
 
 def atomic_write_parquet(
@@ -93,33 +61,57 @@ def atomic_write_parquet(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    artifacts.fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
 class ShardSet:
-    """A committed, immutable version of a data product."""
+    """A committed, immutable version of a data product: a view over its artifact."""
 
-    path: Path
-    manifest: dict[str, Any]
+    artifact: artifacts.Artifact
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
 
     @property
     def version(self) -> str:
-        return self.path.name
+        return self.artifact.version
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.artifact.inputs
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The producer's metadata and the layout (``num_rows``, ``shards``, ``schema``,
+        ``aux``) as one flat record, with ``version``, ``created_at``, ``code_version`` and
+        ``inputs`` beside them; per-file hashes stay in ``artifact.manifest``."""
+        m = self.artifact.manifest
+        top = {k: m[k] for k in ("version", "created_at", "code_version", "inputs") if k in m}
+        return {**m.get("meta", {}), **top}
 
     @property
     def files(self) -> list[Path]:
-        return [self.path / name for name in self.manifest["shards"]]
+        return [self.path / name for name in self.artifact.meta["shards"]]
 
     @property
     def num_rows(self) -> int:
-        return int(self.manifest["num_rows"])
+        return int(self.artifact.meta["num_rows"])
+
+    @property
+    def schema(self) -> dict[str, str]:
+        """Column name -> Polars dtype name, as written (kept even when the set is empty)."""
+        return self.artifact.meta.get("schema", {})
+
+    @property
+    def aux_names(self) -> list[str]:
+        return self.artifact.meta.get("aux", [])
 
     def scan(self) -> pl.LazyFrame:
         """All shards as one lazy frame (an empty set yields the manifest's schema)."""
         if not self.files:
-            schema = {k: _dtype(v) for k, v in self.manifest.get("schema", {}).items()}
-            return pl.LazyFrame(schema=schema)
+            return pl.LazyFrame(schema={k: _dtype(v) for k, v in self.schema.items()})
         return pl.scan_parquet(self.files)
 
     def read(self, columns: list[str] | None = None) -> pl.DataFrame:
@@ -128,7 +120,7 @@ class ShardSet:
 
     def aux(self, name: str) -> pl.DataFrame:
         """An auxiliary table written beside the shards (quarantine, dropped, duplicates)."""
-        if name not in self.manifest.get("aux", []):
+        if name not in self.aux_names:
             raise KeyError(f"shard set {self.path} has no auxiliary table {name!r}")
         return pl.read_parquet(self.path / f"{name}.parquet")
 
@@ -151,20 +143,17 @@ def _dtype(name: str) -> pl.DataType:
     return simple.get(name, pl.String)
 
 
-def read_current(root: Path) -> ShardSet:
-    """The committed version under ``root``; a clear error if none was ever committed."""
-    root = Path(root)
-    pointer = root / CURRENT
-    if not pointer.exists():
-        raise FileNotFoundError(
-            f"no committed shard set under {root} (missing {CURRENT}); materialize it first"
-        )
-    path = root / pointer.read_text().strip()
-    return ShardSet(path, json.loads((path / MANIFEST).read_text()))
+def read_current(root: Path, deep: bool = False) -> ShardSet:
+    """The committed version under ``root``, its files' sizes checked (``deep``: hashes too).
+
+    ``artifacts.NotPublishedError`` (a ``FileNotFoundError``) if none was ever committed; a
+    damaged current version falls back to the newest older good one, as for every artifact.
+    """
+    return ShardSet(artifacts.read_current(root, deep=deep))
 
 
 def has_current(root: Path) -> bool:
-    return (Path(root) / CURRENT).exists()
+    return artifacts.has_current(root)
 
 
 class ShardWriter:
@@ -182,12 +171,10 @@ class ShardWriter:
         row_group_size: int | None = None,
     ):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.shard_rows = shard_rows
         self.row_group_size = row_group_size  # None: Polars' default
         self.prefix = prefix
-        self.staging = self.root / f".staging-{uuid.uuid4().hex}"
-        self.staging.mkdir()
+        self.staging = artifacts.staging_dir(self.root)  # also removes dead writers' dirs
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
         self._shards: list[str] = []
@@ -195,13 +182,6 @@ class ShardWriter:
         self._schema: dict[str, str] = {}
         self._aux: list[str] = []
         self._committed = False
-        self._clean_stale_staging()
-
-    def _clean_stale_staging(self) -> None:
-        now = time.time()
-        for d in self.root.glob(".staging-*"):
-            if d != self.staging and now - d.stat().st_mtime > STALE_STAGING_S:
-                shutil.rmtree(d, ignore_errors=True)
 
     def write(self, df: pl.DataFrame) -> None:
         if df.height == 0:
@@ -231,36 +211,23 @@ class ShardWriter:
         if name not in self._aux:
             self._aux.append(name)
 
-    def commit(self, **metadata: Any) -> ShardSet:
-        """Flush the remainder, write the manifest, and make this version current."""
+    def commit(self, inputs: Mapping[str, Any] | None = None, **metadata: Any) -> ShardSet:
+        """Flush the remainder and publish this version (manifest with hashes, then CURRENT).
+
+        ``inputs`` maps each product this set was built from to the version read.
+        """
         if self._buffered:
             self._flush(self._buffered)
-        version = f"v-{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
-        manifest = {
-            "version": version,
-            "shards": self._shards,
-            "num_rows": self._rows,
-            "schema": self._schema,
-            "aux": self._aux,
-            "created_at": datetime.now(UTC).isoformat(),
-            "code_version": __version__,
-            **metadata,
-        }
-        atomic_write_json(self.staging / MANIFEST, manifest)
-        final = self.root / version
-        os.replace(self.staging, final)
-        atomic_write_bytes(self.root / CURRENT, version.encode())
+        layout = {"shards": self._shards, "num_rows": self._rows, "schema": self._schema}
+        layout["aux"] = self._aux
+        if clash := sorted(layout.keys() & metadata.keys()):
+            raise ValueError(f"commit(): {clash} are the shard set's own manifest fields")
+        artifact = artifacts.publish(self.root, self.staging, inputs=inputs, **layout, **metadata)
         self._committed = True
-        self._prune()
-        return ShardSet(final, manifest)
+        return ShardSet(artifact)
 
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
-
-    def _prune(self) -> None:
-        versions = sorted(d for d in self.root.glob("v-*") if d.is_dir())
-        for old in versions[:-KEEP_VERSIONS]:
-            shutil.rmtree(old, ignore_errors=True)
 
     def __enter__(self) -> ShardWriter:
         return self

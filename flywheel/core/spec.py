@@ -16,11 +16,13 @@ import difflib
 import hashlib
 import json
 import os
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.filters import FilterSettings
@@ -64,7 +66,9 @@ class ValidationSettings(_Model):
 
 
 class Spec(_Model):
-    name: str = Field("flywheel", description="Name of this flywheel; shown in the UI.")
+    name: str = Field(
+        "flywheel", description="Name of this flywheel; flywheel check and spec errors show it."
+    )
     owners: list[str] = Field(
         default_factory=lambda: ["team:data"], description="Dagster owners of every asset."
     )
@@ -213,8 +217,7 @@ def _resolve_paths(spec: Spec, base: Path) -> None:
     for owner in owners:
         if getattr(owner, "path", None) is not None:
             owner.path = (base / owner.path).resolve()
-    trains = (spec.pretrain, spec.sft, spec.cycles.train, spec.cycles.preference_train)
-    for train in trains:
+    for train in (spec.pretrain, spec.sft):  # cycles inherit sft's (resolved) config
         if train.accelerate_config is not None:
             train.accelerate_config = (base / train.accelerate_config).resolve()
     serve = spec.generation.endpoint.serve
@@ -292,18 +295,63 @@ def _kind(obj: Any) -> str:
     return type(obj).__name__
 
 
-def explain(model: type[BaseModel] = Spec, prefix: str = "") -> list[str]:
-    """One line per field: key path, default and description (``flywheel check --explain``)."""
+def explain(model: type[BaseModel] = Spec) -> list[str]:
+    """One line per field (``flywheel check --explain``): ``key = default  # description``, or
+    ``key: description`` for a section, walking nested sections, lists of models
+    (``eval.tasks[].name``) and unions of models (``sources[kind=jsonl].path``).
+
+    A default is the value an unset key really gets: the field of the enclosing section's
+    default (``cycles.train.steps`` shows what an unset ``cycles.train`` holds). A list item's
+    field shows the item model's own default, or ``(required)``.
+    """
+    return _explain(model, model(), "", ())
+
+
+def _explain(model: type[BaseModel], value: Any, prefix: str, seen: tuple[type, ...]) -> list[str]:
     lines = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
+        if value is not None:
+            default = getattr(value, name)
+        else:
+            default = None if field.is_required() else field.get_default(call_default_factory=True)
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines.append(f"{key}: {field.description}")
-            lines += explain(ann, key + ".")
+            lines += _explain(ann, default, key + ".", (*seen, model))
             continue
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
-            default = [d.model_dump(mode="json") for d in default]
-        lines.append(f"{key} = {json.dumps(default, default=str)}  # {field.description}")
+        shown = REQUIRED if field.is_required() and value is None else _json(default)
+        lines.append(f"{key} = {shown}  # {field.description}")
+        items = _item_models(ann)
+        for item in items:
+            if item not in seen:  # a recursive model (sft.data.extra) is unrolled once
+                tag = _tag(item) if len(items) > 1 else ""
+                lines += _explain(item, None, f"{key}[{tag}].", (*seen, model))
     return lines
+
+
+REQUIRED = "(required)"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(to_jsonable_python(value))
+
+
+def _item_models(ann: Any) -> list[type[BaseModel]]:
+    """The models a list or union annotation holds (``list[SourceSpec]``: the four sources)."""
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(ann):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            found.append(arg)
+        else:
+            found += _item_models(arg)
+    return found
+
+
+def _tag(model: type[BaseModel]) -> str:
+    """How a union member is told apart: its single-value Literal field (``kind=jsonl``)."""
+    for name, field in model.model_fields.items():
+        args = typing.get_args(field.annotation)
+        if typing.get_origin(field.annotation) is typing.Literal and len(args) == 1:
+            return f"{name}={args[0]}"
+    return model.__name__

@@ -1,11 +1,16 @@
-"""The document plane's stages, each one call from spec to committed shard set.
+"""The document plane's stages, each one call from spec and inputs to committed shard set.
 
-    raw_<source>  --run_ingest-->  filtered_documents  --run_filters-->  deduplicated_shards
+    raw_<source>  --run_filters-->  filtered_documents  --run_dedup-->  deduplicated_shards
 
-Each stage reads its inputs' CURRENT shard sets, writes a new version with ``ShardWriter``
-(atomic; memory bounded by a shard), records its facts in the DuckDB catalog and returns a
-``StageResult`` whose flat metadata the Dagster layer (or a CLI) reports. The same functions
-run by hand: ``python -c "from flywheel.data import stages; stages.run_ingest(...)"``.
+A stage is handed the shard sets it reads, ``{product: ShardSet}`` exactly as
+``flywheel.core.products`` declares them (anything else is an ``InputError``), writes a new
+version with ``ShardWriter`` (atomic; memory bounded by a shard) recording those inputs'
+versions, records its facts in the DuckDB catalog and returns a ``StageResult`` whose flat
+metadata the Dagster layer (or a CLI) reports. ``run_ingest`` reads a source's files. By hand:
+
+    python -c "from flywheel.core.spec import load_spec; from flywheel.core.products import \
+FILTERED, resolve_inputs; from flywheel.data import stages; spec = load_spec('flywheel.yaml'); \
+print(stages.run_filters(spec, resolve_inputs(spec, FILTERED)).metadata)"
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
@@ -31,14 +38,9 @@ from flywheel.data.filters import apply_filters, build_filters, decision_stats
 from flywheel.data.ingest import ingest_source, source_files
 from flywheel.data.validation import ValidationReport, validate_shardset
 
-FILTERED = "filtered_documents"
-DROPPED = "dropped_documents"
-DEDUPLICATED = "deduplicated_shards"
+FILTERED, DROPPED, DEDUPLICATED = P.FILTERED, P.DROPPED, P.DEDUPLICATED
 PREVIEW_ROWS = 5
-
-
-def raw_product(source_name: str) -> str:
-    return f"raw_{source_name}"
+Inputs = Mapping[str, ShardSet]  # {product: the version to read}, see flywheel.core.products
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _sample(df: pl.DataFrame, *extra: str) -> pl.DataFrame:
 def run_ingest(spec: Spec, source_name: str) -> StageResult:
     """Read one source into a new raw shard set; record its documents and quarantine."""
     source = spec.source(source_name)
-    product = raw_product(source_name)
+    product = P.raw(source_name)
     result = ingest_source(
         source,
         spec.product_dir(product),
@@ -92,7 +94,7 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
         for name, df in zip(shards.manifest["shards"], shards.iter_batches(), strict=True)
     ]
     documents = pl.concat(rows) if rows else _catalog_rows(shards.read().head(0), shards.path)
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     catalog.record_source(source_name, documents, shards.aux("quarantine"), shards.version)
     metadata = {
         "rows": result.documents,
@@ -121,10 +123,11 @@ def _catalog_rows(df: pl.DataFrame, shard: Path) -> pl.DataFrame:
 
 
 # -- quality filters ---------------------------------------------------------------------
-def run_filters(spec: Spec) -> StageResult:
-    """Apply the spec's filters to every source's current raw set, shard by shard."""
+def run_filters(spec: Spec, inputs: Inputs) -> StageResult:
+    """Apply the spec's filters to every source's raw set (``inputs``), shard by shard."""
+    P.check_inputs(FILTERED, spec, inputs)
     filters = build_filters(spec.filters)
-    raw_sets = [_current(spec, raw_product(s.name)) for s in spec.sources]
+    raw_sets = [inputs[name] for name in P.inputs(FILTERED, spec)]
     decisions, preview, dropped_preview = [], [], []
     started = time.perf_counter()
     kept_writer = ShardWriter(spec.product_dir(FILTERED), spec.ingest.shard_rows)
@@ -140,13 +143,13 @@ def run_filters(spec: Spec) -> StageResult:
                 dropped_preview.append(outcome.dropped.head(PREVIEW_ROWS))
         all_decisions = pl.concat(decisions) if decisions else _no_decisions()
         stats = _filter_stats(all_decisions, [f.name for f in filters])
-        inputs = {r.path.parent.name: r.version for r in raw_sets}
-        dropped_set = dropped_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
+        versions = P.versions(inputs)
+        dropped_set = dropped_writer.commit(inputs=versions, spec=spec.resolved(), **stats)
         kept_writer.write_aux("decisions", all_decisions)
-        shards = kept_writer.commit(inputs=inputs, spec=spec.resolved(), **stats)
+        shards = kept_writer.commit(inputs=versions, spec=spec.resolved(), **stats)
     stats["seconds"] = round(time.perf_counter() - started, 2)
     stats["dropped_path"] = str(dropped_set.path)
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     catalog.record_filter_decisions(all_decisions, shards.version)
     catalog.record_materialization(FILTERED, shards.version, spec.fingerprint(), stats)
     show = pl.DataFrame()
@@ -190,9 +193,10 @@ def _rounded(rate: float | None, empty: float) -> float:
 
 
 # -- deduplication -----------------------------------------------------------------------
-def run_dedup(spec: Spec) -> StageResult:
+def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
     """Exact + MinHash LSH dedup of the filtered set against the persistent index."""
-    filtered = _current(spec, FILTERED)
+    P.check_inputs(DEDUPLICATED, spec, inputs)
+    filtered = inputs[FILTERED]
     index = DedupIndex.open(spec.dedup_index_dir, spec.dedup)
     duplicates, preview, n_kept = [], [], 0
     totals: Counter[str] = Counter()
@@ -209,11 +213,9 @@ def run_dedup(spec: Spec) -> StageResult:
         dupes = pl.concat(duplicates) if duplicates else _no_duplicates()
         metadata = _dedup_stats(filtered.num_rows, n_kept, dupes, totals)
         writer.write_aux("duplicates", dupes)
-        shards = writer.commit(
-            inputs={FILTERED: filtered.version}, spec=spec.resolved(), **metadata
-        )
+        shards = writer.commit(inputs=P.versions(inputs), spec=spec.resolved(), **metadata)
         index.commit()
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     catalog.record_dedup(_shard_of(shards), dupes, shards.version)
     catalog.record_materialization(DEDUPLICATED, shards.version, spec.fingerprint(), metadata)
     sample = pl.concat(preview).head(PREVIEW_ROWS) if preview else pl.DataFrame()
@@ -290,7 +292,7 @@ def source_fingerprint(spec: Spec, source_name: str) -> str:
 def summary(spec: Spec) -> list[dict[str, Any]]:
     """One row per data product: rows now, and the stage's headline rates."""
     out = []
-    products = [raw_product(s.name) for s in spec.sources] + [FILTERED, DROPPED, DEDUPLICATED]
+    products = [P.raw(s.name) for s in spec.sources] + [FILTERED, DROPPED, DEDUPLICATED]
     for product in products:
         if not has_current(spec.product_dir(product)):
             out.append({"product": product, "rows": 0, "detail": "not materialized", "version": ""})
@@ -308,13 +310,7 @@ def summary(spec: Spec) -> list[dict[str, Any]]:
     return out + _training_summary(spec)
 
 
-TRAINING_PRODUCTS = [
-    "tokenizer",
-    "tokenized_dataset",
-    "pretrained_checkpoint",
-    "sft_checkpoint",
-    "eval_scores",
-]
+TRAINING_PRODUCTS = [P.TOKENIZER, P.TOKENIZED, P.PRETRAINED, P.SFT, P.EVAL]
 
 
 def _training_summary(spec: Spec) -> list[dict[str, Any]]:
@@ -324,11 +320,11 @@ def _training_summary(spec: Spec) -> list[dict[str, Any]]:
     out = []
     for product in TRAINING_PRODUCTS:
         root = spec.product_dir(product)
-        if product == "tokenized_dataset" and has_current(root):
+        if product == P.TOKENIZED and has_current(root):
             m = read_current(root).manifest
             detail = f"{m.get('train_tokens')} train / {m.get('heldout_tokens')} held-out tokens"
             out.append(_row(product, m.get("num_rows"), detail, m.get("version", "")))
-        elif product != "tokenized_dataset" and artifacts.has_current(root):
+        elif product != P.TOKENIZED and artifacts.has_current(root):
             version = (root / "CURRENT").read_text().strip()
             meta = artifacts.read_meta(root / version)
             out.append(_row(product, "", _artifact_detail(product, root / version, meta), version))
@@ -342,9 +338,9 @@ def _row(product: str, rows: Any, detail: str, version: str) -> dict[str, Any]:
 
 
 def _artifact_detail(product: str, path: Path, meta: dict[str, Any]) -> str:
-    if product == "tokenizer":
+    if product == P.TOKENIZER:
         return f"byte-level BPE, vocab {meta.get('vocab_size')} ({meta.get('source')})"
-    if product == "eval_scores":
+    if product == P.EVAL:
         scores = json.loads((path / "scores.json").read_text())
         shown = {k: round(v, 4) for k, v in scores.items() if "perplexity" in k or "accuracy" in k}
         return f"{meta.get('stage')} {meta.get('checkpoint')}: {shown}"

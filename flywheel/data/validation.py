@@ -6,22 +6,38 @@ The Dagster layer runs these as blocking asset checks; they also run by hand:
 
 GX validates a compact per-document frame (id, source, length, normalized-text hash) rather
 than the texts, so a check of a shard set costs memory proportional to its row count, not its
-bytes.
+bytes. One ephemeral GX context serves every check of a process, and each distinct suite is
+registered in it once: building a context and its suite per check cost about as much as the
+check itself on small products.
+
+The no-exact-duplicates expectation hashes a normalization written here, not imported from
+``flywheel.data.dedup``: a check that shares the engine's normalization inherits its bugs (an
+engine that stopped lower-casing would hash "A" and "a" apart in both places, and the check
+would pass the duplicates it left). This one is the README's definition of an exact duplicate
+(lower-cased, whitespace-normalized text), in polars string expressions instead of Python.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
 from flywheel.core.shards import ShardSet
-from flywheel.data.dedup import normalize
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # no network here; never phone home
+
+# Python's str.split() (what "whitespace-normalized" means across flywheel) also splits on the
+# ASCII separators \x1c-\x1f, which are not Unicode White_Space (regex \s): include them, so
+# this normalization is neither coarser (a correct engine would fail the check) nor finer.
+_WHITESPACE_RUN = r"[\s\x1c-\x1f]+"
+# A GX context is not thread-safe, and the shared one is mutated when a suite is first seen.
+_GX_LOCK = threading.Lock()
+_DATASOURCE, _ASSET, _BATCH = "flywheel", "documents", "whole_frame"
 
 
 @dataclass(frozen=True)
@@ -59,35 +75,29 @@ class ValidationReport:
         return "\n".join([head, *("  " + o.describe() for o in self.outcomes)])
 
 
+def exact_duplicate_key(text: pl.Expr) -> pl.Expr:
+    """The text as the exact-duplicate definition sees it: lower-cased, every whitespace run
+    one space, no leading or trailing whitespace. No NFKC or casefold: the engine does neither,
+    so "ﬁ"/"fi" or "Straße"/"STRASSE" are distinct documents and must not fail the check."""
+    return text.str.to_lowercase().str.replace_all(_WHITESPACE_RUN, " ").str.strip_chars(" ")
+
+
 def validation_frame(shardset: ShardSet) -> pl.DataFrame:
     """id, source, n_chars and a hash of the normalized text for every row of the set, read
-    one shard at a time. The normalization is the one that defines an exact duplicate
-    (``flywheel.data.dedup.normalize``: lower-cased, words joined by single spaces); the hash is
-    computed here, apart from the dedup engine whose output it checks."""
-    frames = []
-    for batch in shardset.iter_batches(columns=["id", "source", "text"]):
-        digests = [
-            hashlib.blake2b(
-                normalize(t).encode("utf-8", "surrogatepass"), digest_size=16
-            ).hexdigest()
-            for t in batch["text"]
-        ]
-        frames.append(
-            batch.select(
-                "id",
-                "source",
-                pl.col("text").str.len_chars().alias("n_chars"),
-                pl.Series("norm_hash", digests, dtype=pl.String),
-            )
+    one shard at a time. The hash is polars' 64-bit one (fixed seed, so equal across batches);
+    its collision odds match the engine's own 64-bit exact hash."""
+    frames = [
+        batch.select(
+            "id",
+            "source",
+            pl.col("text").str.len_chars().alias("n_chars"),
+            exact_duplicate_key(pl.col("text")).hash(seed=0).alias("norm_hash"),
         )
+        for batch in shardset.iter_batches(columns=["id", "source", "text"])
+    ]
     if not frames:
-        schema = {
-            "id": pl.String,
-            "source": pl.String,
-            "n_chars": pl.UInt32,
-            "norm_hash": pl.String,
-        }
-        return pl.DataFrame(schema=schema)
+        schema = {"id": pl.String, "source": pl.String, "n_chars": pl.UInt32}
+        return pl.DataFrame(schema={**schema, "norm_hash": pl.UInt64})
     return pl.concat(frames)
 
 
@@ -102,6 +112,41 @@ def validate_documents(
 ) -> ValidationReport:
     """Run the document suite on a validation frame; ``unique_text`` adds the
     no-exact-duplicates expectation that deduplicated shards must meet."""
+    # pandas without pyarrow-backed strings: GX's pandas engine expects numpy object columns.
+    pandas_frame = frame.to_pandas(use_pyarrow_extension_array=False)
+    with _GX_LOCK:
+        definition = _definition(suite, min_chars, max_chars, min_rows, unique_text)
+        result = definition.run(batch_parameters={"dataframe": pandas_frame})
+        _forget_results()
+    outcomes = [_outcome(r, frame.height) for r in result.results]
+    return ValidationReport(suite, bool(result.success), frame.height, outcomes)
+
+
+def validate_shardset(shardset: ShardSet, suite: str, **kwargs: Any) -> ValidationReport:
+    return validate_documents(validation_frame(shardset), suite, **kwargs)
+
+
+@functools.cache
+def _context() -> Any:
+    """The process's ephemeral GX context, with the one dataframe batch every suite reads
+    (the frame itself is a run parameter, so one batch definition serves all products)."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    asset = context.data_sources.add_pandas(_DATASOURCE).add_dataframe_asset(_ASSET)
+    asset.add_batch_definition_whole_dataframe(_BATCH)
+    return context
+
+
+@functools.cache
+def _definition(
+    suite: str, min_chars: int, max_chars: int, min_rows: int, unique_text: bool
+) -> Any:
+    """The validation definition of one suite with these bounds, registered once. Its GX name
+    carries the bounds, so the same product checked with other bounds gets its own suite
+    rather than overwriting one that an earlier caller still holds."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
 
@@ -116,34 +161,23 @@ def validate_documents(
     ]
     if unique_text:
         expectations.append(gxe.ExpectColumnValuesToBeUnique(column="norm_hash"))
-    result = _run_suite(gx, suite, expectations, frame)
-    outcomes = [_outcome(r, frame.height) for r in result.results]
-    return ValidationReport(suite, bool(result.success), frame.height, outcomes)
-
-
-def validate_shardset(shardset: ShardSet, suite: str, **kwargs: Any) -> ValidationReport:
-    return validate_documents(validation_frame(shardset), suite, **kwargs)
-
-
-def _run_suite(gx: Any, name: str, expectations: list[Any], frame: pl.DataFrame) -> Any:
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas("flywheel")
-        .add_dataframe_asset(name)
-        .add_batch_definition_whole_dataframe("all")
+    context = _context()
+    name = f"{suite}[rows>={min_rows},chars={min_chars}..{max_chars},unique_text={unique_text}]"
+    # Expectations given up front: one store write for the suite, not one per expectation.
+    gx_suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    batch = context.data_sources.get(_DATASOURCE).get_asset(_ASSET).get_batch_definition(_BATCH)
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name=name, data=batch, suite=gx_suite)
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=name))
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=name, data=batch, suite=suite)
-    )
-    # pandas without pyarrow-backed strings: GX's pandas engine expects numpy object columns.
-    pandas_frame = frame.to_pandas(use_pyarrow_extension_array=False)
-    return definition.run(batch_parameters={"dataframe": pandas_frame})
+
+
+def _forget_results() -> None:
+    """Drop the run's stored result: the ephemeral context keeps every result in memory, and
+    the report is built from the returned one, so a long-lived process would only grow."""
+    backend = _context().validation_results_store.store_backend
+    for key in backend.list_keys():
+        if key != backend.STORE_BACKEND_ID_KEY:
+            backend.remove_key(key)
 
 
 def _outcome(r: Any, rows: int) -> Outcome:

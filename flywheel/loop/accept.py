@@ -38,6 +38,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
@@ -47,7 +48,7 @@ from flywheel.loop.cycles import accepted_root, generations_root
 from flywheel.loop.prompts import eval_prompts
 from flywheel.loop.verifiers import judge
 
-PRODUCT = "accepted_generations"
+PRODUCT = P.ACCEPTED
 REQUIRED = ("generation_id", "prompt_id", "prompt", "completion", "checkpoint")
 SAMPLE = 5  # offending examples shown in a failing check's metadata
 
@@ -279,7 +280,7 @@ def _record(spec: Spec, cycle: int, judged: pl.DataFrame, shards: ShardSet) -> N
         .alias("status"),
         "reason",
     )
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     catalog.record_generations(cycle, decisions, shards.version)
     catalog.record_materialization(
         PRODUCT, shards.version, spec.fingerprint(), _flat(shards.manifest)

@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core import products as P
 from flywheel.core.settings.loop import GenerationFilters
 from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
@@ -54,7 +55,7 @@ def load_pools(spec: Spec, cycle: int, own_ids: set[str]) -> Pools:
             versions[f"accepted/{k}"] = shards.version
     empty = pl.DataFrame(schema={"prompt": pl.String, "response": pl.String})
     training = empty
-    versions["training_set"] = None
+    versions[P.TRAINING_SET] = None
     for k in range(cycle, -1, -1):
         if has_current(training_set_root(spec, k)):
             shards = read_current(training_set_root(spec, k))
@@ -62,7 +63,7 @@ def load_pools(spec: Spec, cycle: int, own_ids: set[str]) -> Pools:
             if "generation_id" in df.columns and own_ids:
                 df = df.filter(~pl.col("generation_id").is_in(list(own_ids)).fill_null(False))
             training = df.select("prompt", "response")
-            versions["training_set"] = f"{k}/{shards.version}"
+            versions[P.TRAINING_SET] = f"{k}/{shards.version}"
             break
     accepted = pl.concat(frames) if frames else empty
     return Pools(accepted, training, versions)

@@ -14,7 +14,9 @@ products live under ``<data_dir>/cycles/<c>/``:
     generations/    shard set: every sampled completion and how it was made
     accepted/       shard set: accepted generations; aux tables rejected, preference_pairs
 
-and ``<data_dir>/promoted_model/champion.json`` names the champion.
+The loop's record is in the catalog alone (``flywheel.core.loop_record``): the promotion
+decisions (the champion is the newest promoted candidate, ``flywheel.loop.promotion``) and
+every finished cycle run, failed or succeeded, written by the Dagster run-status sensors.
 """
 
 from __future__ import annotations
@@ -29,14 +31,15 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core.catalog import Catalog
+from flywheel.core import products as P
+from flywheel.core.catalog import Catalog, CycleRun
+from flywheel.core.loop_record import FAILED, SUCCEEDED
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.loop.prompts import prompt_id
 
 CYCLES = "cycles"
-PROMOTED = "promoted_model"
-SFT = "sft_checkpoint"
+PROMOTED, SFT = P.PROMOTED, P.SFT
 
 
 def cycle_dir(spec: Spec, cycle: int) -> Path:
@@ -66,10 +69,8 @@ def accepted_root(spec: Spec, cycle: int) -> Path:
 
 
 def promoted_dir(spec: Spec) -> Path:
+    """Holds only the lock that serializes promotion decisions (they are in the catalog)."""
     return spec.data_dir / PROMOTED
-
-
-# -- catalog: training sets and promotion decisions ----------------------------------------
 
 
 # -- training sets -------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
             generation_rows=int(by_origin.get("generation", 0)),
             spec_fingerprint=spec.fingerprint(),
         )
-    Catalog(spec.catalog).record_training_set(shards.version, shards.manifest, df)
+    Catalog.open(spec.catalog).record_training_set(shards.version, shards.manifest, df)
     return shards
 
 
@@ -224,25 +225,37 @@ def new_accepted_rows(spec: Spec, cycle: int) -> int:
     return _accepted_since(spec, cycle, seen)[0].height
 
 
-FAILURES = "failures.jsonl"
+# -- finished runs -------------------------------------------------------------------------
+def record_failure(
+    spec: Spec, cycle: int | str | None, run_id: str, message: str, at: datetime | None = None
+) -> CycleRun:
+    """Record that run ``run_id`` of cycle ``cycle`` failed at ``at`` (default: now)."""
+    return _record(spec, CycleRun(run_id, _cycle(cycle), FAILED, message[:2000], _now(at)))
 
 
-def record_failure(spec: Spec, cycle: str | None, run_id: str, message: str) -> None:
-    """Append a failed cycle run to ``<data_dir>/cycles/failures.jsonl`` (one line each)."""
-    path = spec.data_dir / CYCLES / FAILURES
-    path.parent.mkdir(parents=True, exist_ok=True)
-    row = {
-        "cycle": cycle,
-        "run_id": run_id,
-        "message": message[:2000],
-        "failed_at": datetime.now(UTC).isoformat(),
-    }
-    with open(path, "a") as f:  # one short write: O_APPEND keeps concurrent lines whole
-        f.write(json.dumps(row) + "\n")
+def record_success(
+    spec: Spec, cycle: int | str | None, run_id: str, at: datetime | None = None
+) -> CycleRun:
+    """Record that run ``run_id`` of cycle ``cycle`` succeeded: it resolves the cycle's
+    failures recorded before ``at``."""
+    return _record(spec, CycleRun(run_id, _cycle(cycle), SUCCEEDED, "", _now(at)))
 
 
-def failures(spec: Spec) -> list[dict[str, Any]]:
-    path = spec.data_dir / CYCLES / FAILURES
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def failures(spec: Spec, include_resolved: bool = False) -> list[CycleRun]:
+    """Failed cycle runs, oldest first: those after which no run of the same cycle
+    succeeded, or (``include_resolved``) every failure ever recorded."""
+    runs = Catalog.open(spec.catalog).cycle_runs(unresolved_failures=not include_resolved)
+    return [r for r in runs if r.status == FAILED]
+
+
+def _record(spec: Spec, run: CycleRun) -> CycleRun:
+    Catalog.open(spec.catalog).record_cycle_run(run)
+    return run
+
+
+def _cycle(cycle: int | str | None) -> int | None:
+    return None if cycle is None else int(cycle)  # Dagster's partition key is a string
+
+
+def _now(at: datetime | None) -> datetime:
+    return at or datetime.now(UTC)

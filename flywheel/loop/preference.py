@@ -35,7 +35,7 @@ import polars as pl
 
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings, VerifierSettings
-from flywheel.train.sft import (
+from flywheel.train.finetune import (
     ReportLogs,
     prepare_tokenizer,
     resume_point,

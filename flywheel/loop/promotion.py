@@ -2,11 +2,13 @@
 
     flywheel report            every cycle's candidate, score and decision
 
-``promote`` records one decision per cycle (``promoted_model/decisions/<c>.json`` and the
-catalog's ``cycles`` table) and, when the candidate wins, rewrites ``champion.json``
-atomically, under a file lock, so two cycles can never both win against the same champion.
-``loop_state`` says whether the loop may go on: ``cycles.patience`` cycles in a row without a
-promotion, or ``cycles.max_cycles``, stop it.
+``promote`` records one ``Decision`` per cycle in the catalog's ``cycles`` table, the only
+record of promotion: the champion is the newest promoted candidate, and ``champion_after(c)``
+the newest promoted at or before cycle ``c``. Deciding reads the decisions and writes one
+under a file lock (a lock, not a record), so two runs deciding one cycle decide once and two
+cycles can never both win against the same champion. ``loop_state`` says whether the loop may
+go on: ``cycles.patience`` cycles in a row without a promotion, or ``cycles.max_cycles``,
+stop it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.core import artifacts
-from flywheel.core.catalog import Catalog
+from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.settings.loop import GateSettings
-from flywheel.core.shards import atomic_write_json
 from flywheel.core.spec import Spec
+from flywheel.loop.accept import CheckOutcome
 from flywheel.loop.cycles import SFT, checkpoint_root, eval_root, locked, promoted_dir
 
+
 # -- candidates, eval and promotion --------------------------------------------------------
-CHAMPION = "champion.json"
-
-
 def candidate(spec: Spec, cycle: int) -> artifacts.Artifact:
     """The model a cycle produced: cycle 0 adopts the current seed SFT checkpoint."""
     if cycle == 0:
@@ -41,29 +41,32 @@ def eval_scores(spec: Spec, cycle: int) -> dict[str, Any]:
     return json.loads((report.path / "scores.json").read_text())
 
 
-def champion(spec: Spec) -> dict[str, Any] | None:
-    """The champion record (cycle, checkpoint, path, metric, value), or None before cycle 0."""
-    path = promoted_dir(spec) / CHAMPION
-    return json.loads(path.read_text()) if path.exists() else None
+def decisions(spec: Spec) -> list[Decision]:
+    """Every promotion decision so far, by cycle."""
+    return Catalog.open(spec.catalog).decisions()
+
+
+def _newest_promoted(done: list[Decision], up_to: int | None = None) -> Decision | None:
+    promoted = [d for d in done if d.promoted and (up_to is None or d.cycle <= up_to)]
+    return promoted[-1] if promoted else None
+
+
+def champion(spec: Spec) -> Decision | None:
+    """The decision that made the current champion (its ``candidate`` is the champion), or
+    None before cycle 0 is decided."""
+    return _newest_promoted(decisions(spec))
 
 
 def champion_after(spec: Spec, cycle: int) -> artifacts.Artifact:
     """The champion as cycle ``cycle``'s decision left it: the newest candidate promoted at
     or before that cycle. Fixed once decided, so rerunning a cycle retrains from (and
     generates with) the same model even after later cycles changed the champion."""
-    promoted = [d for d in decisions(spec) if d["promoted"] and d["cycle"] <= cycle]
-    if not promoted:
+    found = _newest_promoted(decisions(spec), up_to=cycle)
+    if found is None:
         raise FileNotFoundError(
             f"no model was promoted up to cycle {cycle}: materialize cycle 0 first"
         )
-    return artifacts.verify(Path(promoted[-1]["candidate_path"]))
-
-
-def decisions(spec: Spec) -> list[dict[str, Any]]:
-    """Every promotion decision so far, by cycle."""
-    folder = promoted_dir(spec) / "decisions"
-    found = [json.loads(p.read_text()) for p in folder.glob("*.json")] if folder.is_dir() else []
-    return sorted(found, key=lambda d: d["cycle"])
+    return artifacts.verify(Path(found.candidate_path))
 
 
 def _better(value: float, best: float, gate: GateSettings) -> bool:
@@ -72,99 +75,92 @@ def _better(value: float, best: float, gate: GateSettings) -> bool:
     return value < best - gate.min_delta
 
 
-def promote(spec: Spec, cycle: int) -> dict[str, Any]:
+def _gate_value(spec: Spec, cycle: int, version: str) -> float:
+    """The candidate's score on ``cycles.gate.metric``, from an eval of that candidate."""
+    scores, metric = eval_scores(spec, cycle), spec.cycles.gate.metric
+    if scores.get("checkpoint") != version:
+        raise RuntimeError(
+            f"cycle {cycle}'s eval scored {scores.get('checkpoint')}, but its candidate "
+            f"is {version}: evaluate the candidate first"
+        )
+    if metric not in scores:
+        known = ", ".join(sorted(k for k in scores if isinstance(scores[k], int | float)))
+        raise KeyError(f"gate metric {metric!r} is not in the eval scores ({known})")
+    return float(scores[metric])
+
+
+def _verdict(
+    value: float, version: str, champ: Decision | None, gate: GateSettings
+) -> tuple[bool, str]:
+    if champ is None:
+        return True, "first champion"
+    if champ.candidate == version:
+        return False, "already the champion"
+    promoted = _better(value, champ.value, gate)
+    sign = ">" if promoted else "<="
+    reason = f"{gate.metric} {value:.4f} {sign} champion {champ.value:.4f}"
+    return promoted, reason + (f" + {gate.min_delta}" if gate.min_delta else "")
+
+
+def promote(spec: Spec, cycle: int) -> Decision:
     """Decide whether cycle ``cycle``'s candidate becomes the champion; record the decision.
 
-    The candidate must beat the champion on ``cycles.gate.metric`` by more than
-    ``min_delta``; cycle 0 (no champion yet) is promoted. Deciding again for the same
-    candidate returns the recorded decision, so a rerun never flips a promotion.
+    The candidate must beat the champion cycle ``cycle - 1`` left by more than
+    ``cycles.gate.min_delta`` on ``cycles.gate.metric``; cycle 0 (no champion yet) is
+    promoted. Deciding again for the same candidate returns the recorded decision, so a rerun
+    never flips a promotion.
     """
-    gate = spec.cycles.gate
     cand = candidate(spec, cycle)
-    folder = promoted_dir(spec) / "decisions"
-    with locked(promoted_dir(spec)):  # one decision at a time, across processes
-        recorded = folder / f"{cycle}.json"
-        if recorded.exists():
-            old = json.loads(recorded.read_text())
-            if old["candidate"] == cand.version:
-                return old
-        if cycle > 0 and not (folder / f"{cycle - 1}.json").exists():
+    catalog = Catalog.open(spec.catalog)
+    with locked(promoted_dir(spec)):  # one decision at a time, across threads and processes
+        done = {d.cycle: d for d in catalog.decisions()}
+        if cycle in done and done[cycle].candidate == cand.version:
+            return done[cycle]
+        if cycle > 0 and cycle - 1 not in done:
             raise RuntimeError(f"cycle {cycle - 1} has no promotion decision; decide it first")
-        scores = eval_scores(spec, cycle)
-        if scores.get("checkpoint") != cand.version:
-            raise RuntimeError(
-                f"cycle {cycle}'s eval scored {scores.get('checkpoint')}, but its candidate "
-                f"is {cand.version}: evaluate the candidate first"
-            )
-        if gate.metric not in scores:
-            known = ", ".join(sorted(k for k in scores if isinstance(scores[k], int | float)))
-            raise KeyError(f"gate metric {gate.metric!r} is not in the eval scores ({known})")
-        value = float(scores[gate.metric])
-        champ = champion(spec)
-        if champ is None:
-            promoted, reason = True, "first champion"
-        elif champ["checkpoint"] == cand.version:
-            promoted, reason = False, "already the champion"
-        else:
-            promoted = _better(value, float(champ["value"]), gate)
-            sign = ">" if promoted else "<="
-            reason = f"{gate.metric} {value:.4f} {sign} champion {champ['value']:.4f}"
-            if gate.min_delta:
-                reason += f" + {gate.min_delta}"
-        decision = {
-            "cycle": cycle,
-            "candidate": cand.version,
-            "candidate_path": str(cand.path),
-            "metric": gate.metric,
-            "value": value,
-            "champion_before": champ["checkpoint"] if champ else None,
-            "champion_value": champ["value"] if champ else None,
-            "promoted": promoted,
-            "reason": reason,
-            "decided_at": datetime.now(UTC).isoformat(),
-        }
-        if promoted:
-            record = {
-                "cycle": cycle,
-                "checkpoint": cand.version,
-                "path": str(cand.path),
-                "metric": gate.metric,
-                "value": value,
-            }
-            atomic_write_json(promoted_dir(spec) / CHAMPION, record)
-        atomic_write_json(recorded, decision)
-        Catalog(spec.catalog).record_cycle_decision(decision)
+        value = _gate_value(spec, cycle, cand.version)
+        champ = _newest_promoted(list(done.values()), up_to=cycle - 1)
+        promoted, reason = _verdict(value, cand.version, champ, spec.cycles.gate)
+        decision = Decision(
+            cycle=cycle,
+            candidate=cand.version,
+            candidate_path=str(cand.path),
+            metric=spec.cycles.gate.metric,
+            value=value,
+            champion_before=champ.candidate if champ else None,
+            champion_value=champ.value if champ else None,
+            promoted=promoted,
+            reason=reason,
+            decided_at=datetime.now(UTC),
+        )
+        catalog.record_decision(decision)
     return decision
 
 
-def champion_checks(spec: Spec) -> list[tuple[str, bool, str, dict[str, Any]]]:
-    """(name, passed, description, metadata) guards on the champion before it generates."""
-    record = champion(spec)
-    if record is None:
-        return [("champion_verified", False, "no champion has been promoted", {})]
+def champion_checks(spec: Spec) -> list[CheckOutcome]:
+    """Guards on the champion before it generates: its files verify, and no promoted
+    candidate scored better."""
+    done = decisions(spec)
+    champ = _newest_promoted(done)
+    if champ is None:
+        return [CheckOutcome("champion_verified", False, "no champion has been promoted")]
     try:
-        artifacts.verify(Path(record["path"]))
+        artifacts.verify(Path(champ.candidate_path))
         verified, problem = True, ""
-    except artifacts.CheckpointError as exc:
+    except artifacts.ArtifactError as exc:
         verified, problem = False, str(exc)
-    out = [
-        (
-            "champion_verified",
-            verified,
-            problem or "checkpoint files match the manifest",
-            {"checkpoint": record["checkpoint"]},
-        )
-    ]
+    description = problem or "checkpoint files match the manifest"
+    meta = {"checkpoint": champ.candidate}
+    out = [CheckOutcome("champion_verified", verified, description, meta)]
     gate = spec.cycles.gate
-    promoted = [d for d in decisions(spec) if d["promoted"]]
-    best = [d for d in promoted if _better(d["value"], record["value"], gate)]
+    promoted = [d for d in done if d.promoted]
+    best = [d for d in promoted if _better(d.value, champ.value, gate)]
     desc = (
-        f"the champion's {gate.metric} {record['value']:.4f} is the best of every "
-        f"promoted candidate"
+        f"the champion's {gate.metric} {champ.value:.4f} is the best of every promoted candidate"
         if not best
-        else f"cycle {best[0]['cycle']} scored {best[0]['value']:.4f}, better than the champion"
+        else f"cycle {best[0].cycle} scored {best[0].value:.4f}, better than the champion"
     )
-    out.append(("champion_is_best", not best, desc, {"promotions": len(promoted)}))
+    out.append(CheckOutcome("champion_is_best", not best, desc, {"promotions": len(promoted)}))
     return out
 
 
@@ -183,11 +179,11 @@ class LoopState:
 def loop_state(spec: Spec) -> LoopState:
     """Whether the flywheel may start another cycle, and why not when it may not."""
     done = decisions(spec)
-    last = done[-1]["cycle"] if done else None
+    last = done[-1].cycle if done else None
     settings = spec.cycles
     streak = 0
     for d in reversed(done):
-        if d["promoted"]:
+        if d.promoted:
             break
         streak += 1
     if streak >= settings.patience:

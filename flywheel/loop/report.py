@@ -3,8 +3,9 @@
     flywheel report [--json]                       the per-cycle table
     flywheel lineage <checkpoint|cycle|id> [--json]
 
-``report_rows`` reads the cycles' manifests and promotion decisions (the files are the truth;
-the catalog holds the same facts for SQL). ``lineage`` answers "what made this checkpoint":
+``report_rows`` reads each cycle's data products from their manifests (the artifacts
+themselves) and the loop's record from the catalog: promotion decisions, the champion and the
+failed runs not yet resolved by a later success. ``lineage`` answers "what made this checkpoint":
 its chain of parents down to the pre-training documents (by source), the seed and generated
 examples of every cycle's training set (and which checkpoint generated them), its eval scores
 and the promotion decision; for a cycle, the same for the cycle's candidate.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
@@ -37,13 +39,13 @@ def _manifest(root: Any) -> dict[str, Any]:
 def _candidate(spec: Spec, cycle: int) -> str | None:
     try:
         return promotion.candidate(spec, cycle).version
-    except (artifacts.CheckpointError, FileNotFoundError):
+    except (artifacts.ArtifactError, FileNotFoundError):
         return None
 
 
 def report_rows(spec: Spec) -> list[dict[str, Any]]:
     """One row per cycle: its checkpoint, data, eval metrics and promotion decision."""
-    decided = {d["cycle"]: d for d in promotion.decisions(spec)}
+    decided = {d.cycle: d for d in promotion.decisions(spec)}
     rows = []
     for c in _cycles_on_disk(spec):
         ts = _manifest(cycles.training_set_root(spec, c))
@@ -61,31 +63,31 @@ def report_rows(spec: Spec) -> list[dict[str, Any]]:
         }
         try:
             scores = promotion.eval_scores(spec, c)
-        except (artifacts.CheckpointError, FileNotFoundError):
+        except (artifacts.ArtifactError, FileNotFoundError):
             scores = {}
         for key, value in scores.items():
             if key.startswith(("accuracy/", "perplexity")) and isinstance(value, int | float):
                 row[key] = value
         d = decided.get(c)
-        row["promoted"] = None if d is None else d["promoted"]
-        row["decision"] = None if d is None else d["reason"]
+        row["promoted"] = None if d is None else d.promoted
+        row["decision"] = None if d is None else d.reason
         rows.append(row)
     return rows
 
 
 def report_footer(spec: Spec) -> list[str]:
-    """The champion, whether the loop runs on, and any failed cycle runs."""
+    """The champion, whether the loop runs on, and the failed cycle runs no later run of the
+    same cycle has made good (the history stays in the catalog's ``cycle_runs``)."""
     champ = promotion.champion(spec)
     state = promotion.loop_state(spec)
     lines = []
     if champ:
         lines.append(
-            f"champion: cycle {champ['cycle']} {champ['checkpoint']} "
-            f"({champ['metric']} {champ['value']:.4f})"
+            f"champion: cycle {champ.cycle} {champ.candidate} ({champ.metric} {champ.value:.4f})"
         )
     lines.append(f"loop: {state.reason}; next cycle {state.next_cycle}")
     for f in cycles.failures(spec):
-        lines.append(f"failed: cycle {f['cycle']} run {f['run_id']}: {f['message'][:120]}")
+        lines.append(f"failed: cycle {f.cycle} run {f.run_id}: {f.message[:120]}")
     return lines
 
 
@@ -93,7 +95,7 @@ def _rows(catalog: Catalog, sql: str, params: list[Any]) -> list[dict[str, Any]]
     return catalog.query(sql, params).to_dicts()
 
 
-def _fed_by(catalog: Any, training_set: str) -> list[dict[str, Any]]:
+def _fed_by(catalog: Catalog, training_set: str) -> list[dict[str, Any]]:
     """The examples of a training set by origin, cycle and generating checkpoint."""
     return _rows(
         catalog,
@@ -106,7 +108,7 @@ def _fed_by(catalog: Any, training_set: str) -> list[dict[str, Any]]:
     )
 
 
-def _sources(catalog: Any, dataset: str) -> list[dict[str, Any]]:
+def _sources(catalog: Catalog, dataset: str) -> list[dict[str, Any]]:
     return _rows(
         catalog,
         """
@@ -120,17 +122,18 @@ def _sources(catalog: Any, dataset: str) -> list[dict[str, Any]]:
 
 def checkpoint_lineage(spec: Spec, version: str) -> dict[str, Any]:
     """A checkpoint's chain down to documents and generations, its scores and promotion."""
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     facts = catalog.checkpoint_lineage(version)
     for row in facts["chain"]:
         inputs = row["inputs"]
-        if inputs.get("training_set"):
-            row["fed_by"] = _fed_by(catalog, inputs["training_set"])
-        if inputs.get("tokenized_dataset"):
-            row["sources"] = _sources(catalog, inputs["tokenized_dataset"])
+        if inputs.get(P.TRAINING_SET):
+            row["fed_by"] = _fed_by(catalog, inputs[P.TRAINING_SET])
+        if inputs.get(P.TOKENIZED):
+            row["sources"] = _sources(catalog, inputs[P.TOKENIZED])
     scores = _rows(catalog, "SELECT metric, value FROM eval_scores WHERE checkpoint = ?", [version])
     facts["eval_scores"] = {r["metric"]: r["value"] for r in scores}
-    facts["decisions"] = [d for d in promotion.decisions(spec) if d["candidate"] == version]
+    decided = promotion.decisions(spec)
+    facts["decisions"] = [d.as_dict() for d in decided if d.candidate == version]
     return facts
 
 
@@ -148,7 +151,7 @@ def cycle_lineage(spec: Spec, cycle: int) -> dict[str, Any]:
 
 def generation_lineage(spec: Spec, generation_id: str) -> dict[str, Any]:
     """Which checkpoint generated a completion, its verdict, and the training sets using it."""
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     found = _rows(catalog, "SELECT * FROM generations WHERE generation_id = ?", [generation_id])
     if not found:
         raise KeyError(f"{generation_id!r} is not a generation in the catalog")
@@ -165,7 +168,7 @@ def lineage(spec: Spec, key: str) -> dict[str, Any]:
     """Dispatch on what ``key`` is: a cycle number, a checkpoint, a generation or a doc id."""
     if key.removeprefix("cycle:").isdigit():
         return cycle_lineage(spec, int(key.removeprefix("cycle:")))
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     if _rows(catalog, "SELECT 1 FROM checkpoints WHERE checkpoint = ?", [key]):
         return checkpoint_lineage(spec, key)
     if _rows(catalog, "SELECT 1 FROM generations WHERE generation_id = ?", [key]):

@@ -5,8 +5,10 @@ optionally DPO, GRPO or RLOO (TRL), published as the cycle's checkpoint.
     python -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 --parent DIR   # by hand
 
 ``DIR`` is the champion's checkpoint directory (the caller decides who the champion is; it is
-verified here). Cycle ``N >= 1`` fine-tunes it with ``cycles.train`` on the training set of
-cycle ``N`` (``flywheel.loop.cycles.training_set_root``), then, per ``cycles.preference``:
+verified here). Cycle ``N >= 1`` fine-tunes it on the training set of cycle ``N``
+(``flywheel.loop.cycles.training_set_root``) with ``sft``'s settings overridden by
+``cycles.train`` (``CycleSettings.train_settings``), then, per ``cycles.preference`` (with
+``cycles.preference_train`` over those settings):
 
 - ``dpo``: on the preference pairs of the accepted sets of cycles ``< N``, newest cycles first,
   at most ``preference_train.max_prompts`` pairs;
@@ -16,9 +18,9 @@ cycle ``N`` (``flywheel.loop.cycles.training_set_root``), then, per ``cycles.pre
 With no pairs (or prompts) yet, preference training is skipped with a warning and the
 metrics say so. The final model is published once under ``cycles/<N>/checkpoint`` with its
 lineage (parent, training set, cycle, origins of its rows) and recorded in the catalog as stage
-``cycle``. The run's fingerprint (``flywheel.train.sft.FineTune``) covers the cycle's SFT and
-preference settings, the parent, the training set's version and content and the preference
-data; a rerun of a finished cycle trains nothing and reports the published checkpoint. A
+``cycle``. The run's fingerprint (``flywheel.train.finetune.FineTune``) covers the cycle's
+SFT and preference settings, the parent, the training set's version and content and the
+preference data; a rerun of a finished cycle trains nothing and reports the published checkpoint. A
 crash during preference training keeps the finished SFT model, and both stages resume from
 their newest complete ``checkpoint-N``.
 """
@@ -36,18 +38,14 @@ from typing import Any
 import polars as pl
 
 from flywheel.core import artifacts, shards
+from flywheel.core import products as P
 from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.loop import preference
 from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
-from flywheel.train.sft import (
-    BOOKKEEPING,
-    INTERMEDIATE,
-    FineTune,
-    run_finetune,
-    train_and_save,
-)
+from flywheel.train.finetune import BOOKKEEPING, INTERMEDIATE, FineTune, run_finetune
+from flywheel.train.sft import train_and_save
 from flywheel.train.sft_data import data_fingerprint, sft_example
 
 STAGE = "cycle"  # the catalog's name for these checkpoints
@@ -162,10 +160,10 @@ def load_prompts(spec: Spec, cycle: int, kind: str, limit: int) -> PreferenceDat
 
 def preference_data(spec: Spec, cycle: int) -> PreferenceData | None:
     """The preference stage's data per ``cycles.preference``; None when it is ``none``."""
-    kind, settings = spec.cycles.preference, spec.cycles.preference_train
+    kind, settings = spec.cycles.preference, spec.cycles.preference_settings(spec.sft)
     if kind == "none":
         return None
-    preference.check_settings(kind, settings, spec.cycles.train.num_processes)
+    preference.check_settings(kind, settings, settings.num_processes)
     if kind == "dpo":
         return load_pairs(spec, cycle, settings.max_prompts)
     preference.verifier_reward(spec.acceptance.verifier)  # an unusable verifier fails now
@@ -174,10 +172,11 @@ def preference_data(spec: Spec, cycle: int) -> PreferenceData | None:
 
 def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None) -> dict[str, Any]:
     """What shapes the cycle's weights beyond the SFT settings, the parent and the rows."""
-    key: dict[str, Any] = {"cycle": cycle, "training_set": version, "preference": "none"}
+    key: dict[str, Any] = {"cycle": cycle, P.TRAINING_SET: version, "preference": "none"}
     if data is not None:
-        settings = spec.cycles.preference_train.model_dump(mode="json", exclude=BOOKKEEPING)
-        key |= {"preference": data.kind, "preference_train": settings}
+        settings = spec.cycles.preference_settings(spec.sft)
+        shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING)
+        key |= {"preference": data.kind, "preference_train": shaping}
         key["preference_data"] = data.fingerprint() if data.examples else "none"
         if data.kind != "dpo":  # the verifier is the reward
             key["verifier"] = spec.acceptance.verifier.model_dump(mode="json")
@@ -190,13 +189,13 @@ def cycle_run(spec: Spec, cycle: int, parent_dir: Path) -> tuple[FineTune, Prefe
         raise ValueError(f"--cycle must be >= 1, got {cycle} (cycle 0 is flywheel.train.sft)")
     try:
         parent = artifacts.verify(Path(parent_dir))
-    except artifacts.CheckpointError as exc:
-        raise artifacts.CheckpointError(f"the parent (champion) {exc}") from None
+    except artifacts.ArtifactError as exc:
+        raise artifacts.ArtifactError(f"the parent (champion) {exc}") from None
     training_set, data = load_training_set(spec, cycle)
     pref = preference_data(spec, cycle)
     origins = origin_counts(training_set)
     about = {
-        "training_set": training_set.version,
+        P.TRAINING_SET: training_set.version,
         "cycle": cycle,
         "parent_cycle": training_set.manifest.get("parent_cycle"),
         **origins,
@@ -208,7 +207,8 @@ def cycle_run(spec: Spec, cycle: int, parent_dir: Path) -> tuple[FineTune, Prefe
     metadata = {**about, "rows": training_set.num_rows}
     keyed_by = _keyed_by(spec, cycle, training_set.version, pref)
     root = checkpoint_root(spec, cycle)
-    run = FineTune(spec.cycles.train, parent, data, root, STAGE, lineage, metadata, keyed_by)
+    settings = spec.cycles.train_settings(spec.sft)
+    run = FineTune(settings, parent, data, root, STAGE, lineage, metadata, keyed_by)
     return run, pref
 
 
@@ -216,7 +216,7 @@ def _finished_sft(path: Path) -> dict[str, Any] | None:
     """The metrics of this run's SFT model if it was saved completely, else None."""
     try:
         return artifacts.verify(path, deep=False).meta["metrics"]
-    except artifacts.CheckpointError:
+    except artifacts.ArtifactError:
         return None
 
 
@@ -245,7 +245,7 @@ def train_cycle(
     else:
         reporter.info(f"SFT of this run is done ({sft_model}); going on with {pref.kind}")
     reward = None if pref.kind == "dpo" else preference.verifier_reward(spec.acceptance.verifier)
-    settings = spec.cycles.preference_train
+    settings = spec.cycles.preference_settings(spec.sft)
     work = run.work / "preference"
     metrics |= preference.train_preference(
         pref.kind, settings, sft_model, pref.examples, work, run.staging, reporter, attn, reward

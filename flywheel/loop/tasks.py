@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from flywheel.core.records import Loaded, quarantined, read_jsonl
-from flywheel.core.settings.train import EvalTask
+from flywheel.core.settings.train import BUILTIN_EVAL_EXAMPLES, EvalTask
 from flywheel.data.arithmetic import addition_examples, arithmetic_examples
 from flywheel.loop.verifiers import parse_number
 
@@ -44,16 +44,18 @@ def task_record(obj: dict[str, Any], verifier: str) -> tuple[dict[str, str] | No
 def load_task_examples(task: EvalTask) -> Loaded:
     """The problems of one evaluation task: at most ``task.num_examples`` usable ones.
 
-    Built-in arithmetic is generated; a jsonl task is read in file order, and its first
-    ``num_examples`` usable records are kept (bad ones are quarantined with their line).
+    Built-in kinds generate ``num_examples`` problems (``BUILTIN_EVAL_EXAMPLES`` when unset);
+    a jsonl task is read in file order and keeps its first ``num_examples`` usable records,
+    or every usable record when it is unset (bad ones are quarantined with their line).
     """
+    # A generator needs a count, a file does not: unset, a jsonl task is read whole. The
+    # report's n/<task> says how many were scored either way.
+    count = task.num_examples or BUILTIN_EVAL_EXAMPLES
     if task.kind == "arithmetic":
-        examples = arithmetic_examples(task.num_examples, task.max_operand, task.seed)
+        examples = arithmetic_examples(count, task.max_operand, task.seed)
         return Loaded(examples, [], f"arithmetic(max_operand={task.max_operand})")
     if task.kind == "addition":
-        examples = addition_examples(
-            task.num_examples, task.min_digits, task.max_digits, task.width, task.seed
-        )
+        examples = addition_examples(count, task.min_digits, task.max_digits, task.width, task.seed)
         about = f"addition(digits={task.min_digits}-{task.max_digits}, width={task.width})"
         return Loaded(examples, [], about)
     if task.path is None:
@@ -65,7 +67,7 @@ def load_task_examples(task: EvalTask) -> Loaded:
     source = str(task.path)
     examples: list[dict[str, str]] = []
     for lineno, obj in records:
-        if len(examples) == task.num_examples:
+        if task.num_examples is not None and len(examples) == task.num_examples:
             break
         example, reason = task_record(obj, task.verifier)
         if example is None:

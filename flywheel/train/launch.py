@@ -6,6 +6,9 @@
 
 A flywheel cycle's retraining takes its cycle and champion as extra arguments:
 ``command("retrain", spec, spec_file, ["--cycle", "3", "--parent", champion_dir])``.
+Pre-training and SFT take the versions of their inputs (``pinned_inputs``: ``--input
+tokenized_dataset=v-...``, resolved as ``flywheel.core.products`` declares them), so a run
+reads what was current when it was launched, not what became current while it waited.
 
 The stage reads a *resolved* spec file (absolute paths, defaults filled in), written next to
 its outputs, so the exact inputs of every run are on disk. ``num_processes > 1`` adds
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from flywheel.core import products as P
 from flywheel.core.settings.train import TrainSettings
 from flywheel.core.spec import Spec
 
@@ -38,13 +42,14 @@ STAGES = {
     "generate": "flywheel.loop.generate",
 }
 PRODUCTS = {
-    "pretrain": "pretrained_checkpoint",
-    "sft": "sft_checkpoint",
-    "retrain": "cycle_checkpoint",
-    "eval": "eval_scores",
-    "generate": "synthetic_generations",
+    "pretrain": P.PRETRAINED,
+    "sft": P.SFT,
+    "retrain": P.CYCLE_CHECKPOINT,
+    "eval": P.EVAL,
+    "generate": P.GENERATIONS,
 }
 ONE_PROCESS = ("eval", "generate")  # plain python: no accelerate, no ranks
+TAKES_INPUTS = ("pretrain", "sft")  # entries that accept --input PRODUCT=VERSION
 
 
 def _free_port() -> int:
@@ -72,8 +77,9 @@ def write_run_spec(spec: Spec, stage: str) -> Path:
 
 def train_settings(stage: str, spec: Spec) -> TrainSettings:
     """The settings a training stage launches with (its processes, its accelerate config)."""
-    stages = {"pretrain": spec.pretrain, "sft": spec.sft, "retrain": spec.cycles.train}
-    return stages[stage]
+    if stage == "retrain":  # sft's settings with the cycle's overrides
+        return spec.cycles.train_settings(spec.sft)
+    return {"pretrain": spec.pretrain, "sft": spec.sft}[stage]
 
 
 def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] = ()) -> list[str]:
@@ -101,9 +107,19 @@ def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] =
     return [*cmd, *entry]
 
 
+def pinned_inputs(stage: str, spec: Spec) -> list[str]:
+    """``--input PRODUCT=VERSION`` for each input of ``stage``, the versions it would read if
+    launched now; none for a stage outside ``TAKES_INPUTS`` (it resolves its own)."""
+    if stage not in TAKES_INPUTS:
+        return []
+    # Sizes only: the entry re-hashes what it reads; hashing a checkpoint twice is waste.
+    handed = P.resolve_inputs(spec, PRODUCTS[stage], deep=False)
+    return P.input_arguments(P.versions(handed))
+
+
 def run_stage(stage: str, spec: Spec, extra_args: Sequence[str] = ()) -> int:
     """Run a stage by hand (no Dagster): write its spec, launch it, return its exit code."""
     spec_file = write_run_spec(spec, stage)
-    argv = command(stage, spec, spec_file, extra_args)
+    argv = command(stage, spec, spec_file, [*pinned_inputs(stage, spec), *extra_args])
     print("$ " + " ".join(argv), file=sys.stderr, flush=True)
     return subprocess.call(argv)

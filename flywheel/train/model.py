@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from flywheel.core.artifacts import CheckpointError
+from flywheel.core.artifacts import ArtifactError
 from flywheel.core.settings.train import ModelSettings
 
 
@@ -53,7 +53,7 @@ def load_model(path: Path, attn_implementation: str = "sdpa") -> PreTrainedModel
     """A local Hugging Face checkpoint directory (safetensors), with a clear error if absent."""
     path = Path(path)
     if not (path / "config.json").exists():
-        raise CheckpointError(f"no model checkpoint at {path} (config.json missing)")
+        raise ArtifactError(f"no model checkpoint at {path} (config.json missing)")
     return AutoModelForCausalLM.from_pretrained(
         path, attn_implementation=attn_implementation, dtype=torch.float32, local_files_only=True
     )

@@ -1,6 +1,6 @@
 """Tokenize documents and pack them into fixed-length training sequences, with a held-out split.
 
-    flywheel train pack [--spec SPEC]
+    flywheel train pack [--spec SPEC]       # build_tokenized_dataset(spec, resolve_inputs(...))
 
 Each document is tokenized without special tokens and followed by EOS; per split, the documents'
 tokens form one stream that is cut into rows of exactly ``packing.seq_len`` tokens (int32), so
@@ -20,7 +20,7 @@ rows each document's tokens landed in), also recorded in the catalog.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -30,14 +30,15 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.train.tokenizer import load_tokenizer
 
-PRODUCT = "tokenized_dataset"
-INPUT = "deduplicated_shards"  # flywheel.data.stages.DEDUPLICATED
-TOKENIZER = "tokenizer"  # flywheel.train.tokenizer.PRODUCT
+PRODUCT = P.TOKENIZED
+INPUT = P.DEDUPLICATED
+TOKENIZER = P.TOKENIZER
 SPLITS = ("train", "heldout")
 # Rows per Parquet row group: the loader's unit of reading. 1024 rows of 256 int32 tokens is
 # 1 MiB, so a loader holding two row groups stays small while reads stay sequential.
@@ -195,11 +196,14 @@ def pack_documents(
     return PackResult(joined, all_spans, packer.stats())
 
 
-def build_tokenized_dataset(spec: Spec) -> ShardSet:
-    """Pack the current deduplicated shards with the current tokenizer; reuse if unchanged."""
+def build_tokenized_dataset(
+    spec: Spec, inputs: Mapping[str, ShardSet | artifacts.Artifact]
+) -> ShardSet:
+    """Pack the handed deduplicated shards with the handed tokenizer (``inputs``, as
+    ``flywheel.core.products.resolve_inputs`` reads them); reuse the current set if unchanged."""
+    P.check_inputs(PRODUCT, spec, inputs)
     settings = spec.packing
-    docs = read_current(spec.product_dir(INPUT))
-    tok_artifact = artifacts.read_current(spec.product_dir(TOKENIZER))
+    docs, tok_artifact = inputs[INPUT], inputs[TOKENIZER]
     key = {
         "input_version": docs.version,
         "tokenizer_version": tok_artifact.version,
@@ -237,11 +241,11 @@ def build_tokenized_dataset(spec: Spec) -> ShardSet:
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             row_group_rows=ROW_GROUP_ROWS,
-            inputs={INPUT: docs.version, TOKENIZER: tok_artifact.version},
+            inputs=P.versions(inputs),
             spec_fingerprint=spec.fingerprint(),
             spec=spec.resolved(),
         )
-    Catalog(spec.catalog).record_tokenized(all_spans, shards.version)
+    Catalog.open(spec.catalog).record_tokenized(all_spans, shards.version)
     return shards
 
 

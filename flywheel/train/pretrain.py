@@ -4,6 +4,11 @@
     python -m flywheel.train.pretrain --spec SPEC            # one process, same result
     flywheel train pretrain --spec SPEC                      # writes the spec, then the above
 
+It reads the products ``flywheel.core.products`` declares for ``pretrained_checkpoint``: the
+``tokenized_dataset`` (``--input tokenized_dataset=VERSION``, default CURRENT; the Dagster
+asset passes the versions it resolved) and the tokenizer that dataset was packed with, and
+records both versions as the published checkpoint's ``inputs``.
+
 One run = one *work directory*, ``<data_dir>/pretrained_checkpoint/work/<fingerprint>``,
 where the fingerprint hashes what decides the trained weights: ``pretrain`` (less logging,
 checkpoint cadence and loader workers), ``model``, and the versions of the tokenized dataset
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +36,10 @@ from typing import Any
 import torch
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.report import Reporter, loss_curve
-from flywheel.core.shards import ShardSet, read_current
+from flywheel.core.shards import ShardSet
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.train import state
 from flywheel.train.trainer import (
@@ -44,9 +51,7 @@ from flywheel.train.trainer import (
     train,
 )
 
-PRODUCT = "pretrained_checkpoint"
-DATASET = "tokenized_dataset"  # flywheel.train.packing.PRODUCT
-TOKENIZER = "tokenizer"  # flywheel.train.tokenizer.PRODUCT
+PRODUCT, DATASET, TOKENIZER = P.PRETRAINED, P.TOKENIZED, P.TOKENIZER
 # Settings that change how a run is watched or stored, never the weights it produces.
 NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_checkpoints", "num_workers"}
 
@@ -56,28 +61,34 @@ class Inputs:
     dataset: ShardSet
     tokenizer: artifacts.Artifact
 
+    @classmethod
+    def handed(cls, spec: Spec, inputs: Mapping[str, Any]) -> Inputs:
+        """The declared inputs (``flywheel.core.products``), checked to belong together."""
+        P.check_inputs(PRODUCT, spec, inputs)
+        dataset, tokenizer = inputs[DATASET], inputs[TOKENIZER]
+        packed_with = dataset.inputs.get(TOKENIZER)
+        if packed_with not in (None, tokenizer.version):
+            raise P.InputError(
+                f"{DATASET} {dataset.version} was packed with {TOKENIZER} {packed_with}, not "
+                f"with the {tokenizer.version} handed: its token ids would not match"
+            )
+        return cls(dataset, tokenizer)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {DATASET: self.dataset.version, TOKENIZER: self.tokenizer.version}
+
     @property
     def lineage(self) -> dict[str, str | None]:
         return {
-            DATASET: self.dataset.version,
-            TOKENIZER: self.tokenizer.version,
-            "deduplicated_shards": self.dataset.manifest.get("input_version"),
+            **self.versions,
+            P.DEDUPLICATED: self.dataset.manifest.get("input_version"),
         }
 
 
-def read_inputs(spec: Spec) -> Inputs:
-    """The current tokenized dataset and the tokenizer version it was packed with."""
-    dataset = read_current(spec.product_dir(DATASET))
-    root = spec.product_dir(TOKENIZER)
-    version = dataset.manifest.get("tokenizer_version")
-    try:
-        tokenizer = artifacts.verify(root / version) if version else artifacts.read_current(root)
-    except artifacts.CheckpointError as exc:
-        raise artifacts.CheckpointError(
-            f"{exc}; {DATASET} {dataset.version} was packed with tokenizer {version}: "
-            f"re-materialize {DATASET}"
-        ) from None
-    return Inputs(dataset, tokenizer)
+def read_inputs(spec: Spec, pinned: Mapping[str, str] | None = None) -> Inputs:
+    """The tokenized dataset (``pinned`` or CURRENT) and the tokenizer it was packed with."""
+    return Inputs.handed(spec, P.resolve_inputs(spec, PRODUCT, pinned))
 
 
 def work_fingerprint(spec: Spec, inputs: Inputs) -> str:
@@ -265,7 +276,13 @@ def _publish(spec: Spec, inputs: Inputs, work: Path, metrics: dict[str, Any]) ->
     parent = str(spec.model.path) if spec.model.path is not None else None
     lineage = {**inputs.lineage, "parent": parent}
     return artifacts.publish(
-        root, staging, stage="pretrain", spec=spec.resolved(), lineage=lineage, metrics=metrics
+        root,
+        staging,
+        inputs=inputs.versions,
+        stage="pretrain",
+        spec=spec.resolved(),
+        lineage=lineage,
+        metrics=metrics,
     )
 
 
@@ -286,16 +303,18 @@ def _finish(spec: Spec, inputs: Inputs, work: Path, metadata: dict[str, Any]) ->
 def _record_lineage(spec: Spec, record: dict[str, Any]) -> None:
     """The catalog row of the published version (replaced, so re-reporting is idempotent)."""
     parent = str(spec.model.path) if spec.model.path is not None else None
-    Catalog(spec.catalog).record_checkpoint(
+    Catalog.open(spec.catalog).record_checkpoint(
         record["version"], "pretrain", Path(record["metadata"]["checkpoint"]), parent,
         record["lineage"], record["metrics"], spec.fingerprint(),
     )  # fmt: skip
 
 
-def pretrain(spec: Spec) -> dict[str, Any]:
-    """Train (or resume, or reuse) the spec's pre-training run; returns rank 0's report."""
+def pretrain(spec: Spec, handed: Mapping[str, Any]) -> dict[str, Any]:
+    """Train (or resume, or reuse) the spec's pre-training run on the ``handed`` inputs
+    (``flywheel.core.products.resolve_inputs``); returns rank 0's report."""
     from transformers.utils import logging as hf_logging
 
+    inputs = Inputs.handed(spec, handed)  # before any process group: a bad set fails fast
     hf_logging.disable_progress_bar()  # save_pretrained's bars would flood the training log
     accelerator, precision, note = make_accelerator(spec)
     state.check_supported(accelerator)
@@ -303,7 +322,6 @@ def pretrain(spec: Spec) -> dict[str, Any]:
     with Reporter(main) as reporter:
         if note:
             reporter.warning(note)
-        inputs = read_inputs(spec)
         work = spec.product_dir(PRODUCT) / "work" / work_fingerprint(spec, inputs)
         record = state.on_main(accelerator, lambda: _reusable(spec, work, reporter))
         if record is None:
@@ -324,8 +342,10 @@ def pretrain(spec: Spec) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_spec_arguments(parser)
+    P.add_input_arguments(parser)
     args = parser.parse_args(argv)
-    pretrain(load_spec(args.spec, args.overrides))
+    spec = load_spec(args.spec, args.overrides)
+    pretrain(spec, P.resolve_inputs(spec, PRODUCT, P.parse_pins(args.input)))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"no {artifacts.MANIFEST}: the save was interrupted"
     try:
         artifacts.verify(path)
-    except artifacts.CheckpointError as exc:
-        return str(exc).removeprefix(f"checkpoint {path} is ")
+    except artifacts.ArtifactError as exc:
+        return str(exc).removeprefix(f"artifact {path} is ")
     state = path / "trainer_state.json"
     if not state.exists():
         return "no trainer_state.json: the save was interrupted"

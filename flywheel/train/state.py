@@ -10,12 +10,12 @@ Written every ``save_every`` steps by ``python -m flywheel.train.pretrain --spec
         training_state/data.json          the Position: steps, batches consumed, tokens, losses
         training_state/debug-<rank>.json  with FLYWHEEL_TRAIN_DEBUG=1: the sha256 of this
                                           rank's live parameters and its own (unaveraged) losses
-        checkpoint.json                   written last (flywheel.core.artifacts): complete
+        manifest.json                     written last (flywheel.core.artifacts): complete
 
 Every rank writes into one staging directory; after a barrier rank 0 writes the manifest and
 renames it into place, so a checkpoint is visible only once all ranks' files are in it. On
 start the newest checkpoint that verifies is used; a newer corrupt one is named in the log
-(the ``CheckpointError`` message names the file) and moved aside to ``corrupt-step-*``.
+(the ``ArtifactError`` message names the file) and moved aside to ``corrupt-step-*``.
 
 The data position is ``Position.batches`` (this rank's micro-batches consumed): the loader
 (``flywheel.train.loader.PackedStream``) computes its order from (files, seed, epoch), so resuming
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from flywheel.core import artifacts
-from flywheel.core.shards import atomic_write_json
+from flywheel.core.artifacts import atomic_write_json
 from flywheel.train.trainer import Position
 
 STATE = "training_state"
@@ -224,7 +224,7 @@ def find_resumable(work: Path, warn: Callable[[str], None]) -> Path | None:
     for path in sorted(work.glob("step-*"), reverse=True):
         try:
             artifacts.verify(path)
-        except artifacts.CheckpointError as exc:
+        except artifacts.ArtifactError as exc:
             aside = work / f"corrupt-{path.name}"
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(path, aside)
@@ -249,7 +249,7 @@ def restore(accelerator: Any, path: Path, optimizer: Any, scheduler: Any) -> Non
     state = Path(path) / STATE
     data = json.loads((state / "data.json").read_text())
     if data["world_size"] != accelerator.num_processes:
-        raise artifacts.CheckpointError(
+        raise artifacts.ArtifactError(
             f"{path} was written by {data['world_size']} processes, this run has "
             f"{accelerator.num_processes}: the data position cannot carry over"
         )

@@ -2,13 +2,14 @@
 
     flywheel train tokenizer [--spec SPEC] [tokenizer.vocab_size=8192 ...]
 
-``build_tokenizer`` publishes a versioned tokenizer directory (``save_pretrained`` files plus a
-verified manifest, see ``flywheel.core.artifacts``) under ``<data_dir>/tokenizer``. With
-``tokenizer.path`` unset it trains byte-level BPE (GPT-2 style: every byte is in the initial
-alphabet, so any UTF-8 text round-trips and nothing is ever unknown) on at most
-``tokenizer.max_docs`` documents streamed from the current ``deduplicated_shards``; with it set,
-it copies that local tokenizer. Re-materializing with the same inputs and settings returns the
-published version unchanged.
+``build_tokenizer(spec, inputs)`` publishes a versioned tokenizer directory (``save_pretrained``
+files plus a verified manifest, see ``flywheel.core.artifacts``) under ``<data_dir>/tokenizer``.
+With ``tokenizer.path`` unset it trains byte-level BPE (GPT-2 style: every byte is in the
+initial alphabet, so any UTF-8 text round-trips and nothing is ever unknown) on at most
+``tokenizer.max_docs`` documents streamed from the ``deduplicated_shards`` it is handed
+(``inputs``, as ``flywheel.core.products.resolve_inputs`` reads them); with it set, it copies
+that local tokenizer. Re-materializing with the same inputs and settings returns the published
+version unchanged.
 
 The chat template is ChatML with the assistant turn wrapped in ``{% generation %}`` so that
 ``return_assistant_tokens_mask`` (TRL's ``assistant_only_loss``) marks exactly what the model
@@ -18,7 +19,7 @@ must learn to write: the assistant content and its closing ``<|im_end|>``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from flywheel.core import artifacts
-from flywheel.core.shards import read_current
+from flywheel.core import products as P
+from flywheel.core.shards import ShardSet
 from flywheel.core.spec import Spec
 
-PRODUCT = "tokenizer"
-INPUT = "deduplicated_shards"  # flywheel.data.stages.DEDUPLICATED; not imported to stay light
+PRODUCT = P.TOKENIZER
+INPUT = P.DEDUPLICATED
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -135,21 +137,25 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerFast:
     return tok
 
 
-def build_tokenizer(spec: Spec) -> artifacts.Artifact:
-    """Publish the spec's tokenizer (trained or copied); reuse the current one if unchanged."""
+def build_tokenizer(spec: Spec, inputs: Mapping[str, ShardSet]) -> artifacts.Artifact:
+    """Publish the spec's tokenizer (trained on ``inputs``' deduplicated shards, or copied);
+    reuse the current one if unchanged."""
+    P.check_inputs(PRODUCT, spec, inputs)
     settings = spec.tokenizer
     root = spec.product_dir(PRODUCT)
-    key = _key(spec)
+    shards = inputs[INPUT]
+    key = _key(spec, shards)
     current = _current(root)
     if current is not None and all(current.meta.get(k) == v for k, v in key.items()):
         return current
     staging = artifacts.staging_dir(root)
+    built_from = {}  # a copied tokenizer was built from no product
     if settings.path is not None:
         tok = load_tokenizer(settings.path)
         tok.save_pretrained(staging)
         docs = 0
     else:
-        shards = read_current(spec.product_dir(INPUT))
+        built_from = {INPUT: shards.version}
         counted = _Counted(islice(_texts(shards), settings.max_docs))
         tok = train_tokenizer(counted, settings.vocab_size, settings.min_frequency, staging)
         docs = counted.n
@@ -161,16 +167,15 @@ def build_tokenizer(spec: Spec) -> artifacts.Artifact:
         "docs": docs,
         "spec_fingerprint": spec.fingerprint(),
     }
-    return artifacts.publish(root, staging, **meta)
+    return artifacts.publish(root, staging, inputs=built_from, **meta)
 
 
-def _key(spec: Spec) -> dict[str, Any]:
+def _key(spec: Spec, shards: ShardSet) -> dict[str, Any]:
     """What decides the tokenizer: equal keys mean re-materializing would change nothing."""
     settings = spec.tokenizer.model_dump(mode="json")
     if spec.tokenizer.path is not None:
         path = Path(spec.tokenizer.path)
         return {"source": str(path), "source_sha": _dir_sha(path), "settings": settings}
-    shards = read_current(spec.product_dir(INPUT))
     return {"source": "trained", "input_version": shards.version, "settings": settings}
 
 
@@ -189,7 +194,7 @@ def _current(root: Path) -> artifacts.Artifact | None:
         return None
     try:
         return artifacts.read_current(root)
-    except artifacts.CheckpointError:
+    except artifacts.ArtifactError:
         return None  # nothing good to reuse: build a fresh version
 
 

@@ -1,3 +1,5 @@
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -5,7 +7,7 @@ import polars as pl
 import pytest
 
 from flywheel.core import catalog as catalog_module
-from flywheel.core.catalog import Catalog
+from flywheel.core.catalog import Catalog, CycleRun, Decision
 
 
 def _docs(source: str, ids: list[str]) -> pl.DataFrame:
@@ -38,7 +40,7 @@ def _quarantine(source: str) -> pl.DataFrame:
 
 
 def test_lineage_of_kept_dropped_and_duplicate(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.duckdb")
+    cat = Catalog.open(tmp_path / "c.duckdb")
     cat.record_source("web", _docs("web", ["a", "b", "c", "d"]), _quarantine("web"), "v1")
     cat.record_filter_decisions(
         pl.DataFrame(
@@ -73,7 +75,7 @@ def test_lineage_of_kept_dropped_and_duplicate(tmp_path: Path) -> None:
 
 
 def test_rerecording_a_source_replaces_only_its_rows(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.duckdb")
+    cat = Catalog.open(tmp_path / "c.duckdb")
     cat.record_source("web", _docs("web", ["a", "b"]), _quarantine("web"), "v1")
     cat.record_source("books", _docs("books", ["x"]), _quarantine("books").head(0), "v1")
     cat.record_source("web", _docs("web", ["a"]), _quarantine("web"), "v2")
@@ -84,7 +86,7 @@ def test_rerecording_a_source_replaces_only_its_rows(tmp_path: Path) -> None:
 
 
 def test_failed_write_rolls_back(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.duckdb")
+    cat = Catalog.open(tmp_path / "c.duckdb")
     cat.record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
     bad = _docs("web", ["a", "a"])  # violates the primary key
     with pytest.raises(duckdb.ConstraintException):
@@ -99,7 +101,7 @@ def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
     import time
 
     path = tmp_path / "c.duckdb"
-    Catalog(path)
+    Catalog.open(path)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -115,13 +117,13 @@ def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
     assert holder.stdout.readline().strip() == b"locked"
     monkeypatch.setattr(catalog_module, "LOCK_WAIT_S", 30.0)
     started = time.monotonic()
-    Catalog(path).record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
+    Catalog.open(path).record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
     holder.wait()
     assert time.monotonic() - started > 0.5  # it did have to wait for the lock
 
 
 def test_checkpoint_lineage_follows_parents_to_documents(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.duckdb")
+    cat = Catalog.open(tmp_path / "c.duckdb")
     spans = pl.DataFrame(
         {
             "id": ["a", "b", "c"],
@@ -146,8 +148,77 @@ def test_checkpoint_lineage_follows_parents_to_documents(tmp_path: Path) -> None
 
 
 def test_eval_scores_are_replaced_per_eval_version(tmp_path: Path) -> None:
-    cat = Catalog(tmp_path / "c.duckdb")
+    cat = Catalog.open(tmp_path / "c.duckdb")
     cat.record_eval("sft-1", "e1", {"perplexity": 12.5, "accuracy/arith": 0.25})
     cat.record_eval("sft-1", "e1", {"perplexity": 11.0})
     rows = cat.query("SELECT metric, value FROM eval_scores WHERE eval_version = 'e1'")
     assert rows.to_dicts() == [{"metric": "perplexity", "value": 11.0}]
+
+
+def test_open_is_one_handle_per_process_and_path(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "c.duckdb"
+    first = Catalog.open(path)
+    assert Catalog.open(str(path)) is first and Catalog.open(tmp_path / "d.duckdb") is not first
+    with pytest.raises(TypeError, match="Catalog.open"):
+        Catalog(path)
+    monkeypatch.setattr(catalog_module, "SCHEMA", "THIS IS NOT SQL;")
+    assert Catalog.open(path) is first  # the schema is not run again in this process
+    monkeypatch.undo()
+    path.unlink()  # removed: the next open creates it again, with its schema
+    again = Catalog.open(path)
+    assert again is not first and again.counts()["documents"] == 0
+
+
+def test_threads_read_and_write_through_one_handle(tmp_path: Path) -> None:
+    """DuckDB refuses a read-only and a read-write connection to one file at once in a
+    process: the handle's lock keeps sensor threads from tripping over each other."""
+    cat = Catalog.open(tmp_path / "c.duckdb")
+    now = datetime.now(UTC)
+
+    def work(i: int) -> int:
+        if i % 2:
+            cat.record_cycle_run(CycleRun(f"run-{i}", i, "failed", "boom", now))
+        return len(cat.cycle_runs())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(40)))
+    assert len(cat.cycle_runs()) == 20
+
+
+def test_a_forked_process_gets_its_own_handle(tmp_path: Path) -> None:
+    import multiprocessing
+
+    cat = Catalog.open(tmp_path / "c.duckdb")
+    child = multiprocessing.get_context("fork").Process(target=_record_in_child, args=(cat.path,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert [r.run_id for r in cat.cycle_runs()] == ["child"]
+
+
+def _record_in_child(path: Path) -> None:
+    cat = Catalog.open(path)
+    cat.record_cycle_run(CycleRun("child", 1, "succeeded", "", datetime.now(UTC)))
+
+
+def test_decisions_round_trip_in_utc_and_replace_per_cycle(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")  # a local zone must not shift the times
+    time.tzset()
+    try:
+        cat = Catalog.open(tmp_path / "c.duckdb")
+        at = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+        zero = Decision(0, "v-a", "/a", "acc", 0.5, None, None, True, "first champion", at)
+        one = Decision(1, "v-b", "/b", "acc", 0.4, "v-a", 0.5, False, "worse", at)
+        for d in (one, zero):
+            cat.record_decision(d)
+        assert cat.decisions() == [zero, one]
+        redone = Decision(1, "v-c", "/c", "acc", 0.7, "v-a", 0.5, True, "better", at)
+        cat.record_decision(redone)
+        assert cat.decisions() == [zero, redone]
+        stored = cat.query("SELECT decided_at FROM cycles WHERE cycle = 0")["decided_at"][0]
+        assert stored == at.replace(tzinfo=None)  # UTC wall time in the table
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -1,9 +1,16 @@
 """A flywheel cycle through Dagster, in process: one that fails midway (after retraining and
 promotion, in generation) is rerun and completes, reusing its trained checkpoint; a cycle
-requested again retrains nothing; and the failure is recorded by the run-failure sensor."""
+requested again retrains nothing; and the failure is recorded by the run-failure sensor.
+
+The failure is injected by taking the cycle's prompt file away before its run and putting it
+back before the rerun, so it fails the same way on any machine.
+
+    .venv/bin/python -m pytest -q tests/dagster/test_cycle_reliability.py
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -11,6 +18,7 @@ import pytest
 
 from definitions import build_definitions
 from flywheel.core.spec import load_spec
+from flywheel.data.arithmetic import addition_examples
 from flywheel.loop import cycles, promotion
 
 CYCLE = ["training_set", "cycle_checkpoint", "cycle_eval_scores", "promoted_model"]
@@ -29,10 +37,30 @@ def _mats(result) -> dict[str, dg.AssetMaterialization]:
     }
 
 
+def _errors(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Every error in the run's event log (what the UI shows): the step's failure and the
+    stage's own exception, which Pipes relays from the subprocess."""
+    events = (r.dagster_event for r in instance.all_logs(run_id) if r.dagster_event)
+    data = (e.event_specific_data for e in events)
+    return "\n".join(str(d.error) for d in data if getattr(d, "error", None) is not None)
+
+
+def _prompt_file(tmp_path: Path) -> Path:
+    """Generation prompts as a jsonl file: 3-digit sums, as the spec's built-in ones are."""
+    path = tmp_path / "prompts.jsonl"
+    rows = addition_examples(8, 3, 3, 3, seed=11)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 @pytest.mark.integration
-def test_a_failed_cycle_reruns_to_completion_without_retraining(flywheel_spec: Path) -> None:
-    spec = load_spec(flywheel_spec)
-    defs = build_definitions(str(flywheel_spec))
+def test_a_failed_cycle_reruns_to_completion_without_retraining(
+    flywheel_spec: Path, tmp_path: Path
+) -> None:
+    prompts = _prompt_file(tmp_path)
+    overrides = ["generation.prompts.kind=jsonl", f"generation.prompts.path={prompts}"]
+    spec = load_spec(flywheel_spec, overrides)
+    defs = build_definitions(str(flywheel_spec), overrides)
     instance = dg.DagsterInstance.ephemeral()
     assert defs.resolve_job_def("flywheel_job").execute_in_process(instance=instance).success
     instance.add_dynamic_partitions("cycles", ["0", "1"])
@@ -41,14 +69,16 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(flywheel_spec: P
     checks = zero.get_asset_check_evaluations()
     assert len(checks) == 5 and all(c.passed for c in checks)
 
-    # Generation breaks after cycle 1 was trained, evaluated and decided: vLLM is not here.
-    broken = build_definitions(str(flywheel_spec), ["generation.backend=vllm"])
-    failed = _run(broken, instance, 1)
+    # Generation breaks after cycle 1 was trained, evaluated and decided: no prompt file.
+    hidden = prompts.rename(tmp_path / "prompts.hidden")
+    failed = _run(defs, instance, 1)
     assert not failed.success
     assert set(_mats(failed)) == set(CYCLE)
+    assert f"FileNotFoundError: {prompts}" in _errors(instance, failed.run_id)
     trained = _mats(failed)["cycle_checkpoint"]
     assert trained.metadata["steps"].value == 4
 
+    hidden.rename(prompts)
     rerun = _run(defs, instance, 1)
     assert rerun.success and set(_mats(rerun)) == {*CYCLE, *GENERATE}
     again = _mats(rerun)["cycle_checkpoint"]
@@ -56,7 +86,7 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(flywheel_spec: P
     assert again.tags["dagster/data_version"] == trained.tags["dagster/data_version"]
     published = [p for p in cycles.checkpoint_root(spec, 1).glob("v-*") if p.is_dir()]
     assert len(published) == 1
-    assert [d["cycle"] for d in promotion.decisions(spec)] == [0, 1]
+    assert [d.cycle for d in promotion.decisions(spec)] == [0, 1]
 
     # The run-failure sensor records the failed cycle for flywheel report.
     sensor = defs.resolve_sensor_def("cycle_failure_sensor")
@@ -69,4 +99,17 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(flywheel_spec: P
     ).for_run_failure()
     sensor(context)
     [failure] = cycles.failures(spec)
-    assert failure["cycle"] == "1" and failure["run_id"] == failed.run_id
+    assert failure.cycle == 1 and failure.run_id == failed.run_id
+    # The rerun's success, recorded by the run-success sensor, resolves it; history keeps it.
+    sensor = defs.resolve_sensor_def("cycle_success_sensor")
+    sensor(
+        dg.build_run_status_sensor_context(
+            sensor_name=sensor.name,
+            dagster_instance=instance,
+            dagster_run=rerun.dagster_run,
+            dagster_event=rerun.get_run_success_event(),
+            resources=defs.resources,
+        )
+    )
+    assert cycles.failures(spec) == []
+    assert [f.run_id for f in cycles.failures(spec, include_resolved=True)] == [failed.run_id]

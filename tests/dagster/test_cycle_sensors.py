@@ -15,6 +15,7 @@ from definitions import build_definitions
 from flywheel.core.shards import ShardWriter
 from flywheel.core.spec import load_spec
 from flywheel.loop import cycles, promotion
+from flywheel.loop.report import report_footer
 from tests.loop.test_cycles import SPEC, _publish_model, _run_cycle
 
 ACCEPTED = dg.AssetKey("accepted_generations")
@@ -119,7 +120,7 @@ def test_the_loop_stops_after_patience_cycles_without_promotion(spec_path: Path)
     for cycle, accuracy in enumerate([0.5, 0.4, 0.3]):
         if cycle:
             _accepted(spec, cycle - 1, 5)
-        assert _run_cycle(spec, cycle, accuracy)["promoted"] == (cycle == 0)
+        assert _run_cycle(spec, cycle, accuracy).promoted == (cycle == 0)
     assert promotion.loop_state(spec).stopped
     instance = dg.DagsterInstance.ephemeral()
     _accepted(spec, 2, 50)
@@ -132,3 +133,50 @@ def test_the_loop_stops_after_patience_cycles_without_promotion(spec_path: Path)
     context = dg.build_schedule_context(instance=instance, resources=defs.resources)
     skipped = schedule(context)
     assert isinstance(skipped, dg.SkipReason) and "without promotion" in skipped.skip_message
+
+
+@dg.op
+def _fine() -> None:
+    pass
+
+
+@dg.job
+def _tagged_job() -> None:
+    _fine()
+
+
+def _run_status(defs, name: str, instance, result) -> None:
+    """Tick a run-status sensor for ``result``'s run, as the daemon would."""
+    sensor = defs.resolve_sensor_def(name)
+    event = result.get_run_failure_event() if not result.success else result.get_run_success_event()
+    context = dg.build_run_status_sensor_context(
+        sensor_name=name,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=event,
+        resources=defs.resources,
+    )
+    sensor(context.for_run_failure() if not result.success else context)
+
+
+def test_a_failed_cycle_run_is_reported_until_a_later_run_succeeds(spec_path: Path) -> None:
+    defs = build_definitions(str(spec_path))
+    spec = load_spec(spec_path)
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("cycles", ["1"])
+    # A real cycle run that fails at once: cycle 1 needs cycle 0's training set.
+    failed = defs.resolve_job_def("cycle_job").execute_in_process(
+        instance=instance, partition_key="1", raise_on_error=False
+    )
+    assert not failed.success
+    _run_status(defs, "cycle_failure_sensor", instance, failed)
+    [failure] = cycles.failures(spec)
+    assert (failure.cycle, failure.run_id) == (1, failed.run_id)
+    assert "Steps failed: ['training_set']" in failure.message
+    assert any(line.startswith("failed: cycle 1 run") for line in report_footer(spec))
+    # A later successful run of cycle 1 resolves it; the history keeps it.
+    ok = _tagged_job.execute_in_process(instance=instance, tags={"dagster/partition": "1"})
+    _run_status(defs, "cycle_success_sensor", instance, ok)
+    assert cycles.failures(spec) == []
+    assert not any(line.startswith("failed:") for line in report_footer(spec))
+    assert [f.run_id for f in cycles.failures(spec, include_resolved=True)] == [failed.run_id]

@@ -19,7 +19,11 @@ def test_default_definitions_load() -> None:
     defs = build_definitions(str(Path(__file__).resolve().parents[2] / "flywheel.yaml"))
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"raw_python_docs", "filtered_documents", "deduplicated_shards"} <= keys
-    assert defs.resolve_job_def("flywheel_job") is not None
+    job = defs.resolve_job_def("flywheel_job")
+    selected = {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+    assert {"raw_python_docs", "sft_checkpoint", "eval_scores"} <= selected
+    # The flywheel's partitioned cycles run as cycle_job, one cycle at a time, never here.
+    assert "promoted_model" in keys and "promoted_model" not in selected
 
 
 def test_graph_follows_the_spec(tmp_path: Path, corpus_jsonl: Path) -> None:
@@ -72,7 +76,7 @@ def test_data_group_materializes_in_process(small_spec: Path) -> None:
     spec = load_spec(small_spec)
     kept = read_current(spec.product_dir("deduplicated_shards")).read()
     assert {"doc0", "doc1"} <= set(kept["source_id"]) and "exact0" not in set(kept["source_id"])
-    catalog = Catalog(spec.catalog)
+    catalog = Catalog.open(spec.catalog)
     near = catalog.query("SELECT doc_id FROM documents WHERE source_id = 'near1'")["doc_id"][0]
     facts = catalog.document_lineage(near)
     assert facts["status"].startswith("removed as near-duplicate of corpus-")

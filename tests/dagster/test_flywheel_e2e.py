@@ -4,7 +4,11 @@
 ``dagster-daemon`` turn the flywheel (the accepted-data sensor starts cycle 0 and cycle 1).
 Then the Dagster webserver is started on the same temporary home, bound to 127.0.0.1; its
 GraphQL API must show the assets from the raw corpus to the promoted model, connected and
-materialized, and headless Chromium takes a screenshot of the global lineage page.
+materialized, and the asset catalog page, rendered by headless Chromium, must list every one
+of them as materialized (all partitions, for the flywheel's). The rendered page is kept as a
+screenshot under the test's temporary directory (its path is printed).
+
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/dagster/test_flywheel_e2e.py -s
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -38,6 +43,15 @@ CHAIN = [
     "synthetic_generations",
     "accepted_generations",
 ]
+PARTITIONED = set(CHAIN[CHAIN.index("training_set") :])  # one partition per flywheel cycle
+# How the catalog's status cell reads for an asset whose partitions all materialized: the
+# success icon with "All", then no missing and no failed partition (icons are "[aria-label]").
+ALL_PARTITIONS = [
+    *("[partition_success]", "All"),
+    *("[partition_missing]", "0"),
+    *("[partition_failure]", "0"),
+]
+STATUS_WORDS = {"Materialized", "Never materialized", "Failed", "Materializing"}
 
 
 def _env(tmp_path: Path, spec: Path) -> dict[str, str]:
@@ -99,6 +113,74 @@ def _upstream_closure(nodes: dict[str, list[str]], key: str) -> set[str]:
     return seen
 
 
+class CatalogRows(HTMLParser):
+    """The asset catalog table of a rendered page: {asset name: the texts of its row}, with
+    each icon as "[its aria-label]". A row starts at its checkbox, ``checkbox-<asset>``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, list[str]] = {}
+        self._row: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        testid = found.get("data-testid") or ""
+        if tag == "script":  # the page's scripts follow the table: the last row ended
+            self._row = None
+        elif tag == "input" and testid.startswith("checkbox-"):
+            self._row = self.rows.setdefault(testid.removeprefix("checkbox-"), [])
+        elif self._row is not None and found.get("aria-label"):
+            self._row.append(f"[{found['aria-label']}]")
+
+    def handle_data(self, data: str) -> None:
+        if self._row is not None and data.strip():
+            self._row.append(data.strip())
+
+
+def _contains(texts: list[str], run: list[str]) -> bool:
+    return any(texts[i : i + len(run)] == run for i in range(len(texts)))
+
+
+def _status_shown(texts: list[str]) -> bool:
+    return bool(STATUS_WORDS & set(texts)) or any(t.endswith(" partitions") for t in texts)
+
+
+def render_catalog(chromium: str, port: int, out: Path, attempts: int = 5) -> dict[str, list]:
+    """The catalog's rows once every asset of CHAIN shows a status (the page loads its data
+    after it renders: each attempt lets it run 15 s of virtual time); the screenshot of the
+    same render is written to ``out``."""
+    rows: dict[str, list[str]] = {}
+    for attempt in range(attempts):
+        page = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={out.parent / f'chromium-{attempt}'}",
+                "--window-size=1600,2000",  # the table is virtualized: every row in view
+                "--virtual-time-budget=15000",
+                f"--screenshot={out}",
+                "--dump-dom",
+                f"http://127.0.0.1:{port}/assets",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        parser = CatalogRows()
+        parser.feed(page.stdout)
+        rows = parser.rows
+        if all(_status_shown(rows.get(key, [])) for key in CHAIN):
+            break
+    return rows
+
+
 @pytest.mark.integration
 def test_demo_then_ui_shows_the_connected_materialized_graph(
     tmp_path: Path, flywheel_spec: Path
@@ -149,32 +231,20 @@ def test_demo_then_ui_shows_the_connected_materialized_graph(
         promoted = _materializations(port, "promoted_model")
         assert {m["partition"] for m in promoted} == {"0", "1"}
 
-        _graphql(port, "mutation { setNuxSeen }")  # the first-run dialog covers the graph
-        shot = tmp_path / "lineage.png"
-        subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                "--window-size=1600,1000",
-                "--virtual-time-budget=15000",
-                f"--screenshot={shot}",
-                f"http://127.0.0.1:{port}/asset-groups",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-        assert shot.stat().st_size > 20_000  # a rendered graph, not a blank page
+        _graphql(port, "mutation { setNuxSeen }")  # the first-run dialog covers the page
+        shot = tmp_path / "asset_catalog.png"
+        rows = render_catalog(chromium, port, shot)
+        print(f"asset catalog screenshot: {shot}")
         keep = os.environ.get("FLYWHEEL_E2E_SCREENSHOT")
         if keep:
             shutil.copy(shot, keep)
+        assert set(CHAIN) <= set(rows), sorted(rows)
+        for key in CHAIN:
+            texts = rows[key]
+            if key in PARTITIONED:
+                assert "2 partitions" in texts and _contains(texts, ALL_PARTITIONS), texts
+            else:
+                assert "Materialized" in texts, (key, texts)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -3,6 +3,8 @@ where pre-training, SFT and evaluation run out of process through Pipes."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import dagster as dg
@@ -54,18 +56,28 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     pre = meta["pretrained_checkpoint"]
     assert pre["steps"].value == 12 and pre["num_processes"].value == 2
     assert pre["final_loss"].value < pre["first_loss"].value
-    assert pre["tokens_per_s"].value > 0
+    assert pre["tokens"].value == 12 * 4 * 2 * 64  # steps x micro_batch x ranks x seq_len
+    # Throughput is over the reported training time (train_seconds is rounded to 1 ms).
+    seconds = pre["tokens"].value / pre["tokens_per_s"].value
+    assert seconds == pytest.approx(pre["train_seconds"].value, abs=1e-3)
     sft = meta["sft_checkpoint"]
-    assert sft["steps"].value == 6 and sft["final_loss"].value > 0
+    # 6 steps barely move the loss here; tests/train/test_sft.py checks that SFT learns.
+    assert sft["steps"].value == 6 and math.isfinite(sft["final_loss"].value)
     assert sft["num_processes"].value == 2
     scores = meta["eval_scores"]
-    assert scores["perplexity"].value > 1 and 0 <= scores["accuracy/arithmetic"].value <= 1
+    assert scores["perplexity"].value > 1
     assert scores["pretrained_perplexity"].value > 1  # the parent's, for comparison
-    assert isinstance(scores["checkpoint"].value, str)  # the evaluated version
 
     spec = load_spec(small_spec)
     pre_art = artifacts.read_current(spec.product_dir("pretrained_checkpoint"))
     sft_art = artifacts.read_current(spec.product_dir("sft_checkpoint"))
+    assert scores["checkpoint"].value == sft_art.version  # the evaluated version
+    # The reported accuracy is the share of the written samples that were judged correct.
+    report = artifacts.read_current(spec.product_dir("eval_scores"))
+    samples = [json.loads(line) for line in (report.path / "samples.jsonl").open()]
+    judged = [s["correct"] for s in samples if s["task"] == "arithmetic"]
+    assert len(judged) == 6
+    assert scores["accuracy/arithmetic"].value == pytest.approx(sum(judged) / len(judged))
     versions = {
         e.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
         for e in events
@@ -75,7 +87,7 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     assert not list(sft_art.path.glob("*.bin")) and (sft_art.path / "model.safetensors").exists()
     AutoModelForCausalLM.from_pretrained(sft_art.path, local_files_only=True)
 
-    facts = Catalog(spec.catalog).checkpoint_lineage(sft_art.version)
+    facts = Catalog.open(spec.catalog).checkpoint_lineage(sft_art.version)
     assert [r["stage"] for r in facts["chain"]] == ["sft", "pretrain"]
     assert facts["chain"][1]["checkpoint"] == pre_art.version
     [(dataset, n_docs)] = facts["training_documents"].items()
@@ -124,7 +136,7 @@ def test_kill_9_during_the_asset_then_rematerialize_resumes(small_spec: Path) ->
     thread.start()
     work = load_spec(small_spec).product_dir("pretrained_checkpoint") / "work"
     deadline = time.monotonic() + 180
-    while not list(work.glob("*/step-0000010/checkpoint.json")):
+    while not list(work.glob("*/step-0000010/manifest.json")):
         assert thread.is_alive() and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.01)
     trainers = [

@@ -26,7 +26,7 @@ from flywheel.loop.cycles import (
     generations_root,
     training_set_root,
 )
-from flywheel.loop.generate.__main__ import SCHEMA as GENERATION_SCHEMA
+from flywheel.loop.generate.generations import SCHEMA as GENERATION_SCHEMA
 from tests.conftest import prose
 
 EVAL = [("What is 2 + 2?", "4"), ("What is 3 + 3?", "6")]
@@ -181,7 +181,7 @@ def test_catalog_records_every_decision_and_reaccepting_replaces_them(tmp_path: 
     spec = make_spec(tmp_path, verifier={"kind": "numeric"})
     write_generations(spec, 1, [("What is 7 + 12?", "19", ["19", "It is 19.", "7"])])
     first = accept_generations(spec, 1)
-    cat = Catalog(spec.catalog)
+    cat = Catalog.open(spec.catalog)
     rows = cat.query("SELECT * FROM generations ORDER BY generation_id").rows(named=True)
     assert [(r["generation_id"], r["status"], r["reason"]) for r in rows] == [
         ("c1-p0-s0", "accepted", None),
@@ -378,7 +378,7 @@ def test_quality_filters_and_near_dedup(tmp_path: Path) -> None:
 
 def test_bad_generation_sets_are_clear_errors(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no committed shard set"):
+    with pytest.raises(FileNotFoundError, match="nothing published"):
         accept_generations(spec, 1)
     df = write_generations(spec, 1, [("What is 1 + 1?", "2", ["2", "3"])])
     write_set(generations_root(spec, 1), df.drop("checkpoint"))

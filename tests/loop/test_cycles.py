@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,7 @@ from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardWriter, read_current
 from flywheel.core.spec import load_spec
 from flywheel.loop import cycles, promotion
-from flywheel.loop.report import lineage, report_rows
+from flywheel.loop.report import lineage, report_footer, report_rows
 
 SPEC = """
     name: cycles-test
@@ -68,7 +69,7 @@ def _accept(spec, cycle: int, n: int, start: int = 0) -> None:
         writer.commit(cycle=cycle)
 
 
-def _run_cycle(spec, cycle: int, accuracy: float) -> dict:
+def _run_cycle(spec, cycle: int, accuracy: float) -> promotion.Decision:
     cycles.build_training_set(spec, cycle)
     if cycle > 0:
         _publish_model(cycles.checkpoint_root(spec, cycle), f"model-{cycle}")
@@ -99,7 +100,9 @@ def test_training_sets_grow_from_the_seed_with_new_accepted_rows_only(spec) -> N
     assert two.num_rows == 30 and two.manifest["new_rows"] == 3
     ids = two.read()["generation_id"].drop_nulls()
     assert ids.n_unique() == ids.len() == 10
-    counts = Catalog(spec.catalog).query("SELECT cycle, rows FROM training_sets ORDER BY cycle")
+    counts = Catalog.open(spec.catalog).query(
+        "SELECT cycle, rows FROM training_sets ORDER BY cycle"
+    )
     assert counts.rows() == [(0, 20), (1, 27), (2, 30)]
 
 
@@ -121,31 +124,52 @@ def test_seed_replay_keeps_a_sample_of_the_seed_and_every_generation(tmp_path: P
 def test_promotion_only_when_the_candidate_beats_the_champion(spec) -> None:
     _publish_model(spec.product_dir("sft_checkpoint"), "seed")
     first = _run_cycle(spec, 0, 0.10)
-    assert first["promoted"] and first["reason"] == "first champion"
+    assert first.promoted and first.reason == "first champion"
     _accept(spec, 0, 5)
     better = _run_cycle(spec, 1, 0.30)
-    assert better["promoted"] and promotion.champion(spec)["cycle"] == 1
+    assert better.promoted and promotion.champion(spec).cycle == 1
+    assert (better.champion_before, better.champion_value) == (first.candidate, 0.10)
     _accept(spec, 1, 5)
     tie = _run_cycle(spec, 2, 0.305)  # within min_delta 0.01: not better
-    assert not tie["promoted"] and promotion.champion(spec)["cycle"] == 1
+    assert not tie.promoted and promotion.champion(spec).cycle == 1
+    assert tie.reason == "accuracy/addition 0.3050 <= champion 0.3000 + 0.01"
     assert promotion.promote(spec, 2) == tie  # deciding again returns the recorded decision
     # Cycle 2 was trained from (and generates with) the champion cycle 1 left, for good.
-    assert promotion.champion_after(spec, 1).version == better["candidate"]
-    assert promotion.champion_after(spec, 2).version == better["candidate"]
-    assert promotion.champion_after(spec, 0).version == first["candidate"]
+    assert promotion.champion_after(spec, 1).version == better.candidate
+    assert promotion.champion_after(spec, 2).version == better.candidate
+    assert promotion.champion_after(spec, 0).version == first.candidate
     assert not promotion.loop_state(spec).stopped
     _accept(spec, 2, 5)
     worse = _run_cycle(spec, 3, 0.20)
-    assert not worse["promoted"]
+    assert not worse.promoted
     state = promotion.loop_state(spec)
     assert state.stopped and "2 cycle(s) in a row without promotion" in state.reason
-    assert all(passed for _, passed, _, _ in promotion.champion_checks(spec))
+    assert all(check.passed for check in promotion.champion_checks(spec))
+    # The catalog is the record: the champion is derived from the decisions, no file holds it.
+    assert promotion.decisions(spec) == [first, better, tie, worse]
+    assert not list(cycles.promoted_dir(spec).glob("*.json"))
     rows = report_rows(spec)
     assert [r["promoted"] for r in rows] == [True, True, False, False]
     assert [r["accuracy/addition"] for r in rows] == [0.10, 0.30, 0.305, 0.20]
     assert rows[1]["new_rows"] == 5 and rows[2]["train_rows"] == 30
-    decided = Catalog(spec.catalog).query("SELECT cycle, promoted FROM cycles ORDER BY cycle")
+    decided = Catalog.open(spec.catalog).query("SELECT cycle, promoted FROM cycles ORDER BY cycle")
     assert decided.rows() == [(0, True), (1, True), (2, False), (3, False)]
+
+
+def test_a_new_candidate_for_a_decided_cycle_faces_the_champion_before_it(spec) -> None:
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    first = _run_cycle(spec, 0, 0.10)
+    _accept(spec, 0, 5)
+    old = _run_cycle(spec, 1, 0.30)
+    # Cycle 1 retrained (e.g. its training set changed): the new candidate is judged against
+    # the champion cycle 0 left, not against cycle 1's own replaced candidate.
+    _publish_model(cycles.checkpoint_root(spec, 1), "model-1b")
+    _publish_eval(spec, 1, 0.20)
+    new = promotion.promote(spec, 1)
+    assert new.candidate != old.candidate and new.promoted
+    assert (new.champion_before, new.champion_value) == (first.candidate, 0.10)
+    assert promotion.champion(spec) == new == promotion.decisions(spec)[-1]
+    assert promotion.champion_after(spec, 1).version == new.candidate
 
 
 def test_promotion_refuses_a_stale_eval_or_a_skipped_cycle(spec) -> None:
@@ -165,15 +189,15 @@ def test_promotion_refuses_a_stale_eval_or_a_skipped_cycle(spec) -> None:
 def test_a_corrupt_champion_fails_its_check(spec) -> None:
     _publish_model(spec.product_dir("sft_checkpoint"), "seed")
     _run_cycle(spec, 0, 0.1)
-    path = Path(promotion.champion(spec)["path"]) / "model.safetensors"
+    path = Path(promotion.champion(spec).candidate_path) / "model.safetensors"
     path.write_bytes(b"tampered")
-    checks = {name: passed for name, passed, _, _ in promotion.champion_checks(spec)}
+    checks = {check.name: check.passed for check in promotion.champion_checks(spec)}
     assert checks == {"champion_verified": False, "champion_is_best": True}
 
 
 def test_lineage_of_a_cycle_names_its_training_set_and_decision(spec) -> None:
     seed = _publish_model(spec.product_dir("sft_checkpoint"), "seed")
-    Catalog(spec.catalog).record_checkpoint(seed.version, "sft", seed.path, None, {}, {}, "f")
+    Catalog.open(spec.catalog).record_checkpoint(seed.version, "sft", seed.path, None, {}, {}, "f")
     _run_cycle(spec, 0, 0.1)
     facts = lineage(spec, "cycle:0")
     assert facts["cycle"] == 0
@@ -191,12 +215,33 @@ def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
     _publish_eval(spec, 0, 0.2)
     with ThreadPoolExecutor(4) as pool:
         decided = list(pool.map(lambda _: promotion.promote(spec, 0), range(4)))
-    assert all(d == decided[0] for d in decided) and decided[0]["promoted"]
+    assert all(d == decided[0] for d in decided) and decided[0].promoted
     assert len(promotion.decisions(spec)) == 1
-    rows = Catalog(spec.catalog).query("SELECT count(*) AS n FROM training_sets")["n"][0]
+    rows = Catalog.open(spec.catalog).query("SELECT count(*) AS n FROM training_sets")["n"][0]
     assert rows == 1
 
 
 def test_report_before_any_cycle_is_empty(spec) -> None:
     # Regression: listing cycles/ read the directory before checking that it exists.
     assert report_rows(spec) == []
+
+
+def test_a_later_success_resolves_a_failure_and_history_stays(spec) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    cycles.record_failure(spec, "1", "run-a", "vLLM is not installed", t0)
+    cycles.record_failure(spec, None, "run-x", "no partition", t0)
+    cycles.record_success(spec, "0", "run-b", t0 + timedelta(minutes=1))  # another cycle
+    assert [f.run_id for f in cycles.failures(spec)] == ["run-a", "run-x"]
+    assert "failed: cycle 1 run run-a: vLLM is not installed" in report_footer(spec)
+    cycles.record_success(spec, 1, "run-c", t0 + timedelta(minutes=2))
+    cycles.record_failure(spec, 1, "run-d", "later", t0 + timedelta(minutes=3))
+    # run-c resolved run-a, not run-d, which failed after it; a re-recorded run is replaced.
+    cycles.record_failure(spec, 1, "run-d", "later, again", t0 + timedelta(minutes=3))
+    [d, x] = sorted(cycles.failures(spec), key=lambda f: f.run_id)
+    assert (d.run_id, d.cycle, d.message, x.cycle) == ("run-d", 1, "later, again", None)
+    assert d.finished_at == t0 + timedelta(minutes=3)
+    assert not any("run-a" in line for line in report_footer(spec))
+    history = cycles.failures(spec, include_resolved=True)
+    assert [f.run_id for f in history] == ["run-a", "run-x", "run-d"]
+    runs = Catalog.open(spec.catalog).query("SELECT status, count(*) FROM cycle_runs GROUP BY 1")
+    assert dict(runs.rows()) == {"failed": 3, "succeeded": 2}

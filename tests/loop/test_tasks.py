@@ -111,3 +111,20 @@ def test_addition_examples_are_padded_reversed_sums() -> None:
     assert lengths == {2, 3, 4}
     with pytest.raises(ValueError, match="max_digits <= width"):
         addition_examples(1, 1, 6, 5, seed=0)
+
+
+def test_jsonl_task_reads_the_whole_file_unless_num_examples_is_set(tmp_path: Path) -> None:
+    # Regression: num_examples used to default to 100 and silently cut a longer file.
+    rows = [json.dumps({"prompt": f"p{i}", "answer": str(i)}) for i in range(200)]
+    path = _write_lines(tmp_path / "task.jsonl", rows)
+    task = EvalTask(kind="jsonl", path=path)
+    assert task.num_examples is None
+    assert load_task_examples(task).counts["examples"] == 200
+
+
+def test_builtin_tasks_generate_a_documented_default_count() -> None:
+    from flywheel.core.settings.train import BUILTIN_EVAL_EXAMPLES
+
+    for kind in ("arithmetic", "addition"):
+        task = EvalTask(kind=kind)
+        assert len(load_task_examples(task).examples) == BUILTIN_EVAL_EXAMPLES

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from flywheel.core import products as P
 from flywheel.core.spec import load_spec
 from flywheel.train import launch
 from tests.conftest import prose
@@ -53,8 +54,8 @@ def build_inputs(directory: Path, spec_text: str = TINY_SPEC) -> Path:
     with ShardWriter(spec.product_dir("deduplicated_shards")) as writer:
         writer.write(pl.DataFrame({"id": [f"doc{i}" for i in range(len(texts))], "text": texts}))
         writer.commit()
-    build_tokenizer(spec)
-    build_tokenized_dataset(spec)
+    build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
+    build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED))
     return path
 
 

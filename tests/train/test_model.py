@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flywheel.core.artifacts import CheckpointError
+from flywheel.core.artifacts import ArtifactError
 from flywheel.core.settings.train import ModelSettings
 from flywheel.train.model import build_model, count_parameters, flops_per_token, load_model
 
@@ -62,7 +62,7 @@ def test_local_path_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "m").glob("*.safetensors")] == ["model.safetensors"]
     again = build_model(ModelSettings(path=tmp_path / "m"), 0, 0)
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
-    with pytest.raises(CheckpointError, match="no model checkpoint at"):
+    with pytest.raises(ArtifactError, match="no model checkpoint at"):
         load_model(tmp_path / "missing")
 
 

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from flywheel.core.artifacts import CheckpointError
+from flywheel.core import products as P
+from flywheel.core.artifacts import ArtifactError
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import read_current
 from flywheel.core.spec import Spec, load_spec
@@ -111,15 +112,15 @@ def _materialized(small_spec: Path, *overrides: str) -> Spec:
     ]
     spec = load_spec(small_spec, [*base, *overrides])
     pipeline.run_ingest(spec, "corpus")
-    pipeline.run_filters(spec)
-    pipeline.run_dedup(spec)
-    build_tokenizer(spec)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
+    build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
     return spec
 
 
 def test_build_tokenized_dataset_end_to_end(small_spec: Path) -> None:
     spec = _materialized(small_spec)
-    shards = build_tokenized_dataset(spec)
+    shards = build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED))
     m = shards.manifest
     dedup = read_current(spec.product_dir(pipeline.DEDUPLICATED))
     assert m["input_version"] == dedup.version and m["seq_len"] == 32
@@ -137,7 +138,7 @@ def test_build_tokenized_dataset_end_to_end(small_spec: Path) -> None:
         assert part.height == m[f"{split}_docs"]
         tokens = m[f"{split}_rows"] * 32 + m[f"{split}_tail_tokens_dropped"]
         assert part["tokens"].sum() == m[f"{split}_tokens"] == tokens
-    recorded = Catalog(spec.catalog).query(
+    recorded = Catalog.open(spec.catalog).query(
         "SELECT count(*) AS n FROM tokenized_documents WHERE version = ?", [shards.version]
     )["n"][0]
     assert recorded == dedup.num_rows
@@ -150,14 +151,16 @@ def test_build_tokenized_dataset_end_to_end(small_spec: Path) -> None:
 
 def test_build_is_idempotent_until_an_input_changes(small_spec: Path) -> None:
     spec = _materialized(small_spec)
-    first = build_tokenized_dataset(spec)
-    assert build_tokenized_dataset(spec).version == first.version
+    first = build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED))
+    assert (
+        build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED)).version == first.version
+    )
     longer = load_spec(small_spec, ["tokenizer.vocab_size=400", "packing.seq_len=48"])
-    second = build_tokenized_dataset(longer)
+    second = build_tokenized_dataset(longer, P.resolve_inputs(longer, P.TOKENIZED))
     assert second.version != first.version and second.manifest["seq_len"] == 48
     retrained = load_spec(small_spec, ["tokenizer.vocab_size=450", "packing.seq_len=48"])
-    tokenizer = build_tokenizer(retrained)
-    third = build_tokenized_dataset(retrained)
+    tokenizer = build_tokenizer(retrained, P.resolve_inputs(retrained, P.TOKENIZER))
+    third = build_tokenized_dataset(retrained, P.resolve_inputs(retrained, P.TOKENIZED))
     assert (
         third.manifest["tokenizer_version"]
         == tokenizer.version
@@ -168,7 +171,7 @@ def test_build_is_idempotent_until_an_input_changes(small_spec: Path) -> None:
 def test_build_needs_a_tokenizer(small_spec: Path) -> None:
     spec = load_spec(small_spec)
     pipeline.run_ingest(spec, "corpus")
-    pipeline.run_filters(spec)
-    pipeline.run_dedup(spec)
-    with pytest.raises(CheckpointError, match="tokenizer"):
-        build_tokenized_dataset(spec)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
+    with pytest.raises(ArtifactError, match="tokenizer"):
+        build_tokenized_dataset(spec, P.resolve_inputs(spec, P.TOKENIZED))

@@ -3,6 +3,7 @@ real steps of each trainer on a 1-layer, 32-wide model on CPU."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -169,12 +170,24 @@ def _check_trained(metrics: dict, champion: artifacts.Artifact, out: Path) -> No
     assert tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
 
 
+def _logged_mean(metrics: dict, work: Path, key: str) -> float:
+    """The run's mean of ``key`` recomputed from TRL's own log: steps 1-2 from the step-2
+    checkpoint's ``trainer_state.json``, step 3 as reported last."""
+    state = json.loads((work / "checkpoint-2" / "trainer_state.json").read_text())
+    values = [h[key] for h in state["log_history"] if key in h]
+    assert len(values) == 2, state["log_history"]
+    return (sum(values) + metrics[f"preference/last/{key}"]) / 3
+
+
 @pytest.mark.integration
 def test_dpo_trains_on_pairs(champion: artifacts.Artifact, tmp_path: Path) -> None:
     metrics = _train("dpo", champion, tmp_path)
     _check_trained(metrics, champion, tmp_path / "out")
     assert metrics["preference"] == "dpo" and metrics["preference/examples"] == 12
-    assert 0.0 <= metrics["preference/rewards/accuracies"] <= 1.0
+    # The policy starts as its own reference: margin 0, so the sigmoid DPO loss is ln 2.
+    assert metrics["preference/first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    accuracies = _logged_mean(metrics, tmp_path / "work", "rewards/accuracies")
+    assert metrics["preference/rewards/accuracies"] == pytest.approx(accuracies)
     assert math.isfinite(metrics["preference/last/rewards/margins"])
     assert (tmp_path / "work" / "checkpoint-2" / artifacts.MANIFEST).exists()  # resumable
 
@@ -184,6 +197,7 @@ def test_dpo_trains_on_pairs(champion: artifacts.Artifact, tmp_path: Path) -> No
 def test_rl_trains_on_the_reward(champion: artifacts.Artifact, tmp_path: Path, kind: str) -> None:
     metrics = _train(kind, champion, tmp_path, reward=digit_share)
     _check_trained(metrics, champion, tmp_path / "out")
-    assert 0.0 <= metrics["preference/reward"] <= 1.0
+    reward = _logged_mean(metrics, tmp_path / "work", "reward")
+    assert metrics["preference/reward"] == pytest.approx(reward)
     assert metrics["preference/reward_std"] > 0  # the groups had something to learn from
     assert metrics["preference/completions/mean_length"] <= 6

@@ -19,7 +19,8 @@ from flywheel.core.report import loss_curve
 from flywheel.core.settings.train import SftData, SftSettings
 from flywheel.core.spec import load_spec
 from flywheel.train import launch
-from flywheel.train.sft import build_trainer, run_fingerprint, sft_config
+from flywheel.train.finetune import run_fingerprint
+from flywheel.train.sft import build_trainer, sft_config
 from flywheel.train.sft_data import load_sft_data
 from flywheel.train.sft_resume import checkpoint_problem, resumable_checkpoint
 from tests.loop.eval.conftest import build_pretrained, write_spec
@@ -120,7 +121,7 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
     assert chosen == good
     reasons = {p.name: why for p, why in bad}
     assert list(reasons) == [f"checkpoint-{n}" for n in (25, 20, 15, 10)]  # newest first
-    assert reasons["checkpoint-25"] == "no checkpoint.json: the save was interrupted"
+    assert reasons["checkpoint-25"] == "no manifest.json: the save was interrupted"
     assert reasons["checkpoint-20"] == "corrupt: optimizer.pt fails its sha256"
     assert reasons["checkpoint-15"].startswith("corrupt: model.safetensors has ")
     assert "optimizer.pt is missing" in reasons["checkpoint-10"]
@@ -199,7 +200,7 @@ def test_sft_run_lowers_loss_and_publishes(tmp_path: Path, template: Path) -> No
     assert tok.convert_tokens_to_ids("<|im_end|>") in model.generation_config.eos_token_id
 
     row = (
-        Catalog(spec.catalog)
+        Catalog.open(spec.catalog)
         .query("SELECT * FROM checkpoints WHERE stage = 'sft'")
         .row(0, named=True)
     )

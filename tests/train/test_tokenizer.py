@@ -8,7 +8,8 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from flywheel.core.artifacts import CheckpointError
+from flywheel.core import products as P
+from flywheel.core.artifacts import ArtifactError
 from flywheel.core.shards import read_current
 from flywheel.core.spec import Spec, load_spec
 from flywheel.data import stages as pipeline
@@ -41,8 +42,8 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> PreTrainedTokenizerFast:
 def _materialized(small_spec: Path, *overrides: str) -> Spec:
     spec = load_spec(small_spec, [f"tokenizer.vocab_size={VOCAB}", *overrides])
     pipeline.run_ingest(spec, "corpus")
-    pipeline.run_filters(spec)
-    pipeline.run_dedup(spec)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
     return spec
 
 
@@ -136,7 +137,7 @@ def test_load_missing_names_the_path(tmp_path: Path) -> None:
 
 def test_build_trains_publishes_and_is_idempotent(small_spec: Path) -> None:
     spec = _materialized(small_spec)
-    first = build_tokenizer(spec)
+    first = build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
     dedup = read_current(spec.product_dir(pipeline.DEDUPLICATED))
     assert first.meta["source"] == "trained"
     assert first.meta["input_version"] == dedup.version
@@ -145,32 +146,33 @@ def test_build_trains_publishes_and_is_idempotent(small_spec: Path) -> None:
     assert first.meta["spec_fingerprint"] == spec.fingerprint()
     assert load_tokenizer(first.path).decode(load_tokenizer(first.path).encode(UNICODE)) == UNICODE
 
-    assert build_tokenizer(spec).version == first.version  # nothing changed: no retraining
+    again = build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
+    assert again.version == first.version  # nothing changed: no retraining
     capped = load_spec(small_spec, [f"tokenizer.vocab_size={VOCAB}", "tokenizer.max_docs=3"])
-    second = build_tokenizer(capped)
+    second = build_tokenizer(capped, P.resolve_inputs(capped, P.TOKENIZER))
     assert second.version != first.version and second.meta["docs"] == 3
 
 
 def test_build_from_a_local_path(small_spec: Path, tmp_path: Path) -> None:
     spec = _materialized(small_spec)
-    trained = build_tokenizer(spec)
+    trained = build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
     local = load_spec(small_spec, [f"tokenizer.path={trained.path}"])
-    copied = build_tokenizer(local)
+    copied = build_tokenizer(local, P.resolve_inputs(local, P.TOKENIZER))
     assert copied.meta["source"] == str(trained.path)
     assert load_tokenizer(copied.path).encode(UNICODE) == load_tokenizer(trained.path).encode(
         UNICODE
     )
-    assert build_tokenizer(local).version == copied.version
+    assert build_tokenizer(local, P.resolve_inputs(local, P.TOKENIZER)).version == copied.version
 
     missing = load_spec(small_spec, [f"tokenizer.path={tmp_path / 'absent'}"])
     with pytest.raises(FileNotFoundError, match="absent"):
-        build_tokenizer(missing)
+        build_tokenizer(missing, P.resolve_inputs(missing, P.TOKENIZER))
 
 
 def test_build_without_shards_says_to_materialize(small_spec: Path) -> None:
     spec = load_spec(small_spec)
-    with pytest.raises((FileNotFoundError, CheckpointError), match="deduplicated_shards"):
-        build_tokenizer(spec)
+    with pytest.raises((FileNotFoundError, ArtifactError), match="deduplicated_shards"):
+        build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
 
 
 def test_digits_are_one_token_each(tmp_path) -> None:

@@ -5,7 +5,9 @@
 A cycle ``c >= 1`` retrains the champion on cycle ``c-1``'s training set plus the generations
 accepted since, evaluates the candidate, promotes it only if it beats the champion on
 ``cycles.gate``, and has the (possibly new) champion generate cycle ``c``'s data. Cycle 0 is
-the seed SFT model. Like ``flywheel.core.settings.train``, these models import neither torch nor
+the seed SFT model. ``cycles.train`` and ``cycles.preference_train`` hold only what differs from
+``sft``: ``CycleSettings.train_settings(sft)`` and ``preference_settings(sft)`` are the effective
+settings. Like ``flywheel.core.settings.train``, these models import neither torch nor
 transformers, so ``flywheel check`` stays fast.
 """
 
@@ -16,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flywheel.core.settings.train import SftSettings, TrainSettings
+from flywheel.core.settings.train import DEFAULT_EVAL_TASK, SftSettings, TrainSettings
 
 
 class _Model(BaseModel):
@@ -101,7 +103,15 @@ class EndpointSettings(_Model):
     api_key_env: str | None = Field(
         None, description="Environment variable holding the API key (never the key itself)."
     )
-    timeout_s: float = Field(300.0, gt=0, description="Seconds allowed per HTTP request.")
+    timeout_s: float = Field(
+        300.0, gt=0, description="Seconds a request may wait to connect or for the reply."
+    )
+    max_retries: int = Field(
+        2,
+        ge=0,
+        description="Retries of a request that timed out, lost its connection or got HTTP "
+        "408/409/429/5xx, after exponential backoff (0.5 s, 1 s, 2 s, ... at most 8 s).",
+    )
     concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
     serve: ServeSettings = Field(
         default_factory=ServeSettings, description="The server started when url is unset."
@@ -188,23 +198,80 @@ class AcceptanceSettings(_Model):
     )
 
 
-class PreferenceSettings(TrainSettings):
-    """DPO on accepted/rejected pairs, or GRPO/RLOO with the verifier as reward (TRL)."""
+class CycleTrain(_Model):
+    """Each cycle's SFT is ``sft`` with these overrides; an unset (null) one is sft's value.
 
-    steps: int = Field(50, gt=0, description="Optimizer steps to train.")
-    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
-    warmup_steps: int = Field(5, ge=0, description="Linear warmup steps from 0 to lr.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    Only what a cycle has reason to change: it fine-tunes an already fine-tuned champion on a
+    small training set, so it is short (steps), needs no warm-up from scratch, and may want a
+    lower learning rate or more frequent resumable checkpoints than the seed SFT.
+    """
+
+    steps: int | None = Field(300, gt=0, description="Optimizer steps per cycle (null: sft's).")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate (null: sft's).")
+    warmup_steps: int | None = Field(
+        0,
+        ge=0,
+        description="Linear warmup steps: the champion is already fine-tuned (null: sft's).",
+    )
+    micro_batch: int | None = Field(
+        None, gt=0, description="Sequences per process per forward pass (null: sft's)."
+    )
+    save_every: int | None = Field(
+        None, gt=0, description="Steps between resumable checkpoints (null: sft's)."
+    )
+    num_processes: int | None = Field(
+        None, ge=1, description="Data-parallel processes a cycle launches (null: sft's)."
+    )
+
+    def over(self, sft: SftSettings) -> SftSettings:
+        """The cycle's effective SFT settings: ``sft`` with every override that is set."""
+        # Validated again, so a merged combination breaks no constraint of SftSettings.
+        return SftSettings.model_validate(sft.model_dump() | self.model_dump(exclude_none=True))
+
+
+class PreferenceOptions(_Model):
+    """What only the preference stage has: the objective and how it samples."""
+
     beta: float = Field(0.1, ge=0, description="KL strength (DPO beta / GRPO beta).")
     num_generations: int = Field(4, ge=2, description="Completions per prompt (GRPO/RLOO).")
     max_prompts: int = Field(256, gt=0, description="Prompts (or pairs) used per cycle.")
-    max_length: int = Field(256, ge=8, description="Longest tokenized prompt+completion.")
+    max_length: int = Field(256, ge=8, description="Longest tokenized prompt+completion (DPO).")
     max_new_tokens: int = Field(16, gt=0, description="Completion length (GRPO/RLOO).")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature (GRPO/RLOO).")
 
 
+class PreferenceSettings(TrainSettings, PreferenceOptions):
+    """The effective settings of a preference run (DPO, GRPO or RLOO with TRL): the cycle's
+    training settings with ``cycles.preference_train`` applied (``PreferenceTrain.over``)."""
+
+
+class PreferenceTrain(PreferenceOptions):
+    """``cycles.preference_train``: the preference options, plus the few optimisation settings
+    that differ from the cycle's SFT (a short run at a much lower learning rate); everything
+    else (batch shape, optimizer, precision, checkpoints, processes) is the cycle's."""
+
+    steps: int = Field(50, gt=0, description="Optimizer steps to train.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(5, ge=0, description="Linear warmup steps from 0 to lr.")
+    micro_batch: int | None = Field(
+        None,
+        gt=0,
+        description="Sequences (GRPO/RLOO: completions) per process per forward pass "
+        "(null: the cycle's).",
+    )
+
+    def over(self, train: TrainSettings) -> PreferenceSettings:
+        """The preference run's settings: ``train``'s, with these applied."""
+        shared = train.model_dump(include=set(TrainSettings.model_fields))
+        return PreferenceSettings.model_validate(shared | self.model_dump(exclude_none=True))
+
+
 class GateSettings(_Model):
-    metric: str = Field("accuracy/addition", description="The eval metric that decides promotion.")
+    metric: str = Field(
+        f"accuracy/{DEFAULT_EVAL_TASK}",
+        description="The eval metric that decides promotion: accuracy/<eval task name>, "
+        "perplexity or heldout_loss (flywheel check says which the spec's eval produces).",
+    )
     mode: Literal["max", "min"] = Field("max", description="max: higher is better.")
     min_delta: float = Field(0.0, ge=0, description="How much better the candidate must be.")
 
@@ -234,14 +301,24 @@ class CycleSettings(_Model):
     schedule_running: bool = Field(
         False, description="Start the schedule RUNNING (the sensor always is)."
     )
-    train: SftSettings = Field(
-        default_factory=lambda: SftSettings(steps=300, warmup_steps=0),
-        description="SFT of each cycle, from the champion, on the cycle's training set "
-        "(its data field is unused: the training set is the data).",
+    train: CycleTrain = Field(
+        default_factory=CycleTrain,
+        description="SFT of each cycle, from the champion, on the cycle's training set: "
+        "sft's settings with these overrides (see train_settings).",
     )
     preference: Literal["none", "dpo", "grpo", "rloo"] = Field(
         "none", description="Optional stage after each cycle's SFT."
     )
-    preference_train: PreferenceSettings = Field(
-        default_factory=PreferenceSettings, description="Settings of the preference stage."
+    preference_train: PreferenceTrain = Field(
+        default_factory=PreferenceTrain,
+        description="The preference stage: these over the cycle's SFT settings.",
     )
+
+    def train_settings(self, sft: SftSettings) -> SftSettings:
+        """The settings each cycle's SFT runs with (and launches with): ``sft`` + ``train``."""
+        return self.train.over(sft)
+
+    def preference_settings(self, sft: SftSettings) -> PreferenceSettings:
+        """The settings of each cycle's preference stage: ``preference_train`` over the
+        cycle's SFT settings."""
+        return self.preference_train.over(self.train_settings(sft))

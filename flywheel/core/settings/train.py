@@ -162,14 +162,27 @@ class SftSettings(TrainSettings):
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
 
 
+# The default eval task's name, which the default promotion gate (cycles.gate.metric,
+# accuracy/<name>) refers to: one constant, so the two defaults cannot drift apart.
+DEFAULT_EVAL_TASK = "arithmetic"
+# Problems a built-in task generates when num_examples is unset: enough that its accuracy
+# has a standard error of at most 0.05 (sqrt(p(1-p)/n) <= sqrt(0.25/100)), few enough for CPU.
+BUILTIN_EVAL_EXAMPLES = 100
+
+
 class EvalTask(AdditionTask):
-    name: str = Field("arithmetic", description="Task name; metadata key accuracy/<name>.")
+    name: str = Field(DEFAULT_EVAL_TASK, description="Task name; metadata key accuracy/<name>.")
     kind: Literal["jsonl", "arithmetic", "addition"] = Field(
         "arithmetic",
         description="jsonl of prompt/answer, or built-in arithmetic or addition problems.",
     )
     path: Path | None = Field(None, description="The jsonl file (kind jsonl).")
-    num_examples: int = Field(100, gt=0, description="Problems evaluated.")
+    num_examples: int | None = Field(
+        None,
+        gt=0,
+        description="Problems evaluated: the first usable ones of a jsonl file (null: all of "
+        f"them); built-in kinds generate this many (null: {BUILTIN_EVAL_EXAMPLES}).",
+    )
     max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
     seed: int = Field(1234, description="Seed of the built-in generator (differs from SFT's).")
     verifier: Literal["exact", "numeric", "contains", "regex"] = Field(

@@ -1,26 +1,37 @@
 """``flywheel dedup``: deduplicate a JSONL(.gz) or Parquet corpus of {id, text} records.
 
-    flywheel dedup INPUT --output DIR [--threshold T] [--index DIR] [--num-perm N]
+    flywheel dedup INPUT --output DIR [--threshold T] [--strict] [--index DIR] [--num-perm N]
                    [--batch-size N]
 
-Writes DIR/kept.parquet (the kept records, every input column) and DIR/duplicates.parquet
-(id, duplicate_of in the input's id type, method, similarity). The input is read in batches,
-and kept records are spilled per batch and merged by a streaming sink, so memory is bounded by
-the batch size plus the index. With --index DIR the corpus is deduplicated against, and then
-added to, a persistent index (committed after the outputs are written). Bad input exits 2
-with a one-line message and leaves no outputs.
+Writes, into DIR:
+  * kept.parquet: the kept records, every input column;
+  * duplicates.parquet: id, duplicate_of (in the input's id type), method, similarity;
+  * rejected.parquet: the bad records, skipped (path, line or row, reason, detail, raw; see
+    ``flywheel.data.dedup.inputs``), so that one bad line does not lose a run;
+  * summary.json: the counts printed (docs, kept, removed, rejected by reason, blank lines).
+
+Every valid record is kept or listed as a duplicate: kept + duplicates == docs, and docs +
+rejected == the records read. Blank lines are not records (counted as blank_lines).
+With --strict the first bad record exits 2 with a one-line message naming file, line and
+reason, and nothing is written. Other bad input (a missing or unreadable file, a bad setting)
+exits 2 too; an OS error reading or writing (a full disk) exits 1 with one line naming the path.
+
+The input is read in batches, and kept and rejected records are spilled per batch and merged
+by a streaming sink, so memory is bounded by the batch size plus the index. The outputs are
+written into a staging directory and renamed into DIR only once all are complete, so a failed
+run leaves no new file in DIR. With --index DIR the corpus is deduplicated against, and then
+added to, a persistent index (committed after the outputs are in place).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,13 +39,25 @@ from typing import Any
 import polars as pl
 from pydantic import ValidationError
 
+from flywheel.core.artifacts import atomic_write_json, fsync_dir
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.shards import atomic_write_parquet
 from flywheel.data.dedup.index import DUPLICATES_SCHEMA, DedupIndex
+from flywheel.data.dedup.inputs import (
+    REJECTED_SCHEMA,
+    Batch,
+    InputError,
+    IOFailure,
+    ReadCounts,
+    io_step,
+    os_error_reason,
+    read_batches,
+)
 
-
-class InputError(Exception):
-    """A problem with the user's input, reported as one line and exit code 2."""
+KEPT, DUPLICATES, REJECTED, SUMMARY = (
+    "kept.parquet", "duplicates.parquet", "rejected.parquet", "summary.json"
+)  # fmt: skip
+_COUNTS = ("docs", "kept", "removed", "exact_removed", "minhash_removed")
 
 
 def register(subparsers: Any) -> None:
@@ -47,6 +70,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", type=Path, help="JSONL (.jsonl, .jsonl.gz) or Parquet with id, text")
     p.add_argument("--output", "-o", type=Path, required=True, help="directory for the outputs")
     p.add_argument("--threshold", type=float, help="Jaccard threshold (default 0.8)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first bad record (exit 2) instead of writing it to rejected.parquet",
+    )
     p.add_argument("--index", type=Path, help="persistent index directory to dedup against")
     p.add_argument("--num-perm", type=int, help="MinHash permutations (default 128)")
     p.add_argument("--batch-size", type=int, default=10_000, help="records per batch")
@@ -54,19 +82,33 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
+    """Deduplicate ``args.input``; print one summary line, or one error line on stderr."""
     try:
-        totals = _dedup(args)
+        summary = _dedup(args)
     except InputError as e:
-        print(f"flywheel dedup: error: {e}", file=sys.stderr)
-        return 2
-    seconds = time.perf_counter() - started
+        return _fail(f"error: {e}", 2)
+    except IOFailure as e:
+        return _fail(str(e), 1)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        # an OS error not wrapped where it happened: still one line, never a traceback
+        reason = os_error_reason(e)
+        if reason is None and not isinstance(e, OSError):
+            raise
+        where = getattr(e, "filename", None) or args.output
+        return _fail(f"cannot access {where}: {reason or str(e).splitlines()[0]}", 1)
+    blank = summary["blank_lines"]
     print(
-        f"dedup: {totals['docs']} docs, {totals['kept']} kept, {totals['removed']} removed "
-        f"({totals['exact_removed']} exact, {totals['minhash_removed']} minhash) in "
-        f"{seconds:.2f} s -> {args.output}"
+        f"dedup: {summary['docs']} docs, {summary['kept']} kept, {summary['removed']} removed "
+        f"({summary['exact_removed']} exact, {summary['minhash_removed']} minhash), "
+        f"{summary['rejected']} rejected, {blank} blank line{'' if blank == 1 else 's'} in "
+        f"{summary['seconds']:.2f} s -> {args.output}"
     )
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"flywheel dedup: {message}", file=sys.stderr)
+    return code
 
 
 def _settings(args: argparse.Namespace) -> DedupSettings:
@@ -79,56 +121,89 @@ def _settings(args: argparse.Namespace) -> DedupSettings:
         raise InputError(f"invalid setting {where}: {first['msg']}") from None
 
 
-def _dedup(args: argparse.Namespace) -> dict[str, int]:
+def _dedup(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
     settings = _settings(args)
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
     if not args.input.is_file():
         raise InputError(f"input file not found: {args.input}")
     try:
-        index = DedupIndex.open(args.index, settings) if args.index else DedupIndex(settings)
+        with io_step("read", args.index):
+            index = DedupIndex.open(args.index, settings) if args.index else DedupIndex(settings)
     except ValueError as e:
         raise InputError(str(e)) from None
-    staging = args.output / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir(parents=True, exist_ok=True)
+    out = args.output
+    staging = out / f".staging-{uuid.uuid4().hex}"
+    with io_step("write", out):
+        staging.mkdir(parents=True)
     try:
-        totals, duplicates = _run_batches(args, index, staging)
-        _merge_kept(sorted(staging.glob("kept-*.parquet")), args.output / "kept.parquet")
-        dupes = pl.concat(duplicates, how="vertical_relaxed") if duplicates else None
-        atomic_write_parquet(
-            dupes if dupes is not None else _empty_duplicates(), args.output / "duplicates.parquet"
-        )
+        summary, duplicates = _run_batches(args, index, staging)
+        run_facts = {"input": str(args.input), "strict": args.strict}
+        settings_used = {"threshold": settings.threshold, "num_perm": settings.num_perm}
+        summary = {**run_facts, **settings_used, **summary}
+        _write_outputs(args, staging, duplicates)
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        with io_step("write", out / SUMMARY):
+            atomic_write_json(staging / SUMMARY, summary)
+        _publish(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    index.commit()
-    return totals
+    if args.index:
+        with io_step("write", args.index):
+            index.commit()
+    return summary
 
 
-def _run_batches(args, index: DedupIndex, staging: Path) -> tuple[dict[str, int], list]:
-    keys = ("docs", "kept", "removed", "exact_removed", "minhash_removed")
-    totals = dict.fromkeys(keys, 0)
+def _run_batches(
+    args: argparse.Namespace, index: DedupIndex, staging: Path
+) -> tuple[dict[str, Any], list[pl.DataFrame]]:
+    """``(the counts, the duplicates)``; kept and rejected records are spilled to ``staging``.
+
+    Write errors name the output a spilled part becomes (DIR/kept.parquet), not the part.
+    """
+    totals: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
+    reasons: Counter[str] = Counter()
     duplicates: list[pl.DataFrame] = []
-    for n, batch in enumerate(_progress(read_batches(args.input, args.batch_size), args.input)):
-        ids = batch["id"]
-        texts = batch["text"].cast(pl.String).fill_null("").to_list()
-        result = index.add(ids, texts)
-        keep = pl.Series(result.keep)
-        batch.filter(keep).write_parquet(staging / f"kept-{n:06d}.parquet")
-        if result.duplicates.height:
-            removed = ids.filter(~keep)
-            duplicates.append(
-                pl.DataFrame(
-                    {
-                        "id": removed,
-                        "duplicate_of": _as_dtype(result.duplicates["duplicate_of"], ids.dtype),
-                        "method": result.duplicates["method"],
-                        "similarity": result.duplicates["similarity"],
-                    }
-                )
-            )
-        for k in keys:
-            totals[k] += result.stats[k]
+    counts = ReadCounts()
+    batches = read_batches(args.input, args.batch_size, strict=args.strict, counts=counts)
+    for n, batch in enumerate(_progress(batches, args.input)):
+        if batch.rejected.height:
+            reasons.update(batch.rejected["reason"].to_list())
+            with io_step("write", args.output / REJECTED):
+                batch.rejected.write_parquet(staging / f"rejected-{n:06d}.parquet")
+        if batch.records.height:
+            keep, dupes = _dedup_batch(index, batch.records, totals)
+            with io_step("write", args.output / KEPT):
+                batch.records.filter(keep).write_parquet(staging / f"kept-{n:06d}.parquet")
+            if dupes is not None:
+                duplicates.append(dupes)
+    totals["rejected"] = reasons.total()
+    totals["rejected_by_reason"] = dict(sorted(reasons.items()))
+    totals["blank_lines"] = counts.blank_lines
     return totals, duplicates
+
+
+def _dedup_batch(
+    index: DedupIndex, records: pl.DataFrame, totals: dict[str, Any]
+) -> tuple[pl.Series, pl.DataFrame | None]:
+    """``(the keep mask, the batch's duplicates or None)``; adds the counts to ``totals``."""
+    ids = records["id"]
+    result = index.add(ids, records["text"].cast(pl.String).to_list())
+    keep = pl.Series(result.keep)
+    for k in _COUNTS:
+        totals[k] += result.stats[k]
+    if not result.duplicates.height:
+        return keep, None
+    frame = pl.DataFrame(
+        {
+            "id": ids.filter(~keep),
+            "duplicate_of": _as_dtype(result.duplicates["duplicate_of"], ids.dtype),
+            "method": result.duplicates["method"],
+            "similarity": result.duplicates["similarity"],
+        }
+    )
+    return keep, frame
 
 
 def _as_dtype(values: pl.Series, dtype: pl.DataType) -> pl.Series:
@@ -139,25 +214,47 @@ def _as_dtype(values: pl.Series, dtype: pl.DataType) -> pl.Series:
         return values
 
 
-def _empty_duplicates() -> pl.DataFrame:
-    return pl.DataFrame(schema=DUPLICATES_SCHEMA)
+def _write_outputs(args: argparse.Namespace, staging: Path, duplicates: list[pl.DataFrame]) -> None:
+    """The three Parquet outputs, complete, in ``staging``; errors name their final paths."""
+    kept = _merged(sorted(staging.glob("kept-*.parquet")), {"id": pl.String, "text": pl.String})
+    rejected = _merged(sorted(staging.glob("rejected-*.parquet")), REJECTED_SCHEMA)
+    dupes = (
+        pl.concat(duplicates, how="vertical_relaxed")
+        if duplicates
+        else pl.DataFrame(schema=DUPLICATES_SCHEMA)
+    )
+    for name, frame in ((KEPT, kept), (DUPLICATES, dupes), (REJECTED, rejected)):
+        try:
+            with io_step("write", args.output / name):
+                atomic_write_parquet(frame, staging / name)
+        except pl.exceptions.SchemaError as e:  # e.g. a field an object in one batch, a list later
+            raise InputError(
+                f"{args.input}: a column's types do not combine across batches: "
+                f"{str(e).splitlines()[0]}"
+            ) from None
 
 
-def _merge_kept(parts: list[Path], out: Path) -> None:
-    """Concatenate the per-batch kept files into one, streaming, then rename into place."""
+def _merged(parts: list[Path], empty_schema: dict) -> pl.DataFrame | pl.LazyFrame:
+    """The per-batch parts as one frame, streamed (lazy) so memory stays bounded."""
     if not parts:
-        atomic_write_parquet(pl.DataFrame(schema={"id": pl.String, "text": pl.String}), out)
-        return
-    tmp = out.with_name(f".tmp-{uuid.uuid4().hex}-{out.name}")
-    try:
-        frames = [pl.scan_parquet(p) for p in parts]
-        pl.concat(frames, how="diagonal_relaxed").sink_parquet(tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        return pl.DataFrame(schema=empty_schema)
+    return pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
 
 
-def _progress(batches: Iterator[pl.DataFrame], path: Path) -> Iterator[pl.DataFrame]:
+def _publish(staging: Path, out: Path) -> None:
+    """Rename the finished outputs into ``out``, summary.json last.
+
+    Renames within one directory do not need space, so after the writes have succeeded a full
+    disk cannot leave a mix of this run's outputs and an earlier run's.
+    """
+    for name in (KEPT, DUPLICATES, REJECTED, SUMMARY):
+        with io_step("write", out / name):
+            os.replace(staging / name, out / name)
+    with io_step("write", out):
+        fsync_dir(out)
+
+
+def _progress(batches: Iterator[Batch], path: Path) -> Iterator[Batch]:
     """Yield the batches, with a tqdm bar (in records) only when stderr is a terminal."""
     if not sys.stderr.isatty():
         yield from batches
@@ -167,68 +264,4 @@ def _progress(batches: Iterator[pl.DataFrame], path: Path) -> Iterator[pl.DataFr
     with tqdm(desc=f"dedup {path.name}", unit=" docs", file=sys.stderr) as bar:
         for batch in batches:
             yield batch
-            bar.update(batch.height)
-
-
-def read_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
-    """Batches of records from JSONL (optionally gzip) or Parquet; checks id and text."""
-    name = path.name.lower()
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        yield from _parquet_batches(path, batch_size)
-    elif name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")):
-        yield from _jsonl_batches(path, batch_size)
-    else:
-        raise InputError(f"unsupported input {path.name}: expected .jsonl[.gz] or .parquet")
-
-
-def _parquet_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
-    import pyarrow.parquet as pq
-
-    try:
-        file = pq.ParquetFile(path)
-    except Exception as e:
-        raise InputError(f"cannot read {path} as Parquet: {e}") from None
-    missing = [c for c in ("id", "text") if c not in file.schema_arrow.names]
-    if missing:
-        raise InputError(
-            f"{path} has no {missing[0]!r} column (columns: {', '.join(file.schema_arrow.names)})"
-        )
-    for batch in file.iter_batches(batch_size=batch_size):
-        yield pl.from_arrow(batch)
-
-
-def _jsonl_batches(path: Path, batch_size: int) -> Iterator[pl.DataFrame]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    records: list[dict[str, Any]] = []
-    try:
-        with opener(path, "rb") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    records.append(_record(line, path, lineno))
-                if len(records) >= batch_size:
-                    yield _frame(records)
-                    records = []
-    except (OSError, EOFError) as e:  # e.g. a truncated or not-really-gzip file
-        raise InputError(f"cannot read {path}: {e}") from None
-    if records:
-        yield _frame(records)
-
-
-def _record(line: bytes, path: Path, lineno: int) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except ValueError as e:
-        raise InputError(f"{path}, line {lineno}: invalid JSON ({e})") from None
-    if not isinstance(record, dict):
-        raise InputError(
-            f"{path}, line {lineno}: expected a JSON object, got {type(record).__name__}"
-        )
-    for field in ("id", "text"):
-        if field not in record:
-            raise InputError(f"{path}, line {lineno}: record has no {field!r} field")
-    return record
-
-
-def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    # all rows are scanned for the schema, so a column's type does not depend on its first rows
-    return pl.from_dicts(records, infer_schema_length=None)
+            bar.update(batch.size)

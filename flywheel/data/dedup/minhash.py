@@ -324,7 +324,9 @@ def _shingle_hashes(
     remaining = doc_end - np.arange(total)  # words from j to the end of its doc, >= 1
     # g[j] = sum_{k < ngram, k < remaining[j]} words[j + k] * R[k]
     g = words * _R[0]
-    for k in range(1, ngram):
+    # k stops below total: with fewer words than ngram in the batch, total - k < 0 would slice
+    # from the end instead of giving nothing
+    for k in range(1, min(ngram, total)):
         inside = remaining[: total - k] > k
         g[: total - k] += np.where(inside, words[k:] * _R[k], np.uint64(0))
     # keep full windows, and the one window starting a short doc (remaining == its length)

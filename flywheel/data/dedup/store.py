@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from flywheel.core.shards import atomic_write_json, atomic_write_parquet
+from flywheel.core.artifacts import atomic_write_json
+from flywheel.core.shards import atomic_write_parquet
 
 MANIFEST = "manifest.json"
 # settings that change signatures, band keys or their meaning: an index is only usable with

@@ -11,175 +11,16 @@ and the accuracy of every ``eval.tasks`` entry, then publishes a verified report
 file had bad records), records the metrics in the catalog, and reports a materialization
 whose data version is the report's version. With ``--cycle N`` it scores cycle N's
 candidate (``flywheel.loop.cycles``) and publishes under ``cycles/N/eval`` instead.
+The work is ``flywheel.loop.eval.scores.evaluate``; this entry parses the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
 
-import pyarrow.parquet as pq
-import torch
-
-from flywheel.core import artifacts
-from flywheel.core.catalog import Catalog
 from flywheel.core.report import Reporter
-from flywheel.core.shards import has_current, read_current
-from flywheel.core.spec import Spec, add_spec_arguments, load_spec
-from flywheel.loop.eval.perplexity import heldout_perplexity
-from flywheel.loop.eval.tasks import TaskScore, evaluate_task
-from flywheel.train.loader import heldout_files
-
-PRODUCT = "eval_scores"
-CHECKPOINTS = {"sft": "sft_checkpoint", "pretrain": "pretrained_checkpoint"}
-TOKENIZED = "tokenized_dataset"  # flywheel.train.packing.PRODUCT
-
-
-def load_for_eval(path: Path, attn_implementation: str) -> tuple[Any, Any]:
-    """The checkpoint's model (on the GPU in bf16/fp16 when there is one) and tokenizer."""
-    import transformers
-
-    from flywheel.train.model import load_model
-    from flywheel.train.tokenizer import load_tokenizer
-
-    transformers.utils.logging.disable_progress_bar()  # a log stream, not a terminal
-    model = load_model(path, attn_implementation)
-    if torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        model = model.to("cuda", dtype=dtype)
-    return model, load_tokenizer(path)
-
-
-def perplexity_metrics(spec: Spec, model: Any, reporter: Reporter) -> dict[str, Any]:
-    """``perplexity``, ``heldout_loss`` and ``heldout_tokens``, or {} when there is no split."""
-    root = spec.product_dir(TOKENIZED)
-    if not has_current(root):
-        reporter.warning(f"no perplexity: nothing published under {root}")
-        return {}
-    dataset = read_current(root)
-    files = heldout_files(dataset)
-    if sum(pq.read_metadata(f).num_rows for f in files) == 0:
-        reporter.warning(f"no perplexity: the held-out split of {dataset.version} is empty")
-        return {}
-    device = next(model.parameters()).device
-    result = heldout_perplexity(
-        model, files, spec.eval.micro_batch, spec.eval.perplexity_batches, device
-    )
-    return {
-        "perplexity": result["perplexity"],
-        "heldout_loss": result["loss"],
-        "heldout_tokens": result["tokens"],
-        "tokenized_dataset": dataset.version,
-    }
-
-
-def parent_perplexity(
-    spec: Spec, evaluated: artifacts.Artifact, reporter: Reporter
-) -> dict[str, Any]:
-    """Held-out perplexity of the SFT checkpoint's pre-trained parent, beside the SFT one:
-    how much general language modelling fine-tuning gave up."""
-    parent = evaluated.meta.get("lineage", {}).get(CHECKPOINTS["pretrain"])
-    path = spec.product_dir(CHECKPOINTS["pretrain"]) / str(parent)
-    if not parent or not path.is_dir():
-        reporter.warning(f"no parent perplexity: pre-trained checkpoint {parent} is gone")
-        return {}
-    model, _ = load_for_eval(path, spec.model.attn_implementation)
-    result = perplexity_metrics(spec, model, reporter)
-    return {"pretrained_perplexity": result["perplexity"], "pretrained_checkpoint": parent}
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", "⏎")
-
-
-def samples_table(scores: list[TaskScore], per_task: int = 5) -> dict[str, str]:
-    """A markdown table of the first answers of every task, for the Dagster UI."""
-    lines = ["| task | prompt | completion | answer | correct |", "|---|---|---|---|---|"]
-    for score in scores:
-        for r in score.samples(per_task):
-            cells = [
-                r["task"],
-                r["prompt"],
-                r["completion"],
-                r["answer"],
-                "✓" if r["correct"] else "✗",
-            ]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return {"raw_value": "\n".join(lines), "type": "md"}
-
-
-def write_report(directory: Path, metrics: dict[str, Any], scores: list[TaskScore]) -> None:
-    (directory / "scores.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    with open(directory / "samples.jsonl", "w") as f:
-        for score in scores:
-            f.writelines(json.dumps(r) + "\n" for r in score.rows)
-    quarantine = [q for s in scores for q in s.quarantine]
-    if quarantine:
-        with open(directory / "quarantine.jsonl", "w") as f:
-            f.writelines(json.dumps(q) + "\n" for q in quarantine)
-
-
-def _target(spec: Spec, stage: str, cycle: int | None) -> tuple[artifacts.Artifact, Path]:
-    """The checkpoint to score and the root its report is published under."""
-    if cycle is None:
-        return artifacts.read_current(spec.product_dir(CHECKPOINTS[stage])), spec.product_dir(
-            PRODUCT
-        )
-    from flywheel.loop.cycles import eval_root
-    from flywheel.loop.promotion import candidate
-
-    return candidate(spec, cycle), eval_root(spec, cycle)
-
-
-def run_eval(
-    spec: Spec, stage: str, reporter: Reporter, cycle: int | None = None
-) -> dict[str, Any]:
-    """Evaluate the stage's current checkpoint (or a cycle's candidate), publish the report;
-    returns its metadata."""
-    evaluated, root = _target(spec, stage, cycle)
-    stage = stage if cycle is None else "cycle"
-    reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
-    model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
-    metrics: dict[str, Any] = perplexity_metrics(spec, model, reporter)
-    if stage == "sft" and "perplexity" in metrics:
-        metrics.update(parent_perplexity(spec, evaluated, reporter))
-    scores = []
-    for task in spec.eval.tasks:
-        score = evaluate_task(model, tokenizer, task, spec.eval.micro_batch)
-        scores.append(score)
-        metrics[f"accuracy/{score.name}"] = score.accuracy
-        metrics[f"n/{score.name}"] = score.n
-        if score.quarantine:
-            metrics[f"quarantined/{score.name}"] = len(score.quarantine)
-            reporter.warning(f"task {score.name}: {len(score.quarantine)} record(s) quarantined")
-        reporter.info(f"task {score.name}: accuracy {score.accuracy:.3f} on {score.n}")
-    staging = artifacts.staging_dir(root)
-    head = {"checkpoint": evaluated.version, "stage": stage, "cycle": cycle}
-    write_report(staging, {**head, **metrics}, scores)
-    report = artifacts.publish(
-        root,
-        staging,
-        checkpoint=evaluated.version,
-        stage=stage,
-        cycle=cycle,
-        spec=spec.resolved(),
-    )
-    numeric = {
-        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    Catalog(spec.catalog).record_eval(evaluated.version, report.version, numeric)
-    metadata = {
-        **metrics,
-        "checkpoint": evaluated.version,
-        "stage": stage,
-        **({"cycle": cycle} if cycle is not None else {}),
-        "report": str(report.path),
-        "samples": samples_table(scores),
-    }
-    reporter.materialization(metadata, data_version=report.version)
-    return {"version": report.version, "metadata": metadata}
+from flywheel.core.spec import add_spec_arguments, load_spec
+from flywheel.loop.eval.scores import CHECKPOINTS, evaluate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with Reporter(is_main=True) as reporter:
-        run_eval(load_spec(args.spec, args.overrides), args.stage, reporter, args.cycle)
+        evaluate(load_spec(args.spec, args.overrides), args.stage, args.cycle, reporter)
     return 0
 
 

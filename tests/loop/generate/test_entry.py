@@ -16,7 +16,8 @@ from flywheel.core.shards import read_current
 from flywheel.core.spec import load_spec
 from flywheel.data.arithmetic import arithmetic_examples
 from flywheel.loop.cycles import generations_root
-from flywheel.loop.generate.__main__ import SCHEMA, main, run_generation
+from flywheel.loop.generate.__main__ import main
+from flywheel.loop.generate.generations import SCHEMA, generate_cycle
 from tests.loop.generate.openai_server import CompletionsServer
 
 EVAL_PROMPT = "What is 2 + 2?"
@@ -96,12 +97,12 @@ def test_generations_shard_set(spec_path: Path, chat_checkpoint: Path) -> None:
 def test_rerun_reuses_the_set(spec_path: Path, chat_checkpoint: Path) -> None:
     spec = load_spec(spec_path)
     with Reporter() as reporter:
-        first = run_generation(spec, 1, chat_checkpoint, reporter)
+        first = generate_cycle(spec, 1, chat_checkpoint, reporter)
         # Bookkeeping settings do not change what is generated.
         faster = load_spec(spec_path, ["generation.endpoint.concurrency=16"])
-        again = run_generation(faster, 1, chat_checkpoint, reporter)
+        again = generate_cycle(faster, 1, chat_checkpoint, reporter)
         changed = load_spec(spec_path, ["generation.temperature=0.5"])
-        other = run_generation(changed, 1, chat_checkpoint, reporter)
+        other = generate_cycle(changed, 1, chat_checkpoint, reporter)
     assert not first["reused"] and again["reused"]
     assert again["version"] == first["version"] and other["version"] != first["version"]
     meta = first["metadata"]
@@ -122,6 +123,6 @@ def test_generation_through_an_endpoint(spec_path: Path, chat_checkpoint: Path) 
 
 def test_unverifiable_checkpoint_is_refused(spec_path: Path, tmp_path: Path) -> None:
     (tmp_path / "half").mkdir()
-    with pytest.raises(artifacts.CheckpointError, match="incomplete"):
+    with pytest.raises(artifacts.ArtifactError, match="incomplete"):
         main(argv(spec_path, tmp_path / "half"))
     assert not (tmp_path / "data" / "cycles" / "1" / "generations" / "CURRENT").exists()
