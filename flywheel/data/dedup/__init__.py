@@ -4,6 +4,13 @@
 
 ``deduplicate(ids, texts, settings)`` for one corpus in memory; ``DedupIndex.open(path,
 settings)`` then ``add`` / ``commit`` to deduplicate batches against everything seen before.
+
+Why our own engine and not datasketch's (``bench/dedup.py``, both on the same 149,470-document
+corpus in one run): signatures alone are the same speed as ``MinHash.bulk`` (sig_ratio 0.98),
+but end to end we are 1.41x faster than ``MinHash.bulk`` + ``MinHashLSH`` even when it is handed
+our shingle hashes for free, and verifying candidates by exact Jaccard on a sketch lifts
+precision/recall to 0.9993/0.9977 against datasketch's 0.9602/0.9819. Add to that what
+datasketch has no notion of: an incremental, persistent index with versioned commits.
 """
 
 from flywheel.core.settings.dedup import DedupSettings
