@@ -6,9 +6,11 @@
 Cycle 0 adopts the seed SFT checkpoint; cycle c >= 1 fine-tunes the champion on cycle c-1's
 training set plus the generations accepted since. ``training_set`` cannot declare a
 dependency on the previous cycle's ``accepted_generations`` (that would be a cycle in the
-graph, and a dynamic partition cannot depend on itself), so it finds cycle c-1 at run time and
-records it in its metadata and manifest; the accepted-data sensor closes the loop. Retraining,
-evaluation and generation run out of process through Pipes in the ``gpu`` pool.
+graph, and a dynamic partition cannot depend on itself), so
+``flywheel.loop.cycles.cycle_inputs`` resolves the earlier cycles' products at run time, each
+asset hands them to its stage, and the stage records their versions as its ``inputs``; the
+accepted-data sensor closes the loop. Retraining, evaluation and generation run out of process
+through Pipes in the ``gpu`` pool.
 """
 
 from typing import TYPE_CHECKING
@@ -87,10 +89,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     @_asset(P.TRAINING_SET, deps(P.TRAINING_SET), {"parquet"}, owners=owners)
     def training_set(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The cycle's SFT data: the previous cycle's set plus newly accepted generations."""
-        from flywheel.loop.cycles import NothingToTrain, build_training_set
+        from flywheel.loop.cycles import NothingToTrain, build_training_set, cycle_inputs
 
+        spec, cycle = flywheel.spec(), _cycle(context)
         try:
-            shards = build_training_set(flywheel.spec(), _cycle(context))
+            shards = build_training_set(spec, cycle, cycle_inputs(spec, P.TRAINING_SET, cycle))
         except NothingToTrain as exc:
             raise dg.Failure(description=str(exc)) from None
         m = shards.manifest
@@ -126,7 +129,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """Held-out perplexity and task accuracy of the cycle's candidate (plotted per cycle)."""
-        return launch_stage("eval", context, flywheel, pipes, ["--cycle", context.partition_key])
+        from flywheel.loop.cycles import cycle_inputs
+
+        handed = cycle_inputs(flywheel.spec(), P.CYCLE_EVAL, _cycle(context), deep=False)
+        extra = ["--cycle", context.partition_key]
+        return launch_stage("eval", context, flywheel, pipes, extra, P.versions(handed))
 
     @_asset(
         P.PROMOTED,
@@ -179,9 +186,10 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     def accepted_generations(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """Verified, filtered, deduplicated generations (rejected ones kept with reasons)."""
         from flywheel.loop.accept import accept_generations, accepted_checks
+        from flywheel.loop.cycles import cycle_inputs
 
         spec, cycle = flywheel.spec(), _cycle(context)
-        result = accept_generations(spec, cycle)
+        result = accept_generations(spec, cycle, cycle_inputs(spec, P.ACCEPTED, cycle))
         return dg.MaterializeResult(
             metadata=accepted_metadata(result),
             data_version=dg.DataVersion(result.version),

@@ -10,6 +10,7 @@ two runs never fight over one accelerator. Every asset's ``deps`` are its declar
 """
 
 import warnings
+from collections.abc import Mapping
 
 import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
@@ -31,12 +32,15 @@ def launch_stage(
     flywheel: FlywheelResource,
     pipes: PipesSubprocessClient,
     extra: list[str] | None = None,
+    pinned: Mapping[str, str] | None = None,
 ) -> dg.MaterializeResult:
-    """Run ``stage`` out of process through Pipes, its input versions pinned where it takes
-    them (``launch.pinned_inputs``); what rank 0 reported, with clickable paths."""
+    """Run ``stage`` out of process through Pipes, its input versions pinned: ``pinned``
+    (a cycle's, ``flywheel.loop.cycles.cycle_inputs``), else ``launch.pinned_inputs``; what
+    rank 0 reported, with clickable paths."""
     spec = flywheel.spec()
     spec_file = launch.write_run_spec(spec, stage)
-    args = [*launch.pinned_inputs(stage, spec), *(extra or [])]
+    pins = launch.pinned_inputs(stage, spec) if pinned is None else P.input_arguments(pinned)
+    args = [*pins, *(extra or [])]
     command = launch.command(stage, spec, spec_file, args)
     context.log.info("launching: " + " ".join(command))
     result = pipes.run(context=context, command=command).get_materialize_result()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from flywheel.core import artifacts
@@ -126,22 +127,38 @@ def deps(product: str, spec: Spec) -> list[str]:
 
 
 def is_shard_set(product: str) -> bool:
+    product = product.partition("/")[0]  # an earlier cycle's product reads as its product
     return is_raw(product) or product in SHARD_SETS
 
 
+def of_cycle(product: str, cycle: int) -> str:
+    """The input name of an earlier cycle's product (``EARLIER_CYCLES``):
+    ``accepted_generations/0``. A cycle's own products are named plainly."""
+    return f"{product}/{cycle}"
+
+
 # -- handing a stage its inputs ----------------------------------------------------------
-def check_inputs(product: str, spec: Spec, handed: Mapping[str, Any]) -> None:
-    """Raise ``InputError`` unless ``handed`` holds exactly ``product``'s declared inputs,
-    each a ``ShardSet`` or an ``Artifact`` as the product is one or the other."""
-    declared = inputs(product, spec)
+def check_inputs(
+    product: str,
+    spec: Spec,
+    handed: Mapping[str, Any],
+    declared: Iterable[str] | None = None,
+    optional: Iterable[str] = (),
+    hint: str | None = None,
+) -> None:
+    """Raise ``InputError`` unless ``handed`` holds exactly ``product``'s declared inputs
+    (``declared``, default ``inputs(product, spec)``; ``optional`` ones may be left out), each
+    a ``ShardSet`` or an ``Artifact`` as the product is one or the other."""
+    declared = inputs(product, spec) if declared is None else list(declared)
+    allowed = [*declared, *optional]
     problems = []
     missing = [p for p in declared if p not in handed]
     if missing:
         problems.append(f"missing {', '.join(missing)}")
-    unexpected = sorted(set(handed) - set(declared))
+    unexpected = sorted(set(handed) - set(allowed))
     if unexpected:
         problems.append(f"handed {', '.join(unexpected)}, which it does not read")
-    for name in (p for p in declared if p in handed):
+    for name in (p for p in allowed if p in handed):
         want = ShardSet if is_shard_set(name) else artifacts.Artifact
         if not isinstance(handed[name], want):
             problems.append(f"{name} must be a {want.__name__}, not {type(handed[name]).__name__}")
@@ -149,7 +166,7 @@ def check_inputs(product: str, spec: Spec, handed: Mapping[str, Any]) -> None:
         raise InputError(
             f"{product} reads {', '.join(declared) or 'no product'} "
             f"(flywheel.core.products): {'; '.join(problems)}. Hand it "
-            f"resolve_inputs(spec, {product!r})"
+            f"{hint or f'resolve_inputs(spec, {product!r})'}"
         )
 
 
@@ -176,7 +193,7 @@ def resolve_inputs(
         if version is None and by is not None:
             version = by.inputs.get(name)
         try:
-            handed[name] = _read(spec, name, version, deep)
+            handed[name] = read_product(spec, name, version, deep)
         except artifacts.ArtifactError as exc:
             if name in pinned or by is None or version is None:
                 raise
@@ -187,8 +204,16 @@ def resolve_inputs(
     return {name: handed[name] for name in declared}
 
 
-def _read(spec: Spec, name: str, version: str | None, deep: bool | None) -> Any:
-    root = spec.product_dir(name)
+def read_product(
+    spec: Spec, name: str, version: str | None = None, deep: bool | None = None
+) -> Any:
+    """Version ``version`` (default CURRENT) of product ``name``, verified."""
+    return read_at(spec.product_dir(name), name, version, deep)
+
+
+def read_at(root: Path, name: str, version: str | None = None, deep: bool | None = None) -> Any:
+    """Version ``version`` (default CURRENT) of product ``name`` published under ``root``: a
+    ``ShardSet`` or an ``Artifact``. ``deep``: re-hash every file (default: artifacts only)."""
     deep = (not is_shard_set(name)) if deep is None else deep
     if version is None:
         artifact = artifacts.read_current(root, deep=deep)

@@ -1,17 +1,19 @@
 """Acceptance of one cycle's generations: the ``accepted_generations`` data product.
 
-    python -c "from flywheel.loop import accept as a; from flywheel.core import spec; \
-a.accept_generations(spec.load_spec(), 1)"
+    python -c "from flywheel.loop import accept as a, cycles as c; from flywheel.core import \
+spec; s = spec.load_spec(); a.accept_generations(s, 1, c.cycle_inputs(s, a.PRODUCT, 1))"
 
-``accept_generations`` reads cycle ``c``'s current generations and commits a shard set at
-``accepted_root(spec, c)``. Every generation passes the gates below in order; the first that
-refuses it gives its ``reason``, and later gates never see it:
+``accept_generations`` reads the inputs it is handed (``flywheel.loop.cycles.cycle_inputs``:
+cycle ``c``'s generations and training set, earlier cycles' accepted sets) and commits a shard
+set at ``accepted_root(spec, c)`` that records their versions as its ``inputs``. Every
+generation passes the gates below in order; the first that refuses it gives its ``reason``, and
+later gates never see it:
 
 1. the verifier (``acceptance.verifier``, ``flywheel.loop.verifiers.judge``);
 2. the leak guard: a prompt equal (stripped) to an eval prompt -> ``eval_prompt``;
 3. quality filters on the response -> ``filter:<name>: <why>``;
 4. exact dedup on a normalized hash of (prompt, response): against every earlier cycle's
-   accepted set -> ``duplicate_of_accepted``, the newest training set up to this cycle ->
+   accepted set -> ``duplicate_of_accepted``, the cycle's training set ->
    ``duplicate_of_training_set``, earlier rows of this cycle -> ``duplicate_in_cycle``;
 5. near-dedup of responses (``acceptance.near_dedup``) against the same pools ->
    ``near_duplicate``;
@@ -32,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +47,7 @@ from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_curren
 from flywheel.core.spec import Spec
 from flywheel.data.dedup.minhash import normalize
 from flywheel.loop.accept_gates import Pools, hashes, load_pools, run_gates
-from flywheel.loop.cycles import accepted_root, generations_root
+from flywheel.loop.cycles import accepted_root, check_cycle_inputs, training_set_root
 from flywheel.loop.prompts import eval_prompts
 from flywheel.loop.verifiers import judge
 
@@ -81,11 +84,15 @@ class CheckOutcome:
 
 
 # -- the product -------------------------------------------------------------------------
-def accept_generations(spec: Spec, cycle: int) -> AcceptResult:
-    """Judge, guard, filter and deduplicate cycle ``cycle``'s generations; commit the set."""
-    generations = read_current(generations_root(spec, cycle))
+def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> AcceptResult:
+    """Judge, guard, filter and deduplicate cycle ``cycle``'s generations; commit the set.
+    ``handed``: the inputs ``cycle_inputs(spec, "accepted_generations", cycle)`` gives (the
+    cycle's generations and training set, earlier cycles' accepted sets), recorded as the
+    set's ``inputs``."""
+    check_cycle_inputs(spec, PRODUCT, cycle, handed)
+    generations = handed[P.GENERATIONS]
     df = _load(generations)
-    pools = load_pools(spec, cycle, set(df["generation_id"].to_list()))
+    pools = load_pools(handed, cycle, set(df["generation_id"].to_list()))
     leaks = eval_prompts(spec)
     key = _key(spec, generations, pools, leaks)
     root = accepted_root(spec, cycle)
@@ -114,7 +121,7 @@ def accept_generations(spec: Spec, cycle: int) -> AcceptResult:
         writer.write(accepted)
         writer.write_aux("rejected", rejected)
         writer.write_aux("preference_pairs", pairs)
-        shards = writer.commit(**meta)
+        shards = writer.commit(inputs=P.versions(handed), **meta)
     _record(spec, cycle, judged, shards)
     return AcceptResult(shards, _flat(shards.manifest))
 
@@ -248,7 +255,6 @@ def _manifest(
         # often a reference-free verifier's labels are right, where references exist.
         "label_precision": precision,
         "acceptance": spec.acceptance.model_dump(mode="json"),
-        "inputs": {"generations": generations.version, **pools.versions},
         "key": key,
         "spec": spec.resolved(),
     }
@@ -288,6 +294,16 @@ def _record(spec: Spec, cycle: int, judged: pl.DataFrame, shards: ShardSet) -> N
 
 
 # -- guard checks ------------------------------------------------------------------------
+def _current_pools(spec: Spec, cycle: int, own_ids: set[str]) -> Pools:
+    """The pools as they are now (a check looks at the data, not at what acceptance was
+    handed): earlier cycles' accepted sets and the cycle's training set, where published."""
+    roots = {P.of_cycle(P.ACCEPTED, k): accepted_root(spec, k) for k in range(cycle)}
+    roots[P.TRAINING_SET] = training_set_root(spec, cycle)
+    return load_pools(
+        {n: read_current(r) for n, r in roots.items() if has_current(r)}, cycle, own_ids
+    )
+
+
 def accepted_checks(spec: Spec, cycle: int) -> list[CheckOutcome]:
     """not_empty, no_eval_prompts, no_duplicates on cycle ``cycle``'s current accepted set,
     recomputed from its rows (not from what acceptance claims about them)."""
@@ -313,7 +329,7 @@ def accepted_checks(spec: Spec, cycle: int) -> list[CheckOutcome]:
         )
     )
     rows = hashes(df)
-    pools = load_pools(spec, cycle, set(df["generation_id"].cast(pl.String).to_list()))
+    pools = _current_pools(spec, cycle, set(df["generation_id"].cast(pl.String).to_list()))
     earlier, training = set(hashes(pools.accepted)), set(hashes(pools.training))
     within = len(rows) - len(set(rows))
     n_earlier = sum(h in earlier for h in rows)

@@ -6,7 +6,7 @@
 the leak guard (``eval_prompt``), quality filters (``filter:<name>: <why>``), exact dedup of
 (prompt, response) against the pools and within the cycle, optional MinHash near-dedup of
 responses, and the per-prompt cap. The pools are what a cycle must not repeat: every earlier
-cycle's accepted set and the newest training set up to the cycle. ``accepted_checks`` uses
+cycle's accepted set and the cycle's training set. ``accepted_checks`` uses
 the same hashes and pools, so the checks and the gates agree on what a duplicate is.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +22,10 @@ import polars as pl
 
 from flywheel.core import products as P
 from flywheel.core.settings.loop import GenerationFilters
-from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.data.dedup.minhash import jaccard, normalize, shingles
 from flywheel.data.filters import Filter, build_filters
 from flywheel.data.filters.gopher import non_blank_lines
-from flywheel.loop.cycles import accepted_root, training_set_root
 
 
 def text_hash(prompt: str, response: str) -> str:
@@ -44,27 +43,26 @@ class Pools:
     versions: dict[str, str | None]
 
 
-def load_pools(spec: Spec, cycle: int, own_ids: set[str]) -> Pools:
-    """The pools for ``cycle``. Training rows made from this cycle's own generations
-    (``own_ids``) are left out: they are this set's rows, not earlier data."""
+def load_pools(handed: Mapping[str, Any], cycle: int, own_ids: set[str]) -> Pools:
+    """The pools for ``cycle`` from its inputs (``cycle_inputs(spec, "accepted_generations",
+    cycle)``): every earlier accepted set handed, and the cycle's training set. Training rows
+    made from this cycle's own generations (``own_ids``) are left out: they are this set's
+    rows, not earlier data."""
     frames, versions = [], {}
     for k in range(cycle):
-        if has_current(accepted_root(spec, k)):
-            shards = read_current(accepted_root(spec, k))
+        shards = handed.get(P.of_cycle(P.ACCEPTED, k))
+        if shards is not None:
             frames.append(shards.read(["prompt", "response"]))
             versions[f"accepted/{k}"] = shards.version
     empty = pl.DataFrame(schema={"prompt": pl.String, "response": pl.String})
-    training = empty
-    versions[P.TRAINING_SET] = None
-    for k in range(cycle, -1, -1):
-        if has_current(training_set_root(spec, k)):
-            shards = read_current(training_set_root(spec, k))
-            df = shards.read()
-            if "generation_id" in df.columns and own_ids:
-                df = df.filter(~pl.col("generation_id").is_in(list(own_ids)).fill_null(False))
-            training = df.select("prompt", "response")
-            versions[P.TRAINING_SET] = f"{k}/{shards.version}"
-            break
+    training, versions[P.TRAINING_SET] = empty, None
+    if P.TRAINING_SET in handed:  # the stage is always handed one; a check may find none
+        shards = handed[P.TRAINING_SET]
+        df = shards.read()
+        if "generation_id" in df.columns and own_ids:
+            df = df.filter(~pl.col("generation_id").is_in(list(own_ids)).fill_null(False))
+        training = df.select("prompt", "response")
+        versions[P.TRAINING_SET] = f"{cycle}/{shards.version}"
     accepted = pl.concat(frames) if frames else empty
     return Pools(accepted, training, versions)
 

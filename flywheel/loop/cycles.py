@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,6 +73,82 @@ def promoted_dir(spec: Spec) -> Path:
     return spec.data_dir / PROMOTED
 
 
+# -- a cycle's inputs ----------------------------------------------------------------------
+def product_root(spec: Spec, name: str, cycle: int) -> Path:
+    """Where product ``name`` of cycle ``cycle`` is published; a product that is not per
+    cycle, at its own place. Cycle 0's checkpoint is the seed SFT checkpoint, adopted."""
+    roots = {
+        P.TRAINING_SET: training_set_root,
+        P.CYCLE_CHECKPOINT: checkpoint_root,
+        P.CYCLE_EVAL: eval_root,
+        P.GENERATIONS: generations_root,
+        P.ACCEPTED: accepted_root,
+    }
+    if name == P.CYCLE_CHECKPOINT and cycle == 0:
+        return spec.product_dir(SFT)
+    return roots[name](spec, cycle) if name in roots else spec.product_dir(name)
+
+
+def cycle_reads(spec: Spec, product: str, cycle: int) -> tuple[list[str], list[str]]:
+    """The inputs ``product`` reads at ``cycle``: (required, optional). Its own cycle's
+    products are named plainly (``flywheel.core.products.inputs``), earlier cycles' as
+    ``products.of_cycle`` names them (``EARLIER_CYCLES``); an optional one is read where an
+    earlier cycle published it (a cycle that accepted nothing has no accepted set)."""
+    if product not in P.CYCLE_PRODUCTS:
+        raise ValueError(f"{product} is not per cycle: resolve it with products.resolve_inputs")
+    cycle_dir(spec, cycle)  # a negative cycle is an error
+    if product == P.TRAINING_SET:  # cycle 0: the seed data, no product
+        parents = sorted({cycle - 1, 0}) if cycle > 0 else []  # the parent, and seed replay
+        optional = [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
+        return [P.of_cycle(P.TRAINING_SET, k) for k in parents], optional
+    if product == P.ACCEPTED:
+        return P.inputs(product, spec), [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
+    if product == P.CYCLE_EVAL:
+        return P.inputs(product, spec), []
+    raise NotImplementedError(f"{product} still finds its own inputs")
+
+
+def cycle_inputs(
+    spec: Spec,
+    product: str,
+    cycle: int,
+    pinned: Mapping[str, str] | None = None,
+    deep: bool | None = None,
+) -> dict[str, Any]:
+    """The versions of ``product``'s inputs at ``cycle`` (``cycle_reads``): ``pinned[name]``
+    where given, else CURRENT. A required one that was never published is an error that says
+    which cycle to run first."""
+    required, optional = cycle_reads(spec, product, cycle)
+    pinned = dict(pinned or {})
+    unknown = sorted(set(pinned) - {*required, *optional})
+    if unknown:
+        raise P.InputError(
+            f"cycle {cycle}'s {product} does not read {', '.join(unknown)}; "
+            f"it reads {[*required, *optional]}"
+        )
+    handed: dict[str, Any] = {}
+    for name in [*required, *optional]:
+        base, _, earlier = name.partition("/")
+        root = product_root(spec, base, int(earlier) if earlier else cycle)
+        if name not in pinned and not has_current(root):
+            if name in optional:
+                continue
+            k = earlier or cycle
+            raise FileNotFoundError(
+                f"cycle {cycle}'s {product} reads {base} of cycle {k}: nothing published under "
+                f"{root}; materialize cycle {k}'s {base} first"
+            )
+        handed[name] = P.read_at(root, base, pinned.get(name), deep)
+    return handed
+
+
+def check_cycle_inputs(spec: Spec, product: str, cycle: int, handed: Mapping[str, Any]) -> None:
+    """Raise ``products.InputError`` unless ``handed`` is a set ``cycle_inputs`` could give."""
+    required, optional = cycle_reads(spec, product, cycle)
+    hint = f"cycle_inputs(spec, {product!r}, {cycle}) (flywheel.loop.cycles)"
+    P.check_inputs(product, spec, handed, required, optional, hint)
+
+
 # -- training sets -------------------------------------------------------------------------
 TRAINING_COLUMNS = {
     "prompt_id": pl.String,
@@ -110,16 +186,14 @@ def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
     return pl.DataFrame(rows, schema=TRAINING_COLUMNS), data.source
 
 
-def _accepted_since(spec: Spec, cycle: int, seen: set[str]) -> tuple[pl.DataFrame, dict]:
-    """Accepted generations of cycles before ``cycle`` not yet in the parent training set."""
+def _accepted_since(
+    accepted: Mapping[int, ShardSet], seen: set[str]
+) -> tuple[pl.DataFrame, dict[str, str]]:
+    """The rows of the accepted sets (``{cycle: set}``) not yet in the parent training set."""
     frames, versions = [], {}
-    for k in range(cycle):
-        root = accepted_root(spec, k)
-        if not has_current(root):
-            continue
-        accepted = read_current(root)
-        versions[str(k)] = accepted.version
-        df = accepted.read(["prompt_id", "prompt", "response", "generation_id"])
+    for k, shards in sorted(accepted.items()):
+        versions[str(k)] = shards.version
+        df = shards.read(["prompt_id", "prompt", "response", "generation_id"])
         df = df.filter(~pl.col("generation_id").is_in(list(seen)))
         frames.append(
             df.with_columns(
@@ -128,6 +202,12 @@ def _accepted_since(spec: Spec, cycle: int, seen: set[str]) -> tuple[pl.DataFram
         )
     new = pl.concat(frames) if frames else pl.DataFrame(schema=TRAINING_COLUMNS)
     return new.select(list(TRAINING_COLUMNS)).cast(TRAINING_COLUMNS), versions
+
+
+def _accepted_of(handed: Mapping[str, Any], cycle: int) -> dict[int, ShardSet]:
+    """The earlier cycles' accepted sets among ``handed``, by cycle."""
+    named = {k: P.of_cycle(P.ACCEPTED, k) for k in range(cycle)}
+    return {k: handed[name] for k, name in named.items() if name in handed}
 
 
 @contextmanager
@@ -140,31 +220,28 @@ def locked(folder: Path) -> Iterator[None]:
         yield
 
 
-def build_training_set(spec: Spec, cycle: int) -> ShardSet:
+def build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> ShardSet:
     """Cycle 0: the seed SFT data. Cycle c: cycle c-1's training set plus every accepted
     generation not in it yet; an error if there is none (never retrain on the same data).
-    Two runs of the same cycle at once build it once: the second waits and reuses it."""
+    ``handed``: the inputs ``cycle_inputs(spec, "training_set", cycle)`` gives, recorded as the
+    set's ``inputs``. Two runs of the same cycle at once build it once: the second waits and
+    reuses it."""
+    check_cycle_inputs(spec, P.TRAINING_SET, cycle, handed)
     with locked(training_set_root(spec, cycle)):
-        return _build_training_set(spec, cycle)
+        return _build_training_set(spec, cycle, handed)
 
 
-def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
+def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> ShardSet:
     root = training_set_root(spec, cycle)
     if cycle == 0:
         df, source = _seed_rows(spec)
         key = {"cycle": 0, "parent_cycle": None, "parent_version": None, "seed": source}
         new_rows = df.height
     else:
-        parent_root = training_set_root(spec, cycle - 1)
-        if not has_current(parent_root):
-            raise FileNotFoundError(
-                f"cycle {cycle} needs the training set of cycle {cycle - 1}, and there is none "
-                f"under {parent_root}; run the cycles in order"
-            )
-        parent = read_current(parent_root)
+        parent = handed[P.of_cycle(P.TRAINING_SET, cycle - 1)]
         parent_df = parent.read(list(TRAINING_COLUMNS))
         seen = set(parent_df["generation_id"].drop_nulls().to_list())
-        new, versions = _accepted_since(spec, cycle, seen)
+        new, versions = _accepted_since(_accepted_of(handed, cycle), seen)
         key = {
             "cycle": cycle,
             "parent_cycle": cycle - 1,
@@ -180,7 +257,8 @@ def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
                 f"training set {parent.version}; nothing to retrain on"
             )
         generated = parent_df.filter(pl.col("origin") != "seed")
-        df, new_rows = pl.concat([_replayed_seed(spec, cycle), generated, new]), new.height
+        seed = _replayed_seed(spec, cycle, handed[P.of_cycle(P.TRAINING_SET, 0)])
+        df, new_rows = pl.concat([seed, generated, new]), new.height
     if has_current(root) and _same_key(read_current(root).manifest, key):
         return read_current(root)
     counts = df["origin"].value_counts()
@@ -188,6 +266,7 @@ def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
     with ShardWriter(root) as writer:
         writer.write(df)
         shards = writer.commit(
+            inputs=P.versions(handed),
             **key,
             key=key,
             rows=df.height,
@@ -200,10 +279,11 @@ def _build_training_set(spec: Spec, cycle: int) -> ShardSet:
     return shards
 
 
-def _replayed_seed(spec: Spec, cycle: int) -> pl.DataFrame:
-    """Cycle 0's seed rows, or a sample of ``cycles.seed_replay`` of them drawn with seed
-    ``cycle`` (a different sample each cycle, the same one on every rerun)."""
-    seed = read_current(training_set_root(spec, 0)).read(list(TRAINING_COLUMNS))
+def _replayed_seed(spec: Spec, cycle: int, seed_set: ShardSet) -> pl.DataFrame:
+    """Cycle 0's seed rows (of ``seed_set``, its training set), or a sample of
+    ``cycles.seed_replay`` of them drawn with seed ``cycle`` (a different sample each cycle,
+    the same one on every rerun)."""
+    seed = seed_set.read(list(TRAINING_COLUMNS))
     seed = seed.filter(pl.col("origin") == "seed")
     n = spec.cycles.seed_replay
     if n is None or n >= seed.height:
@@ -222,7 +302,9 @@ def new_accepted_rows(spec: Spec, cycle: int) -> int:
         return 0
     parent = read_current(parent_root).read(["generation_id"])
     seen = set(parent["generation_id"].drop_nulls().to_list())
-    return _accepted_since(spec, cycle, seen)[0].height
+    roots = {k: accepted_root(spec, k) for k in range(cycle)}
+    accepted = {k: read_current(root) for k, root in roots.items() if has_current(root)}
+    return _accepted_since(accepted, seen)[0].height
 
 
 # -- finished runs -------------------------------------------------------------------------

@@ -6,9 +6,10 @@
 
 A flywheel cycle's retraining takes its cycle and champion as extra arguments:
 ``command("retrain", spec, spec_file, ["--cycle", "3", "--parent", champion_dir])``.
-Pre-training and SFT take the versions of their inputs (``pinned_inputs``: ``--input
-tokenized_dataset=v-...``, resolved as ``flywheel.core.products`` declares them), so a run
-reads what was current when it was launched, not what became current while it waited.
+Pre-training, SFT and evaluation take the versions of their inputs (``pinned_inputs``:
+``--input tokenized_dataset=v-...``, resolved as ``flywheel.core.products`` declares them), so
+a run reads what was current when it was launched, not what became current while it waited.
+A cycle's stages are pinned by their caller (``flywheel.loop.cycles.cycle_inputs``).
 
 The stage reads a *resolved* spec file (absolute paths, defaults filled in), written next to
 its outputs, so the exact inputs of every run are on disk. ``num_processes > 1`` adds
@@ -49,7 +50,7 @@ PRODUCTS = {
     "generate": P.GENERATIONS,
 }
 ONE_PROCESS = ("eval", "generate")  # plain python: no accelerate, no ranks
-TAKES_INPUTS = ("pretrain", "sft")  # entries that accept --input PRODUCT=VERSION
+TAKES_INPUTS = ("pretrain", "sft", "eval")  # entries that accept --input PRODUCT=VERSION
 
 
 def _free_port() -> int:

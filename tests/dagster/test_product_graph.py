@@ -20,6 +20,8 @@ from flywheel.core import products as P
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, load_spec
 from flywheel.data import stages
+from flywheel.loop import accept, cycles
+from flywheel.loop.eval.scores import evaluate
 from flywheel.train.packing import build_tokenized_dataset
 from flywheel.train.pretrain import pretrain
 from flywheel.train.sft import run_sft
@@ -101,6 +103,7 @@ def _runners(spec: Spec) -> dict[str, object]:
         P.TOKENIZED: lambda i: build_tokenized_dataset(spec, i),
         P.PRETRAINED: lambda i: pretrain(spec, i),
         P.SFT: lambda i: run_sft(spec, Reporter(), i),
+        P.EVAL: lambda i: evaluate(spec, i),
     }
 
 
@@ -108,7 +111,7 @@ def test_each_stage_refuses_inputs_that_lack_a_declared_product(small_spec: Path
     spec = load_spec(small_spec, SMALL)
     made = _materialize(spec)
     fake_parent = made[P.TOKENIZER]  # any artifact: the check comes before it is read
-    available = {**made, P.PRETRAINED: fake_parent}
+    available = {**made, P.PRETRAINED: fake_parent, P.SFT: fake_parent}
     for product, run in _runners(spec).items():
         declared = P.inputs(product, spec)
         assert declared, product
@@ -123,6 +126,33 @@ def test_each_stage_refuses_inputs_that_lack_a_declared_product(small_spec: Path
     wrong_kind = {P.DEDUPLICATED: made[P.TOKENIZER]}
     with pytest.raises(P.InputError, match="deduplicated_shards must be a ShardSet"):
         build_tokenizer(spec, wrong_kind)
+
+
+def test_each_cycle_stage_refuses_inputs_that_lack_a_declared_product(small_spec: Path) -> None:
+    spec = load_spec(small_spec, SMALL)
+    made = _materialize(spec)
+    shards, artifact = made[P.TOKENIZED], made[P.TOKENIZER]  # the checks come before a read
+    runners = {  # each cycle stage converted so far, as run(inputs) at cycle 2
+        P.TRAINING_SET: lambda i: cycles.build_training_set(spec, 2, i),
+        P.ACCEPTED: lambda i: accept.accept_generations(spec, 2, i),
+        P.CYCLE_EVAL: lambda i: evaluate(spec, i, cycle=2),
+    }
+    for product, run in runners.items():
+        required, optional = cycles.cycle_reads(spec, product, 2)
+        assert required, product
+        full = {n: shards if P.is_shard_set(n) else artifact for n in [*required, *optional]}
+        for missing in required:
+            handed = {n: v for n, v in full.items() if n != missing}
+            with pytest.raises(P.InputError, match=f"{product} reads .*missing {missing}"):
+                run(handed)
+        with pytest.raises(P.InputError, match="handed accepted_generations/2, which it does"):
+            run({**full, P.of_cycle(P.ACCEPTED, 2): shards})  # its own cycle's, not earlier
+    assert cycles.cycle_reads(spec, P.TRAINING_SET, 2) == (
+        ["training_set/0", "training_set/1"],
+        ["accepted_generations/0", "accepted_generations/1"],
+    )
+    with pytest.raises(P.InputError, match="does not read synthetic_generations/1"):
+        cycles.cycle_inputs(spec, P.ACCEPTED, 2, {"synthetic_generations/1": "v-1"})
 
 
 def test_stages_read_the_inputs_handed_not_their_own_data_dir(

@@ -15,14 +15,16 @@ from typing import Any
 import polars as pl
 import pytest
 
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
-from flywheel.core.shards import ShardWriter, read_current
+from flywheel.core.shards import ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec, parse_spec
-from flywheel.loop.accept import accept_generations, accepted_checks
+from flywheel.loop.accept import AcceptResult, accept_generations, accepted_checks
 from flywheel.loop.accept_gates import repeated_line_fraction, text_hash
 from flywheel.loop.cycles import (
     TRAINING_COLUMNS,
     accepted_root,
+    cycle_inputs,
     generations_root,
     training_set_root,
 )
@@ -76,7 +78,14 @@ def write_generations(spec: Spec, cycle: int, prompts: list[tuple]) -> pl.DataFr
     with ShardWriter(generations_root(spec, cycle)) as writer:
         writer.write(df)
         writer.commit(cycle=cycle)
+    if not has_current(training_set_root(spec, cycle)):  # acceptance reads the cycle's set
+        write_set(training_set_root(spec, cycle), training_rows([]))
     return df
+
+
+def _accept(spec: Spec, cycle: int) -> AcceptResult:
+    """Accept cycle ``cycle``'s generations, handed its current inputs."""
+    return accept_generations(spec, cycle, cycle_inputs(spec, P.ACCEPTED, cycle))
 
 
 def write_set(root: Path, df: pl.DataFrame) -> None:
@@ -127,7 +136,7 @@ def test_every_generation_accepted_or_rejected_with_its_reason(tmp_path: Path) -
             ("What is 1 + 1?", "2", ["3"]),  # p4: only wrong answers
         ],
     )
-    result = accept_generations(spec, 1)
+    result = _accept(spec, 1)
     assert not result.reused
     got = reasons(spec, 1)
     assert set(got) == set(gens["generation_id"])  # accepted + rejected = generations
@@ -180,7 +189,7 @@ def test_every_generation_accepted_or_rejected_with_its_reason(tmp_path: Path) -
 def test_catalog_records_every_decision_and_reaccepting_replaces_them(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, verifier={"kind": "numeric"})
     write_generations(spec, 1, [("What is 7 + 12?", "19", ["19", "It is 19.", "7"])])
-    first = accept_generations(spec, 1)
+    first = _accept(spec, 1)
     cat = Catalog.open(spec.catalog)
     rows = cat.query("SELECT * FROM generations ORDER BY generation_id").rows(named=True)
     assert [(r["generation_id"], r["status"], r["reason"]) for r in rows] == [
@@ -192,12 +201,12 @@ def test_catalog_records_every_decision_and_reaccepting_replaces_them(tmp_path: 
         (1, "p0", "ckpt-1", first.version)
     }
     # Idempotent: same generations and settings -> the same set, nothing rewritten.
-    again = accept_generations(spec, 1)
+    again = _accept(spec, 1)
     assert again.reused and again.version == first.version
     assert again.metadata == first.metadata
     # New generations for the cycle: its catalog rows are replaced, not added to.
     write_generations(spec, 1, [("What is 7 + 12?", "19", ["19"])])
-    third = accept_generations(spec, 1)
+    third = _accept(spec, 1)
     assert not third.reused and third.version != first.version
     rows = cat.query("SELECT generation_id, accepted_version FROM generations").rows()
     assert rows == [("c1-p0-s0", third.version)]
@@ -208,9 +217,9 @@ def test_changed_settings_reaccept(tmp_path: Path) -> None:
         tmp_path, verifier={"kind": "python", "function": "tests.loop.test_accept:always"}
     )
     write_generations(spec, 1, [("Say a word", None, ["cat", "dog", "cow"])])
-    assert accept_generations(spec, 1).manifest["accepted"] == 1  # max_per_prompt 1
+    assert _accept(spec, 1).manifest["accepted"] == 1  # max_per_prompt 1
     spec.acceptance.max_per_prompt = 2
-    result = accept_generations(spec, 1)
+    result = _accept(spec, 1)
     assert not result.reused and result.manifest["accepted"] == 2
 
 
@@ -238,7 +247,7 @@ def test_max_per_prompt_counts_distinct_survivors(tmp_path: Path) -> None:
             ("Name an animal", None, ["cat", "Dog", "dog", "boom", "bad", "cow", "emu"]),
         ],
     )
-    accept_generations(spec, 1)
+    _accept(spec, 1)
     got = reasons(spec, 1)
     # "cat" is in the training set and "dog" repeats "Dog" (case and spacing are normalized):
     # neither takes one of the two places, so "Dog" and "cow" are accepted.
@@ -262,7 +271,7 @@ def test_max_per_prompt_counts_distinct_survivors(tmp_path: Path) -> None:
 def test_dedup_against_earlier_cycles_and_the_training_set(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, verifier={"kind": "exact"})
     write_generations(spec, 0, [("What is 1 + 1?", "2", ["2"])])
-    accept_generations(spec, 0)
+    _accept(spec, 0)
     # Cycle 1's training set: a seed row, and a row made from cycle 1's own generation,
     # which must not count as earlier data (it is this set's row, not a prior one).
     training = training_rows(
@@ -278,7 +287,7 @@ def test_dedup_against_earlier_cycles_and_the_training_set(tmp_path: Path) -> No
             ("What is 9 + 9?", "18", ["18"]),
         ],
     )
-    accept_generations(spec, 1)
+    _accept(spec, 1)
     assert reasons(spec, 1) == {
         "c1-p0-s0": "duplicate_of_accepted",
         "c1-p1-s0": "duplicate_of_training_set",
@@ -286,9 +295,14 @@ def test_dedup_against_earlier_cycles_and_the_training_set(tmp_path: Path) -> No
     }
     checks = {c.name: c for c in accepted_checks(spec, 1)}
     assert all(c.passed for c in checks.values()), checks
-    inputs = read_current(accepted_root(spec, 1)).manifest["inputs"]
-    assert set(inputs) == {"generations", "accepted/0", "training_set"}
-    assert inputs["training_set"].startswith("1/")
+    accepted = read_current(accepted_root(spec, 1))
+    read = {
+        "synthetic_generations": read_current(generations_root(spec, 1)).version,
+        "training_set": read_current(training_set_root(spec, 1)).version,
+        "accepted_generations/0": read_current(accepted_root(spec, 0)).version,
+    }
+    assert accepted.inputs == read  # the versions it read, as the product graph names them
+    assert accepted.manifest["key"]["pools"]["training_set"] == f"1/{read['training_set']}"
 
 
 def test_self_consistency_and_label_precision(tmp_path: Path) -> None:
@@ -302,7 +316,7 @@ def test_self_consistency_and_label_precision(tmp_path: Path) -> None:
             ("What is 9 + 1?", "10", ["1", "2", "3"]),  # no majority
         ],
     )
-    result = accept_generations(spec, 1)
+    result = _accept(spec, 1)
     assert reasons(spec, 1) == {
         "c1-p0-s0": None,
         "c1-p0-s1": "duplicate_in_cycle",
@@ -332,7 +346,7 @@ def test_reward_model_acceptance_keeps_scores(tmp_path: Path) -> None:
     threshold = (ranked[1] + ranked[2]) / 2  # the two best pass, clear of float rounding
     spec.acceptance.verifier.threshold = threshold
     spec.acceptance.max_per_prompt = 4
-    result = accept_generations(spec, 1)
+    result = _accept(spec, 1)
     best = {f"c1-p0-s{i}" for i, s in enumerate(scores) if s >= threshold}
     got = reasons(spec, 1)
     assert {g for g, r in got.items() if r is None} == best
@@ -366,7 +380,7 @@ def test_quality_filters_and_near_dedup(tmp_path: Path) -> None:
             ("Describe it again", None, [prose(3)[1][:1500], prose(3)[1][:1490]]),
         ],
     )
-    accept_generations(spec, 1)
+    _accept(spec, 1)
     got = reasons(spec, 1)
     assert got["c1-p0-s0"] == "near_duplicate"  # of the training set, under another prompt
     assert got["c1-p0-s1"] == "filter:repeated_lines: 0.5 > 0.3"
@@ -379,14 +393,14 @@ def test_quality_filters_and_near_dedup(tmp_path: Path) -> None:
 def test_bad_generation_sets_are_clear_errors(tmp_path: Path) -> None:
     spec = make_spec(tmp_path)
     with pytest.raises(FileNotFoundError, match="nothing published"):
-        accept_generations(spec, 1)
+        _accept(spec, 1)
     df = write_generations(spec, 1, [("What is 1 + 1?", "2", ["2", "3"])])
     write_set(generations_root(spec, 1), df.drop("checkpoint"))
     with pytest.raises(ValueError, match=r"lack columns \['checkpoint'\]"):
-        accept_generations(spec, 1)
+        _accept(spec, 1)
     write_set(generations_root(spec, 1), df.with_columns(generation_id=pl.lit("same")))
     with pytest.raises(ValueError, match=r"repeat generation_id\(s\) \['same'\]"):
-        accept_generations(spec, 1)
+        _accept(spec, 1)
 
 
 # -- guard checks: they pass on a good set and each fails on a bad one ---------------------

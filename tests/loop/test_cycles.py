@@ -14,6 +14,7 @@ import pytest
 
 from flywheel.core import artifacts
 from flywheel.core.catalog import Catalog
+from flywheel.core.products import TRAINING_SET
 from flywheel.core.shards import ShardWriter, read_current
 from flywheel.core.spec import load_spec
 from flywheel.loop import cycles, promotion
@@ -69,8 +70,12 @@ def _accept(spec, cycle: int, n: int, start: int = 0) -> None:
         writer.commit(cycle=cycle)
 
 
+def _build(spec, cycle: int):
+    return cycles.build_training_set(spec, cycle, cycles.cycle_inputs(spec, TRAINING_SET, cycle))
+
+
 def _run_cycle(spec, cycle: int, accuracy: float) -> promotion.Decision:
-    cycles.build_training_set(spec, cycle)
+    _build(spec, cycle)
     if cycle > 0:
         _publish_model(cycles.checkpoint_root(spec, cycle), f"model-{cycle}")
     _publish_eval(spec, cycle, accuracy)
@@ -78,25 +83,28 @@ def _run_cycle(spec, cycle: int, accuracy: float) -> promotion.Decision:
 
 
 def test_training_sets_grow_from_the_seed_with_new_accepted_rows_only(spec) -> None:
-    seed = cycles.build_training_set(spec, 0)
+    seed = _build(spec, 0)
     assert seed.num_rows == 20 and seed.manifest["parent_cycle"] is None
     with pytest.raises(FileNotFoundError, match="cycle 1 has no training set|cycle 1"):
-        cycles.build_training_set(spec, 2)
+        _build(spec, 2)
     with pytest.raises(cycles.NothingToTrain, match="nothing to retrain on"):
-        cycles.build_training_set(spec, 1)  # no accepted generation yet
+        _build(spec, 1)  # no accepted generation yet
     _accept(spec, 0, 7)
     assert cycles.new_accepted_rows(spec, 1) == 7
-    one = cycles.build_training_set(spec, 1)
+    one = _build(spec, 1)
     assert one.num_rows == 27 and one.manifest["new_rows"] == 7
     assert one.manifest["parent_version"] == seed.version
-    assert cycles.build_training_set(spec, 1).version == one.version  # same inputs: reused
+    accepted = read_current(cycles.accepted_root(spec, 0)).version
+    assert one.inputs == {"training_set/0": seed.version, "accepted_generations/0": accepted}
+    assert seed.inputs == {}  # cycle 0 reads the seed data, no product
+    assert _build(spec, 1).version == one.version  # same inputs: reused
     df = one.read()
     assert df.filter(pl.col("origin") == "generation")["cycle_added"].unique().to_list() == [0]
     # Cycle 2 adds only what cycle 1 did not have: the same accepted rows never train twice.
     with pytest.raises(cycles.NothingToTrain):
-        cycles.build_training_set(spec, 2)
+        _build(spec, 2)
     _accept(spec, 1, 3)
-    two = cycles.build_training_set(spec, 2)
+    two = _build(spec, 2)
     assert two.num_rows == 30 and two.manifest["new_rows"] == 3
     ids = two.read()["generation_id"].drop_nulls()
     assert ids.n_unique() == ids.len() == 10
@@ -110,11 +118,11 @@ def test_seed_replay_keeps_a_sample_of_the_seed_and_every_generation(tmp_path: P
     path = tmp_path / "flywheel.yaml"
     path.write_text(textwrap.dedent(SPEC).replace("cycles: {", "cycles: {seed_replay: 5, "))
     spec = load_spec(path)
-    seed = set(cycles.build_training_set(spec, 0).read()["prompt_id"])
+    seed = set(_build(spec, 0).read()["prompt_id"])
     _accept(spec, 0, 7)
-    one = cycles.build_training_set(spec, 1)
+    one = _build(spec, 1)
     _accept(spec, 1, 3)
-    two = cycles.build_training_set(spec, 2).read()
+    two = _build(spec, 2).read()
     assert one.manifest["seed_rows"] == 5 and one.manifest["generation_rows"] == 7
     assert two.filter(pl.col("origin") == "seed").height == 5
     assert set(two.filter(pl.col("origin") == "seed")["prompt_id"]) <= seed
@@ -174,7 +182,7 @@ def test_a_new_candidate_for_a_decided_cycle_faces_the_champion_before_it(spec) 
 
 def test_promotion_refuses_a_stale_eval_or_a_skipped_cycle(spec) -> None:
     _publish_model(spec.product_dir("sft_checkpoint"), "seed")
-    cycles.build_training_set(spec, 0)
+    _build(spec, 0)
     _publish_eval(spec, 0, 0.1)
     _publish_model(spec.product_dir("sft_checkpoint"), "seed-2")  # eval now scores an old one
     with pytest.raises(RuntimeError, match="evaluate the candidate first"):
@@ -210,7 +218,7 @@ def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
 
     _publish_model(spec.product_dir("sft_checkpoint"), "seed")
     with ThreadPoolExecutor(4) as pool:
-        sets = list(pool.map(lambda _: cycles.build_training_set(spec, 0).version, range(4)))
+        sets = list(pool.map(lambda _: _build(spec, 0).version, range(4)))
     assert len(set(sets)) == 1  # the later builders waited and reused the first one's set
     _publish_eval(spec, 0, 0.2)
     with ThreadPoolExecutor(4) as pool:

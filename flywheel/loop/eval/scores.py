@@ -2,21 +2,25 @@
 
     python -m flywheel.loop.eval --spec flywheel.yaml [--stage sft|pretrain]   # its entry
     python -c "from flywheel.core.spec import load_spec; from flywheel.loop.eval.scores \
-import evaluate; print(evaluate(load_spec('flywheel.yaml'))['version'])"
+import evaluate, eval_inputs; s = load_spec('flywheel.yaml'); \
+print(evaluate(s, eval_inputs(s))['version'])"
 
-``evaluate`` reads the current ``sft_checkpoint`` (default) or ``pretrained_checkpoint``,
-measures held-out perplexity on the current ``tokenized_dataset`` (skipped, with a warning,
-when there is none; for SFT also that of its pre-trained parent) and the accuracy of every
-``eval.tasks`` entry, then publishes a verified report directory (``scores.json``,
-``samples.jsonl`` with every scored answer, ``quarantine.jsonl`` when a task file had bad
-records), records the metrics in the catalog, and reports a materialization whose data
+``evaluate`` reads the inputs it is handed (``eval_inputs``, as ``flywheel.core.products``
+declares them): the ``sft_checkpoint`` (default) or ``pretrained_checkpoint``, whose held-out
+perplexity it measures on the ``tokenized_dataset`` (for SFT also that of its pre-trained
+parent, the version the SFT checkpoint records; skipped, with a warning, when the held-out
+split is empty), and the accuracy of every ``eval.tasks`` entry; then it publishes a verified
+report directory (``scores.json``, ``samples.jsonl`` with every scored answer,
+``quarantine.jsonl`` when a task file had bad records) that records the versions read as its
+``inputs``, records the metrics in the catalog, and reports a materialization whose data
 version is the report's version. With ``cycle=N`` it scores cycle N's candidate
-(``flywheel.loop.cycles``) and publishes under ``cycles/N/eval`` instead.
+(``flywheel.loop.cycles.cycle_inputs``) and publishes under ``cycles/N/eval`` instead.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +31,9 @@ from flywheel.core import artifacts
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.report import Reporter
-from flywheel.core.shards import has_current, read_current
+from flywheel.core.shards import ShardSet
 from flywheel.core.spec import Spec
+from flywheel.loop.cycles import check_cycle_inputs, cycle_inputs, eval_root
 from flywheel.loop.eval.perplexity import heldout_perplexity
 from flywheel.loop.eval.tasks import TaskScore, evaluate_task
 from flywheel.train.loader import heldout_files
@@ -36,6 +41,7 @@ from flywheel.train.loader import heldout_files
 PRODUCT = P.EVAL
 CHECKPOINTS = {"sft": P.SFT, "pretrain": P.PRETRAINED}
 TOKENIZED = P.TOKENIZED
+PRETRAIN_READS = [P.PRETRAINED, TOKENIZED]  # a pre-training eval, by hand: not in the graph
 
 
 def load_for_eval(path: Path, attn_implementation: str) -> tuple[Any, Any]:
@@ -53,13 +59,46 @@ def load_for_eval(path: Path, attn_implementation: str) -> tuple[Any, Any]:
     return model, load_tokenizer(path)
 
 
-def perplexity_metrics(spec: Spec, model: Any, reporter: Reporter) -> dict[str, Any]:
-    """``perplexity``, ``heldout_loss`` and ``heldout_tokens``, or {} when there is no split."""
-    root = spec.product_dir(TOKENIZED)
-    if not has_current(root):
-        reporter.warning(f"no perplexity: nothing published under {root}")
-        return {}
-    dataset = read_current(root)
+def eval_inputs(
+    spec: Spec,
+    stage: str = "sft",
+    cycle: int | None = None,
+    pinned: Mapping[str, str] | None = None,
+    deep: bool | None = None,
+) -> dict[str, Any]:
+    """What an evaluation reads (``pinned`` versions, else CURRENT): the SFT checkpoint, the
+    tokenized dataset and the checkpoint's pre-trained parent (``eval_scores``'s inputs); with
+    ``cycle``, the cycle's candidate and the dataset (``flywheel.loop.cycles.cycle_inputs``);
+    for ``stage="pretrain"`` (by hand), the pre-trained checkpoint and the dataset."""
+    if cycle is not None:
+        return cycle_inputs(spec, P.CYCLE_EVAL, cycle, pinned, deep)
+    if stage == "sft":
+        return P.resolve_inputs(spec, PRODUCT, pinned, deep)
+    pinned = dict(pinned or {})
+    unknown = sorted(set(pinned) - set(PRETRAIN_READS))
+    if unknown:
+        raise P.InputError(f"a pre-training eval does not read {', '.join(unknown)}")
+    return {n: P.read_product(spec, n, pinned.get(n), deep) for n in PRETRAIN_READS}
+
+
+def check_eval_inputs(spec: Spec, stage: str, cycle: int | None, handed: Mapping[str, Any]) -> str:
+    """Raise ``products.InputError`` unless ``handed`` is what ``eval_inputs`` gives for this
+    evaluation; the name of the checkpoint to score."""
+    if cycle is not None:
+        check_cycle_inputs(spec, P.CYCLE_EVAL, cycle, handed)
+        return P.CYCLE_CHECKPOINT
+    if stage == "sft":
+        P.check_inputs(PRODUCT, spec, handed)
+    else:
+        P.check_inputs(PRODUCT, spec, handed, PRETRAIN_READS, hint="eval_inputs(spec, stage)")
+    return CHECKPOINTS[stage]
+
+
+def perplexity_metrics(
+    spec: Spec, model: Any, dataset: ShardSet, reporter: Reporter
+) -> dict[str, Any]:
+    """``perplexity``, ``heldout_loss`` and ``heldout_tokens`` on ``dataset``'s held-out split,
+    or {} when it is empty."""
     files = heldout_files(dataset)
     if sum(pq.read_metadata(f).num_rows for f in files) == 0:
         reporter.warning(f"no perplexity: the held-out split of {dataset.version} is empty")
@@ -77,18 +116,13 @@ def perplexity_metrics(spec: Spec, model: Any, reporter: Reporter) -> dict[str, 
 
 
 def parent_perplexity(
-    spec: Spec, evaluated: artifacts.Artifact, reporter: Reporter
+    spec: Spec, parent: artifacts.Artifact, dataset: ShardSet, reporter: Reporter
 ) -> dict[str, Any]:
-    """Held-out perplexity of the SFT checkpoint's pre-trained parent, beside the SFT one:
-    how much general language modelling fine-tuning gave up."""
-    parent = evaluated.meta.get("lineage", {}).get(CHECKPOINTS["pretrain"])
-    path = spec.product_dir(CHECKPOINTS["pretrain"]) / str(parent)
-    if not parent or not path.is_dir():
-        reporter.warning(f"no parent perplexity: pre-trained checkpoint {parent} is gone")
-        return {}
-    model, _ = load_for_eval(path, spec.model.attn_implementation)
-    result = perplexity_metrics(spec, model, reporter)
-    return {"pretrained_perplexity": result["perplexity"], P.PRETRAINED: parent}
+    """Held-out perplexity of the SFT checkpoint's pre-trained ``parent``, beside the SFT
+    one: how much general language modelling fine-tuning gave up."""
+    model, _ = load_for_eval(parent.path, spec.model.attn_implementation)
+    result = perplexity_metrics(spec, model, dataset, reporter)
+    return {"pretrained_perplexity": result["perplexity"], P.PRETRAINED: parent.version}
 
 
 def score_tasks(
@@ -140,40 +174,37 @@ def write_report(directory: Path, metrics: dict[str, Any], scores: list[TaskScor
             f.writelines(json.dumps(q) + "\n" for q in quarantine)
 
 
-def _target(spec: Spec, stage: str, cycle: int | None) -> tuple[artifacts.Artifact, Path]:
-    """The checkpoint to score and the root its report is published under."""
-    if cycle is None:
-        checkpoint = artifacts.read_current(spec.product_dir(CHECKPOINTS[stage]))
-        return checkpoint, spec.product_dir(PRODUCT)
-    from flywheel.loop.cycles import eval_root
-    from flywheel.loop.promotion import candidate
-
-    return candidate(spec, cycle), eval_root(spec, cycle)
-
-
 def evaluate(
-    spec: Spec, stage: str = "sft", cycle: int | None = None, reporter: Reporter | None = None
+    spec: Spec,
+    handed: Mapping[str, Any],
+    stage: str = "sft",
+    cycle: int | None = None,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the stage's current checkpoint (or cycle ``cycle``'s candidate) and publish
-    the report; returns ``{"version", "metadata"}``.
+    """Evaluate the stage's checkpoint (or cycle ``cycle``'s candidate) among the ``handed``
+    inputs (``eval_inputs``) and publish the report, which records their versions as its
+    ``inputs``; returns ``{"version", "metadata"}``.
 
     ``reporter`` receives the logs and the materialization (default: plain logging).
     """
     reporter = reporter or Reporter()
-    evaluated, root = _target(spec, stage, cycle)
+    evaluated = handed[check_eval_inputs(spec, stage, cycle, handed)]
+    dataset = handed[TOKENIZED]
     stage = stage if cycle is None else "cycle"
     reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
     model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
-    metrics: dict[str, Any] = perplexity_metrics(spec, model, reporter)
+    metrics: dict[str, Any] = perplexity_metrics(spec, model, dataset, reporter)
     if stage == "sft" and "perplexity" in metrics:
-        metrics.update(parent_perplexity(spec, evaluated, reporter))
+        metrics.update(parent_perplexity(spec, handed[P.PRETRAINED], dataset, reporter))
     scores = score_tasks(spec, model, tokenizer, metrics, reporter)
+    root = spec.product_dir(PRODUCT) if cycle is None else eval_root(spec, cycle)
     staging = artifacts.staging_dir(root)
     head = {"checkpoint": evaluated.version, "stage": stage, "cycle": cycle}
     write_report(staging, {**head, **metrics}, scores)
     report = artifacts.publish(
         root,
         staging,
+        inputs=P.versions(handed),
         checkpoint=evaluated.version,
         stage=stage,
         cycle=cycle,

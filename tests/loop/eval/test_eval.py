@@ -137,6 +137,11 @@ def test_eval_entry_publishes_scores(tmp_path: Path, data_dir: Path) -> None:
     evaluated = artifacts.read_current(data_dir / "pretrained_checkpoint")
     report = artifacts.read_current(data_dir / "eval_scores")
     assert report.meta["checkpoint"] == evaluated.version
+    dataset = artifacts.read_current(data_dir / "tokenized_dataset", deep=False)
+    assert report.inputs == {
+        "pretrained_checkpoint": evaluated.version,
+        "tokenized_dataset": dataset.version,
+    }
     assert report.meta["spec"]["eval"]["micro_batch"] == 4
     scores = json.loads((report.path / "scores.json").read_text())
     assert math.isfinite(scores["perplexity"])
