@@ -170,11 +170,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """k sampled completions per prompt from the champion, with how each was made."""
-        from flywheel.loop.promotion import champion_after
+        from flywheel.loop.cycles import cycle_inputs
 
-        champ = champion_after(flywheel.spec(), _cycle(context))
-        extra = ["--cycle", context.partition_key, "--checkpoint", str(champ.path)]
-        return launch_stage("generate", context, flywheel, pipes, extra)
+        handed = cycle_inputs(flywheel.spec(), P.GENERATIONS, _cycle(context), deep=False)
+        extra = ["--cycle", context.partition_key]
+        return launch_stage("generate", context, flywheel, pipes, extra, P.versions(handed))
 
     @_asset(
         P.ACCEPTED,

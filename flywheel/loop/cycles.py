@@ -31,6 +31,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core import artifacts
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, CycleRun
 from flywheel.core.loop_record import FAILED, SUCCEEDED
@@ -103,9 +104,42 @@ def cycle_reads(spec: Spec, product: str, cycle: int) -> tuple[list[str], list[s
         return [P.of_cycle(P.TRAINING_SET, k) for k in parents], optional
     if product == P.ACCEPTED:
         return P.inputs(product, spec), [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
-    if product == P.CYCLE_EVAL:
+    if product in (P.CYCLE_EVAL, P.GENERATIONS):  # generations: the champion after cycle c
         return P.inputs(product, spec), []
-    raise NotImplementedError(f"{product} still finds its own inputs")
+    if product == P.PROMOTED:  # the eval, the candidate, and the champion it must beat
+        before = [P.of_cycle(P.PROMOTED, cycle - 1)] if cycle > 0 else []
+        return [*P.inputs(product, spec), *before], []
+    if cycle == 0:  # the cycle's checkpoint: cycle 0 adopts the seed SFT checkpoint
+        return [SFT], []
+    return [P.TRAINING_SET, P.of_cycle(P.PROMOTED, cycle - 1)], _preference_reads(spec, cycle)
+
+
+def _preference_reads(spec: Spec, cycle: int) -> list[str]:
+    """What retraining's preference stage reads (``cycles.preference``): DPO, the pairs of
+    every earlier accepted set; GRPO/RLOO, the prompts of cycle c-1's generations."""
+    kind = spec.cycles.preference
+    if kind == "none":
+        return []
+    if kind == "dpo":
+        return [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
+    return [P.of_cycle(P.GENERATIONS, cycle - 1)]
+
+
+def read_champion(
+    spec: Spec, cycle: int, version: str | None = None, deep: bool = True
+) -> artifacts.Artifact:
+    """The champion cycle ``cycle``'s decision left: the newest candidate promoted at or
+    before it (``promoted_model`` of that cycle); with ``version``, that decided candidate."""
+    done = Catalog.open(spec.catalog).decisions()
+    if version is None:
+        found = [d for d in done if d.promoted and d.cycle <= cycle]
+        missing = f"no model was promoted up to cycle {cycle}: materialize cycle 0 first"
+    else:
+        found = [d for d in done if d.candidate == version]
+        missing = f"no cycle decided on candidate {version}: it was never a champion"
+    if not found:
+        raise FileNotFoundError(missing)
+    return artifacts.verify(Path(found[-1].candidate_path), deep=deep)
 
 
 def cycle_inputs(
@@ -114,13 +148,16 @@ def cycle_inputs(
     cycle: int,
     pinned: Mapping[str, str] | None = None,
     deep: bool | None = None,
+    given: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The versions of ``product``'s inputs at ``cycle`` (``cycle_reads``): ``pinned[name]``
-    where given, else CURRENT. A required one that was never published is an error that says
+    where given, else CURRENT (``promoted_model``: the champion the cycle's decision left,
+    ``read_champion``). ``given``: inputs already read, taken as they are (by hand: a
+    checkpoint directory). A required one that was never published is an error that says
     which cycle to run first."""
     required, optional = cycle_reads(spec, product, cycle)
-    pinned = dict(pinned or {})
-    unknown = sorted(set(pinned) - {*required, *optional})
+    pinned, given = dict(pinned or {}), dict(given or {})
+    unknown = sorted({*pinned, *given} - {*required, *optional})
     if unknown:
         raise P.InputError(
             f"cycle {cycle}'s {product} does not read {', '.join(unknown)}; "
@@ -129,11 +166,15 @@ def cycle_inputs(
     handed: dict[str, Any] = {}
     for name in [*required, *optional]:
         base, _, earlier = name.partition("/")
-        root = product_root(spec, base, int(earlier) if earlier else cycle)
+        k = int(earlier) if earlier else cycle
+        if name in given or base == P.PROMOTED:  # the champion is a decision, not a folder
+            found = given.get(name)
+            handed[name] = found or read_champion(spec, k, pinned.get(name), deep is not False)
+            continue
+        root = product_root(spec, base, k)
         if name not in pinned and not has_current(root):
             if name in optional:
                 continue
-            k = earlier or cycle
             raise FileNotFoundError(
                 f"cycle {cycle}'s {product} reads {base} of cycle {k}: nothing published under "
                 f"{root}; materialize cycle {k}'s {base} first"

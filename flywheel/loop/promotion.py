@@ -24,7 +24,14 @@ from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.settings.loop import GateSettings
 from flywheel.core.spec import Spec
 from flywheel.loop.accept import CheckOutcome
-from flywheel.loop.cycles import SFT, checkpoint_root, eval_root, locked, promoted_dir
+from flywheel.loop.cycles import (
+    SFT,
+    checkpoint_root,
+    eval_root,
+    locked,
+    promoted_dir,
+    read_champion,
+)
 
 
 # -- candidates, eval and promotion --------------------------------------------------------
@@ -61,12 +68,7 @@ def champion_after(spec: Spec, cycle: int) -> artifacts.Artifact:
     """The champion as cycle ``cycle``'s decision left it: the newest candidate promoted at
     or before that cycle. Fixed once decided, so rerunning a cycle retrains from (and
     generates with) the same model even after later cycles changed the champion."""
-    found = _newest_promoted(decisions(spec), up_to=cycle)
-    if found is None:
-        raise FileNotFoundError(
-            f"no model was promoted up to cycle {cycle}: materialize cycle 0 first"
-        )
-    return artifacts.verify(Path(found.candidate_path))
+    return read_champion(spec, cycle)
 
 
 def _better(value: float, best: float, gate: GateSettings) -> bool:

@@ -22,6 +22,7 @@ from flywheel.core.spec import Spec, load_spec
 from flywheel.data import stages
 from flywheel.loop import accept, cycles
 from flywheel.loop.eval.scores import evaluate
+from flywheel.loop.generate.generations import generate_cycle
 from flywheel.train.packing import build_tokenized_dataset
 from flywheel.train.pretrain import pretrain
 from flywheel.train.sft import run_sft
@@ -136,6 +137,7 @@ def test_each_cycle_stage_refuses_inputs_that_lack_a_declared_product(small_spec
         P.TRAINING_SET: lambda i: cycles.build_training_set(spec, 2, i),
         P.ACCEPTED: lambda i: accept.accept_generations(spec, 2, i),
         P.CYCLE_EVAL: lambda i: evaluate(spec, i, cycle=2),
+        P.GENERATIONS: lambda i: generate_cycle(spec, 2, i),
     }
     for product, run in runners.items():
         required, optional = cycles.cycle_reads(spec, product, 2)

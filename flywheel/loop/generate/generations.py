@@ -1,16 +1,17 @@
 """Sample completions from a checkpoint: the ``synthetic_generations`` data product of a cycle.
 
-    python -m flywheel.loop.generate --spec flywheel.yaml --cycle 1 --checkpoint DIR  # its entry
-    python -c "from pathlib import Path; from flywheel.core.spec import load_spec; \
-from flywheel.loop.generate.generations import generate_cycle; \
-print(generate_cycle(load_spec('flywheel.yaml'), 1, Path('DIR'))['version'])"
+    python -m flywheel.loop.generate --spec flywheel.yaml --cycle 1   # its entry
+    python -c "from flywheel.core.spec import load_spec; from flywheel.loop import cycles; \
+from flywheel.loop.generate.generations import generate_cycle; s = load_spec('flywheel.yaml'); \
+print(generate_cycle(s, 1, cycles.cycle_inputs(s, 'synthetic_generations', 1))['version'])"
 
-``generate_cycle`` verifies the checkpoint directory, loads cycle ``N``'s prompts
+``generate_cycle`` is handed the champion cycle ``N``'s decision left (``promoted_model``,
+``flywheel.loop.cycles.cycle_inputs``), loads cycle ``N``'s prompts
 (``generation.prompts``, eval prompts quarantined so they never reach training data), draws
 ``samples_per_prompt`` completions of each with ``generation.backend`` and commits a shard set
 at ``<data_dir>/cycles/<N>/generations``: one row per completion (columns in ``SCHEMA``), aux
-table ``quarantine`` with the refused prompts, and a manifest that records the checkpoint,
-sampling, prompt source, counts and speed.
+table ``quarantine`` with the refused prompts, and a manifest that records the checkpoint (as
+its ``inputs`` too), sampling, prompt source, counts and speed.
 
 A rerun with the same checkpoint version, generation settings, cycle and prompts finds the
 current set's fingerprint equal, generates nothing and reports that set again.
@@ -21,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -33,7 +34,7 @@ from flywheel.core.records import Loaded
 from flywheel.core.report import Reporter
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
-from flywheel.loop.cycles import cycle_dir, generations_root
+from flywheel.loop.cycles import check_cycle_inputs, cycle_dir, generations_root
 from flywheel.loop.generate.backends import open_backend
 from flywheel.loop.generate.base import Completion, SamplingParams, sampling_params
 from flywheel.loop.prompts import eval_prompts, load_prompts
@@ -188,15 +189,18 @@ def _generate(
 
 
 def generate_cycle(
-    spec: Spec, cycle: int, checkpoint_dir: Path, reporter: Reporter | None = None
+    spec: Spec, cycle: int, handed: Mapping[str, Any], reporter: Reporter | None = None
 ) -> dict[str, Any]:
-    """Generate cycle ``cycle``'s completions from ``checkpoint_dir``; commit and report them.
+    """Generate cycle ``cycle``'s completions from the champion; commit and report them.
 
+    ``handed``: the inputs ``cycle_inputs(spec, "synthetic_generations", cycle)`` gives (the
+    champion after cycle ``cycle``, ``promoted_model``), recorded as the set's ``inputs``.
     Returns ``{"version", "metadata", "reused"}``. ``reporter`` receives the logs and the
     materialization (default: plain logging).
     """
+    check_cycle_inputs(spec, PRODUCT, cycle, handed)
     reporter = reporter or Reporter()
-    ckpt = artifacts.verify(checkpoint_dir)
+    ckpt: artifacts.Artifact = handed[P.PROMOTED]
     prompts = load_prompts(spec.generation.prompts, cycle, eval_prompts(spec))
     for key, n in prompts.counts.items():
         if key.startswith("quarantined/"):
@@ -219,6 +223,7 @@ def generate_cycle(
             quarantine = pl.DataFrame(prompts.quarantine, schema=QUARANTINE_SCHEMA)
             writer.write_aux("quarantine", quarantine)
             shards = writer.commit(
+                inputs=P.versions(handed),
                 cycle=cycle,
                 checkpoint=ckpt.version,
                 checkpoint_path=str(ckpt.path),

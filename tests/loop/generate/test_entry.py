@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
+from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.report import Reporter
 from flywheel.core.shards import read_current
 from flywheel.core.spec import load_spec
@@ -89,6 +92,7 @@ def test_generations_shard_set(spec_path: Path, chat_checkpoint: Path) -> None:
     m = shards.manifest
     assert (m["cycle"], m["checkpoint"], m["backend"]) == (2, version, "transformers")
     assert m["checkpoint_path"] == str(chat_checkpoint)
+    assert shards.inputs == {P.PROMOTED: version}  # by hand, --checkpoint is the champion read
     assert m["sampling"]["n"] == 3 and m["prompt_source"]["kind"] == "jsonl"
     assert m["counts"]["prompts"] == 6 and m["counts"]["quarantined"] == 3
     assert m["completions"] == 18 and m["new_tokens"] >= 18 and m["completions_per_s"] > 0
@@ -96,13 +100,14 @@ def test_generations_shard_set(spec_path: Path, chat_checkpoint: Path) -> None:
 
 def test_rerun_reuses_the_set(spec_path: Path, chat_checkpoint: Path) -> None:
     spec = load_spec(spec_path)
+    handed = {P.PROMOTED: artifacts.verify(chat_checkpoint)}
     with Reporter() as reporter:
-        first = generate_cycle(spec, 1, chat_checkpoint, reporter)
+        first = generate_cycle(spec, 1, handed, reporter)
         # Bookkeeping settings do not change what is generated.
         faster = load_spec(spec_path, ["generation.endpoint.concurrency=16"])
-        again = generate_cycle(faster, 1, chat_checkpoint, reporter)
+        again = generate_cycle(faster, 1, handed, reporter)
         changed = load_spec(spec_path, ["generation.temperature=0.5"])
-        other = generate_cycle(changed, 1, chat_checkpoint, reporter)
+        other = generate_cycle(changed, 1, handed, reporter)
     assert not first["reused"] and again["reused"]
     assert again["version"] == first["version"] and other["version"] != first["version"]
     meta = first["metadata"]
@@ -126,3 +131,24 @@ def test_unverifiable_checkpoint_is_refused(spec_path: Path, tmp_path: Path) -> 
     with pytest.raises(artifacts.ArtifactError, match="incomplete"):
         main(argv(spec_path, tmp_path / "half"))
     assert not (tmp_path / "data" / "cycles" / "1" / "generations" / "CURRENT").exists()
+
+
+def test_generation_reads_the_champion_its_cycle_left_and_records_it(
+    spec_path: Path, chat_checkpoint: Path
+) -> None:
+    spec = load_spec(spec_path)
+    with pytest.raises(P.InputError, match="synthetic_generations reads .*missing promoted_mod"):
+        generate_cycle(spec, 1, {})
+    with pytest.raises(FileNotFoundError, match="no model was promoted up to cycle 1"):
+        main(["--spec", str(spec_path), "--cycle", "1"])
+    champ = artifacts.verify(chat_checkpoint)
+    at = datetime.now(UTC)
+    first = Decision(0, champ.version, str(champ.path), "acc", 0.5, None, None, True, "first", at)
+    Catalog.open(spec.catalog).record_decision(first)
+    pin = ["--input", f"{P.PROMOTED}={champ.version}"]  # what the asset hands it
+    assert main(["--spec", str(spec_path), "--cycle", "1", *pin]) == 0
+    shards = read_current(generations_root(spec, 1))
+    assert shards.inputs == {P.PROMOTED: champ.version}
+    assert set(shards.read()["checkpoint"]) == {champ.version}
+    with pytest.raises(FileNotFoundError, match="no cycle decided on candidate v-nope"):
+        main(["--spec", str(spec_path), "--cycle", "1", "--input", f"{P.PROMOTED}=v-nope"])
