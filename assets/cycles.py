@@ -111,7 +111,8 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """The cycle's candidate: the champion fine-tuned on the cycle's training set."""
-        from flywheel.loop.promotion import candidate, champion_after
+        from flywheel.loop.cycles import cycle_inputs
+        from flywheel.loop.promotion import candidate
 
         cycle, spec = _cycle(context), flywheel.spec()
         if cycle == 0:  # the seed SFT model is cycle 0's candidate: nothing to train
@@ -120,9 +121,10 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
             return dg.MaterializeResult(
                 metadata=metadata, data_version=dg.DataVersion(seed.version)
             )
-        parent = champion_after(spec, cycle - 1)  # not "the champion now": reruns stay put
-        extra = ["--cycle", str(cycle), "--parent", str(parent.path)]
-        return launch_stage("retrain", context, flywheel, pipes, extra)
+        # The champion cycle c-1 left, not "the champion now": reruns stay put.
+        handed = cycle_inputs(spec, P.CYCLE_CHECKPOINT, cycle, deep=False)
+        extra = ["--cycle", str(cycle)]
+        return launch_stage("retrain", context, flywheel, pipes, extra, P.versions(handed))
 
     @_asset(P.CYCLE_EVAL, deps(P.CYCLE_EVAL), {"pytorch"}, GPU_POOL, owners=owners)
     def cycle_eval_scores(

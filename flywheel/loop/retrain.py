@@ -1,19 +1,24 @@
 """Retrain the champion for one flywheel cycle: SFT on the cycle's training set, then
 optionally DPO, GRPO or RLOO (TRL), published as the cycle's checkpoint.
 
-    accelerate launch -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 --parent DIR
-    python -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 --parent DIR   # by hand
+    accelerate launch -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 \
+        --input training_set=v-... --input promoted_model/2=v-...   # as the asset pins it
+    python -m flywheel.loop.retrain --spec flywheel.yaml --cycle 3 [--parent DIR]   # by hand
 
-``DIR`` is the champion's checkpoint directory (the caller decides who the champion is; it is
-verified here). Cycle ``N >= 1`` fine-tunes it on the training set of cycle ``N``
-(``flywheel.loop.cycles.training_set_root``) with ``sft``'s settings overridden by
-``cycles.train`` (``CycleSettings.train_settings``), then, per ``cycles.preference`` (with
-``cycles.preference_train`` over those settings):
+A run reads what ``flywheel.loop.cycles.cycle_inputs`` resolves for ``cycle_checkpoint``: the
+cycle's training set, the champion cycle ``N-1``'s decision left (``promoted_model/<N-1>``; by
+hand ``--parent DIR`` names any published checkpoint instead), and what the preference stage
+reads; ``--input PRODUCT=VERSION`` pins one, and the published checkpoint records the versions
+read as its ``inputs``. Cycle ``N >= 1`` fine-tunes the champion on the cycle's training set
+with ``sft``'s settings overridden by ``cycles.train`` (``CycleSettings.train_settings``),
+then, per ``cycles.preference`` (with ``cycles.preference_train`` over those settings):
 
-- ``dpo``: on the preference pairs of the accepted sets of cycles ``< N``, newest cycles first,
-  at most ``preference_train.max_prompts`` pairs;
+- ``dpo``: on the preference pairs of the accepted sets of cycles ``< N``
+  (``accepted_generations/<k>``), newest cycles first, at most ``preference_train.max_prompts``
+  pairs;
 - ``grpo`` / ``rloo``: on the prompts with a reference answer among cycle ``N-1``'s
-  generations (at most ``max_prompts``), rewarded by the acceptance verifier.
+  generations (``synthetic_generations/<N-1>``, at most ``max_prompts``), rewarded by the
+  acceptance verifier.
 
 With no pairs (or prompts) yet, preference training is skipped with a warning and the
 metrics say so. The final model is published once under ``cycles/<N>/checkpoint`` with its
@@ -31,6 +36,7 @@ import argparse
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +49,7 @@ from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.loop import preference
-from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
+from flywheel.loop.cycles import check_cycle_inputs, checkpoint_root, cycle_inputs
 from flywheel.train.finetune import BOOKKEEPING, INTERMEDIATE, FineTune, run_finetune
 from flywheel.train.sft import train_and_save
 from flywheel.train.sft_data import data_fingerprint, sft_example
@@ -66,15 +72,8 @@ class PreferenceData:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_training_set(spec: Spec, cycle: int) -> tuple[shards.ShardSet, Loaded]:
-    """Cycle ``cycle``'s training set and its rows as conversations (bad rows quarantined)."""
-    root = training_set_root(spec, cycle)
-    if not shards.has_current(root):
-        raise FileNotFoundError(
-            f"cycle {cycle} has no training set at {root}; materialize the cycle's "
-            "training_set before retraining"
-        )
-    training_set = shards.read_current(root)
+def load_training_set(training_set: shards.ShardSet, cycle: int) -> Loaded:
+    """The rows of cycle ``cycle``'s training set as conversations (bad rows quarantined)."""
     missing = [c for c in COLUMNS if c not in training_set.manifest.get("schema", {})]
     if missing:
         raise ValueError(f"training set {training_set.path} lacks the column(s) {missing}")
@@ -94,7 +93,7 @@ def load_training_set(spec: Spec, cycle: int) -> tuple[shards.ShardSet, Loaded]:
             examples.append(example)
     if not examples:
         raise ValueError(f"training set {training_set.path} has no usable rows ({len(bad)} bad)")
-    return training_set, Loaded(examples, bad, source)
+    return Loaded(examples, bad, source)
 
 
 def origin_counts(training_set: shards.ShardSet) -> dict[str, int]:
@@ -104,15 +103,15 @@ def origin_counts(training_set: shards.ShardSet) -> dict[str, int]:
     return {f"origin/{o}": found.get(o, 0) for o in sorted({"seed", "generation", *found})}
 
 
-def load_pairs(spec: Spec, cycle: int, limit: int) -> PreferenceData:
-    """DPO examples from the accepted sets of cycles before ``cycle``: newest cycles first
-    (their completions come from the model closest to the one being trained)."""
+def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceData:
+    """DPO examples from the accepted sets of cycles before ``cycle`` among ``handed``
+    (``accepted_generations/<k>``): newest cycles first (their completions come from the model
+    closest to the one being trained)."""
     frames, sources = [], []
     for k in range(cycle):
-        root = accepted_root(spec, k)
-        if not shards.has_current(root):
+        accepted = handed.get(P.of_cycle(P.ACCEPTED, k))
+        if accepted is None:
             continue
-        accepted = shards.read_current(root)
         if PAIRS in accepted.manifest.get("aux", []):
             pairs = accepted.aux(PAIRS).select("prompt_id", "prompt", "chosen", "rejected")
             frames.append(pairs.with_columns(pl.lit(k).alias("from_cycle")))
@@ -137,13 +136,13 @@ def load_pairs(spec: Spec, cycle: int, limit: int) -> PreferenceData:
     return PreferenceData("dpo", examples, "accepted pairs of cycles " + ", ".join(sources))
 
 
-def load_prompts(spec: Spec, cycle: int, kind: str, limit: int) -> PreferenceData:
+def load_prompts(handed: Mapping[str, Any], cycle: int, kind: str, limit: int) -> PreferenceData:
     """GRPO/RLOO prompts: those with a reference answer among cycle ``cycle - 1``'s
-    generations, once each (a prompt was sampled several times), in prompt_id order."""
-    root = generations_root(spec, cycle - 1)
-    if not shards.has_current(root):
+    generations (``synthetic_generations/<cycle-1>`` in ``handed``), once each (a prompt was
+    sampled several times), in prompt_id order."""
+    generations = handed.get(P.of_cycle(P.GENERATIONS, cycle - 1))
+    if generations is None:
         return PreferenceData(kind)
-    generations = shards.read_current(root)
     answered = pl.col("answer").is_not_null() & (pl.col("answer").str.strip_chars() != "")
     prompts = (
         generations.read(["prompt_id", "prompt", "answer"])
@@ -158,16 +157,16 @@ def load_prompts(spec: Spec, cycle: int, kind: str, limit: int) -> PreferenceDat
     return PreferenceData(kind, examples, f"generations(cycle={cycle - 1}, {generations.version})")
 
 
-def preference_data(spec: Spec, cycle: int) -> PreferenceData | None:
+def preference_data(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> PreferenceData | None:
     """The preference stage's data per ``cycles.preference``; None when it is ``none``."""
     kind, settings = spec.cycles.preference, spec.cycles.preference_settings(spec.sft)
     if kind == "none":
         return None
     preference.check_settings(kind, settings, settings.num_processes)
     if kind == "dpo":
-        return load_pairs(spec, cycle, settings.max_prompts)
+        return load_pairs(handed, cycle, settings.max_prompts)
     preference.verifier_reward(spec.acceptance.verifier)  # an unusable verifier fails now
-    return load_prompts(spec, cycle, kind, settings.max_prompts)
+    return load_prompts(handed, cycle, kind, settings.max_prompts)
 
 
 def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None) -> dict[str, Any]:
@@ -183,16 +182,34 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
     return key
 
 
-def cycle_run(spec: Spec, cycle: int, parent_dir: Path) -> tuple[FineTune, PreferenceData | None]:
-    """The cycle's fine-tuning run (inputs read and checked) and its preference data."""
+def retrain_inputs(
+    spec: Spec, cycle: int, pinned: Mapping[str, str] | None = None, parent: Path | None = None
+) -> dict[str, Any]:
+    """What cycle ``cycle``'s retraining reads (``cycle_inputs``), ``pinned`` where given;
+    ``parent``: by hand, this checkpoint directory as the champion."""
     if cycle < 1:
         raise ValueError(f"--cycle must be >= 1, got {cycle} (cycle 0 is flywheel.train.sft)")
-    try:
-        parent = artifacts.verify(Path(parent_dir))
-    except artifacts.ArtifactError as exc:
-        raise artifacts.ArtifactError(f"the parent (champion) {exc}") from None
-    training_set, data = load_training_set(spec, cycle)
-    pref = preference_data(spec, cycle)
+    given = {}
+    if parent is not None:
+        try:
+            given[P.of_cycle(P.PROMOTED, cycle - 1)] = artifacts.verify(Path(parent))
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"the parent (champion) {exc}") from None
+    return cycle_inputs(spec, P.CYCLE_CHECKPOINT, cycle, pinned, given=given)
+
+
+def cycle_run(
+    spec: Spec, cycle: int, handed: Mapping[str, Any]
+) -> tuple[FineTune, PreferenceData | None]:
+    """The cycle's fine-tuning run and its preference data, from ``handed``: the inputs
+    ``retrain_inputs`` gives, checked and recorded as the checkpoint's ``inputs``."""
+    if cycle < 1:
+        raise ValueError(f"--cycle must be >= 1, got {cycle} (cycle 0 is flywheel.train.sft)")
+    check_cycle_inputs(spec, P.CYCLE_CHECKPOINT, cycle, handed)
+    parent = handed[P.of_cycle(P.PROMOTED, cycle - 1)]
+    training_set = handed[P.TRAINING_SET]
+    data = load_training_set(training_set, cycle)
+    pref = preference_data(spec, cycle, handed)
     origins = origin_counts(training_set)
     about = {
         P.TRAINING_SET: training_set.version,
@@ -208,7 +225,9 @@ def cycle_run(spec: Spec, cycle: int, parent_dir: Path) -> tuple[FineTune, Prefe
     keyed_by = _keyed_by(spec, cycle, training_set.version, pref)
     root = checkpoint_root(spec, cycle)
     settings = spec.cycles.train_settings(spec.sft)
-    run = FineTune(settings, parent, data, root, STAGE, lineage, metadata, keyed_by)
+    run = FineTune(
+        settings, parent, data, root, STAGE, lineage, metadata, keyed_by, P.versions(handed)
+    )
     return run, pref
 
 
@@ -253,10 +272,12 @@ def train_cycle(
     return metrics, run.staging
 
 
-def run_retrain(spec: Spec, reporter: Reporter, cycle: int, parent_dir: Path) -> dict[str, Any]:
-    """Train cycle ``cycle`` from ``parent_dir`` (or reuse it) and publish it; rank 0 returns
-    ``{"version", "metadata"}``."""
-    run, pref = cycle_run(spec, cycle, parent_dir)
+def run_retrain(
+    spec: Spec, reporter: Reporter, cycle: int, handed: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Train cycle ``cycle`` on ``handed`` (``retrain_inputs``; or reuse it) and publish it;
+    rank 0 returns ``{"version", "metadata"}``."""
+    run, pref = cycle_run(spec, cycle, handed)
     return run_finetune(spec, reporter, run, lambda: train_cycle(spec, reporter, run, pref))
 
 
@@ -269,16 +290,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_spec_arguments(parser)
     parser.add_argument("--cycle", type=int, required=True, help="the cycle to train (>= 1)")
     parser.add_argument(
-        "--parent", type=Path, required=True, help="the champion's checkpoint directory"
+        "--parent", type=Path, help="by hand: train from this checkpoint, not the champion"
     )
+    P.add_input_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # accelerate launch sets RANK on every process; only rank 0 talks to Dagster Pipes.
+    spec = load_spec(args.spec, args.overrides)
+    handed = retrain_inputs(spec, args.cycle, P.parse_pins(args.input), args.parent)
     with Reporter(is_main=os.environ.get("RANK", "0") == "0") as reporter:
-        run_retrain(load_spec(args.spec, args.overrides), reporter, args.cycle, args.parent)
+        run_retrain(spec, reporter, args.cycle, handed)
     return 0
 
 

@@ -4,8 +4,8 @@
     flywheel train sft --spec flywheel.yaml
     flywheel train eval --spec flywheel.yaml          # one process, no accelerate
 
-A flywheel cycle's retraining takes its cycle and champion as extra arguments:
-``command("retrain", spec, spec_file, ["--cycle", "3", "--parent", champion_dir])``.
+A flywheel cycle's retraining takes its cycle as an extra argument and its inputs pinned:
+``command("retrain", spec, spec_file, ["--cycle", "3", "--input", "promoted_model/2=v-..."])``.
 Pre-training, SFT and evaluation take the versions of their inputs (``pinned_inputs``:
 ``--input tokenized_dataset=v-...``, resolved as ``flywheel.core.products`` declares them), so
 a run reads what was current when it was launched, not what became current while it waited.
@@ -87,7 +87,7 @@ def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] =
     """The argv that runs ``stage`` on ``spec_file``: ``accelerate launch`` for training.
 
     ``extra_args`` go to the stage's entry point after ``--spec`` (e.g. retrain's
-    ``--cycle N --parent DIR``).
+    ``--cycle N``).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")

@@ -8,6 +8,7 @@ import logging
 import math
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,14 @@ import polars as pl
 import pytest
 
 from flywheel.core import artifacts
-from flywheel.core.catalog import Catalog
+from flywheel.core import products as P
+from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.report import Reporter
 from flywheel.core.shards import ShardSet, ShardWriter
 from flywheel.core.spec import Spec, load_spec
 from flywheel.data.arithmetic import addition_examples
 from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
-from flywheel.loop.retrain import cycle_run, load_pairs, load_prompts, run_retrain
+from flywheel.loop.retrain import cycle_run, load_pairs, load_prompts, retrain_inputs, run_retrain
 from flywheel.train import launch
 from tests.conftest import write_spec
 from tests.train.test_preference import build_champion
@@ -106,9 +108,13 @@ def write_generations(spec: Spec, cycle: int) -> ShardSet:
         return writer.commit(cycle=cycle)
 
 
+def _handed(spec: Spec, champion: artifacts.Artifact, cycle: int = 1) -> dict[str, Any]:
+    return retrain_inputs(spec, cycle, parent=champion.path)
+
+
 def _retrain(spec: Spec, champion: artifacts.Artifact, cycle: int = 1) -> dict[str, Any]:
     with Reporter() as reporter:
-        return run_retrain(spec, reporter, cycle, champion.path)
+        return run_retrain(spec, reporter, cycle, _handed(spec, champion, cycle))
 
 
 def _published(spec: Spec, cycle: int = 1) -> artifacts.Artifact:
@@ -124,9 +130,8 @@ def _published(spec: Spec, cycle: int = 1) -> artifacts.Artifact:
 
 def test_pairs_come_from_earlier_cycles_newest_first(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
-    for cycle in (0, 1, 2):
-        write_accepted(spec, cycle)
-    data = load_pairs(spec, 2, limit=6)
+    handed = {P.of_cycle(P.ACCEPTED, k): write_accepted(spec, k) for k in (0, 1, 2)}
+    data = load_pairs(handed, 2, limit=6)
     prompts = [e["prompt"][0]["content"] for e in data.examples]
     expected = [p["prompt"] for p in addition_examples(4, 1, 3, 5, seed=101)]
     expected += [p["prompt"] for p in addition_examples(4, 1, 3, 5, seed=100)][:2]
@@ -134,18 +139,18 @@ def test_pairs_come_from_earlier_cycles_newest_first(tmp_path: Path) -> None:
     first = data.examples[0]
     assert first["chosen"][0]["role"] == first["rejected"][0]["role"] == "assistant"
     assert "0:" in data.source and "1:" in data.source and "2:" not in data.source
-    assert load_pairs(spec, 0, limit=6).examples == []
+    assert load_pairs(handed, 0, limit=6).examples == []
 
 
 def test_prompts_are_the_previous_cycles_answered_ones(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
-    write_generations(spec, 0)
-    data = load_prompts(spec, 1, "grpo", limit=3)
+    handed = {P.of_cycle(P.GENERATIONS, 0): write_generations(spec, 0)}
+    data = load_prompts(handed, 1, "grpo", limit=3)
     expected = addition_examples(5, 1, 3, 5, seed=200)[:3]
     assert [e["answer"] for e in data.examples] == [p["answer"] for p in expected]
     assert data.examples[0]["prompt"] == [{"role": "user", "content": expected[0]["prompt"]}]
-    assert len(load_prompts(spec, 1, "grpo", limit=10).examples) == 4  # once each, no None
-    assert load_prompts(spec, 2, "rloo", limit=10).examples == []  # cycle 1 generated nothing
+    assert len(load_prompts(handed, 1, "grpo", limit=10).examples) == 4  # once each, no None
+    assert load_prompts(handed, 2, "rloo", limit=10).examples == []  # cycle 1 generated nothing
 
 
 def test_fingerprint_covers_what_shapes_the_weights(
@@ -156,7 +161,8 @@ def test_fingerprint_covers_what_shapes_the_weights(
     write_accepted(spec, 0)
 
     def fingerprint(*overrides: str) -> str:
-        return cycle_run(_spec(tmp_path, *overrides), 1, champion.path)[0].fingerprint
+        spec = _spec(tmp_path, *overrides)
+        return cycle_run(spec, 1, _handed(spec, champion))[0].fingerprint
 
     base = fingerprint()
     assert fingerprint("sft.log_every=3") == base  # bookkeeping only
@@ -177,25 +183,54 @@ def test_fingerprint_covers_what_shapes_the_weights(
 
 def test_clear_errors(tmp_path: Path, champion: artifacts.Artifact) -> None:
     spec = _spec(tmp_path)
-    with pytest.raises(FileNotFoundError, match="cycle 1 has no training set at .*training_set"):
-        cycle_run(spec, 1, champion.path)
+    with pytest.raises(FileNotFoundError, match="reads training_set of cycle 1: nothing publ"):
+        _handed(spec, champion)
     write_training_set(spec, 1)
     with pytest.raises(artifacts.ArtifactError, match=r"parent \(champion\) .* does not exist"):
-        cycle_run(spec, 1, tmp_path / "nowhere")
+        retrain_inputs(spec, 1, parent=tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     with pytest.raises(artifacts.ArtifactError, match="incomplete: no manifest.json"):
-        cycle_run(spec, 1, tmp_path / "half")
+        retrain_inputs(spec, 1, parent=tmp_path / "half")
+    with pytest.raises(FileNotFoundError, match="no model was promoted up to cycle 0"):
+        retrain_inputs(spec, 1)  # no --parent: the champion cycle 0 left, and none was
     with pytest.raises(ValueError, match="--cycle must be >= 1, got 0"):
-        cycle_run(spec, 0, champion.path)
+        retrain_inputs(spec, 0, parent=champion.path)
+    with pytest.raises(ValueError, match="--cycle must be >= 1, got 0"):
+        cycle_run(spec, 0, {})
     grpo = _spec(tmp_path, "cycles.preference=grpo", "acceptance.verifier.kind=self_consistency")
     with pytest.raises(ValueError, match="cannot be a GRPO/RLOO reward"):
-        cycle_run(grpo, 1, champion.path)
+        cycle_run(grpo, 1, _handed(grpo, champion))
     odd = _spec(tmp_path, "cycles.preference=rloo", "cycles.preference_train.micro_batch=3")
     with pytest.raises(ValueError, match="not a multiple of num_generations"):
-        cycle_run(odd, 1, champion.path)
+        cycle_run(odd, 1, _handed(odd, champion))
     inherited = _spec(tmp_path, "cycles.preference=rloo", "cycles.train.micro_batch=3")
     with pytest.raises(ValueError, match="= 3 completions per step"):
-        cycle_run(inherited, 1, champion.path)  # the preference stage has the cycle's batch
+        cycle_run(inherited, 1, _handed(inherited, champion))  # the cycle's batch, inherited
+
+
+def test_retrain_reads_the_champion_of_the_cycle_before_and_records_its_inputs(
+    tmp_path: Path, champion: artifacts.Artifact
+) -> None:
+    spec = _spec(tmp_path, "cycles.preference=dpo")
+    training_set = write_training_set(spec, 2)
+    accepted = write_accepted(spec, 0)  # cycle 1 accepted nothing: no set, none read
+    at = datetime.now(UTC)
+    Catalog.open(spec.catalog).record_decision(
+        Decision(0, champion.version, str(champion.path), "a", 0.1, None, None, True, "first", at)
+    )
+    handed = retrain_inputs(spec, 2)  # the champion cycle 1 left: cycle 0's
+    expected = {
+        P.TRAINING_SET: training_set.version,
+        "promoted_model/1": champion.version,
+        "accepted_generations/0": accepted.version,
+    }
+    assert P.versions(handed) == expected
+    assert retrain_inputs(spec, 2, {"promoted_model/1": champion.version}).keys() == handed.keys()
+    run = cycle_run(spec, 2, handed)[0]
+    assert run.inputs == expected  # what the published checkpoint's manifest records
+    assert run.parent.version == champion.version
+    with pytest.raises(P.InputError, match="missing promoted_model/1"):
+        cycle_run(spec, 2, {P.TRAINING_SET: training_set})
 
 
 @pytest.mark.parametrize("processes", ["cycles.train.num_processes=2", "sft.num_processes=2"])
@@ -203,10 +238,11 @@ def test_launch_runs_retrain_with_the_cycle_settings(tmp_path: Path, processes: 
     spec = _spec(tmp_path, processes)  # the cycle's own, or sft's when it sets none
     spec_file = launch.write_run_spec(spec, "retrain")
     assert spec_file.parent == spec.data_dir / "cycle_checkpoint" / "specs"
-    argv = launch.command("retrain", spec, spec_file, ["--cycle", 3, "--parent", "/champ"])
+    extra = ["--cycle", 3, "--input", "promoted_model/2=v-1"]
+    argv = launch.command("retrain", spec, spec_file, extra)
     assert "--multi_gpu" in argv and argv[argv.index("--num_processes") + 1] == "2"
     tail = ["-m", "flywheel.loop.retrain", "--spec", str(spec_file)]
-    assert argv[-8:] == [*tail, "--cycle", "3", "--parent", "/champ"]
+    assert argv[-8:] == [*tail, "--cycle", "3", "--input", "promoted_model/2=v-1"]
 
 
 # -- integration: the entry point and each preference stage ----------------------------------
@@ -231,6 +267,10 @@ def test_retrain_publishes_the_cycle_and_reuses_it(
     assert artifact.meta["stage"] == "cycle"
     lineage = artifact.meta["lineage"]
     assert lineage["parent_checkpoint"] == champion.version
+    assert artifact.inputs == {
+        "training_set": training_set.version,
+        "promoted_model/0": champion.version,
+    }
     assert (lineage["training_set"], lineage["cycle"]) == (training_set.version, 1)
     assert lineage["parent_cycle"] == 0 and lineage["preference"] == "none"
     assert (lineage["origin/seed"], lineage["origin/generation"]) == (24, 8)
@@ -312,7 +352,7 @@ def test_a_crash_in_preference_keeps_the_sft_model(
     spec = _spec(tmp_path, "cycles.preference=dpo")
     write_training_set(spec, 1)
     write_accepted(spec, 0)
-    work = cycle_run(spec, 1, champion.path)[0].work
+    work = cycle_run(spec, 1, _handed(spec, champion))[0].work
     work.mkdir(parents=True)
     (work / "preference").write_text("")  # a file where DPO saves its checkpoints: it fails
     with pytest.raises(OSError):
