@@ -146,10 +146,11 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     )
     def promoted_model(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
         """The champion after this cycle: the candidate only if it beat the champion."""
+        from flywheel.loop.cycles import cycle_inputs
         from flywheel.loop.promotion import champion_checks, promote
 
-        spec = flywheel.spec()
-        d = promote(spec, _cycle(context))
+        spec, cycle = flywheel.spec(), _cycle(context)
+        d = promote(spec, cycle, cycle_inputs(spec, P.PROMOTED, cycle))
         context.log.info(f"cycle {d.cycle}: promoted={d.promoted} ({d.reason})")
         champion = d.candidate if d.promoted else d.champion_before
         metadata = {

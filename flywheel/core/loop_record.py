@@ -4,7 +4,8 @@
 
 This is the only place the loop's state lives (``Catalog`` mixes ``LoopRecord`` in; get it
 with ``Catalog.open``). ``cycles`` holds one ``Decision`` per cycle, replaced if the cycle is
-decided again for a new candidate; the champion is derived from it, never stored apart.
+decided again for a new candidate, with the versions it read (``inputs``: the cycle's eval,
+its candidate, the champion before); the champion is derived from it, never stored apart.
 ``cycle_runs`` holds every finished Dagster run of a cycle (``CycleRun``), failed or
 succeeded, by run id: history stays queryable, and a failure is resolved once a later run of
 the same cycle succeeded.
@@ -12,9 +13,10 @@ the same cycle succeeded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,9 +26,10 @@ LOOP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cycles (
     cycle BIGINT PRIMARY KEY, candidate VARCHAR, metric VARCHAR, value DOUBLE,
     champion_before VARCHAR, champion_value DOUBLE, promoted BOOLEAN, reason VARCHAR,
-    decided_at TIMESTAMP, candidate_path VARCHAR
+    decided_at TIMESTAMP, candidate_path VARCHAR, inputs JSON
 );
 ALTER TABLE cycles ADD COLUMN IF NOT EXISTS candidate_path VARCHAR;
+ALTER TABLE cycles ADD COLUMN IF NOT EXISTS inputs JSON;
 CREATE TABLE IF NOT EXISTS cycle_runs (
     run_id VARCHAR PRIMARY KEY, cycle BIGINT, status VARCHAR, message VARCHAR,
     finished_at TIMESTAMP
@@ -49,6 +52,9 @@ class Decision:
     promoted: bool
     reason: str
     decided_at: datetime  # UTC
+    # {product: version} read (flywheel.loop.cycles.cycle_inputs); {} if decided before the
+    # decisions recorded it
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decided_at": self.decided_at.isoformat()}
@@ -83,17 +89,20 @@ class LoopRecord:
 
     def record_decision(self, d: Decision) -> None:
         """Replace cycle ``d.cycle``'s promotion decision (one row per cycle)."""
-        row = {**asdict(d), "decided_at": _to_db(d.decided_at)}
+        row = {**asdict(d), "decided_at": _to_db(d.decided_at), "inputs": json.dumps(d.inputs)}
         self._replace("cycles", DECISION_COLUMNS, [row[k] for k in DECISION_COLUMNS])
 
     def decisions(self) -> list[Decision]:
         """Every cycle's promotion decision, by cycle. A row recorded before candidate_path
-        was a column takes the path from the checkpoints table."""
+        was a column takes the path from the checkpoints table; before inputs was, none."""
         rows = self._fetch(
             "SELECT c.* REPLACE (coalesce(c.candidate_path, k.path) AS candidate_path) "
             "FROM cycles c LEFT JOIN checkpoints k ON k.checkpoint = c.candidate ORDER BY c.cycle"
         )
-        return [Decision(**{**r, "decided_at": _from_db(r["decided_at"])}) for r in rows]
+        return [
+            Decision(**{**r, "decided_at": _from_db(r["decided_at"]), "inputs": _json(r["inputs"])})
+            for r in rows
+        ]
 
     def record_cycle_run(self, run: CycleRun) -> None:
         """Record a finished cycle run; recording the same run again replaces it."""
@@ -125,6 +134,10 @@ def _to_db(moment: datetime) -> str:
     # ISO text with its offset: DuckDB stores a TIMESTAMP given as text in UTC, whereas an
     # aware datetime given as a parameter is converted to the session's local time.
     return moment.astimezone(UTC).isoformat()
+
+
+def _json(stored: str | None) -> dict[str, str]:
+    return json.loads(stored) if stored else {}
 
 
 def _from_db(stored: datetime) -> datetime:

@@ -2,30 +2,36 @@
 
     flywheel report            every cycle's candidate, score and decision
 
-``promote`` records one ``Decision`` per cycle in the catalog's ``cycles`` table, the only
-record of promotion: the champion is the newest promoted candidate, and ``champion_after(c)``
-the newest promoted at or before cycle ``c``. Deciding reads the decisions and writes one
-under a file lock (a lock, not a record), so two runs deciding one cycle decide once and two
-cycles can never both win against the same champion. ``loop_state`` says whether the loop may
-go on: ``cycles.patience`` cycles in a row without a promotion, or ``cycles.max_cycles``,
-stop it.
+``promote`` is handed what it reads (``flywheel.loop.cycles.cycle_inputs(spec,
+"promoted_model", c)``: the cycle's eval, its candidate, and ``promoted_model/<c-1>``, the
+champion before) and records one ``Decision`` per cycle, with those versions as its
+``inputs``, in the catalog's ``cycles`` table, the only record of promotion: the champion is
+the newest promoted candidate, and ``champion_after(c)`` the newest promoted at or before
+cycle ``c``. Deciding reads the decisions and writes one under a file lock (a lock, not a
+record), so two runs deciding one cycle decide once and two cycles can never both win against
+the same champion: the champion it was handed must still be the one the decisions under the
+lock name. ``loop_state`` says whether the loop may go on: ``cycles.patience`` cycles in a row
+without a promotion, or ``cycles.max_cycles``, stop it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.settings.loop import GateSettings
 from flywheel.core.spec import Spec
 from flywheel.loop.accept import CheckOutcome
 from flywheel.loop.cycles import (
     SFT,
+    check_cycle_inputs,
     checkpoint_root,
     eval_root,
     locked,
@@ -44,7 +50,10 @@ def candidate(spec: Spec, cycle: int) -> artifacts.Artifact:
 
 def eval_scores(spec: Spec, cycle: int) -> dict[str, Any]:
     """The published eval report of a cycle's candidate (``scores.json``)."""
-    report = artifacts.read_current(eval_root(spec, cycle), deep=False)
+    return _scores(artifacts.read_current(eval_root(spec, cycle), deep=False))
+
+
+def _scores(report: artifacts.Artifact) -> dict[str, Any]:
     return json.loads((report.path / "scores.json").read_text())
 
 
@@ -77,9 +86,9 @@ def _better(value: float, best: float, gate: GateSettings) -> bool:
     return value < best - gate.min_delta
 
 
-def _gate_value(spec: Spec, cycle: int, version: str) -> float:
-    """The candidate's score on ``cycles.gate.metric``, from an eval of that candidate."""
-    scores, metric = eval_scores(spec, cycle), spec.cycles.gate.metric
+def _gate_value(spec: Spec, cycle: int, report: artifacts.Artifact, version: str) -> float:
+    """The candidate's score on ``cycles.gate.metric``, from ``report``, an eval of it."""
+    scores, metric = _scores(report), spec.cycles.gate.metric
     if scores.get("checkpoint") != version:
         raise RuntimeError(
             f"cycle {cycle}'s eval scored {scores.get('checkpoint')}, but its candidate "
@@ -104,15 +113,17 @@ def _verdict(
     return promoted, reason + (f" + {gate.min_delta}" if gate.min_delta else "")
 
 
-def promote(spec: Spec, cycle: int) -> Decision:
+def promote(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Decision:
     """Decide whether cycle ``cycle``'s candidate becomes the champion; record the decision.
 
-    The candidate must beat the champion cycle ``cycle - 1`` left by more than
-    ``cycles.gate.min_delta`` on ``cycles.gate.metric``; cycle 0 (no champion yet) is
-    promoted. Deciding again for the same candidate returns the recorded decision, so a rerun
-    never flips a promotion.
+    ``handed``: the inputs ``cycle_inputs(spec, "promoted_model", cycle)`` gives, recorded as
+    the decision's ``inputs``. The candidate must beat the champion cycle ``cycle - 1`` left
+    by more than ``cycles.gate.min_delta`` on ``cycles.gate.metric``; cycle 0 (no champion
+    yet) is promoted. Deciding again for the same candidate returns the recorded decision, so
+    a rerun never flips a promotion.
     """
-    cand = candidate(spec, cycle)
+    check_cycle_inputs(spec, P.PROMOTED, cycle, handed)
+    cand: artifacts.Artifact = handed[P.CYCLE_CHECKPOINT]
     catalog = Catalog.open(spec.catalog)
     with locked(promoted_dir(spec)):  # one decision at a time, across threads and processes
         done = {d.cycle: d for d in catalog.decisions()}
@@ -120,8 +131,9 @@ def promote(spec: Spec, cycle: int) -> Decision:
             return done[cycle]
         if cycle > 0 and cycle - 1 not in done:
             raise RuntimeError(f"cycle {cycle - 1} has no promotion decision; decide it first")
-        value = _gate_value(spec, cycle, cand.version)
+        value = _gate_value(spec, cycle, handed[P.CYCLE_EVAL], cand.version)
         champ = _newest_promoted(list(done.values()), up_to=cycle - 1)
+        _check_champion(cycle, handed, champ)
         promoted, reason = _verdict(value, cand.version, champ, spec.cycles.gate)
         decision = Decision(
             cycle=cycle,
@@ -134,9 +146,23 @@ def promote(spec: Spec, cycle: int) -> Decision:
             promoted=promoted,
             reason=reason,
             decided_at=datetime.now(UTC),
+            inputs=P.versions(handed),
         )
         catalog.record_decision(decision)
     return decision
+
+
+def _check_champion(cycle: int, handed: Mapping[str, Any], champ: Decision | None) -> None:
+    """The champion ``handed`` must be the one the decisions name now (read under the lock):
+    a cycle decided again since it was resolved makes it stale."""
+    name = P.of_cycle(P.PROMOTED, cycle - 1)
+    was = handed[name].version if name in handed else None
+    now = champ.candidate if champ else None
+    if was != now:
+        raise RuntimeError(
+            f"cycle {cycle}'s promotion was handed champion {was}, but the decisions now name "
+            f"{now}: resolve its inputs again (cycle_inputs)"
+        )
 
 
 def champion_checks(spec: Spec) -> list[CheckOutcome]:

@@ -222,3 +222,26 @@ def test_decisions_round_trip_in_utc_and_replace_per_cycle(tmp_path: Path, monke
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_decisions_record_their_inputs_and_old_catalogs_gain_the_column(tmp_path: Path) -> None:
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:  # the table as a catalog before inputs had it
+        con.execute(
+            "CREATE TABLE cycles (cycle BIGINT PRIMARY KEY, candidate VARCHAR, metric VARCHAR, "
+            "value DOUBLE, champion_before VARCHAR, champion_value DOUBLE, promoted BOOLEAN, "
+            "reason VARCHAR, decided_at TIMESTAMP, candidate_path VARCHAR)"
+        )
+        con.execute(
+            "INSERT INTO cycles VALUES (0, 'v-a', 'acc', 0.5, NULL, NULL, true, 'first', "
+            "'2026-03-01 12:00:00', '/a')"
+        )
+    cat = Catalog.open(path)
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert cat.decisions() == [Decision(0, "v-a", "/a", "acc", 0.5, None, None, True, "first", at)]
+    read = {"cycle_eval_scores": "v-e", "cycle_checkpoint": "v-b", "promoted_model/0": "v-a"}
+    one = Decision(1, "v-b", "/b", "acc", 0.7, "v-a", 0.5, True, "better", at, read)
+    cat.record_decision(one)
+    assert cat.decisions()[1] == one and cat.decisions()[0].inputs == {}

@@ -20,7 +20,7 @@ from flywheel.core import products as P
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, load_spec
 from flywheel.data import stages
-from flywheel.loop import accept, cycles, retrain
+from flywheel.loop import accept, cycles, promotion, retrain
 from flywheel.loop.eval.scores import evaluate
 from flywheel.loop.generate.generations import generate_cycle
 from flywheel.train.packing import build_tokenized_dataset
@@ -139,6 +139,7 @@ def test_each_cycle_stage_refuses_inputs_that_lack_a_declared_product(small_spec
         P.CYCLE_EVAL: lambda i: evaluate(spec, i, cycle=2),
         P.GENERATIONS: lambda i: generate_cycle(spec, 2, i),
         P.CYCLE_CHECKPOINT: lambda i: retrain.cycle_run(spec, 2, i),
+        P.PROMOTED: lambda i: promotion.promote(spec, 2, i),
     }
     for product, run in runners.items():
         required, optional = cycles.cycle_reads(spec, product, 2)

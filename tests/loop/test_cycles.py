@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from flywheel.core import artifacts
+from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.products import TRAINING_SET
 from flywheel.core.shards import ShardWriter, read_current
@@ -74,12 +75,16 @@ def _build(spec, cycle: int):
     return cycles.build_training_set(spec, cycle, cycles.cycle_inputs(spec, TRAINING_SET, cycle))
 
 
+def _promote(spec, cycle: int) -> promotion.Decision:
+    return promotion.promote(spec, cycle, cycles.cycle_inputs(spec, P.PROMOTED, cycle))
+
+
 def _run_cycle(spec, cycle: int, accuracy: float) -> promotion.Decision:
     _build(spec, cycle)
     if cycle > 0:
         _publish_model(cycles.checkpoint_root(spec, cycle), f"model-{cycle}")
     _publish_eval(spec, cycle, accuracy)
-    return promotion.promote(spec, cycle)
+    return _promote(spec, cycle)
 
 
 def test_training_sets_grow_from_the_seed_with_new_accepted_rows_only(spec) -> None:
@@ -141,7 +146,7 @@ def test_promotion_only_when_the_candidate_beats_the_champion(spec) -> None:
     tie = _run_cycle(spec, 2, 0.305)  # within min_delta 0.01: not better
     assert not tie.promoted and promotion.champion(spec).cycle == 1
     assert tie.reason == "accuracy/addition 0.3050 <= champion 0.3000 + 0.01"
-    assert promotion.promote(spec, 2) == tie  # deciding again returns the recorded decision
+    assert _promote(spec, 2) == tie  # deciding again returns the recorded decision
     # Cycle 2 was trained from (and generates with) the champion cycle 1 left, for good.
     assert promotion.champion_after(spec, 1).version == better.candidate
     assert promotion.champion_after(spec, 2).version == better.candidate
@@ -173,7 +178,7 @@ def test_a_new_candidate_for_a_decided_cycle_faces_the_champion_before_it(spec) 
     # the champion cycle 0 left, not against cycle 1's own replaced candidate.
     _publish_model(cycles.checkpoint_root(spec, 1), "model-1b")
     _publish_eval(spec, 1, 0.20)
-    new = promotion.promote(spec, 1)
+    new = _promote(spec, 1)
     assert new.candidate != old.candidate and new.promoted
     assert (new.champion_before, new.champion_value) == (first.candidate, 0.10)
     assert promotion.champion(spec) == new == promotion.decisions(spec)[-1]
@@ -186,12 +191,13 @@ def test_promotion_refuses_a_stale_eval_or_a_skipped_cycle(spec) -> None:
     _publish_eval(spec, 0, 0.1)
     _publish_model(spec.product_dir("sft_checkpoint"), "seed-2")  # eval now scores an old one
     with pytest.raises(RuntimeError, match="evaluate the candidate first"):
-        promotion.promote(spec, 0)
+        _promote(spec, 0)
     _publish_eval(spec, 0, 0.1)
-    promotion.promote(spec, 0)
+    _promote(spec, 0)
     _publish_model(cycles.checkpoint_root(spec, 2), "two")
+    _publish_eval(spec, 2, 0.5)
     with pytest.raises(RuntimeError, match="cycle 1 has no promotion decision"):
-        promotion.promote(spec, 2)
+        _promote(spec, 2)
 
 
 def test_a_corrupt_champion_fails_its_check(spec) -> None:
@@ -222,7 +228,7 @@ def test_two_runs_of_one_cycle_at_once_build_and_decide_once(spec) -> None:
     assert len(set(sets)) == 1  # the later builders waited and reused the first one's set
     _publish_eval(spec, 0, 0.2)
     with ThreadPoolExecutor(4) as pool:
-        decided = list(pool.map(lambda _: promotion.promote(spec, 0), range(4)))
+        decided = list(pool.map(lambda _: _promote(spec, 0), range(4)))
     assert all(d == decided[0] for d in decided) and decided[0].promoted
     assert len(promotion.decisions(spec)) == 1
     rows = Catalog.open(spec.catalog).query("SELECT count(*) AS n FROM training_sets")["n"][0]
@@ -253,3 +259,32 @@ def test_a_later_success_resolves_a_failure_and_history_stays(spec) -> None:
     assert [f.run_id for f in history] == ["run-a", "run-x", "run-d"]
     runs = Catalog.open(spec.catalog).query("SELECT status, count(*) FROM cycle_runs GROUP BY 1")
     assert dict(runs.rows()) == {"failed": 3, "succeeded": 2}
+
+
+def test_a_decision_records_what_it_read_and_refuses_a_stale_champion(spec) -> None:
+    seed = _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    _build(spec, 0)
+    _publish_eval(spec, 0, 0.1)
+    handed = cycles.cycle_inputs(spec, P.PROMOTED, 0)
+    with pytest.raises(P.InputError, match="promoted_model reads .*missing cycle_eval_scores"):
+        promotion.promote(spec, 0, {P.CYCLE_CHECKPOINT: seed})
+    first = promotion.promote(spec, 0, handed)
+    report = artifacts.read_current(cycles.eval_root(spec, 0)).version
+    assert first.inputs == {P.CYCLE_EVAL: report, P.CYCLE_CHECKPOINT: seed.version}
+    assert promotion.decisions(spec) == [first]  # the catalog row holds them
+    _accept(spec, 0, 5)
+    _build(spec, 1)
+    _publish_model(cycles.checkpoint_root(spec, 1), "model-1")
+    _publish_eval(spec, 1, 0.3)
+    one = cycles.cycle_inputs(spec, P.PROMOTED, 1)
+    assert P.versions(one)["promoted_model/0"] == seed.version  # the champion before
+    # Cycle 0 decided again for a new seed model after cycle 1's inputs were resolved:
+    # the champion cycle 1 was handed is no longer the one it must beat.
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed-2")
+    _publish_eval(spec, 0, 0.1)
+    _promote(spec, 0)
+    with pytest.raises(RuntimeError, match="handed champion .* resolve its inputs again"):
+        promotion.promote(spec, 1, one)
+    decided = _promote(spec, 1)
+    assert decided.inputs["promoted_model/0"] == promotion.champion_after(spec, 0).version
+    assert decided.inputs["promoted_model/0"] != seed.version
