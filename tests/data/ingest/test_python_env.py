@@ -118,3 +118,17 @@ def test_roots_exclude_working_directory_and_project_paths(tmp_path, monkeypatch
     assert roots and Path(tmp_path).resolve() not in roots
     assert all(any(r.is_relative_to(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix))
                for r in roots)  # fmt: skip
+
+
+def test_own_distribution_is_not_in_the_corpus(tmp_path, monkeypatch, ingest):
+    """This project's metadata is its README: an edit to the docs must not change the corpus."""
+    _files(tmp_path / "site", {
+        "flywheel-0.1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: flywheel\n"
+        "Version: 0.1.0\n\n# flywheel\nOur own README.\n",
+        "flywheel-0.1.0.dist-info/LICENSE": MIT,
+        "other-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: other\nVersion: 1.0\n"
+        "\nAnother package.\n",
+    })  # fmt: skip
+    monkeypatch.setattr(penv, "python_roots", lambda: [tmp_path / "site"])
+    result = ingest(PythonEnvSource(include=["package_metadata", "licenses"]))
+    assert result.shardset.read()["source_id"].to_list() == ["dist:other"]
