@@ -44,7 +44,7 @@ from flywheel.data.ingest.files import path_str
 
 # The ingest readers' line reading (gzip/zstd, lines capped in memory) and id policy, reused
 # so that dedup and ingest agree on what a record is.
-from flywheel.data.ingest.readers import _JSON_TYPES, _lines, _open_jsonl, line_cap
+from flywheel.data.ingest.readers import JSON_TYPES, line_cap, open_jsonl, read_lines
 from flywheel.data.ingest.records import (
     BAD_ID,
     INVALID_JSON,
@@ -55,8 +55,8 @@ from flywheel.data.ingest.records import (
     NOT_AN_OBJECT,
     TEXT_NOT_STRING,
     TOO_LARGE,
-    _id_string,
     escape_raw,
+    id_string,
 )
 
 UNSUPPORTED_VALUE = "unsupported_value"
@@ -153,7 +153,7 @@ def check_record(record: dict[str, Any]) -> tuple[str, str] | None:
         except UnicodeDecodeError as e:
             return INVALID_UTF8, f"'text' is not UTF-8: {e.reason} at byte {e.start}"
     elif not isinstance(text, str):
-        return TEXT_NOT_STRING, f"'text' is {_JSON_TYPES.get(type(text), 'an object')}"
+        return TEXT_NOT_STRING, f"'text' is {JSON_TYPES.get(type(text), 'an object')}"
     else:
         try:  # lone surrogates, from a "\ud800" JSON escape, cannot be written
             text.encode("utf-8")
@@ -161,7 +161,7 @@ def check_record(record: dict[str, Any]) -> tuple[str, str] | None:
             return INVALID_UTF8, f"'text' is not valid Unicode: {e.reason} at {e.start}"
     if record.get("id") is None:
         return MISSING_ID, "record has no 'id' field" if "id" not in record else "'id' is null"
-    _, why = _id_string(record["id"])
+    _, why = id_string(record["id"])
     return (BAD_ID, why) if why else None
 
 
@@ -195,7 +195,7 @@ def _parse(line: bytes, start: int) -> tuple[dict[str, Any] | None, tuple[str, s
     except (ValueError, RecursionError) as e:  # JSONDecodeError, int too long, too deep
         return None, (INVALID_JSON, f"invalid JSON ({str(e)[:200] or type(e).__name__})")
     if not isinstance(obj, dict):
-        return None, (NOT_AN_OBJECT, f"expected a JSON object, got {_JSON_TYPES.get(type(obj))}")
+        return None, (NOT_AN_OBJECT, f"expected a JSON object, got {JSON_TYPES.get(type(obj))}")
     return obj, check_record(obj)
 
 
@@ -207,10 +207,10 @@ def _jsonl_batches(
     rejected: list[dict[str, Any]] = []
     lineno = 0
     with io_step("read", path):
-        raw, stream = _open_jsonl(path)
+        raw, stream = open_jsonl(path)
     try:
         with raw, stream:
-            for lineno, (start, line, length) in enumerate(_lines(stream, MAX_LINE_BYTES), 1):
+            for lineno, (start, line, length) in enumerate(read_lines(stream, MAX_LINE_BYTES), 1):
                 if length > len(line):  # cut at the cap
                     obj, problem = None, (TOO_LARGE, f"line of {length} bytes > {MAX_LINE_BYTES}")
                 elif not line.strip():

@@ -47,7 +47,7 @@ from flywheel.data.ingest.records import (
 )
 
 _GLOB_CHARS = frozenset("*?[")
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}  # fmt: skip
 
 
@@ -150,7 +150,7 @@ def read_batches(
 # --- JSON Lines -----------------------------------------------------------------------------
 
 
-def _open_jsonl(path: Path) -> tuple[BinaryIO, BinaryIO]:
+def open_jsonl(path: Path) -> tuple[BinaryIO, BinaryIO]:
     """``(the file, the decompressed stream)``; compression is chosen by suffix."""
     raw = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
     name = path.name.lower()
@@ -169,11 +169,11 @@ def _iter_jsonl(
     spec: JsonlSource, files: list[Path], base_dir: Path, cap: int, stats: ReadStats
 ) -> Iterator[RawRecord]:
     for path in files:
-        raw, stream = _open_jsonl(path)
+        raw, stream = open_jsonl(path)
         offset = 0
         try:
             with raw, stream:
-                for start, line, length in _lines(stream, cap):
+                for start, line, length in read_lines(stream, cap):
                     offset = start + length
                     if length > len(line):  # the line was cut at the cap
                         locator = f"{_relative(path, base_dir)}:{start}"
@@ -191,7 +191,7 @@ def _iter_jsonl(
         stats.files += 1
 
 
-def _lines(stream: BinaryIO, cap: int) -> Iterator[tuple[int, bytes, int]]:
+def read_lines(stream: BinaryIO, cap: int) -> Iterator[tuple[int, bytes, int]]:
     """``(byte offset, line, full length)``; a line over ``cap`` comes back cut to its head.
 
     ``readline`` with a limit never holds more than ``cap`` bytes of one line; the rest of an
@@ -233,7 +233,7 @@ def _parse_line(
         rec.error = (INVALID_JSON, str(e)[:200] or type(e).__name__)
         return rec
     if not isinstance(obj, dict):
-        rec.error = (NOT_AN_OBJECT, f"the line is {_JSON_TYPES.get(type(obj), 'a value')}")
+        rec.error = (NOT_AN_OBJECT, f"the line is {JSON_TYPES.get(type(obj), 'a value')}")
         return rec
     rec.text = obj.get(spec.text_field, rec.text)
     if spec.id_field is not None:

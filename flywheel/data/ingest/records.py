@@ -105,7 +105,7 @@ def _record_bytes(rec: RawRecord) -> bytes:
     return text.encode("utf-8", "backslashreplace")[:RAW_PREFIX_BYTES]
 
 
-def _id_string(value: Any) -> tuple[str | None, str | None]:
+def id_string(value: Any) -> tuple[str | None, str | None]:
     """``(id as a string, None)``, or ``(None, why it is not usable)``."""
     if isinstance(value, bool):
         return ("true" if value else "false"), None
@@ -180,7 +180,7 @@ class RecordChecker:
                 return MISSING_ID, "the record has no id"
             source_id, key = None, f"at:{rec.locator}"
         else:
-            source_id, why = _id_string(rec.id_value)
+            source_id, why = id_string(rec.id_value)
             if source_id is None:
                 return BAD_ID, why or "unusable id"
             key = f"id:{source_id}"

@@ -271,6 +271,6 @@ def test_read_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "text": "a b c"}])
-    monkeypatch.setattr(inputs, "_open_jsonl", lambda path: (io.BytesIO(), FailingStream()))
+    monkeypatch.setattr(inputs, "open_jsonl", lambda path: (io.BytesIO(), FailingStream()))
     assert main(["dedup", str(src), "--output", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err == f"flywheel dedup: cannot read {src}: Input/output error\n"
