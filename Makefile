@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export DAGSTER_HOME := $(CURDIR)/.flywheel/dagster_home
+# `flywheel run` and `flywheel ui` set the rest (Dagster home next to the spec, workspace):
+# they work the same from any directory, with the wheel installed anywhere.
 export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
@@ -14,19 +15,15 @@ export HF_HUB_OFFLINE := 1
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dagster,dev]' \
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' \
 		> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 	touch $(STAMP)
 
 install: $(STAMP)
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
-	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
-
-demo: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## the whole graph, then the daemon turns the flywheel
+demo: $(STAMP)  ## the whole graph, then the daemon turns the flywheel until the loop stops
 	$(BIN)/flywheel check
-	source $(BIN)/activate && python -m jobs.demo
+	$(BIN)/flywheel run --timeout 3600
 
 test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)
 	$(BIN)/python -m pytest -q -m "not gpu"
@@ -34,8 +31,8 @@ test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not integration"
 
-ui: $(STAMP) $(DAGSTER_HOME)/dagster.yaml  ## the Dagster UI on the same home make demo wrote to
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+ui: $(STAMP)  ## the Dagster UI on the same home make demo wrote to
+	$(BIN)/flywheel ui
 
 check: $(STAMP)
 	$(BIN)/flywheel check

@@ -1,14 +1,18 @@
 """The one Dagster ``Definitions`` of this flywheel, built from the spec.
 
-    dagster dev -w workspace.yaml        (or: dg dev / make ui)
-    dg launch --job flywheel_job          (what make demo runs)
+    flywheel ui [--spec S]                (dagster dev on the project's instance; make ui)
+    flywheel run [--spec S] [--set k=v]   (the graph, then the flywheel; make demo)
+    dg launch --job flywheel_job          (from the repository, a dg project)
 
-The graph's shape comes from the spec (``flywheel.yaml``, or the file ``$FLYWHEEL_SPEC``
-names): one raw asset per source, then the curation stages, then the training plane
-(tokenizer, packed dataset, pre-training, SFT, evaluation), then the flywheel's cycles
-(training set, retraining, eval, promotion, generation, acceptance; one dynamic partition
-per cycle), its sensors and its schedule. A spec error fails the load with
-the spec's own message, which the UI shows as the code location's error.
+Installed with the ``flywheel`` wheel as the top-level module ``definitions``, so a workspace
+file anywhere loads it (``python_module: definitions``; ``flywheel init`` writes one). The
+graph's shape comes from the spec (``flywheel.yaml`` in the working directory, or the file
+``$FLYWHEEL_SPEC`` names, with ``$FLYWHEEL_SET``'s overrides): one raw asset per source, then
+the curation stages, then the training plane (tokenizer, packed dataset, pre-training, SFT,
+evaluation), then the flywheel's cycles (training set, retraining, eval, promotion,
+generation, acceptance; one dynamic partition per cycle), its sensors and its schedule. A spec
+error fails the load with the spec's own message, which the UI shows as the code location's
+error.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from assets import (
     build_document_checks,
     build_training_assets,
 )
-from flywheel.core.spec import load_spec, spec_path
+from flywheel.core.spec import env_overrides, load_spec, spec_path
 from jobs import JOBS
 from sensors import build_schedules, build_sensors
 
@@ -30,8 +34,10 @@ from sensors import build_schedules, build_sensors
 def build_definitions(
     path: str | None = None, overrides: list[str] | None = None
 ) -> dg.Definitions:
+    """``overrides`` unset: ``$FLYWHEEL_SET``'s, as ``flywheel run --set`` hands them down."""
+    overrides = env_overrides() if overrides is None else overrides
     spec = load_spec(path, overrides)
-    resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides or [])
+    resource = FlywheelResource(spec_path=str(spec_path(path)), overrides=overrides)
     return dg.Definitions(
         assets=[
             *build_document_assets(spec),

@@ -1,6 +1,9 @@
 """The ``flywheel`` command line: the verbs that need no Dagster.
 
+flywheel init DIR [--force]                              scaffold a project to start from
 flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec and preflight it
+flywheel run [--spec SPEC] [--set key=value ...]         the graph, then the flywheel
+flywheel ui [--spec SPEC] [--port 3000]                  the Dagster UI on the same instance
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
 flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, generation or doc
 flywheel report [--spec SPEC] [--json]                   the flywheel's per-cycle table
@@ -15,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flywheel.core.spec import SpecError, add_spec_arguments, explain, load_spec, spec_path
@@ -38,6 +42,38 @@ def _check(args: argparse.Namespace) -> int:
     warned = f" ({len(problems)} warning(s))" if problems else ""
     print(f"spec {spec.name!r} is valid{warned}: sources {sources}; data in {spec.data_dir}")
     return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from flywheel.project.scaffold import SPEC, ScaffoldError, init_project
+
+    try:
+        written = init_project(Path(args.directory), force=args.force)
+    except ScaffoldError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    root = Path(args.directory)
+    print(f"flywheel init: wrote {len(written)} files into {root.resolve()}:")
+    for path in written:
+        print(f"  {path.relative_to(root)}")
+    print(f"next: cd {root} && flywheel check && flywheel run   (edit {SPEC} and data/ first)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flywheel.project.runner import run
+
+    spec_file = spec_path(args.spec)
+    load_spec(spec_file, args.overrides)  # a spec error stops here, before any process starts
+    return run(spec_file, args.overrides, timeout_s=args.timeout, skip_base=args.skip_base)
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from flywheel.project.runner import ui
+
+    spec_file = spec_path(args.spec)
+    load_spec(spec_file, args.overrides)
+    return ui(spec_file, args.overrides, host=args.host, port=args.port)
 
 
 def _summary(args: argparse.Namespace) -> int:
@@ -146,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="scaffold a working flywheel project in a directory")
+    init.add_argument("directory", help="where to write it (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=_init)
+
+    run = sub.add_parser("run", help="materialize the graph, then turn the flywheel until it stops")
+    add_spec_arguments(run, required=False)
+    run.add_argument("--timeout", type=float, help="give up on the cycles after this many seconds")
+    run.add_argument("--skip-base", action="store_true", help="start at the cycles")
+    run.set_defaults(func=_run)
+
+    ui = sub.add_parser("ui", help="the Dagster UI on the instance flywheel run writes to")
+    add_spec_arguments(ui, required=False)
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=_ui)
 
     check = sub.add_parser(
         "check",

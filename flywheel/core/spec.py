@@ -39,6 +39,9 @@ from flywheel.core.settings.train import (
 
 DEFAULT_SPEC = "flywheel.yaml"
 SPEC_ENV = "FLYWHEEL_SPEC"
+# `flywheel run --set k=v` hands its overrides to the Dagster processes it starts (code server,
+# daemon, run workers) through this variable: a JSON list of "key.path=value" strings.
+OVERRIDES_ENV = "FLYWHEEL_SET"
 
 
 class SpecError(ValueError):
@@ -165,6 +168,20 @@ def spec_path(path: str | Path | None = None) -> Path:
     return Path(path or os.environ.get(SPEC_ENV) or DEFAULT_SPEC).resolve()
 
 
+def env_overrides() -> list[str]:
+    """The overrides ``$FLYWHEEL_SET`` holds (a JSON list of ``key.path=value``), or none."""
+    raw = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not raw:
+        return []
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError:
+        items = None
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise SpecError(f"${OVERRIDES_ENV} must be a JSON list of key=value strings, got {raw!r}")
+    return items
+
+
 def add_spec_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--spec FILE`` and repeatable typed ``--set key.path=value`` (into ``overrides``),
     as every entry point that takes a spec spells them."""
@@ -185,7 +202,10 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
     """Read, override and validate a spec; raise ``SpecError`` with a readable message."""
     path = spec_path(path)
     if not path.exists():
-        raise SpecError(f"{path}: spec file not found (set {SPEC_ENV} or pass a path)")
+        raise SpecError(
+            f"{path}: spec file not found (pass its path, set {SPEC_ENV}, or write a project "
+            "with `flywheel init DIR`)"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

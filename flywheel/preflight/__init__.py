@@ -1,6 +1,6 @@
 """Preflight: everything a spec refers to, checked before a run spends time on it.
 
-    flywheel check [SPEC] [key.path=value ...]     (python -m jobs.demo runs it first, too)
+    flywheel check [SPEC] [key.path=value ...]     (flywheel run runs it first, too)
 
 ``load_spec`` checks a spec's shape; ``preflight`` checks what the shape points at, so that a
 missing file, a verifier that does not import or a gate on a metric nothing produces stops a

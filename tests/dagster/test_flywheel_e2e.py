@@ -1,7 +1,8 @@
 """End to end, as a user runs it: the demo on tiny settings, then the UI.
 
-``python -m jobs.demo`` materializes the graph with ``dg launch`` and lets a real
-``dagster-daemon`` turn the flywheel (the accepted-data sensor starts cycle 0 and cycle 1).
+``flywheel run`` (what make demo runs) materializes the graph with ``dagster job execute``
+and lets a real ``dagster-daemon`` turn the flywheel (the accepted-data sensor starts cycle 0
+and cycle 1).
 Then the Dagster webserver is started on the same temporary home, bound to 127.0.0.1; its
 GraphQL API must show the assets from the raw corpus to the promoted model, connected and
 materialized, and the asset catalog page, rendered by headless Chromium, must list every one
@@ -190,7 +191,7 @@ def test_demo_then_ui_shows_the_connected_materialized_graph(
         pytest.skip("Debian chromium is not installed (.ci/run installs it)")
     env = _env(tmp_path, flywheel_spec)
     demo = subprocess.run(
-        [sys.executable, "-m", "jobs.demo", "--timeout", "900"],
+        [str(BIN / "flywheel"), "run", "--timeout", "900"],
         cwd=ROOT,
         env=env,
         capture_output=True,

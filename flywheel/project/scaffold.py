@@ -1,0 +1,97 @@
+"""``flywheel init DIR``: a working flywheel project to start from, sized for a CPU.
+
+    flywheel init my-flywheel && cd my-flywheel && flywheel check && flywheel run
+
+Writes, into ``DIR`` (created if missing; existing files are never overwritten unless
+``--force``):
+
+- ``flywheel.yaml``: a commented spec (sources, model, SFT, eval, generation, acceptance,
+  cycles) that ``flywheel check`` passes as written;
+- ``verifiers.py``: the example verifier the spec names (``verifiers:same_number``);
+- ``data/sft.jsonl``, ``data/eval.jsonl``, ``data/prompts.jsonl``: an example task in the
+  record formats each stage reads (seed conversations; held-out problems with answers;
+  prompts, none of them an eval problem), to be replaced by the user's own;
+- ``workspace.yaml`` and ``dagster.yaml``: the Dagster workspace (the installed
+  ``definitions`` module) and instance config that ``flywheel run`` and ``flywheel ui`` use;
+- ``.gitignore``: the ``.flywheel/`` directory where data, checkpoints and the Dagster home go.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flywheel.data.arithmetic import arithmetic_examples
+from flywheel.project.runner import INSTANCE, WORKSPACE, template
+
+SPEC = "flywheel.yaml"
+# The example task: seed SFT on sums and differences of operands up to 20; held-out eval and
+# the cycles' prompts reach 25, so the seed model starts below perfect and has room to improve.
+SEED_EXAMPLES, SEED_MAX = 2000, 20
+EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 3000, 25
+
+
+class ScaffoldError(ValueError):
+    """``flywheel init`` would overwrite a file; the message names them."""
+
+
+def example_data() -> dict[str, list[dict[str, Any]]]:
+    """The example task's three files, as records: seed conversations, held-out problems,
+    and prompts that are none of the held-out problems (those are never trained on)."""
+    seed = _distinct(arithmetic_examples(SEED_EXAMPLES, SEED_MAX, seed=0))
+    held_out = _distinct(arithmetic_examples(EVAL_EXAMPLES, HARDER_MAX, seed=1))
+    kept = {e["prompt"] for e in held_out}
+    prompts = [
+        e
+        for e in _distinct(arithmetic_examples(PROMPT_POOL, HARDER_MAX, seed=2))
+        if e["prompt"] not in kept
+    ]
+    return {
+        "data/sft.jsonl": [
+            {
+                "messages": [
+                    {"role": "user", "content": e["prompt"]},
+                    {"role": "assistant", "content": e["answer"]},
+                ]
+            }
+            for e in seed
+        ],
+        "data/eval.jsonl": [{"prompt": e["prompt"], "answer": e["answer"]} for e in held_out],
+        "data/prompts.jsonl": [{"prompt": e["prompt"], "answer": e["answer"]} for e in prompts],
+    }
+
+
+def _distinct(examples: list[dict[str, str]]) -> list[dict[str, str]]:
+    return list({e["prompt"]: e for e in examples}.values())
+
+
+def files() -> dict[str, str]:
+    """Every file ``init`` writes, by path relative to the project, with its content."""
+    out = {
+        SPEC: template(SPEC),
+        "verifiers.py": template("verifiers.py.tmpl"),
+        WORKSPACE: template(WORKSPACE),
+        INSTANCE: template(INSTANCE),
+        ".gitignore": template("gitignore"),
+    }
+    for name, records in example_data().items():
+        out[name] = "".join(json.dumps(r) + "\n" for r in records)
+    return out
+
+
+def init_project(directory: Path, force: bool = False) -> list[Path]:
+    """Write the project into ``directory``; the paths written. Refuses (``ScaffoldError``,
+    nothing written) to overwrite an existing file unless ``force``."""
+    planned = {directory / name: text for name, text in files().items()}
+    existing = sorted(str(p) for p in planned if p.exists())
+    if existing and not force:
+        raise ScaffoldError(
+            f"flywheel init: {len(existing)} file(s) exist and were left alone: "
+            + ", ".join(existing)
+            + " (--force overwrites them)"
+        )
+    for path, text in planned.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return list(planned)

@@ -1,0 +1,229 @@
+"""Run a flywheel: materialize the graph, then let the daemon turn the flywheel until it stops.
+
+    flywheel run [--spec S] [--set key=value ...]      (sets the environment, then runs this)
+    python -m jobs.run --workspace W --working-directory D [--timeout S] [--skip-base]
+
+0. ``flywheel check``'s preflight of the spec: any error stops here, before a launch.
+1. ``dagster job execute -m definitions -j flywheel_job`` (multiprocess executor, recorded in
+   ``$DAGSTER_HOME``): raw corpora -> ... -> seed SFT model -> its eval. Completed stages with
+   unchanged inputs are reused, not redone.
+2. ``dagster-daemon run -w W``: the accepted-data sensor (RUNNING by default) starts cycle 0,
+   and every cycle whose accepted generations reach ``cycles.threshold_rows`` starts the next,
+   until ``cycles.max_cycles`` or ``cycles.patience`` stops the loop. Nothing here launches a
+   cycle: the sensor does, exactly as in a deployment.
+3. Once the loop has stopped and no cycle run is queued or running, the daemon is stopped, and
+   ``flywheel summary`` and ``flywheel report`` (the per-cycle table, and why the loop stopped)
+   are printed.
+
+A failed run ends with its failing steps and their errors, or the failed checks, printed here
+(exit 1); the daemon's log is kept in ``$DAGSTER_HOME/daemon.log``. Only runs started by this
+invocation count: a cycle that failed before and has since succeeded is history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flywheel.core.spec import env_overrides, load_spec
+from flywheel.preflight import errors, preflight
+
+POLL_S = 2.0
+BIN = Path(sys.executable).parent  # the venv's scripts: dagster, dagster-daemon
+ACTIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+
+
+def say(message: str) -> None:
+    print(f"[flywheel] {message}", flush=True)
+
+
+def _daemon(home: Path, workspace: Path, cwd: Path) -> subprocess.Popen:
+    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - lives as long as the daemon
+    argv = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]
+    return subprocess.Popen(
+        argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _runs(instance, job: str, since: datetime) -> list:  # noqa: ANN001
+    """The runs of ``job`` created at or after ``since``, oldest first."""
+    from dagster import RunsFilter
+
+    records = instance.get_run_records(filters=RunsFilter(job_name=job, created_after=since))
+    return [r.dagster_run for r in sorted(records, key=lambda r: r.create_timestamp)]
+
+
+def failure_lines(instance, run_id: str) -> list[str]:  # noqa: ANN001
+    """Why a run failed, from its event log: each failed step with its error (and the error's
+    cause), each failed asset check with what it found; the run's own error if neither."""
+    from dagster import DagsterEventType as E
+
+    kinds = {E.STEP_FAILURE, E.ASSET_CHECK_EVALUATION, E.RUN_FAILURE}
+    lines, run_error = [], None
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        event = entry.dagster_event
+        data = event.event_specific_data
+        if event.event_type == E.STEP_FAILURE:
+            lines.append(f"step {event.step_key} failed: {_error_text(data.error)}")
+        elif event.event_type == E.ASSET_CHECK_EVALUATION and not data.passed:
+            found = {k: getattr(v, "value", v) for k, v in (data.metadata or {}).items()}
+            lines.append(
+                f"check {data.asset_key.to_user_string()}:{data.check_name} failed"
+                + (f": {data.description}" if data.description else "")
+                + (f" {found}" if found else "")
+            )
+        elif event.event_type == E.RUN_FAILURE:
+            run_error = event.message
+    return lines or [run_error or "the run failed (no step error recorded)"]
+
+
+def _error_text(error) -> str:  # noqa: ANN001 - dagster's SerializableErrorInfo
+    """The error's message, and its causes' (a Pipes subprocess failure names the cause)."""
+    if error is None:
+        return "no error recorded"
+    parts = [error.message.strip()]
+    cause = error.cause
+    while cause is not None:
+        parts.append(f"caused by {cause.message.strip()}")
+        cause = cause.cause
+    return " | ".join(p.splitlines()[0] if len(p) > 400 else p for p in parts)
+
+
+def materialize_graph(instance, working_directory: Path) -> int:  # noqa: ANN001
+    """Step 1: ``flywheel_job`` through Dagster's CLI; on failure, print why."""
+    since = datetime.now(UTC)
+    argv = [str(BIN / "dagster"), "job", "execute", "-m", "definitions"]
+    argv += ["-d", str(working_directory), "-j", "flywheel_job"]
+    say("materializing the graph: " + " ".join(argv[1:]))
+    code = subprocess.run(argv, cwd=working_directory, check=False).returncode
+    runs = _runs(instance, "flywheel_job", since)
+    if code == 0 and runs and runs[-1].status.value == "SUCCESS":
+        return 0
+    say("flywheel_job failed:")
+    for line in failure_lines(instance, runs[-1].run_id) if runs else ["it never started"]:
+        say(f"  {line}")
+    return 1
+
+
+def _unresolved(runs: list) -> list:
+    """Failed runs with no later successful run of the same cycle (partition)."""
+    last: dict[str | None, object] = {}
+    for run in runs:  # oldest first: a later run of a cycle supersedes an earlier one
+        last[run.tags.get("dagster/partition")] = run
+    return [r for r in last.values() if r.status.value == "FAILURE"]
+
+
+def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  # noqa: ANN001
+    """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout."""
+    from flywheel.loop.promotion import loop_state
+
+    spec = load_spec(None, env_overrides())
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    shown: set[tuple[str, str]] = set()
+    stalled_since: float | None = None
+    while deadline is None or time.monotonic() < deadline:
+        runs = _runs(instance, "cycle_job", since)
+        for run in runs:
+            key = (run.run_id, run.status.value)
+            if key not in shown:
+                shown.add(key)
+                cycle = run.tags.get("dagster/partition")
+                say(f"cycle {cycle}: run {run.run_id[:8]} {run.status.value}")
+        failed = _unresolved(runs)
+        if failed and not any(r.status.value in ACTIVE for r in runs):
+            for run in failed:
+                say(f"cycle {run.tags.get('dagster/partition')} failed (run {run.run_id}):")
+                for line in failure_lines(instance, run.run_id):
+                    say(f"  {line}")
+            return 1
+        state = loop_state(spec)
+        idle = not any(r.status.value in ACTIVE for r in runs)
+        if state.stopped and idle:
+            say(f"the flywheel {state.reason}")
+            return 0
+        stalled_since = (stalled_since or time.monotonic()) if idle and _stalled(spec) else None
+        if stalled_since and time.monotonic() - stalled_since > 3 * spec.cycles.sensor_interval_s:
+            say(f"the flywheel is stuck: {_stalled(spec)}")
+            return 1
+        time.sleep(POLL_S)
+    say(f"timed out after {timeout_s:.0f} s; the loop had not stopped (flywheel report says why)")
+    return 1
+
+
+def _stalled(spec) -> str | None:  # noqa: ANN001
+    """Why the sensor will start no further cycle although the loop has not stopped: the last
+    decided cycle's accepted generations are below ``cycles.threshold_rows``; else None."""
+    from flywheel.loop.cycles import new_accepted_rows
+    from flywheel.loop.promotion import loop_state
+
+    cycle = loop_state(spec).next_cycle
+    if cycle == 0:
+        return None  # the sensor starts cycle 0 as soon as the seed checkpoint exists
+    rows, needed = new_accepted_rows(spec, cycle), spec.cycles.threshold_rows
+    if rows >= needed:
+        return None
+    return (
+        f"cycle {cycle - 1} left {rows} new accepted generation(s), fewer than "
+        f"cycles.threshold_rows={needed}, so the sensor starts no cycle {cycle} "
+        "(flywheel report says what was rejected and why)"
+    )
+
+
+def spec_ready() -> bool:
+    """Preflight the spec (``flywheel check``): print every problem; False on any error,
+    so a missing file or a bad reference stops the run before anything is launched."""
+    problems = preflight(load_spec(None, env_overrides()))
+    for problem in problems:
+        say(str(problem))
+    if errors(problems):
+        say("the spec has errors (see above; flywheel check repeats them): not started")
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.run", description=__doc__)
+    parser.add_argument("--workspace", type=Path, default=Path("workspace.yaml"))
+    parser.add_argument("--working-directory", type=Path, default=Path.cwd())
+    parser.add_argument("--timeout", type=float, default=None, help="seconds for the cycles")
+    parser.add_argument("--skip-base", action="store_true", help="skip flywheel_job")
+    args = parser.parse_args(argv)
+    if not spec_ready():
+        return 1
+    from dagster import DagsterInstance
+
+    home = Path(os.environ["DAGSTER_HOME"])
+    instance = DagsterInstance.get()
+    started = datetime.now(UTC)
+    if not args.skip_base and materialize_graph(instance, args.working_directory) != 0:
+        return 1
+    daemon = _daemon(home, args.workspace.resolve(), args.working_directory)
+    say(f"dagster-daemon started (log: {home / 'daemon.log'}); the sensor turns the flywheel")
+    try:
+        code = wait_for_loop(instance, args.timeout, started)
+    finally:
+        _stop(daemon)
+    for verb in ("summary", "report"):  # the data products, then the per-cycle table
+        subprocess.run([sys.executable, "-m", "flywheel.cli", verb], check=False)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
