@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import pydoc_data.topics
+import sys
 import textwrap
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -147,3 +150,25 @@ def flywheel_spec(tmp_path: Path, corpus_jsonl: Path) -> Path:
         {TINY_FLYWHEEL}
         """,
     )
+
+
+@pytest.fixture
+def user_module(tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
+    """``write(stem, source) -> module name``: a module next to the test's spec (in
+    ``tmp_path``, which is not on ``sys.path``), named uniquely so no earlier import is
+    reused. Afterwards the modules and the verifier kinds they registered are forgotten."""
+    from flywheel.loop.verifiers import VERIFIERS
+
+    registered, names = dict(VERIFIERS), []
+
+    def write(stem: str, source: str) -> str:
+        name = f"{stem}_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        names.append(name)
+        return name
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+    VERIFIERS.clear()
+    VERIFIERS.update(registered)

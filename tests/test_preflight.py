@@ -192,10 +192,10 @@ def test_references_between_settings(tmp_path: Path) -> None:
     cycles: {gate: {metric: perplexity}}
     """
     found = {(p.level, p.key): p.message for p in preflight(load_spec(write_spec(tmp_path, body)))}
-    assert set(found) == {
-        ("error", "eval.tasks[0].pattern"),
+    assert set(found) == {  # a task's pattern is an alias of its verifier's
+        ("error", "eval.tasks[0].verifier.pattern"),
         ("error", "eval.tasks[1].name"),
-        ("warning", "eval.tasks[1].pattern"),
+        ("warning", "eval.tasks[1].verifier.pattern"),
         ("error", "acceptance.verifier.min_votes"),
         ("warning", "cycles.gate.mode"),
     }

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from flywheel.core.settings.train import (
 )
 
 DEFAULT_SPEC = "flywheel.yaml"
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # an importable module name
 SPEC_ENV = "FLYWHEEL_SPEC"
 # `flywheel run --set k=v` hands its overrides to the Dagster processes it starts (code server,
 # daemon, run workers) through this variable: a JSON list of "key.path=value" strings.
@@ -122,7 +124,20 @@ class Spec(_Model):
     cycles: CycleSettings = Field(
         default_factory=CycleSettings, description="Triggers, retraining and promotion."
     )
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules imported (the spec's directory first on sys.path) before "
+        "any verifier is used, e.g. ones that call register_verifier to add verifier kinds.",
+    )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, plugins: list[str]) -> list[str]:
+        bad = [p for p in plugins if not _MODULE.fullmatch(p)]
+        if bad:
+            raise ValueError(f"plugins are dotted module names (my_checks, pkg.mod); got {bad}")
+        return plugins
 
     @field_validator("sources")
     @classmethod
@@ -242,9 +257,9 @@ def _resolve_paths(spec: Spec, base: Path) -> None:
             train.accelerate_config = (base / train.accelerate_config).resolve()
     serve = spec.generation.endpoint.serve
     serve.executable = (base / serve.executable).absolute()
-    verifier = spec.acceptance.verifier
-    if verifier.reward_model is not None:
-        verifier.reward_model = (base / verifier.reward_model).resolve()
+    for verifier in (spec.acceptance.verifier, *(task.verifier for task in spec.eval.tasks)):
+        if verifier.reward_model is not None:
+            verifier.reward_model = (base / verifier.reward_model).resolve()
 
 
 def format_errors(exc: ValidationError, path: Path) -> str:

@@ -9,7 +9,8 @@ set at ``accepted_root(spec, c)`` that records their versions as its ``inputs``.
 generation passes the gates below in order; the first that refuses it gives its ``reason``, and
 later gates never see it:
 
-1. the verifier (``acceptance.verifier``, ``flywheel.loop.verifiers.judge``);
+1. the verifier (``acceptance.verifier``, ``flywheel.loop.verifiers.judge``, the scoring eval
+   uses too; the spec's ``plugins`` are imported first);
 2. the leak guard: a prompt equal (stripped) to an eval prompt -> ``eval_prompt``;
 3. quality filters on the response -> ``filter:<name>: <why>``;
 4. exact dedup on a normalized hash of (prompt, response): against every earlier cycle's
@@ -48,6 +49,7 @@ from flywheel.core.spec import Spec
 from flywheel.data.dedup.minhash import normalize
 from flywheel.loop.accept_gates import Pools, hashes, load_pools, run_gates
 from flywheel.loop.cycles import accepted_root, check_cycle_inputs, training_set_root
+from flywheel.loop.plugins import importable_from, load_plugins
 from flywheel.loop.prompts import eval_prompts
 from flywheel.loop.verifiers import judge
 
@@ -101,7 +103,9 @@ def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Acc
         if current.manifest.get("key") == key:
             return AcceptResult(current, _flat(current.manifest), reused=True)
 
-    judged = judge(spec.acceptance.verifier, df.with_columns(pl.col("prompt").fill_null("")))
+    load_plugins(spec)  # a kind they register judges here as it scores eval
+    with importable_from(spec.base_dir):  # a kind: python module next to the spec
+        judged = judge(spec.acceptance.verifier, df.with_columns(pl.col("prompt").fill_null("")))
     reasons = [
         "missing_prompt" if not (p or "").strip() else r
         for p, r in zip(df["prompt"], judged["reason"], strict=True)

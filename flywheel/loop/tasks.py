@@ -69,7 +69,7 @@ def load_task_examples(task: EvalTask) -> Loaded:
     for lineno, obj in records:
         if task.num_examples is not None and len(examples) == task.num_examples:
             break
-        example, reason = task_record(obj, task.verifier)
+        example, reason = task_record(obj, task.verifier.kind)
         if example is None:
             bad.append(quarantined(source, lineno, reason, obj))
         else:

@@ -3,10 +3,10 @@
     python -c "from flywheel.loop.verifiers import verify as v; print(v('numeric', 'It is 19.',
     '19'))"
 
-A verifier is a function ``(completion, answer, pattern) -> bool``. Evaluation uses them to
-score task accuracy, and the generation loop uses the same ones to accept or reject model
-generations, so a completion counts as correct in exactly one way everywhere. Four are
-built in; ``register_verifier`` adds more (e.g. a unit-test runner for code tasks).
+One setting (``flywheel.core.settings.verifier.VerifierSettings``: ``acceptance.verifier`` and
+every ``eval.tasks[].verifier``) and one scoring path: ``score`` judges one completion, ``judge``
+a frame of them (acceptance, GRPO rewards, and eval through ``score_rows``), so a completion
+counts as correct in exactly one way everywhere. Per-row kinds:
 
 - ``exact``: the completion, stripped, equals the answer, stripped.
 - ``numeric``: the first number in the completion equals the answer as a number
@@ -14,23 +14,24 @@ built in; ``register_verifier`` adds more (e.g. a unit-test runner for code task
 - ``contains``: the answer (stripped) occurs in the completion.
 - ``regex``: ``pattern`` with ``{answer}`` replaced by the escaped answer matches somewhere
   in the completion (e.g. ``"answer: {answer}\\b"``).
-
-``judge`` applies the spec's ``acceptance.verifier`` to a frame of generations (one row per
-sampled completion) and says, for every row, whether it is accepted and why not:
-
-- ``exact`` / ``numeric``: the verifier above against the row's reference ``answer``; a row
-  without one is rejected ``no_reference``, a wrong one ``incorrect``.
+- any name added with ``register_verifier(name, fn)``, ``fn(completion, answer, pattern) ->
+  bool`` (e.g. from a module the spec lists under ``plugins``, see ``flywheel.loop.plugins``).
+  These judge against the row's reference ``answer``: a row without one is ``no_reference``.
 - ``python``: ``fn(prompt, completion, answer) -> bool | (bool, reason)`` imported from
-  ``package.module:function``; a call that raises rejects its row ``verifier_error: <exc>``.
+  ``package.module:function``; the answer may be None.
+
+A wrong answer is rejected ``incorrect`` (or the python function's reason); a verifier that
+raises rejects its row ``verifier_error: <exc>``, not the whole run. ``judge`` also has two
+kinds that need more than one completion or a model:
+
 - ``self_consistency``: majority vote across one prompt's samples, for prompts without a
-  reference (see ``_judge_majority``).
+  reference (see ``_judge_majority``); acceptance only, eval scores one greedy answer.
 - ``reward_model``: a local sequence-classification model's score >= threshold
   (``flywheel.loop.reward``; torch is imported only for this kind).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections import Counter
@@ -39,8 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from flywheel.core.settings.verifier import BUILTIN_KINDS, JUDGE_KINDS
+from flywheel.loop.plugins import load_function
+
 if TYPE_CHECKING:  # the settings model is only read here; importing it at runtime is not needed
-    from flywheel.core.settings.loop import VerifierSettings
+    from flywheel.core.settings.verifier import VerifierSettings
 
 Verifier = Callable[[str, str, str | None], bool]
 
@@ -98,6 +102,8 @@ def register_verifier(name: str, fn: Verifier, replace: bool = False) -> None:
     """Make ``fn`` available as verifier ``name``; replacing one needs ``replace=True``."""
     if not callable(fn):
         raise TypeError(f"verifier {name!r} must be callable, got {type(fn).__name__}")
+    if name in JUDGE_KINDS:  # judge handles these itself: a function by that name is never used
+        raise ValueError(f"verifier {name!r} is a built-in kind of judge; choose another name")
     if name in VERIFIERS and not replace:
         raise ValueError(f"verifier {name!r} is already registered (pass replace=True)")
     VERIFIERS[name] = fn
@@ -116,7 +122,83 @@ def verify(kind: str, completion: str, answer: str, pattern: str | None = None) 
     return bool(get_verifier(kind)(completion, answer, pattern))
 
 
-# -- judging generations: the acceptance step's verifier ----------------------------------
+def known_kinds() -> list[str]:
+    """Every verifier kind a spec may name now: the built-in ones and those registered."""
+    return sorted({*VERIFIERS, *JUDGE_KINDS})
+
+
+def unknown_kind(kind: str) -> str:
+    """Why ``kind`` cannot be used, and how to add it."""
+    return (
+        f"unknown verifier kind {kind!r}; known: {', '.join(known_kinds())}. Add one with a "
+        f"module listed under `plugins` that calls register_verifier({kind!r}, fn), or use "
+        "kind: python with function: 'module:function'"
+    )
+
+
+# -- scoring one completion: the one notion of correct -------------------------------------
+# (correct, reason when not): reason is "incorrect", "no_reference", "verifier_error: ..." or
+# the reason a python verifier returned.
+Score = tuple[bool, str | None]
+Scorer = Callable[[str, str, str | None], Score]
+
+
+def scorer(settings: VerifierSettings) -> Scorer:
+    """``(prompt, completion, answer) -> (correct, reason)`` for a per-row kind; the python
+    function is imported once, here. self_consistency and reward_model are ``judge``'s."""
+    if settings.kind == "python":
+        fn = load_function(settings.function or "")
+        return lambda prompt, completion, answer: _call(fn, prompt, completion, answer)
+    if settings.kind in JUDGE_KINDS:
+        raise ValueError(f"verifier kind {settings.kind!r} does not judge one completion alone")
+    if settings.kind not in VERIFIERS:
+        raise ValueError(unknown_kind(settings.kind))
+    check, pattern = VERIFIERS[settings.kind], settings.pattern
+    # A registered function is user code: anything it raises is its row's reason. A built-in
+    # one raises ValueError for input it cannot judge; any other exception is a bug here.
+    expected = ValueError if settings.kind in BUILTIN_KINDS else Exception
+    return lambda prompt, completion, answer: _against(check, completion, answer, pattern, expected)
+
+
+def score(settings: VerifierSettings, prompt: str, completion: str, answer: str | None) -> Score:
+    """Whether ``completion`` answers ``prompt`` correctly (reference ``answer``, or None) by
+    the verifier ``settings``, and why not."""
+    return scorer(settings)(prompt, completion, answer)
+
+
+def _against(
+    check: Verifier,
+    completion: str,
+    answer: str | None,
+    pattern: str | None,
+    expected: type[Exception],
+) -> Score:
+    if answer is None:
+        return False, "no_reference"
+    try:
+        ok = bool(check(completion, answer, pattern))
+    except expected as exc:  # e.g. numeric with an answer that is not a number
+        why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        return False, f"verifier_error: {why}"
+    return ok, None if ok else "incorrect"
+
+
+def _call(fn: Callable[..., Any], prompt: str, completion: str, answer: str | None) -> Score:
+    """One call of a user verifier; whatever it raises rejects this row, not the whole run."""
+    try:
+        result = fn(prompt, completion, answer)
+    except Exception as exc:  # noqa: BLE001 - user code: any failure is this row's reason
+        return False, f"verifier_error: {type(exc).__name__}: {exc}"
+    ok, why = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
+    # `in (True, False)` admits numpy bools and rejects a truthy string such as "False".
+    if isinstance(ok, str) or ok not in (True, False):
+        return False, f"verifier_error: returned {result!r}, not a bool"
+    if ok:
+        return True, None
+    return False, str(why) if why else "incorrect"
+
+
+# -- judging a frame of generations: acceptance, rewards, eval -----------------------------
 # One verdict per row: (verified, reason when rejected, response to train on, score or None).
 Verdict = tuple[bool, str | None, str, float | None]
 JUDGE_COLUMNS = {
@@ -145,25 +227,41 @@ def judge(settings: VerifierSettings, rows: pl.DataFrame, batch_size: int = 16) 
         if col not in rows.columns:
             rows = rows.with_columns(pl.lit(None, dtype=pl.String).alias(col))
     prompts, completions = rows["prompt"].to_list(), rows["completion"].fill_null("").to_list()
-    answers = rows["answer"].cast(pl.String).to_list()
-    kind = settings.kind
-    if kind in ("exact", "numeric"):
-        verdicts = [_judge_reference(kind, c, a) for c, a in zip(completions, answers, strict=True)]
-    elif kind == "python":
-        fn = load_function(settings.function or "")
-        verdicts = [_judge_call(fn, *r) for r in zip(prompts, completions, answers, strict=True)]
-    elif kind == "self_consistency":
+    if settings.kind == "self_consistency":
         verdicts = _judge_majority(
             rows["prompt_id"].cast(pl.String).to_list(),
             completions,
             settings.min_votes,
             settings.min_agreement,
         )
-    elif kind == "reward_model":
+    elif settings.kind == "reward_model":
         verdicts = _judge_reward(settings, prompts, completions, batch_size)
     else:
-        raise ValueError(f"unknown acceptance verifier kind {kind!r}")
+        check = scorer(settings)
+        answers = rows["answer"].cast(pl.String).to_list()
+        verdicts = [
+            (*check(p, c, a), c.strip(), None)
+            for p, c, a in zip(prompts, completions, answers, strict=True)
+        ]
     return _attach(rows, verdicts)
+
+
+def score_rows(
+    settings: VerifierSettings,
+    prompts: list[str],
+    completions: list[str],
+    answers: list[str | None],
+    batch_size: int = 16,
+) -> list[Score]:
+    """(correct, reason) of each completion, by ``judge``: eval's scoring of greedy answers."""
+    if settings.kind == "self_consistency":
+        raise ValueError("verifier self_consistency votes across samples; it cannot score eval")
+    rows = pl.DataFrame(
+        {"prompt": prompts, "completion": completions, "answer": answers},
+        schema={"prompt": pl.String, "completion": pl.String, "answer": pl.String},
+    )
+    judged = judge(settings, rows, batch_size)
+    return list(zip(judged["verified"].to_list(), judged["reason"].to_list(), strict=True))
 
 
 def _attach(rows: pl.DataFrame, verdicts: list[Verdict]) -> pl.DataFrame:
@@ -183,59 +281,10 @@ def _judge_reward(
         raise ValueError("verifier kind reward_model needs reward_model (a model directory)")
     scores = reward_scores(settings.reward_model, prompts, completions, batch_size)
     verdicts: list[Verdict] = []
-    for score, completion in zip(scores, completions, strict=True):
-        ok = score >= settings.threshold
-        verdicts.append((ok, None if ok else "below_reward_threshold", completion.strip(), score))
+    for reward, completion in zip(scores, completions, strict=True):
+        ok = reward >= settings.threshold
+        verdicts.append((ok, None if ok else "below_reward_threshold", completion.strip(), reward))
     return verdicts
-
-
-def _judge_reference(kind: str, completion: str, answer: str | None) -> Verdict:
-    if answer is None:
-        return False, "no_reference", completion.strip(), None
-    try:
-        ok = verify(kind, completion, answer)
-    except ValueError as exc:  # e.g. numeric with an answer that is not a number
-        return False, f"verifier_error: {exc}", completion.strip(), None
-    return ok, None if ok else "incorrect", completion.strip(), None
-
-
-def load_function(path: str) -> Callable[..., Any]:
-    """The callable named by ``package.module:function``; errors name the path and the cause."""
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"verifier function {path!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(
-            f"verifier function {path!r}: cannot import {module_name!r}: {exc}"
-        ) from exc
-    fn: Any = module
-    for part in attr.split("."):
-        if not hasattr(fn, part):
-            raise ImportError(f"verifier function {path!r}: {module_name!r} has no {attr!r}")
-        fn = getattr(fn, part)
-    if not callable(fn):
-        raise TypeError(f"verifier function {path!r} is a {type(fn).__name__}, not callable")
-    return fn
-
-
-def _judge_call(
-    fn: Callable[..., Any], prompt: str, completion: str, answer: str | None
-) -> Verdict:
-    """One call of a user verifier; whatever it raises rejects this row, not the whole run."""
-    response = completion.strip()
-    try:
-        result = fn(prompt, completion, answer)
-    except Exception as exc:  # noqa: BLE001 - user code: any failure is this row's reason
-        return False, f"verifier_error: {type(exc).__name__}: {exc}", response, None
-    ok, why = result if isinstance(result, tuple) and len(result) == 2 else (result, None)
-    # `in (True, False)` admits numpy bools and rejects a truthy string such as "False".
-    if isinstance(ok, str) or ok not in (True, False):
-        return False, f"verifier_error: returned {result!r}, not a bool", response, None
-    if ok:
-        return True, None, response, None
-    return False, str(why) if why else "incorrect", response, None
 
 
 def vote_key(completion: str) -> tuple[str, Any]:

@@ -8,8 +8,9 @@ run in seconds instead of failing the stage that first uses it, an hour in:
 
 - ``paths``: every ``Path`` field of the settings models (found by walking them, so a new
   one is covered) exists as the file or directory its stage reads;
-- ``references``: imported functions, the gate metric, eval task names, the preference
-  method against its settings and the verifier;
+- ``references`` (with ``verifiers``): the spec's plugins, every verifier (acceptance's and
+  each eval task's: kind, imported function, pattern), the gate metric, eval task names, the
+  preference method against its settings and the verifier;
 - ``samples``: the head of every data file (sources and their globs, SFT files, eval task
   files, prompt files), parsed by the same reader as its stage.
 

@@ -3,12 +3,13 @@
     python -c "from flywheel.core.spec import load_spec; from flywheel.preflight.references \
 import check_references; print(*check_references(load_spec()), sep='\\n')"
 
-- ``acceptance.verifier.function`` imports (through ``load_function``, as acceptance does,
-  with the spec's directory on ``sys.path``: where a Dagster run started from the project
-  root finds a module next to the spec) and can be called as ``fn(prompt, completion, answer)``;
+- the spec's ``plugins`` import, and ``acceptance.verifier`` and every
+  ``eval.tasks[].verifier`` can score (``flywheel.preflight.verifiers``: a known kind, a
+  ``python`` function that imports from the spec's directory with the right signature, a
+  regex pattern);
 - ``cycles.gate.metric`` is a metric a cycle's eval produces (``eval_metrics``), and its
   ``mode`` points the right way;
-- ``eval.tasks`` names are distinct (each is a metric key) and a regex verifier has a pattern;
+- ``eval.tasks`` names are distinct (each is a metric key);
 - ``cycles.preference`` fits its settings and the verifier that is its reward;
 - self-consistency can reach ``min_votes`` with ``samples_per_prompt`` samples;
 - cycle 0's built-in prompts are not all evaluation prompts (which are never trained on).
@@ -17,13 +18,6 @@ import check_references; print(*check_references(load_spec()), sep='\\n')"
 from __future__ import annotations
 
 import difflib
-import importlib
-import inspect
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -31,8 +25,8 @@ from flywheel.core.settings.loop import PreferenceTrain
 from flywheel.core.spec import Spec
 from flywheel.loop.prompts import load_prompts, normalize
 from flywheel.loop.tasks import load_task_examples
-from flywheel.loop.verifiers import load_function
 from flywheel.preflight.problems import Problem, counted, error, warning
+from flywheel.preflight.verifiers import check_verifiers
 
 LOWER_IS_BETTER = ("perplexity", "heldout_loss")  # held-out metrics every eval reports
 
@@ -40,9 +34,9 @@ LOWER_IS_BETTER = ("perplexity", "heldout_loss")  # held-out metrics every eval 
 def check_references(spec: Spec) -> list[Problem]:
     """A problem for every name in ``spec`` that points at nothing, or at the wrong thing."""
     return [
+        *check_verifiers(spec),  # first: it imports the plugins that register verifier kinds
         *_eval_tasks(spec),
         *_gate(spec),
-        *_verifier_function(spec),
         *_votes(spec),
         *_cycle_settings(spec),
         *_preference(spec),
@@ -85,64 +79,7 @@ def _eval_tasks(spec: Spec) -> list[Problem]:
             why = f"{task.name!r} is also eval.tasks[{first[task.name]}]'s name"
             problems.append(error(f"{key}.name", f"{why}: one accuracy/ score would overwrite"))
         first.setdefault(task.name, i)
-        if task.verifier == "regex" and not task.pattern:
-            problems.append(error(f"{key}.pattern", "verifier regex needs a pattern"))
-        elif task.pattern and task.verifier != "regex":
-            why = f"only verifier regex reads it (this task's is {task.verifier!r})"
-            problems.append(warning(f"{key}.pattern", f"set but not read: {why}"))
     return problems
-
-
-@contextmanager
-def importable_from(directory: Path) -> Iterator[None]:
-    """``directory`` first on ``sys.path`` for the duration, as the stage's process has its
-    working directory (the project root, where the spec lives) when it imports a verifier."""
-    entry = str(directory)
-    added = entry not in sys.path
-    if added:
-        sys.path.insert(0, entry)
-    importlib.invalidate_caches()  # a module written since the last import is found
-    try:
-        yield
-    finally:
-        if added and entry in sys.path:
-            sys.path.remove(entry)
-
-
-def _verifier_function(spec: Spec) -> list[Problem]:
-    verifier, key = spec.acceptance.verifier, "acceptance.verifier.function"
-    if verifier.function is None:
-        return []
-    if verifier.kind != "python":
-        return [warning(key, f"set but not read: the verifier kind is {verifier.kind!r}")]
-    with importable_from(spec.base_dir):
-        try:
-            fn = load_function(verifier.function)
-        except Exception as exc:  # noqa: BLE001 - importing user code can raise anything
-            return [error(key, _import_error(verifier.function, exc), _module_file(exc))]
-    return _callable_as(key, fn, ("prompt", "completion", "answer"))
-
-
-def _import_error(path: str, exc: BaseException) -> str:
-    if isinstance(exc, ImportError | TypeError | ValueError) and path in str(exc):
-        return str(exc)  # load_function's own message already names the path
-    return f"verifier function {path!r}: importing it raised {type(exc).__name__}: {exc}"
-
-
-def _module_file(exc: BaseException) -> Path | None:
-    """The file a syntax error is in, when that is the problem."""
-    name = exc.filename if isinstance(exc, SyntaxError) else None
-    return Path(name) if name else None
-
-
-def _callable_as(key: str, fn: Callable[..., Any], args: tuple[str, ...]) -> list[Problem]:
-    try:
-        inspect.signature(fn).bind(*args)
-    except TypeError as exc:
-        return [error(key, f"cannot be called as fn({', '.join(args)}): {exc}")]
-    except ValueError:  # no signature to inspect (some builtins): the first call will tell
-        pass
-    return []
 
 
 def _votes(spec: Spec) -> list[Problem]:

@@ -8,8 +8,9 @@ At most ``SAMPLE`` records of each file are read: sources through the ingest rea
 through ``sft_example``, eval task files through ``task_record`` with the task's verifier,
 prompt files through ``prompt_record``. Records that would be quarantined are a warning with
 their reasons counted; a file none of whose sampled records is usable is an error. Prompt
-files are also checked against the acceptance verifier: exact and numeric judge against the
-prompt's reference answer, so prompts without one can never be accepted. A missing file is
+files are also checked against the acceptance verifier: every kind but python,
+self_consistency and reward_model judges against the prompt's reference answer, so prompts
+without one can never be accepted. A missing file is
 left to ``flywheel.preflight.paths``, which reports it once.
 """
 
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from flywheel.core.records import read_jsonl
 from flywheel.core.settings.sources import PythonEnvSource, TextFilesSource
 from flywheel.core.settings.train import SftData
+from flywheel.core.settings.verifier import JUDGE_KINDS
 from flywheel.core.spec import Spec
 from flywheel.data.ingest.readers import SourceReadError, read_batches, source_files
 from flywheel.data.ingest.records import RecordChecker
@@ -36,7 +38,6 @@ from flywheel.preflight.problems import Problem, counted, error, warning
 from flywheel.train.sft_data import sft_example
 
 SAMPLE = 50  # records read from the head of each file: enough to catch a wrong schema
-REFERENCE_VERIFIERS = ("exact", "numeric")  # acceptance verifiers that need an answer
 
 Parse = Callable[[dict[str, Any]], tuple[Any, str]]  # a record -> (example or None, reason)
 
@@ -48,7 +49,7 @@ def check_samples(spec: Spec) -> list[Problem]:
         problems += _sft(key, data)
     for i, task in enumerate(spec.eval.tasks):
         if task.kind == "jsonl" and task.path is not None and Path(task.path).is_file():
-            parse = _task_parser(task.verifier)
+            parse = _task_parser(task.verifier.kind)
             problems += _jsonl(f"eval.tasks[{i}].path", Path(task.path), parse)
     return problems + _prompts(spec)
 
@@ -170,7 +171,7 @@ def _prompts(spec: Spec) -> list[Problem]:
     examples, bad = _read(path, prompt_record)
     problems = verdict(key, path, len(examples) + sum(bad.values()), bad)
     kind = spec.acceptance.verifier.kind
-    if kind not in REFERENCE_VERIFIERS or not examples:
+    if kind in JUDGE_KINDS or not examples:  # the others judge against a reference answer
         return problems
     vkey = "acceptance.verifier.kind"
     unanswered = sum(e["answer"] is None for e in examples)

@@ -4,6 +4,7 @@ import pytest
 from pydantic import BaseModel
 
 from flywheel.core.settings.train import SftSettings
+from flywheel.core.settings.verifier import VerifierSettings
 from flywheel.core.spec import Spec, SpecError, explain, load_spec
 from tests.conftest import write_spec
 
@@ -158,3 +159,50 @@ def test_cycle_training_is_sft_with_a_few_overrides(tmp_path: Path) -> None:
     assert default.cycles.train_settings(default.sft) == SftSettings(steps=300, warmup_steps=0)
     with pytest.raises(SpecError, match=r"cycles\.train\.max_length: unknown key"):
         load_spec(write_spec(tmp_path, "cycles: {train: {max_length: 64}}\n"))
+
+
+def test_one_verifier_setting_for_eval_tasks_and_acceptance(tmp_path: Path) -> None:
+    """A plain kind (the old eval spelling) or acceptance's mapping, in both places; any kind
+    string parses, since a plugin may register it after the spec is read."""
+    body = """
+    eval:
+      tasks:
+        - {name: a, verifier: exact}
+        - {name: b, verifier: {kind: python, function: "checks:same"}}
+        - {name: c, verifier: regex, pattern: "= {answer}"}
+        - {name: d, verifier: {kind: last_word, reward_model: rm}}
+        - {name: e}
+    acceptance: {verifier: numeric}
+    plugins: [checks, pkg.more_checks]
+    """
+    spec = load_spec(write_spec(tmp_path, body))
+    verifiers = [t.verifier for t in spec.eval.tasks]
+    assert [v.kind for v in verifiers] == ["exact", "python", "regex", "last_word", "numeric"]
+    assert verifiers[1].function == "checks:same"
+    assert verifiers[2].pattern == "= {answer}"  # the task-level key is an alias
+    assert verifiers[3].reward_model == tmp_path / "rm"  # resolved like acceptance's
+    assert spec.acceptance.verifier == VerifierSettings(kind="numeric")
+    assert spec.plugins == ["checks", "pkg.more_checks"]
+    assert spec.resolved()["eval"]["tasks"][0]["verifier"]["kind"] == "exact"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "eval: {tasks: [{name: a, verifier: self_consistency}]}",
+            "eval.tasks[0].verifier: self_consistency votes across several samples",
+        ),
+        (
+            "eval: {tasks: [{name: a, verifier: {kind: regex, pattern: x}, pattern: y}]}",
+            "pattern and verifier.pattern differ",
+        ),
+        ("eval: {tasks: [{name: a, verifier: python}]}", "verifier.function"),
+        ("acceptance: {verifier: {kind: ''}}", "acceptance.verifier.kind: String should have"),
+        ("plugins: [my-checks]", "plugins are dotted module names"),
+    ],
+)
+def test_verifier_settings_errors(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, body + "\n"))
+    assert message in str(err.value)

@@ -62,6 +62,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "sft.data": ("flywheel/train/sft_data.py",),
     "eval": ("flywheel/loop/eval/__main__.py", "flywheel/loop/eval/scores.py"),
     "eval.tasks": ("flywheel/loop/tasks.py", "flywheel/loop/eval/tasks.py"),
+    "eval.tasks.verifier": ("flywheel/loop/verifiers.py",),  # the one acceptance uses
     "generation": ("flywheel/loop/generate/base.py", "flywheel/loop/generate/backends.py"),
     "generation.prompts": ("flywheel/loop/prompts.py",),
     # PromptSource.digits (called by flywheel.loop.prompts) reads these
@@ -71,6 +72,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "generation.endpoint": ("flywheel/loop/generate/endpoint.py",),
     "acceptance": ("flywheel/loop/accept.py", "flywheel/loop/accept_gates.py"),
     "acceptance.verifier": ("flywheel/loop/verifiers.py",),
+    "plugins": ("flywheel/loop/plugins.py",),
     "cycles": ("sensors/cycles.py", "flywheel/loop/cycles.py", "flywheel/loop/promotion.py"),
     "cycles.preference": ("flywheel/loop/retrain.py",),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
@@ -165,25 +167,36 @@ def test_preference_fields_reach_the_effective_settings(name: str) -> None:
 MINIMAL = {"name": "x", "path": "p"}  # values for the required fields of list items
 
 
+def _walk(value: typing.Any, parts: list[str]) -> typing.Any:
+    for part in parts:
+        value = value[part]
+    return value
+
+
 def test_explain_lists_every_leaf_with_its_real_default() -> None:
     """The default shown is what an unset key gets: walked from ``Spec()`` for sections,
-    from a minimal item for list items (``(required)`` where the item has no default)."""
+    from a minimal item for list items (``(required)`` where the item has no default), down
+    the item's own sections (``eval.tasks[].verifier.kind`` is the task's default verifier's)."""
     fields = [re.fullmatch(r"(\S+) = (.*?)  # .*", line) for line in explain()]
     shown = {m[1]: m[2] for m in fields if m}
     resolved = Spec().model_dump(mode="json")
+    owners = {key: model for key, model, _ in leaves()}
     missing = []
     for key, model, name in leaves():
         if "[" not in key:
-            value: typing.Any = resolved
-            for part in key.split("."):
-                value = value[part]
-            expected = _json(value)
+            expected = _json(_walk(resolved, key.split(".")))
         elif model.model_fields[name].is_required():
             expected = "(required)"
         else:
-            required = {k for k, f in model.model_fields.items() if f.is_required()}
-            item = model(**{k: v for k, v in MINIMAL.items() if k in required})
-            expected = _json(item.model_dump(mode="json")[name])
+            head, _, rest = key.rpartition("].")
+            # the list's item model: the owner of a field directly in the item
+            inside = f"{head}]."
+            item_model = next(
+                m for k, m in owners.items() if k.startswith(inside) and "." not in k[len(inside) :]
+            )
+            required = {k for k, f in item_model.model_fields.items() if f.is_required()}
+            item = item_model(**{k: v for k, v in MINIMAL.items() if k in required})
+            expected = _json(_walk(item.model_dump(mode="json"), rest.split(".")))
         if shown.get(key) != expected:
             missing.append(f"{key}: shows {shown.get(key)}, default {expected}")
     assert missing == []

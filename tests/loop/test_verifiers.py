@@ -17,6 +17,9 @@ from flywheel.loop.verifiers import (
     load_function,
     parse_number,
     register_verifier,
+    score,
+    score_rows,
+    scorer,
     verify,
     vote_key,
 )
@@ -96,6 +99,71 @@ def test_register_and_unknown() -> None:
         VERIFIERS.pop("test_always", None)
     with pytest.raises(KeyError, match="registered: contains, exact, numeric, regex"):
         verify("nope", "1", "1")
+
+
+# -- score: one completion, the way eval and acceptance both judge it ---------------------
+def test_score_judges_one_completion_with_every_per_row_kind() -> None:
+    V = VerifierSettings
+    assert score(V(kind="exact"), "q", " 19\n", "19") == (True, None)
+    assert score(V(kind="numeric"), "q", "It is 20.", "19") == (False, "incorrect")
+    assert score(V(kind="contains"), "q", "so 19 it is", "19") == (True, None)
+    assert score(V(kind="regex", pattern="= {answer}$"), "q", "x = 19", "19") == (True, None)
+    assert score(V(kind="regex", pattern="= {answer}$"), "q", "x = 19.", "19")[1] == "incorrect"
+    assert score(V(kind="exact"), "q", "19", None) == (False, "no_reference")
+    ok, why = score(V(kind="numeric"), "q", "19", "nineteen")
+    assert not ok and why.startswith("verifier_error: ") and "not a number" in why
+    assert score(V(kind="regex"), "q", "19", "19") == (
+        False,
+        "verifier_error: regex verifier needs a pattern (e.g. 'answer: {answer}\\b')",
+    )
+    python = V(kind="python", function=f"{__name__}:with_reason")
+    assert score(python, "q", "nope", None) == (False, "does not start with ok")
+    assert score(python, "q", "ok", None) == (True, None)
+
+
+def test_a_registered_kind_scores_like_a_built_in() -> None:
+    def last_word(completion: str, answer: str, pattern: str | None = None) -> bool:
+        return completion.split()[-1] == answer
+
+    register_verifier("test_last_word", last_word)
+    try:
+        settings = VerifierSettings(kind="test_last_word")
+        assert score(settings, "q", "the answer is 7", "7") == (True, None)
+        assert score(settings, "q", "7 is not it", "7") == (False, "incorrect")
+        # Its own failure is the row's reason, as a python verifier's is.
+        assert score(settings, "q", "", "7") == (
+            False,
+            "verifier_error: IndexError: list index out of range",
+        )
+        out = judge(settings, _rows(["a", "b"], ["so 7", "8"], ["7", "7"]))
+        assert _verdicts(out) == [(True, None, "so 7"), (False, "incorrect", "8")]
+    finally:
+        VERIFIERS.pop("test_last_word", None)
+
+
+def test_unknown_kinds_and_kinds_that_need_more_than_one_answer() -> None:
+    unknown = VerifierSettings(kind="nope")
+    how = r"unknown verifier kind 'nope'; known: contains, exact, .*plugins.*kind: python"
+    with pytest.raises(ValueError, match=how):
+        score(unknown, "q", "1", "1")
+    with pytest.raises(ValueError, match=how):
+        judge(unknown, _rows(["a"], ["1"], ["1"]))
+    with pytest.raises(ValueError, match="does not judge one completion alone"):
+        scorer(VerifierSettings(kind="self_consistency"))
+    with pytest.raises(ValueError, match="cannot score eval"):
+        score_rows(VerifierSettings(kind="self_consistency"), ["q"], ["1"], ["1"])
+    with pytest.raises(ValueError, match="built-in kind of judge"):
+        register_verifier("python", lambda c, a, p=None: True)
+    assert score_rows(
+        VerifierSettings(kind="numeric"),
+        ["a", "b", "c"],
+        ["19", "x", "4"],
+        [
+            "19",
+            "7",
+            None,
+        ],
+    ) == [(True, None), (False, "incorrect"), (False, "no_reference")]
 
 
 # -- judge: the acceptance verifiers over a frame of generations --------------------------
@@ -295,6 +363,10 @@ def test_judge_reward_model_accepts_at_or_above_threshold(reward_model: Path) ->
     expected = [s >= threshold for s in scores]
     assert out["verified"].to_list() == expected and sum(expected) == 3
     assert out["reason"].to_list() == [None if e else "below_reward_threshold" for e in expected]
+    # Eval scores a reward_model task through the same judge.
+    answers = [None] * len(completions)
+    eval_rows = score_rows(settings, rows["prompt"].to_list(), completions, answers, 3)
+    assert eval_rows == list(zip(out["verified"], out["reason"], strict=True))
 
 
 def test_reward_model_errors(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flywheel.core.settings.train import DEFAULT_EVAL_TASK, SftSettings, TrainSettings
+from flywheel.core.settings.verifier import VerifierSettings
 
 
 class _Model(BaseModel):
@@ -138,36 +139,6 @@ class GenerationSettings(_Model):
     endpoint: EndpointSettings = Field(
         default_factory=EndpointSettings, description="Endpoint of backend openai."
     )
-
-
-class VerifierSettings(_Model):
-    kind: Literal["exact", "numeric", "python", "self_consistency", "reward_model"] = Field(
-        "exact",
-        description="exact/numeric: against the prompt's reference answer; python: a function "
-        "by import path; self_consistency: majority vote across samples; reward_model: a "
-        "local sequence-classification model's score above threshold.",
-    )
-    function: str | None = Field(
-        None,
-        description="'package.module:function' (kind python), called as "
-        "fn(prompt, completion, answer) -> bool | (bool, reason).",
-    )
-    min_votes: int = Field(2, ge=1, description="Fewest samples agreeing (self_consistency).")
-    min_agreement: float = Field(
-        0.5, gt=0, le=1, description="Share of samples that must agree (self_consistency)."
-    )
-    reward_model: Path | None = Field(
-        None, description="A local Hugging Face sequence-classification model (reward_model)."
-    )
-    threshold: float = Field(0.0, description="Lowest accepted reward score (reward_model).")
-
-    @model_validator(mode="after")
-    def _needs(self) -> VerifierSettings:
-        if self.kind == "python" and not self.function:
-            raise ValueError("verifier.function ('package.module:function') is required")
-        if self.kind == "reward_model" and self.reward_model is None:
-            raise ValueError("verifier.reward_model (a local model directory) is required")
-        return self
 
 
 class GenerationFilters(_Model):

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flywheel.core.settings.verifier import VerifierSettings
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -168,6 +170,8 @@ DEFAULT_EVAL_TASK = "arithmetic"
 # Problems a built-in task generates when num_examples is unset: enough that its accuracy
 # has a standard error of at most 0.05 (sqrt(p(1-p)/n) <= sqrt(0.25/100)), few enough for CPU.
 BUILTIN_EVAL_EXAMPLES = 100
+# An eval task's verifier when unset: the built-in tasks' answers are numbers.
+DEFAULT_EVAL_VERIFIER = "numeric"
 
 
 class EvalTask(AdditionTask):
@@ -185,11 +189,45 @@ class EvalTask(AdditionTask):
     )
     max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
     seed: int = Field(1234, description="Seed of the built-in generator (differs from SFT's).")
-    verifier: Literal["exact", "numeric", "contains", "regex"] = Field(
-        "numeric", description="How a completion is checked against the answer."
+    verifier: VerifierSettings = Field(
+        default_factory=lambda: VerifierSettings(kind=DEFAULT_EVAL_VERIFIER),
+        description="How a greedy answer is judged correct: the same setting as "
+        "acceptance.verifier, or its kind alone ('exact'). The task-level key 'pattern' is "
+        "kept as an alias of verifier.pattern.",
     )
-    pattern: str | None = Field(None, description="Regex for verifier 'regex' ({answer} filled).")
     max_new_tokens: int = Field(16, gt=0, description="Greedy tokens generated per prompt.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pattern_alias(cls, data: Any) -> Any:
+        """``pattern`` beside ``verifier`` (the spec's old spelling) moves into the verifier."""
+        if not isinstance(data, dict) or "pattern" not in data:
+            return data
+        data = dict(data)
+        pattern = data.pop("pattern")
+        verifier = data.get("verifier", DEFAULT_EVAL_VERIFIER)
+        if pattern is None:
+            return data
+        if isinstance(verifier, BaseModel):
+            verifier = verifier.model_dump(exclude_unset=True)
+        if isinstance(verifier, str):
+            verifier = {"kind": verifier}
+        if isinstance(verifier, dict):
+            if verifier.get("pattern") not in (None, pattern):
+                raise ValueError("pattern and verifier.pattern differ: set only verifier.pattern")
+            data["verifier"] = {**verifier, "pattern": pattern}
+        return data
+
+    @field_validator("verifier")
+    @classmethod
+    def _one_answer(cls, verifier: VerifierSettings) -> VerifierSettings:
+        if verifier.kind == "self_consistency":
+            raise ValueError(
+                "self_consistency votes across several samples of a prompt, and eval scores one "
+                "greedy answer: use a kind that checks one answer (exact, numeric, contains, "
+                "regex, python, reward_model or a registered one)"
+            )
+        return verifier
 
 
 class EvalSettings(_Model):

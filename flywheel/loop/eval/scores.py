@@ -10,11 +10,12 @@ declares them): the ``sft_checkpoint`` (default) or ``pretrained_checkpoint``, w
 perplexity it measures on the ``tokenized_dataset`` (for SFT also that of its pre-trained
 parent, the version the SFT checkpoint records; skipped, with a warning, when the held-out
 split is empty), and the accuracy of every ``eval.tasks`` entry; then it publishes a verified
-report directory (``scores.json``, ``samples.jsonl`` with every scored answer,
-``quarantine.jsonl`` when a task file had bad records) that records the versions read as its
-``inputs``, records the metrics in the catalog, and reports a materialization whose data
-version is the report's version. With ``cycle=N`` it scores cycle N's candidate
-(``flywheel.loop.cycles.cycle_inputs``) and publishes under ``cycles/N/eval`` instead.
+report directory (``scores.json``, ``samples.jsonl`` with every scored answer and the
+verifier's reason for a wrong one, ``quarantine.jsonl`` when a task file had bad records) that
+records the versions read as its ``inputs``, records the metrics in the catalog, and reports
+a materialization whose data version is the report's version. With ``cycle=N`` it scores cycle
+N's candidate (``flywheel.loop.cycles.cycle_inputs``) and publishes under ``cycles/N/eval``
+instead. The spec's ``plugins`` are imported before any task is scored.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from flywheel.core.spec import Spec
 from flywheel.loop.cycles import check_cycle_inputs, cycle_inputs, eval_root
 from flywheel.loop.eval.perplexity import heldout_perplexity
 from flywheel.loop.eval.tasks import TaskScore, evaluate_task
+from flywheel.loop.plugins import importable_from, load_plugins
 from flywheel.train.loader import heldout_files
 
 PRODUCT = P.EVAL
@@ -131,8 +133,10 @@ def score_tasks(
     """Score every ``eval.tasks`` entry, adding ``accuracy/``, ``n/`` and ``quarantined/``
     entries to ``metrics``."""
     scores = []
+    load_plugins(spec)  # kinds they register score eval tasks as they judge acceptance
     for task in spec.eval.tasks:
-        score = evaluate_task(model, tokenizer, task, spec.eval.micro_batch)
+        with importable_from(spec.base_dir):  # a kind: python module next to the spec
+            score = evaluate_task(model, tokenizer, task, spec.eval.micro_batch)
         scores.append(score)
         metrics[f"accuracy/{score.name}"] = score.accuracy
         metrics[f"n/{score.name}"] = score.n
@@ -149,7 +153,10 @@ def _cell(value: Any) -> str:
 
 def samples_table(scores: list[TaskScore], per_task: int = 5) -> dict[str, str]:
     """A markdown table of the first answers of every task, for the Dagster UI."""
-    lines = ["| task | prompt | completion | answer | correct |", "|---|---|---|---|---|"]
+    lines = [
+        "| task | prompt | completion | answer | correct | reason |",
+        "|---|---|---|---|---|---|",
+    ]
     for score in scores:
         for r in score.samples(per_task):
             cells = [
@@ -158,6 +165,7 @@ def samples_table(scores: list[TaskScore], per_task: int = 5) -> dict[str, str]:
                 r["completion"],
                 r["answer"],
                 "✓" if r["correct"] else "✗",
+                r.get("reason") or "",
             ]
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return {"raw_value": "\n".join(lines), "type": "md"}

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from flywheel.core.settings.train import EvalTask
 from flywheel.loop.tasks import load_task_examples
-from flywheel.loop.verifiers import verify
+from flywheel.loop.verifiers import score_rows
 from flywheel.train.tokenizer import stop_token_ids
 
 
@@ -30,7 +30,7 @@ class TaskScore:
     """One task's result: every scored row, and the task records that could not be used."""
 
     name: str
-    rows: list[dict[str, Any]]  # task, prompt, answer, completion, correct
+    rows: list[dict[str, Any]]  # task, prompt, answer, completion, correct, reason
     quarantine: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -90,18 +90,26 @@ def generate(
 def evaluate_task(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: EvalTask, batch_size: int
 ) -> TaskScore:
-    """Greedy answers to ``task``'s problems, each checked by the task's verifier."""
+    """Greedy answers to ``task``'s problems, each checked by the task's verifier; a wrong
+    one keeps the verifier's reason. A ``kind: python`` function or registered kind must be
+    importable (``flywheel.loop.plugins``; ``scores.score_tasks`` arranges it)."""
     loaded = load_task_examples(task)
     prompts = [e["prompt"] for e in loaded.examples]
     completions = generate(model, tokenizer, prompts, task.max_new_tokens, batch_size)
+    answers = [e["answer"] for e in loaded.examples]
+    # The acceptance step's scoring (flywheel.loop.verifiers): one notion of correct.
+    verdicts = score_rows(task.verifier, prompts, completions, answers, batch_size)
     rows = [
         {
             "task": task.name,
             "prompt": example["prompt"],
             "answer": example["answer"],
             "completion": completion,
-            "correct": verify(task.verifier, completion, example["answer"], task.pattern),
+            "correct": ok,
+            "reason": reason,
         }
-        for example, completion in zip(loaded.examples, completions, strict=True)
+        for example, completion, (ok, reason) in zip(
+            loaded.examples, completions, verdicts, strict=True
+        )
     ]
     return TaskScore(task.name, rows, loaded.quarantine)

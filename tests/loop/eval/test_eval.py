@@ -14,10 +14,13 @@ import torch
 
 from flywheel.core import artifacts
 from flywheel.core.catalog import Catalog
+from flywheel.core.report import Reporter
 from flywheel.core.settings.train import EvalTask
 from flywheel.core.shards import read_current
+from flywheel.core.spec import load_spec
 from flywheel.data.arithmetic import arithmetic_examples
 from flywheel.loop.eval.perplexity import heldout_perplexity
+from flywheel.loop.eval.scores import score_tasks
 from flywheel.loop.eval.tasks import evaluate_task, generate
 from flywheel.train.loader import heldout_files
 from flywheel.train.model import load_model
@@ -90,11 +93,58 @@ def test_task_accuracy_counts_verified_answers(tmp_path: Path, babbler) -> None:
     right = evaluate_task(model, tok, _task(tmp_path / "right.jsonl", prompts, outputs), 3)
     assert (right.accuracy, right.n, right.correct) == (1.0, 6, 6)
     first = {"task": "right", "prompt": prompts[0], "answer": outputs[0]}
-    assert right.rows[0] == {**first, "completion": outputs[0], "correct": True}
+    assert right.rows[0] == {**first, "completion": outputs[0], "correct": True, "reason": None}
 
     altered = [o + "x" for o in outputs]
     wrong = evaluate_task(model, tok, _task(tmp_path / "wrong.jsonl", prompts, altered), 3)
     assert wrong.accuracy == 0.0 and len(wrong.samples(2)) == 2
+    assert {r["reason"] for r in wrong.rows} == {"incorrect"}  # why each answer is wrong
+
+
+def test_user_verifiers_next_to_the_spec_score_eval_tasks(
+    tmp_path: Path, babbler, user_module
+) -> None:
+    """A kind python function and a kind a plugin registers, both in modules next to the
+    spec, score eval tasks through score_tasks as they judge acceptance; wrong answers keep
+    the verifier's reason."""
+    model, tok = babbler
+    prompts = [p["prompt"] for p in arithmetic_examples(6, 9, seed=5)]
+    outputs = generate(model, tok, prompts, max_new_tokens=4, batch_size=4)
+    answers = outputs[:3] + [o + "x" for o in outputs[3:]]
+    rows = [{"prompt": p, "answer": a} for p, a in zip(prompts, answers, strict=True)]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fns = user_module(
+        "evalfns",
+        """
+        def same(prompt, completion, answer):
+            return completion.strip() == answer.strip(), f"expected {answer!r}"
+        """,
+    )
+    plugin = user_module(
+        "evalplugin",
+        """
+        from flywheel.loop.verifiers import register_verifier
+
+        register_verifier("same_text", lambda completion, answer, pattern: completion == answer)
+        """,
+    )
+    task = "kind: jsonl, path: qa.jsonl, max_new_tokens: 4"
+    body = f"""
+        plugins: [{plugin}]
+        eval:
+          tasks:
+            - {{name: fn, {task}, verifier: {{kind: python, function: "{fns}:same"}}}}
+            - {{name: registered, {task}, verifier: same_text}}
+            - {{name: plain, {task}, verifier: exact}}
+        """
+    spec = load_spec(write_spec(tmp_path, body))
+    metrics: dict[str, object] = {}
+    fn, registered, plain = score_tasks(spec, model, tok, metrics, Reporter())
+    assert metrics["accuracy/fn"] == metrics["accuracy/registered"] == 0.5
+    assert metrics["accuracy/plain"] == 0.5  # the three agree
+    assert [r["correct"] for r in fn.rows] == [True] * 3 + [False] * 3
+    assert [r["reason"] for r in fn.rows[2:]] == [None] + [f"expected {a!r}" for a in answers[3:]]
+    assert [r["reason"] for r in registered.rows[2:]] == [None] + ["incorrect"] * 3
 
 
 def test_task_scores_every_record_of_a_file_longer_than_the_old_default(
@@ -152,7 +202,7 @@ def test_eval_entry_publishes_scores(tmp_path: Path, data_dir: Path) -> None:
     assert len(samples) == 13
     judged = [s["correct"] for s in samples if s["task"] == "arithmetic"]
     assert scores["accuracy/arithmetic"] == pytest.approx(sum(judged) / 12)
-    assert set(samples[0]) == {"task", "prompt", "answer", "completion", "correct"}
+    assert set(samples[0]) == {"task", "prompt", "answer", "completion", "correct", "reason"}
     quarantine = [json.loads(line) for line in (report.path / "quarantine.jsonl").open()]
     assert quarantine[0]["line"] == 2 and quarantine[0]["reason"] == "missing_answer"
 
