@@ -316,14 +316,14 @@ def test_parquet_and_text_file_sources_are_sampled_with_the_ingest_readers(
     assert "is not a directory" in found["sources[2].path"].message
 
 
-def test_the_demo_stops_before_launching_on_a_spec_with_errors(
+def test_a_run_stops_before_launching_on_a_spec_with_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    from jobs import demo
+    from jobs import run
 
     spec = write_spec(tmp_path, "sources: [{name: gone, kind: jsonl, path: gone.jsonl}]\n")
     monkeypatch.setenv("FLYWHEEL_SPEC", str(spec))
     monkeypatch.delenv("DAGSTER_HOME", raising=False)  # it stops before it needs one
-    assert demo.main([]) == 1
+    assert run.main([]) == 1
     out = capsys.readouterr().out
-    assert "[demo] error: sources[0].path" in out and "not started" in out
+    assert "[flywheel] error: sources[0].path" in out and "not started" in out
