@@ -4,7 +4,8 @@ Owns what every plane needs and no plane owns: ``spec`` (YAML -> validated setti
 ``settings`` module per plane), ``artifacts`` (versioned directories published atomically with
 a manifest and a ``CURRENT`` pointer), ``products`` (every product's name and what it reads:
 the graph Dagster and the stages share), ``catalog`` (the DuckDB record of provenance and of the
-loop), ``records`` (reading examples with quarantine) and ``report`` (Dagster Pipes, the one
+loop), ``chat`` (the one record schema: conversations with an optional answer), ``records``
+(reading examples with quarantine) and ``report`` (Dagster Pipes, the one
 place ``dagster_pipes`` is imported).
 
 May import: the standard library and third-party packages only; never ``flywheel.data``,

@@ -22,12 +22,13 @@ later gates never see it:
    cap runs last so that a duplicate never uses up a prompt's place.
 
 Rows are taken in (prompt_id, sample_index) order, so "first" means the greedy sample first.
-The set's shards hold the accepted rows (generation columns + response, verifier, score,
-text_hash); aux ``rejected`` holds every other generation with its reason (accepted +
-rejected = generations), and aux ``preference_pairs`` pairs an accepted response with each
-distinct completion the verifier rejected for the same prompt (DPO data). Decisions go to
-the catalog's ``generations`` table. ``accepted_checks`` are the guards the Dagster layer
-runs as blocking asset checks.
+The set's shards hold the accepted rows (generation columns, the conversation ``messages``
+included, + response, verifier, score, text_hash); aux ``rejected`` holds every other
+generation with its reason (accepted + rejected = generations), and aux ``preference_pairs``
+pairs an accepted response with each distinct completion the verifier rejected for the same
+prompt (DPO data, with the conversation both continue). Decisions go to the catalog's
+``generations`` table. ``accepted_checks`` are the guards the Dagster layer runs as blocking
+asset checks.
 """
 
 from __future__ import annotations
@@ -135,8 +136,11 @@ def _load(generations: ShardSet) -> pl.DataFrame:
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise ValueError(f"generations {generations.path} lack columns {missing}")
-    if "answer" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.String).alias("answer"))
+    # Sets written before a column existed: no reference answer; the conversation is the
+    # prompt alone (a null ``messages`` reads as one user turn: ``chat.answered``).
+    for column in ("answer", "messages"):
+        if column not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     repeated = df["generation_id"].filter(df["generation_id"].is_duplicated()).unique()
     if repeated.len():
         raise ValueError(
@@ -176,6 +180,7 @@ def _key(spec: Spec, generations: ShardSet, pools: Pools, leaks: set[str]) -> di
 PAIR_SCHEMA = {
     "prompt_id": pl.String,
     "prompt": pl.String,
+    "messages": pl.String,  # the conversation both sides continue (JSON; null: the prompt)
     "chosen": pl.String,
     "rejected": pl.String,
     "chosen_generation_id": pl.String,
@@ -214,6 +219,7 @@ def preference_pairs(judged: pl.DataFrame, cycle: int) -> pl.DataFrame:
                         {
                             "prompt_id": str(pid),
                             "prompt": win["prompt"],
+                            "messages": win["messages"],
                             "chosen": win["response"],
                             "rejected": texts[gid],
                             "chosen_generation_id": str(win["generation_id"]),

@@ -8,7 +8,8 @@ plus the generations accepted since; the candidate is evaluated and promoted onl
 the champion on ``cycles.gate``; then the champion generates cycle ``c``'s data. Every cycle's
 products live under ``<data_dir>/cycles/<c>/``:
 
-    training_set/   shard set: prompt_id, prompt, response, origin, cycle_added, generation_id
+    training_set/   shard set: prompt_id, prompt, response, messages (the whole conversation
+                    SFT trains on), origin, cycle_added, generation_id
     checkpoint/     published model (flywheel.core.artifacts), the cycle's candidate
     eval/           published eval report (eval.json)
     generations/    shard set: every sampled completion and how it was made
@@ -31,13 +32,12 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, chat
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, CycleRun
 from flywheel.core.loop_record import FAILED, SUCCEEDED
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
-from flywheel.loop.prompts import prompt_id
 
 CYCLES = "cycles"
 PROMOTED, SFT = P.PROMOTED, P.SFT
@@ -192,9 +192,10 @@ def check_cycle_inputs(spec: Spec, product: str, cycle: int, handed: Mapping[str
 
 # -- training sets -------------------------------------------------------------------------
 TRAINING_COLUMNS = {
-    "prompt_id": pl.String,
-    "prompt": pl.String,
-    "response": pl.String,
+    "prompt_id": pl.String,  # chat.conversation_id of the conversation before the response
+    "prompt": pl.String,  # its last user turn: for tables, filters and dedup
+    "response": pl.String,  # the last assistant turn: what acceptance judged
+    "messages": pl.String,  # the whole conversation, response included (JSON): what SFT trains
     "origin": pl.String,
     "cycle_added": pl.Int64,
     "generation_id": pl.String,
@@ -211,14 +212,13 @@ def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
     data = load_sft_data(spec.sft.data)
     rows = []
     for example in data.examples:
-        messages = example["messages"]
-        prompt = next(m["content"] for m in messages if m["role"] == "user")
-        response = messages[-1]["content"]
+        messages = example["messages"]  # every turn, the system turn too: trained as is
         rows.append(
             {
-                "prompt_id": prompt_id(prompt),
-                "prompt": prompt,
-                "response": response,
+                "prompt_id": chat.conversation_id(messages[:-1]),
+                "prompt": chat.last_user(messages),
+                "response": messages[-1]["content"],
+                "messages": chat.dumps(messages),
                 "origin": "seed",
                 "cycle_added": 0,
                 "generation_id": None,
@@ -234,15 +234,36 @@ def _accepted_since(
     frames, versions = [], {}
     for k, shards in sorted(accepted.items()):
         versions[str(k)] = shards.version
-        df = shards.read(["prompt_id", "prompt", "response", "generation_id"])
+        columns = ["prompt_id", "prompt", "response", "generation_id", "messages"]
+        df = shards.read([c for c in columns if c in shards.schema])
         df = df.filter(~pl.col("generation_id").is_in(list(seen)))
         frames.append(
             df.with_columns(
-                pl.lit("generation").alias("origin"), pl.lit(k, pl.Int64).alias("cycle_added")
+                _trained_messages(df),
+                pl.lit("generation").alias("origin"),
+                pl.lit(k, pl.Int64).alias("cycle_added"),
             )
         )
     new = pl.concat(frames) if frames else pl.DataFrame(schema=TRAINING_COLUMNS)
     return new.select(list(TRAINING_COLUMNS)).cast(TRAINING_COLUMNS), versions
+
+
+def _trained_messages(accepted: pl.DataFrame) -> pl.Series:
+    """The ``messages`` of accepted rows as training rows: the conversation the generation
+    continued plus the accepted response (a set without conversations: the prompt alone)."""
+    has = "messages" in accepted.columns
+    conversations = accepted["messages"] if has else [None] * accepted.height
+    rows = zip(conversations, accepted["prompt"], accepted["response"], strict=True)
+    return pl.Series("messages", [chat.answered(*row) for row in rows], dtype=pl.String)
+
+
+def _read_rows(training_set: ShardSet) -> pl.DataFrame:
+    """A training set's rows as ``TRAINING_COLUMNS`` (a set written before ``messages``
+    existed holds one user turn and its response per row)."""
+    if "messages" in training_set.schema:
+        return training_set.read(list(TRAINING_COLUMNS))
+    df = training_set.read([c for c in TRAINING_COLUMNS if c != "messages"])
+    return df.with_columns(_trained_messages(df)).select(list(TRAINING_COLUMNS))
 
 
 def _accepted_of(handed: Mapping[str, Any], cycle: int) -> dict[int, ShardSet]:
@@ -280,7 +301,7 @@ def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sh
         new_rows = df.height
     else:
         parent = handed[P.of_cycle(P.TRAINING_SET, cycle - 1)]
-        parent_df = parent.read(list(TRAINING_COLUMNS))
+        parent_df = _read_rows(parent)
         seen = set(parent_df["generation_id"].drop_nulls().to_list())
         new, versions = _accepted_since(_accepted_of(handed, cycle), seen)
         key = {
@@ -324,7 +345,7 @@ def _replayed_seed(spec: Spec, cycle: int, seed_set: ShardSet) -> pl.DataFrame:
     """Cycle 0's seed rows (of ``seed_set``, its training set), or a sample of
     ``cycles.seed_replay`` of them drawn with seed ``cycle`` (a different sample each cycle,
     the same one on every rerun)."""
-    seed = seed_set.read(list(TRAINING_COLUMNS))
+    seed = _read_rows(seed_set)
     seed = seed.filter(pl.col("origin") == "seed")
     n = spec.cycles.seed_replay
     if n is None or n >= seed.height:

@@ -10,7 +10,8 @@ print(verifier_reward(V(kind='numeric'))(['1+1'], ['it is 2'], answer=['2']))"
 arguments, so a notebook can run them on any model directory:
 
 - ``dpo``: ``DPOTrainer`` on accepted/rejected completions of the same prompt, in TRL's
-  conversational format (``prompt``: the user turn; ``chosen``/``rejected``: the assistant's).
+  conversational format (``prompt``: the conversation the generation continued, system and
+  earlier turns included; ``chosen``/``rejected``: the assistant's answer).
   The reference model is the starting model, frozen; ``beta`` is the DPO temperature.
 - ``grpo`` / ``rloo``: ``GRPOTrainer`` / ``RLOOTrainer`` sample ``num_generations``
   completions per prompt and push up those that score above their group's mean (GRPO) or the
@@ -33,6 +34,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core.chat import Messages, turn
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings, VerifierSettings
 from flywheel.train.finetune import (
@@ -56,22 +58,29 @@ TRACKED = {
 Reward = Callable[..., list[float]]
 
 
-def dpo_example(prompt: str, chosen: str, rejected: str) -> dict[str, Any]:
-    """One DPO record in TRL's conversational format."""
+def _turns(prompt: Messages | str) -> Messages:
+    return [turn("user", prompt)] if isinstance(prompt, str) else prompt
+
+
+def dpo_example(prompt: Messages | str, chosen: str, rejected: str) -> dict[str, Any]:
+    """One DPO record in TRL's conversational format: ``prompt`` is the conversation both
+    answers continue (system and earlier turns included; a string is one user turn)."""
     return {
-        "prompt": [{"role": "user", "content": prompt}],
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
+        "prompt": _turns(prompt),
+        "chosen": [turn("assistant", chosen)],
+        "rejected": [turn("assistant", rejected)],
     }
 
 
-def rl_example(prompt: str, answer: str) -> dict[str, Any]:
-    """One GRPO/RLOO prompt; ``answer`` reaches the reward function as a keyword column."""
-    return {"prompt": [{"role": "user", "content": prompt}], "answer": answer}
+def rl_example(prompt: Messages | str, answer: str) -> dict[str, Any]:
+    """One GRPO/RLOO prompt (a conversation, or a string: one user turn); ``answer`` reaches
+    the reward function as a keyword column."""
+    return {"prompt": _turns(prompt), "answer": answer}
 
 
 def _text(value: Any) -> str:
-    # Conversational prompts and completions are message lists; the last turn is the text.
+    # Conversational prompts and completions are message lists; the last turn is the text
+    # (of a prompt: its last user turn, what a verifier's ``prompt`` always was).
     return value[-1]["content"] if isinstance(value, list) else value
 
 

@@ -4,26 +4,30 @@
     import \
 PromptSource; print(load_prompts(PromptSource(num_prompts=3), cycle=1).examples)"
 
-Every prompt becomes ``{"prompt_id", "prompt", "answer"}`` (``answer`` is None when the
-source has no reference answer, e.g. a jsonl record without one). ``prompt_id`` is the
-record's ``id`` when it has one, else the first 16 hex digits of the sha1 of the prompt text,
+A jsonl file holds records in the schema of ``flywheel.core.chat`` (``{"prompt", "answer"?,
+"id"?}`` or ``{"messages": [...], "answer"?, "id"?}``). Every prompt becomes ``{"prompt_id",
+"prompt", "messages", "answer"}``: ``messages`` is the conversation to continue (up to its
+last user turn, ``generation.system_prompt`` first where it has no system turn), ``prompt``
+its last user turn, ``answer`` None when the source has no reference answer. ``prompt_id`` is
+the record's ``id`` when it has one, else ``chat.conversation_id`` of the whole conversation,
 so the same prompt has the same id in every cycle and every run.
 
 A prompt that must not be generated from is quarantined with a reason, never silently
-dropped: ``eval_prompt`` when it is one of the evaluation prompts (so eval problems never leak
-into training data through accepted generations), ``duplicate_prompt`` when an earlier prompt
-of the cycle has the same text (both compared after stripping whitespace), ``duplicate_id``
-when a jsonl id repeats, and the jsonl record problems of ``flywheel.loop.tasks`` (with the line).
+dropped: ``eval_prompt`` when its last user turn is one of the evaluation prompts (so eval
+problems never leak into training data through accepted generations, whatever the system
+prompt), ``duplicate_prompt`` when an earlier prompt of the cycle has the same conversation
+(turns compared after stripping whitespace), ``duplicate_id`` when a jsonl id repeats, and
+the record problems of ``flywheel.core.chat`` (with the line).
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from flywheel.core import chat
 from flywheel.core.records import Loaded, quarantined, read_jsonl
 from flywheel.core.settings.loop import PromptSource
 from flywheel.core.spec import Spec
@@ -31,14 +35,15 @@ from flywheel.data.arithmetic import addition_examples, arithmetic_examples
 from flywheel.loop.tasks import load_task_examples
 
 
-def prompt_id(prompt: str) -> str:
-    """The id of a prompt without one: stable across runs, cycles and machines."""
-    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:16]
-
-
 def normalize(prompt: str) -> str:
-    """What two prompts are compared by: the text without surrounding whitespace."""
+    """What a prompt is compared with eval prompts by: the text without surrounding
+    whitespace."""
     return prompt.strip()
+
+
+def conversation_key(messages: chat.Messages) -> str:
+    """What two prompts are compared by: every turn, its text stripped."""
+    return chat.dumps([chat.turn(m["role"], normalize(m["content"])) for m in messages])
 
 
 def eval_prompts(spec: Spec) -> set[str]:
@@ -50,8 +55,15 @@ def eval_prompts(spec: Spec) -> set[str]:
     }
 
 
-def load_prompts(source: PromptSource, cycle: int, exclude: Iterable[str] = frozenset()) -> Loaded:
-    """Cycle ``cycle``'s prompts from ``source``, without those in ``exclude`` (quarantined).
+def load_prompts(
+    source: PromptSource,
+    cycle: int,
+    exclude: Iterable[str] = frozenset(),
+    system_prompt: str | None = None,
+) -> Loaded:
+    """Cycle ``cycle``'s prompts from ``source``, without those whose last user turn is in
+    ``exclude`` (quarantined); ``system_prompt`` (``generation.system_prompt``) comes first in
+    every conversation that has no system turn.
 
     Built-in kinds draw ``num_prompts`` problems with seed ``source.seed + cycle``; a jsonl
     file is read whole (its bad records quarantined) and, when it holds more usable prompts
@@ -62,7 +74,7 @@ def load_prompts(source: PromptSource, cycle: int, exclude: Iterable[str] = froz
         raise ValueError(f"cycle must be >= 0, got {cycle}")
     seed = source.seed + cycle
     if source.kind == "jsonl":
-        loaded = _jsonl_prompts(source, set(map(normalize, exclude)))
+        loaded = _jsonl_prompts(source, set(map(normalize, exclude)), system_prompt)
         if len(loaded.examples) > source.num_prompts:
             keep = sorted(
                 random.Random(seed).sample(range(len(loaded.examples)), source.num_prompts)
@@ -79,18 +91,19 @@ def load_prompts(source: PromptSource, cycle: int, exclude: Iterable[str] = froz
         records = [
             (i, {"prompt": r["prompt"], "answer": r["answer"]}) for i, r in enumerate(raw, 1)
         ]
-        loaded = _checked(records, [], f"{about}, seed {seed}", set(map(normalize, exclude)))
+        excluded = set(map(normalize, exclude))
+        loaded = _checked(records, [], f"{about}, seed {seed}", excluded, system_prompt)
     if not loaded.examples:
         reasons = ", ".join(f"{k}={v}" for k, v in loaded.counts.items() if "/" in k)
         raise ValueError(f"prompts {loaded.source}: no usable prompt for cycle {cycle} ({reasons})")
     return loaded
 
 
-def _jsonl_prompts(source: PromptSource, exclude: set[str]) -> Loaded:
+def _jsonl_prompts(source: PromptSource, exclude: set[str], system_prompt: str | None) -> Loaded:
     if source.path is None:  # the settings validator requires it; this guards direct use
         raise ValueError("prompts.path is required for kind 'jsonl'")
     records, bad = read_jsonl(Path(source.path))
-    return _checked(records, bad, str(source.path), exclude)
+    return _checked(records, bad, str(source.path), exclude, system_prompt)
 
 
 def _checked(
@@ -98,16 +111,17 @@ def _checked(
     bad: list[dict[str, Any]],
     source: str,
     exclude: set[str],
+    system_prompt: str | None,
 ) -> Loaded:
     """Usable prompt examples from raw ``(line, record)`` pairs; the rest quarantined."""
     seen_prompts: set[str] = set()
     seen_ids: set[str] = set()
     examples: list[dict[str, Any]] = []
     for line, obj in records:
-        example, reason = prompt_record(obj)
+        example, reason = prompt_record(obj, system_prompt)
         if example is not None:
-            key = normalize(example["prompt"])
-            if key in exclude:
+            key = conversation_key(example["messages"])
+            if normalize(example["prompt"]) in exclude:
                 example, reason = None, "eval_prompt"
             elif key in seen_prompts:
                 example, reason = None, "duplicate_prompt"
@@ -123,26 +137,18 @@ def _checked(
     return Loaded(examples, bad, source)
 
 
-def prompt_record(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """A ``{"prompt_id", "prompt", "answer"}`` example, or None and the reason why not."""
-    prompt, answer, rid = obj.get("prompt"), obj.get("answer"), obj.get("id")
-    if prompt is None:
-        return None, "missing_prompt"
-    if not isinstance(prompt, str):
-        return None, "prompt_not_a_string"
-    if not prompt.strip():
-        return None, "empty_prompt"
-    if answer is not None:
-        # JSON numbers are fine answers ({"answer": 19}); booleans and containers are not.
-        if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-            return None, "answer_not_a_string_or_number"
-        answer = str(answer)
-        if not answer.strip():
-            return None, "empty_answer"
-    if rid is not None:
-        if isinstance(rid, bool) or not isinstance(rid, str | int):
-            return None, "id_not_a_string_or_integer"
-        rid = str(rid)
-        if not rid.strip():
-            return None, "empty_id"
-    return {"prompt_id": rid or prompt_id(prompt), "prompt": prompt, "answer": answer}, ""
+def prompt_record(
+    obj: dict[str, Any], system_prompt: str | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """A ``{"prompt_id", "prompt", "messages", "answer"}`` example (``flywheel.core.chat``'s
+    ``prompt_record``, with its id), or None and the reason why not."""
+    example, reason = chat.prompt_record(obj, system_prompt)
+    if example is None:
+        return None, reason
+    messages = example["messages"]
+    return {
+        "prompt_id": example["id"] or chat.conversation_id(messages),
+        "prompt": example["prompt"],
+        "messages": messages,
+        "answer": example["answer"],
+    }, ""

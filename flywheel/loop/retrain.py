@@ -43,7 +43,7 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts, shards
+from flywheel.core import artifacts, chat, shards
 from flywheel.core import products as P
 from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
@@ -52,7 +52,7 @@ from flywheel.loop import preference
 from flywheel.loop.cycles import check_cycle_inputs, checkpoint_root, cycle_inputs
 from flywheel.train.finetune import BOOKKEEPING, INTERMEDIATE, FineTune, run_finetune
 from flywheel.train.sft import train_and_save
-from flywheel.train.sft_data import data_fingerprint, sft_example
+from flywheel.train.sft_data import data_fingerprint
 
 STAGE = "cycle"  # the catalog's name for these checkpoints
 PAIRS = "preference_pairs"  # the aux table of an accepted set that DPO trains on
@@ -73,7 +73,9 @@ class PreferenceData:
 
 
 def load_training_set(training_set: shards.ShardSet, cycle: int) -> Loaded:
-    """The rows of cycle ``cycle``'s training set as conversations (bad rows quarantined)."""
+    """The rows of cycle ``cycle``'s training set as conversations (bad rows quarantined):
+    each row's ``messages`` read by ``flywheel.core.chat.sft_record``, exactly as the seed
+    SFT read its data, so a cycle trains on the format the seed model was trained on."""
     missing = [c for c in COLUMNS if c not in training_set.manifest.get("schema", {})]
     if missing:
         raise ValueError(f"training set {training_set.path} lacks the column(s) {missing}")
@@ -84,9 +86,9 @@ def load_training_set(training_set: shards.ShardSet, cycle: int) -> Loaded:
         )
     source = f"training_set(cycle={cycle}, {training_set.version})"
     examples, bad = [], []
-    rows = training_set.read(["prompt", "response"]).iter_rows(named=True)
-    for i, row in enumerate(rows, start=1):
-        example, reason = sft_example(row)
+    columns = ["prompt", "response"] + (["messages"] if "messages" in training_set.schema else [])
+    for i, row in enumerate(training_set.read(columns).iter_rows(named=True), start=1):
+        example, reason = _sft_row(row)
         if example is None:
             bad.append(quarantined(source, i, reason, row))
         else:
@@ -94,6 +96,17 @@ def load_training_set(training_set: shards.ShardSet, cycle: int) -> Loaded:
     if not examples:
         raise ValueError(f"training set {training_set.path} has no usable rows ({len(bad)} bad)")
     return Loaded(examples, bad, source)
+
+
+def _sft_row(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """One training row as an SFT example: its whole conversation (``messages``, as the seed
+    SFT data was read) or, in a set written before that column existed, prompt/response."""
+    if not row.get("messages"):
+        return chat.sft_record({"prompt": row["prompt"], "response": row["response"]})
+    try:
+        return chat.sft_record({"messages": chat.loads(row["messages"])})
+    except json.JSONDecodeError:
+        return None, "messages_not_json"
 
 
 def origin_counts(training_set: shards.ShardSet) -> dict[str, int]:
@@ -113,7 +126,8 @@ def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceD
         if accepted is None:
             continue
         if PAIRS in accepted.manifest.get("aux", []):
-            pairs = accepted.aux(PAIRS).select("prompt_id", "prompt", "chosen", "rejected")
+            pairs = _with_messages(accepted.aux(PAIRS))
+            pairs = pairs.select("prompt_id", "prompt", "messages", "chosen", "rejected")
             frames.append(pairs.with_columns(pl.lit(k).alias("from_cycle")))
             sources.append(f"{k}:{accepted.version}")
     if not frames:
@@ -130,7 +144,7 @@ def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceD
         .head(limit)
     )
     examples = [
-        preference.dpo_example(r["prompt"], r["chosen"], r["rejected"])
+        preference.dpo_example(_conversation(r), r["chosen"], r["rejected"])
         for r in pairs.iter_rows(named=True)
     ]
     return PreferenceData("dpo", examples, "accepted pairs of cycles " + ", ".join(sources))
@@ -144,17 +158,31 @@ def load_prompts(handed: Mapping[str, Any], cycle: int, kind: str, limit: int) -
     if generations is None:
         return PreferenceData(kind)
     answered = pl.col("answer").is_not_null() & (pl.col("answer").str.strip_chars() != "")
+    columns = ["prompt_id", "prompt", "answer", "messages"]
     prompts = (
-        generations.read(["prompt_id", "prompt", "answer"])
+        _with_messages(generations.read([c for c in columns if c in generations.schema]))
         .filter(answered & pl.col("prompt").is_not_null())
         .unique("prompt_id", keep="first", maintain_order=True)
         .sort("prompt_id")
         .head(limit)
     )
     examples = [
-        preference.rl_example(r["prompt"], r["answer"]) for r in prompts.iter_rows(named=True)
+        preference.rl_example(_conversation(r), r["answer"]) for r in prompts.iter_rows(named=True)
     ]
     return PreferenceData(kind, examples, f"generations(cycle={cycle - 1}, {generations.version})")
+
+
+def _with_messages(df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with a ``messages`` column (null where a set written before it has none)."""
+    if "messages" in df.columns:
+        return df
+    return df.with_columns(pl.lit(None, dtype=pl.String).alias("messages"))
+
+
+def _conversation(row: dict[str, Any]) -> chat.Messages:
+    """The conversation a preference example continues: the generation's, system and earlier
+    turns included, as SFT and generation rendered it (null: the prompt as one user turn)."""
+    return chat.loads(row["messages"]) if row["messages"] else [chat.turn("user", row["prompt"])]
 
 
 def preference_data(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> PreferenceData | None:

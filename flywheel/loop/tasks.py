@@ -3,42 +3,54 @@
     python -c "from flywheel.core.spec import load_spec; from flywheel.loop.tasks import \
 load_task_examples as f; print(f(load_spec().eval.tasks[0]).counts)"
 
-A task file is JSON Lines, one ``{"prompt": ..., "answer": ...}`` object per line. A record
-that cannot be used (bad JSON or UTF-8, a missing or empty field, an answer the task's
-verifier cannot check) is quarantined with its line number and reason, never silently
-dropped; a file with no usable record at all is an error.
+A task file is JSON Lines in the record schema of ``flywheel.core.chat``: ``{"prompt",
+"answer"}``, or ``{"messages": [...], "answer"?}`` whose conversation is continued up to its
+last user turn (a trailing assistant turn is the answer when ``answer`` is absent). Every
+problem comes out as ``{"messages", "prompt", "answer"}``: the conversation to continue
+(``system_prompt`` first where it has no system turn), its last user turn and the answer.
+A record that cannot be used (bad JSON or UTF-8, a missing or empty field, a malformed
+conversation, no answer, an answer the task's verifier cannot check) is quarantined with
+its line number and reason, never silently dropped; a file with no usable record at all is
+an error.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from flywheel.core.chat import prompt_record, turn, with_system
 from flywheel.core.records import Loaded, quarantined, read_jsonl
 from flywheel.core.settings.train import BUILTIN_EVAL_EXAMPLES, EvalTask
 from flywheel.data.arithmetic import addition_examples, arithmetic_examples
 from flywheel.loop.verifiers import parse_number
 
 
-def task_record(obj: dict[str, Any], verifier: str) -> tuple[dict[str, str] | None, str]:
-    """A ``{"prompt", "answer"}`` example from a raw record, or None and the reason why not."""
-    prompt, answer = obj.get("prompt"), obj.get("answer")
-    if prompt is None:
-        return None, "missing_prompt"
+def task_record(
+    obj: dict[str, Any], verifier: str, system_prompt: str | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """A ``{"messages", "prompt", "answer"}`` problem from a raw record (the record schema of
+    ``flywheel.core.chat``: a reference answer is required), or None and the reason why not."""
+    example, reason = prompt_record(obj, system_prompt)
+    if example is None:
+        return None, reason
+    answer = example["answer"]
     if answer is None:
         return None, "missing_answer"
-    if not isinstance(prompt, str):
-        return None, "prompt_not_a_string"
-    # JSON numbers are fine answers ({"answer": 19}); booleans and containers are not.
-    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-        return None, "answer_not_a_string_or_number"
-    answer = str(answer)
-    if not prompt.strip():
-        return None, "empty_prompt"
-    if not answer.strip():
-        return None, "empty_answer"
     if verifier == "numeric" and parse_number(answer) is None:
         return None, "answer_not_a_number"
-    return {"prompt": prompt, "answer": answer}, ""
+    return {"messages": example["messages"], "prompt": example["prompt"], "answer": answer}, ""
+
+
+def builtin_task(problems: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, Any]]:
+    """Built-in ``{"prompt", "answer"}`` problems as task records: one user turn each."""
+    return [
+        {
+            "messages": with_system([turn("user", p["prompt"])], system_prompt),
+            "prompt": p["prompt"],
+            "answer": p["answer"],
+        }
+        for p in problems
+    ]
 
 
 def load_task_examples(task: EvalTask) -> Loaded:
@@ -52,10 +64,12 @@ def load_task_examples(task: EvalTask) -> Loaded:
     # report's n/<task> says how many were scored either way.
     count = task.num_examples or BUILTIN_EVAL_EXAMPLES
     if task.kind == "arithmetic":
-        examples = arithmetic_examples(count, task.max_operand, task.seed)
+        problems = arithmetic_examples(count, task.max_operand, task.seed)
+        examples = builtin_task(problems, task.system_prompt)
         return Loaded(examples, [], f"arithmetic(max_operand={task.max_operand})")
     if task.kind == "addition":
-        examples = addition_examples(count, task.min_digits, task.max_digits, task.width, task.seed)
+        problems = addition_examples(count, task.min_digits, task.max_digits, task.width, task.seed)
+        examples = builtin_task(problems, task.system_prompt)
         about = f"addition(digits={task.min_digits}-{task.max_digits}, width={task.width})"
         return Loaded(examples, [], about)
     if task.path is None:
@@ -65,11 +79,11 @@ def load_task_examples(task: EvalTask) -> Loaded:
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"eval task {task.name!r}: {exc}") from None
     source = str(task.path)
-    examples: list[dict[str, str]] = []
+    examples: list[dict[str, Any]] = []
     for lineno, obj in records:
         if task.num_examples is not None and len(examples) == task.num_examples:
             break
-        example, reason = task_record(obj, task.verifier.kind)
+        example, reason = task_record(obj, task.verifier.kind, task.system_prompt)
         if example is None:
             bad.append(quarantined(source, lineno, reason, obj))
         else:

@@ -5,13 +5,13 @@ import check_samples; print(*check_samples(load_spec()), sep='\\n')"
 
 At most ``SAMPLE`` records of each file are read: sources through the ingest readers and
 ``RecordChecker`` (per file of a glob; a text_files directory as one sample), SFT files
-through ``sft_example``, eval task files through ``task_record`` with the task's verifier,
-prompt files through ``prompt_record``. Records that would be quarantined are a warning with
-their reasons counted; a file none of whose sampled records is usable is an error. Prompt
-files are also checked against the acceptance verifier: every kind but python,
-self_consistency and reward_model judges against the prompt's reference answer, so prompts
-without one can never be accepted. A missing file is
-left to ``flywheel.preflight.paths``, which reports it once.
+through ``sft_record`` (``flywheel.core.chat``), eval task files through ``task_record`` with
+the task's verifier, prompt files through ``prompt_record``. Records that would be
+quarantined are a warning with their reasons counted; a file none of whose sampled records
+is usable is an error. Prompt files are also checked against the acceptance verifier: every
+kind but python, self_consistency and reward_model judges against the prompt's reference
+answer, so prompts without one can never be accepted. A missing file is left to
+``flywheel.preflight.paths``, which reports it once.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from flywheel.core.chat import sft_record
 from flywheel.core.records import read_jsonl
 from flywheel.core.settings.sources import PythonEnvSource, TextFilesSource
 from flywheel.core.settings.train import SftData
@@ -35,7 +36,6 @@ from flywheel.loop.tasks import task_record
 from flywheel.loop.verifiers import parse_number
 from flywheel.preflight.paths import resolve
 from flywheel.preflight.problems import Problem, counted, error, warning
-from flywheel.train.sft_data import sft_example
 
 SAMPLE = 50  # records read from the head of each file: enough to catch a wrong schema
 
@@ -110,7 +110,7 @@ def _source_sample(spec: Spec, key: str, source: Any, file: Path) -> list[Proble
     return verdict(key, file, len(batch), Counter(checker.quarantine_by_reason))
 
 
-# -- SFT data: sft_example, on every file of sft.data and its extra sets -------------------
+# -- SFT data: sft_record, on every file of sft.data and its extra sets -------------------
 def _sft_sets(data: SftData, key: str) -> Iterator[tuple[str, SftData]]:
     yield key, data
     for i, more in enumerate(data.extra):
@@ -124,14 +124,14 @@ def _sft(key: str, data: SftData) -> list[Problem]:
     if not path.is_file():
         return []  # reported by the path check
     if data.kind == "jsonl":
-        return _jsonl(f"{key}.path", path, sft_example)
+        return _jsonl(f"{key}.path", path, sft_record)
     try:
         with pq.ParquetFile(path) as parquet:
             batch = next(parquet.iter_batches(batch_size=SAMPLE), None)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         return [error(f"{key}.path", f"not a readable Parquet file: {exc}", path)]
     rows = batch.to_pylist() if batch is not None else []
-    _, bad = _parsed(rows, sft_example)
+    _, bad = _parsed(rows, sft_record)
     return verdict(f"{key}.path", path, len(rows), bad)
 
 

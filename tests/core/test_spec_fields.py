@@ -63,7 +63,11 @@ READERS: dict[str, tuple[str, ...]] = {
     "eval": ("flywheel/loop/eval/__main__.py", "flywheel/loop/eval/scores.py"),
     "eval.tasks": ("flywheel/loop/tasks.py", "flywheel/loop/eval/tasks.py"),
     "eval.tasks.verifier": ("flywheel/loop/verifiers.py",),  # the one acceptance uses
-    "generation": ("flywheel/loop/generate/base.py", "flywheel/loop/generate/backends.py"),
+    "generation": (
+        "flywheel/loop/generate/base.py",
+        "flywheel/loop/generate/backends.py",
+        "flywheel/loop/generate/generations.py",
+    ),
     "generation.prompts": ("flywheel/loop/prompts.py",),
     # PromptSource.digits (called by flywheel.loop.prompts) reads these
     "generation.prompts.curriculum": ("flywheel/core/settings/loop.py",),

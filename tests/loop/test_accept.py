@@ -50,14 +50,18 @@ def make_spec(tmp_path: Path, **acceptance: Any) -> Spec:
     return parse_spec(raw, tmp_path / "flywheel.yaml")
 
 
-def write_generations(spec: Spec, cycle: int, prompts: list[tuple]) -> pl.DataFrame:
-    """``prompts``: (prompt, answer or None, [completions]); ids are c<cycle>-p<i>-s<j>."""
+def write_generations(
+    spec: Spec, cycle: int, prompts: list[tuple], messages: str | None = None
+) -> pl.DataFrame:
+    """``prompts``: (prompt, answer or None, [completions]); ids are c<cycle>-p<i>-s<j>;
+    ``messages``: every row's conversation (JSON; None: none, the prompt alone)."""
     rows = [
         {
             "generation_id": f"c{cycle}-p{i}-s{j}",
             "cycle": cycle,
             "prompt_id": f"p{i}",
             "prompt": prompt,
+            "messages": messages,
             "answer": answer,
             "sample_index": j,
             "greedy": j == 0,
@@ -184,6 +188,17 @@ def test_every_generation_accepted_or_rejected_with_its_reason(tmp_path: Path) -
         ("19", "20", "c1-p0-s4", "c1-p0-s0", 1),
     ]
     assert m["preference_pairs"] == 2
+
+
+def test_accepted_rows_and_pairs_keep_the_conversation(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, verifier={"kind": "exact"})
+    conversation = json.dumps(
+        [{"role": "system", "content": "Digits."}, {"role": "user", "content": "What is 7 + 12?"}]
+    )
+    write_generations(spec, 1, [("What is 7 + 12?", "19", ["19", "18"])], conversation)
+    result = _accept(spec, 1)
+    assert result.shardset.read()["messages"].to_list() == [conversation]
+    assert result.shardset.aux("preference_pairs")["messages"].to_list() == [conversation]
 
 
 def test_catalog_records_every_decision_and_reaccepting_replaces_them(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ placeholder files; what is under test is the bookkeeping, not the model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -288,3 +289,98 @@ def test_a_decision_records_what_it_read_and_refuses_a_stale_champion(spec) -> N
     decided = _promote(spec, 1)
     assert decided.inputs["promoted_model/0"] == promotion.champion_after(spec, 0).version
     assert decided.inputs["promoted_model/0"] != seed.version
+
+
+SYSTEM = {"role": "system", "content": "Answer briefly."}
+SEED_RECORDS = [
+    {
+        "messages": [
+            SYSTEM,
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hi."},
+        ]
+    },
+    {
+        "messages": [
+            SYSTEM,
+            {"role": "user", "content": "What is 1 + 1?"},
+            {"role": "assistant", "content": "2"},
+            {"role": "user", "content": "And 2 + 2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    },
+    {"prompt": "Say yes", "response": "yes"},
+    {"messages": [SYSTEM, {"role": "user", "content": "unanswered"}]},  # quarantined
+]
+
+
+def test_seed_conversations_train_every_cycle_as_the_seed_sft_read_them(tmp_path: Path) -> None:
+    """System turns and earlier turns of the seed SFT data reach cycle 0's training set, and
+    its rows become exactly the seed SFT's examples again; accepted rows keep the conversation
+    they continued."""
+    from flywheel.core import chat
+    from flywheel.loop.retrain import load_training_set
+    from flywheel.train.sft_data import load_sft_data
+
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SEED_RECORDS))
+    path = tmp_path / "flywheel.yaml"
+    path.write_text(
+        textwrap.dedent(SPEC).replace(
+            "{kind: addition, num_examples: 20,", "{kind: jsonl, path: sft.jsonl,"
+        )
+    )
+    spec = load_spec(path)
+    seed = _build(spec, 0)
+    df = seed.read()
+    assert df["prompt"].to_list() == ["Hi", "And 2 + 2?", "Say yes"]  # the last user turn
+    assert df["response"].to_list() == ["Hi.", "4", "yes"]
+    assert chat.loads(df["messages"][1]) == SEED_RECORDS[1]["messages"]
+    assert df["prompt_id"][1] == chat.conversation_id(SEED_RECORDS[1]["messages"][:-1])
+    seed_sft = load_sft_data(spec.sft.data)
+    assert [q["reason"] for q in seed_sft.quarantine] == ["does_not_end_with_assistant"]
+    assert load_training_set(seed, 0).examples == seed_sft.examples
+
+    continued = [SYSTEM, {"role": "user", "content": "What is 3 + 3?"}]
+    rows = {"generation_id": "g1", "prompt_id": "p1", "prompt": "What is 3 + 3?"}
+    with ShardWriter(cycles.accepted_root(spec, 0)) as writer:
+        writer.write(pl.DataFrame([{**rows, "messages": chat.dumps(continued), "response": "6"}]))
+        writer.commit(cycle=0)
+    one = _build(spec, 1)
+    trained = load_training_set(one, 1).examples
+    assert trained[:3] == seed_sft.examples  # the seed replayed with its system turns
+    assert trained[3] == {"messages": [*continued, {"role": "assistant", "content": "6"}]}
+
+
+def test_builtin_seed_rows_are_single_turns_with_their_old_ids(spec) -> None:
+    from flywheel.core import chat
+    from flywheel.loop.retrain import load_training_set
+    from flywheel.train.sft_data import load_sft_data
+
+    seed = _build(spec, 0)
+    df = seed.read()
+    for row in df.iter_rows(named=True):
+        assert row["prompt_id"] == hashlib.sha1(row["prompt"].encode()).hexdigest()[:16]
+        assert chat.loads(row["messages"]) == [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["response"]},
+        ]
+    assert load_training_set(seed, 0).examples == load_sft_data(spec.sft.data).examples
+
+
+def test_training_sets_written_before_conversations_still_load(spec) -> None:
+    """A set without the messages column (older runs) reads as prompt/response pairs."""
+    from flywheel.loop.retrain import load_training_set
+
+    old = pl.DataFrame(
+        {"prompt_id": ["p"], "prompt": ["q"], "response": ["a"], "origin": ["seed"],
+         "cycle_added": [0], "generation_id": pl.Series([None], dtype=pl.String)}
+    )  # fmt: skip
+    with ShardWriter(cycles.training_set_root(spec, 0)) as writer:
+        writer.write(old)
+        shards = writer.commit(cycle=0)
+    assert load_training_set(shards, 0).examples == [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    ]
+    _accept(spec, 0, 2)
+    one = _build(spec, 1).read()
+    assert one["messages"].null_count() == 0 and one.height == 3

@@ -31,7 +31,10 @@ def test_arithmetic_is_deterministic_and_correct() -> None:
 
 def test_builtin_task() -> None:
     loaded = load_task_examples(EvalTask(num_examples=7, max_operand=5, seed=1))
-    assert loaded.examples == arithmetic_examples(7, 5, 1)
+    assert loaded.examples == [
+        {"messages": [{"role": "user", "content": p["prompt"]}], **p}
+        for p in arithmetic_examples(7, 5, 1)
+    ]
     assert loaded.quarantine == [] and loaded.counts["examples"] == 7
 
 
@@ -59,10 +62,11 @@ def test_jsonl_task_quarantines_bad_records_with_line_and_reason(tmp_path: Path)
         ],
     )
     loaded = load_task_examples(EvalTask(name="t", kind="jsonl", path=path, num_examples=50))
-    assert loaded.examples == [
-        {"prompt": "What is 2 + 2?", "answer": "4"},
-        {"prompt": "What is 3 + 4?", "answer": "7"},
+    assert [(e["prompt"], e["answer"]) for e in loaded.examples] == [
+        ("What is 2 + 2?", "4"),
+        ("What is 3 + 4?", "7"),
     ]
+    assert loaded.examples[0]["messages"] == [{"role": "user", "content": "What is 2 + 2?"}]
     reasons = {q["line"]: q["reason"] for q in loaded.quarantine}
     assert reasons == {
         2: "invalid_json",
@@ -78,7 +82,8 @@ def test_jsonl_task_quarantines_bad_records_with_line_and_reason(tmp_path: Path)
     assert loaded.counts["quarantined/invalid_json"] == 1
     # With an exact verifier a text answer is fine.
     exact = EvalTask(name="t", kind="jsonl", path=path, verifier="exact")
-    assert {"prompt": "Capital of France?", "answer": "Paris"} in load_task_examples(exact).examples
+    texts = [(e["prompt"], e["answer"]) for e in load_task_examples(exact).examples]
+    assert ("Capital of France?", "Paris") in texts
 
 
 def test_jsonl_task_keeps_the_first_num_examples(tmp_path: Path) -> None:
@@ -128,3 +133,42 @@ def test_builtin_tasks_generate_a_documented_default_count() -> None:
     for kind in ("arithmetic", "addition"):
         task = EvalTask(kind=kind)
         assert len(load_task_examples(task).examples) == BUILTIN_EVAL_EXAMPLES
+
+
+SYSTEM = {"role": "system", "content": "Reply with the number only."}
+
+
+def test_jsonl_task_in_messages_form(tmp_path: Path) -> None:
+    """A conversation is continued after its last user turn; its trailing assistant turn is
+    the answer where ``answer`` is absent; the task's system prompt fills in where none is."""
+    two_turns = [
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "And 2 + 3?"},
+    ]
+    path = _write_lines(
+        tmp_path / "task.jsonl",
+        [
+            json.dumps({"messages": [SYSTEM, *two_turns], "answer": 5}),  # 1
+            json.dumps(
+                {"messages": [*two_turns, {"role": "assistant", "content": "5"}]}
+            ),  # 2: trailing answer
+            json.dumps({"messages": two_turns}),  # 3: no answer at all
+            json.dumps({"messages": [SYSTEM, *two_turns], "answer": "five"}),  # 4: not numeric
+            json.dumps({"messages": [{"role": "user", "content": "q"}, SYSTEM]}),  # 5
+        ],
+    )
+    task = EvalTask(name="t", kind="jsonl", path=path, system_prompt="Be brief.")
+    loaded = load_task_examples(task)
+    first, second = loaded.examples
+    assert first == {"messages": [SYSTEM, *two_turns], "prompt": "And 2 + 3?", "answer": "5"}
+    brief = {"role": "system", "content": "Be brief."}
+    assert second == {"messages": [brief, *two_turns], "prompt": "And 2 + 3?", "answer": "5"}
+    reasons = {q["line"]: q["reason"] for q in loaded.quarantine}
+    assert reasons == {
+        3: "missing_answer",
+        4: "answer_not_a_number",
+        5: "system_turn_after_last_user",
+    }
+    builtin = load_task_examples(EvalTask(num_examples=2, system_prompt="Be brief."))
+    assert all(e["messages"][0] == brief for e in builtin.examples)

@@ -153,6 +153,32 @@ def test_prompts_are_the_previous_cycles_answered_ones(tmp_path: Path) -> None:
     assert load_prompts(handed, 2, "rloo", limit=10).examples == []  # cycle 1 generated nothing
 
 
+def test_preference_examples_continue_the_generations_conversation(tmp_path: Path) -> None:
+    """DPO pairs and GRPO prompts carry the conversation the generation continued (system
+    and earlier turns), as SFT and generation rendered it."""
+    spec = _spec(tmp_path)
+    conversation = [
+        {"role": "system", "content": "Digits only."},
+        {"role": "user", "content": "1+1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "2+2?"},
+    ]
+    row = {"prompt_id": "q", "prompt": "2+2?", "messages": json.dumps(conversation)}
+    pair = {**row, "chosen": "4", "rejected": "5", "chosen_generation_id": "a"}
+    pair |= {"rejected_generation_id": "b", "cycle": 0}
+    with ShardWriter(accepted_root(spec, 0)) as writer:
+        writer.write(pl.DataFrame([{**row, "completion": "4"}]))
+        writer.write_aux("preference_pairs", pl.DataFrame([pair]))
+        accepted = writer.commit(cycle=0)
+    (dpo,) = load_pairs({P.of_cycle(P.ACCEPTED, 0): accepted}, 1, limit=4).examples
+    assert dpo["prompt"] == conversation and dpo["chosen"][0]["content"] == "4"
+    with ShardWriter(generations_root(spec, 0)) as writer:
+        writer.write(pl.DataFrame([{**row, "answer": "4", "completion": "5"}]))
+        generations = writer.commit(cycle=0)
+    (rl,) = load_prompts({P.of_cycle(P.GENERATIONS, 0): generations}, 1, "grpo", 4).examples
+    assert rl == {"prompt": conversation, "answer": "4"}
+
+
 def test_fingerprint_covers_what_shapes_the_weights(
     tmp_path: Path, champion: artifacts.Artifact
 ) -> None:

@@ -32,7 +32,8 @@ class PromptSource(_Model):
     kind: Literal["addition", "arithmetic", "jsonl"] = Field(
         "addition",
         description="addition: padded reversed sums (flywheel.data.arithmetic); arithmetic: "
-        "'What is a + b?'; jsonl: records with prompt (and optionally answer, id).",
+        "'What is a + b?'; jsonl: records with messages or prompt, and optionally answer "
+        "and id (flywheel.core.chat).",
     )
     path: Path | None = Field(None, description="The jsonl file of prompts (kind jsonl).")
     num_prompts: int = Field(1000, gt=0, description="Prompts drawn per cycle.")
@@ -136,6 +137,11 @@ class GenerationSettings(_Model):
     max_new_tokens: int = Field(16, gt=0, description="Most tokens generated per completion.")
     batch_size: int = Field(128, gt=0, description="Prompts per generate call (transformers).")
     seed: int = Field(0, description="Sampling seed; cycle c uses seed + c.")
+    system_prompt: str | None = Field(
+        None,
+        description="A system turn put first in every prompt's conversation that has none "
+        "(null: none); it is part of the prompt's id and of the accepted training rows.",
+    )
     endpoint: EndpointSettings = Field(
         default_factory=EndpointSettings, description="Endpoint of backend openai."
     )

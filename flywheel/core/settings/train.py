@@ -178,7 +178,8 @@ class EvalTask(AdditionTask):
     name: str = Field(DEFAULT_EVAL_TASK, description="Task name; metadata key accuracy/<name>.")
     kind: Literal["jsonl", "arithmetic", "addition"] = Field(
         "arithmetic",
-        description="jsonl of prompt/answer, or built-in arithmetic or addition problems.",
+        description="jsonl records (messages or prompt, with an answer; flywheel.core.chat), "
+        "or built-in arithmetic or addition problems.",
     )
     path: Path | None = Field(None, description="The jsonl file (kind jsonl).")
     num_examples: int | None = Field(
@@ -196,6 +197,11 @@ class EvalTask(AdditionTask):
         "kept as an alias of verifier.pattern.",
     )
     max_new_tokens: int = Field(16, gt=0, description="Greedy tokens generated per prompt.")
+    system_prompt: str | None = Field(
+        None,
+        description="A system turn put first in every problem's conversation that has none "
+        "(null: none), to evaluate under the system prompt the model was fine-tuned with.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -140,8 +140,9 @@ def score_tasks(
         scores.append(score)
         metrics[f"accuracy/{score.name}"] = score.accuracy
         metrics[f"n/{score.name}"] = score.n
+        # Always reported, 0 too: how many were scored and how many refused, side by side.
+        metrics[f"quarantined/{score.name}"] = len(score.quarantine)
         if score.quarantine:
-            metrics[f"quarantined/{score.name}"] = len(score.quarantine)
             reporter.warning(f"task {score.name}: {len(score.quarantine)} record(s) quarantined")
         reporter.info(f"task {score.name}: accuracy {score.accuracy:.3f} on {score.n}")
     return scores

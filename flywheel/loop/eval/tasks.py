@@ -1,14 +1,16 @@
 """Task accuracy: greedy answers to problems with known answers, checked by a verifier.
 
     python -m flywheel.loop.eval --spec flywheel.yaml      (reports ``accuracy/<task>``,
-    ``n/<task>``)
+    ``n/<task>`` scored and ``quarantined/<task>`` records refused)
 
-Each prompt is rendered with the model's chat template as one user turn plus the assistant
-header (``add_generation_prompt``), exactly what SFT trained the model to continue. Prompts
-are generated in batches, left-padded so that every row's last prompt token sits at the same
-position and generation continues from it; only the new tokens are decoded, up to the end of
-the assistant turn (``<|im_end|>``) or ``max_new_tokens``. Decoding is greedy, so a score is
-a property of the checkpoint, not of a sample.
+Each problem is a conversation (``flywheel.loop.tasks``: system and earlier turns kept, the
+task's ``system_prompt`` first where it has none), rendered whole with the model's chat
+template plus the assistant header (``flywheel.core.chat.render_prompts``), exactly what SFT
+trained the model to continue. Prompts are generated in batches, left-padded so that every
+row's last prompt token sits at the same position and generation continues from it; only the
+new tokens are decoded, up to the end of the assistant turn (``<|im_end|>``) or
+``max_new_tokens``. Decoding is greedy, so a score is a property of the checkpoint, not of a
+sample.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from flywheel.core.chat import Messages, render_prompts
 from flywheel.core.settings.train import EvalTask
 from flywheel.loop.tasks import load_task_examples
 from flywheel.loop.verifiers import score_rows
@@ -30,7 +33,7 @@ class TaskScore:
     """One task's result: every scored row, and the task records that could not be used."""
 
     name: str
-    rows: list[dict[str, Any]]  # task, prompt, answer, completion, correct, reason
+    rows: list[dict[str, Any]]  # task, prompt, messages, answer, completion, correct, reason
     quarantine: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -53,27 +56,22 @@ class TaskScore:
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[Messages | str],
     max_new_tokens: int,
     batch_size: int,
 ) -> list[str]:
-    """Greedy completions of single-turn chat ``prompts``, new tokens only, in order."""
-    if not tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat template; evaluate a flywheel checkpoint")
+    """Greedy completions of ``prompts`` (conversations to continue; a string is one user
+    turn), new tokens only, in order."""
+    texts = render_prompts(tokenizer, prompts)  # fails first on a tokenizer without a template
     tokenizer.padding_side = "left"
     model.eval()
     device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer)
     out: list[str] = []
-    for lo in range(0, len(prompts), batch_size):
-        texts = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            for p in prompts[lo : lo + batch_size]
-        ]
+    for lo in range(0, len(texts), batch_size):
+        batch = texts[lo : lo + batch_size]
         # The template already wrote every special token; adding BOS/EOS would change it.
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(device)
         generated = model.generate(
             **enc,
@@ -94,8 +92,9 @@ def evaluate_task(
     one keeps the verifier's reason. A ``kind: python`` function or registered kind must be
     importable (``flywheel.loop.plugins``; ``scores.score_tasks`` arranges it)."""
     loaded = load_task_examples(task)
+    conversations = [e["messages"] for e in loaded.examples]
+    completions = generate(model, tokenizer, conversations, task.max_new_tokens, batch_size)
     prompts = [e["prompt"] for e in loaded.examples]
-    completions = generate(model, tokenizer, prompts, task.max_new_tokens, batch_size)
     answers = [e["answer"] for e in loaded.examples]
     # The acceptance step's scoring (flywheel.loop.verifiers): one notion of correct.
     verdicts = score_rows(task.verifier, prompts, completions, answers, batch_size)
@@ -103,6 +102,7 @@ def evaluate_task(
         {
             "task": task.name,
             "prompt": example["prompt"],
+            "messages": example["messages"],
             "answer": example["answer"],
             "completion": completion,
             "correct": ok,

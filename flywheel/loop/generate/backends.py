@@ -7,12 +7,14 @@
 - ``openai``: an OpenAI-compatible ``/v1/completions`` endpoint, a given URL or a ``vllm
   serve`` process started for the run (``flywheel.loop.generate.endpoint``).
 
-Every backend takes user-turn texts and renders each with the checkpoint tokenizer's chat
-template plus the assistant header (``add_generation_prompt``), exactly as evaluation does
-(``flywheel.loop.eval.tasks``), and stops at the end of the assistant turn (``<|im_end|>``) or
-after ``max_new_tokens``. With ``greedy_first`` sample 0 of every prompt is greedy, so it is
-the answer evaluation would score; the other ``n - 1`` are sampled. Temperature 0 makes every
-sample greedy. The same seed gives the same samples (on the same backend and hardware).
+Every backend takes conversations to continue (``flywheel.core.chat``: system and earlier
+turns included; a plain string is one user turn) and renders each whole with the checkpoint
+tokenizer's chat template plus the assistant header (``chat.render_prompts``), exactly as
+SFT trains and evaluation renders (``flywheel.loop.eval.tasks``), and stops at the end of the
+assistant turn (``<|im_end|>``) or after ``max_new_tokens``. With ``greedy_first`` sample 0
+of every prompt is greedy, so it is the answer evaluation would score; the other ``n - 1``
+are sampled. Temperature 0 makes every sample greedy. The same seed gives the same samples
+(on the same backend and hardware).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flywheel.core.chat import Messages, render_prompts
 from flywheel.core.settings.loop import GenerationSettings
 from flywheel.loop.generate.base import (
     Backend,
@@ -28,7 +31,6 @@ from flywheel.loop.generate.base import (
     FinishReason,
     SamplingParams,
     prompt_seed,
-    render_prompts,
 )
 from flywheel.loop.generate.endpoint import EndpointBackend
 
@@ -75,7 +77,9 @@ class TransformersBackend(Closing):
         self.stops = stop_token_ids(self.tokenizer)
         self.batch_size = batch_size
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[Messages | str], params: SamplingParams
+    ) -> list[list[Completion]]:
         return self.complete(render_prompts(self.tokenizer, prompts), params)
 
     def complete(self, texts: list[str], params: SamplingParams) -> list[list[Completion]]:
@@ -179,7 +183,9 @@ class VllmBackend(Closing):
         self.stops = stop_token_ids(self.tokenizer)
         self.llm = vllm.LLM(model=str(checkpoint_dir), tokenizer=str(checkpoint_dir))
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[Messages | str], params: SamplingParams
+    ) -> list[list[Completion]]:
         import vllm
 
         texts = render_prompts(self.tokenizer, prompts)

@@ -1,5 +1,6 @@
-"""What every generation backend shares: sampling parameters, per-prompt seeds, completions,
-the backend protocol and chat rendering (``flywheel.loop.generate.backends`` opens one).
+"""What every generation backend shares: sampling parameters, per-prompt seeds, completions
+and the backend protocol (``flywheel.loop.generate.backends`` opens one). Backends render
+conversations with ``flywheel.core.chat.render_prompts``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from flywheel.core.chat import Messages
 from flywheel.core.settings.loop import GenerationSettings
 
 FinishReason = Literal["stop", "length"]
@@ -73,8 +75,11 @@ class Backend(Protocol):
 
     name: str
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """``params.n`` completions of every user-turn prompt, in prompt order."""
+    def generate(
+        self, prompts: list[Messages | str], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """``params.n`` completions of every conversation to continue (a string: one user
+        turn), in prompt order."""
         ...
 
     def close(self) -> None: ...
@@ -91,15 +96,3 @@ class Closing:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def render_prompts(tokenizer: Any, prompts: list[str]) -> list[str]:
-    """Each prompt as one user turn plus the assistant header, as SFT and eval render it."""
-    if not tokenizer.chat_template:
-        raise ValueError("the tokenizer has no chat template; generate from a flywheel checkpoint")
-    return [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-        )
-        for p in prompts
-    ]

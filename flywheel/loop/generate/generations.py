@@ -9,7 +9,8 @@ print(generate_cycle(s, 1, cycles.cycle_inputs(s, 'synthetic_generations', 1))['
 ``flywheel.loop.cycles.cycle_inputs``), loads cycle ``N``'s prompts
 (``generation.prompts``, eval prompts quarantined so they never reach training data), draws
 ``samples_per_prompt`` completions of each with ``generation.backend`` and commits a shard set
-at ``<data_dir>/cycles/<N>/generations``: one row per completion (columns in ``SCHEMA``), aux
+at ``<data_dir>/cycles/<N>/generations``: one row per completion (columns in ``SCHEMA``: the
+conversation continued as ``messages`` JSON, its last user turn as ``prompt``), aux
 table ``quarantine`` with the refused prompts, and a manifest that records the checkpoint (as
 its ``inputs`` too), sampling, prompt source, counts and speed.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, chat
 from flywheel.core import products as P
 from flywheel.core.records import Loaded
 from flywheel.core.report import Reporter
@@ -52,7 +53,8 @@ SCHEMA: dict[str, Any] = {
     "generation_id": pl.String,
     "cycle": pl.Int64,
     "prompt_id": pl.String,
-    "prompt": pl.String,
+    "prompt": pl.String,  # the last user turn, for tables and filters
+    "messages": pl.String,  # the whole conversation continued, as JSON (flywheel.core.chat)
     "answer": pl.String,
     "sample_index": pl.Int64,
     "greedy": pl.Boolean,
@@ -79,7 +81,7 @@ def fingerprint(spec: Spec, cycle: int, checkpoint_version: str, prompts: Loaded
     """What decides the generations: equal fingerprints, equal shard sets (up to sampling
     noise across hardware). The prompts' hash covers an edited prompt file or eval set."""
     settings = spec.generation.model_dump(mode="json", exclude=BOOKKEEPING)
-    texts = [(e["prompt_id"], e["prompt"], e["answer"]) for e in prompts.examples]
+    texts = [(e["prompt_id"], e["messages"], e["answer"]) for e in prompts.examples]
     key = {
         "checkpoint": checkpoint_version,
         "cycle": cycle,
@@ -105,6 +107,7 @@ def generation_rows(
             "cycle": cycle,
             "prompt_id": ex["prompt_id"],
             "prompt": ex["prompt"],
+            "messages": chat.dumps(ex["messages"]),
             "answer": ex["answer"],
             "sample_index": j,
             "greedy": greedy[j],
@@ -172,7 +175,7 @@ def _generate(
         t0 = time.monotonic()
         for lo in range(0, len(examples), CHUNK_PROMPTS):
             chunk = examples[lo : lo + CHUNK_PROMPTS]
-            out = backend.generate([e["prompt"] for e in chunk], params)
+            out = backend.generate([e["messages"] for e in chunk], params)
             writer.write(generation_rows(chunk, out, cycle, ckpt.version, backend.name, params))
             completions += sum(len(samples) for samples in out)
             new_tokens += sum(c.tokens for samples in out for c in samples)
@@ -201,7 +204,8 @@ def generate_cycle(
     check_cycle_inputs(spec, PRODUCT, cycle, handed)
     reporter = reporter or Reporter()
     ckpt: artifacts.Artifact = handed[P.PROMOTED]
-    prompts = load_prompts(spec.generation.prompts, cycle, eval_prompts(spec))
+    system = spec.generation.system_prompt
+    prompts = load_prompts(spec.generation.prompts, cycle, eval_prompts(spec), system)
     for key, n in prompts.counts.items():
         if key.startswith("quarantined/"):
             reporter.warning(f"{n} prompt(s) quarantined as {key.split('/', 1)[1]}")

@@ -93,7 +93,14 @@ def test_task_accuracy_counts_verified_answers(tmp_path: Path, babbler) -> None:
     right = evaluate_task(model, tok, _task(tmp_path / "right.jsonl", prompts, outputs), 3)
     assert (right.accuracy, right.n, right.correct) == (1.0, 6, 6)
     first = {"task": "right", "prompt": prompts[0], "answer": outputs[0]}
-    assert right.rows[0] == {**first, "completion": outputs[0], "correct": True, "reason": None}
+    messages = [{"role": "user", "content": prompts[0]}]
+    assert right.rows[0] == {
+        **first,
+        "messages": messages,
+        "completion": outputs[0],
+        "correct": True,
+        "reason": None,
+    }
 
     altered = [o + "x" for o in outputs]
     wrong = evaluate_task(model, tok, _task(tmp_path / "wrong.jsonl", prompts, altered), 3)
@@ -145,6 +152,34 @@ def test_user_verifiers_next_to_the_spec_score_eval_tasks(
     assert [r["correct"] for r in fn.rows] == [True] * 3 + [False] * 3
     assert [r["reason"] for r in fn.rows[2:]] == [None] + [f"expected {a!r}" for a in answers[3:]]
     assert [r["reason"] for r in registered.rows[2:]] == [None] + ["incorrect"] * 3
+
+
+def test_a_messages_task_is_scored_on_the_whole_conversation(tmp_path: Path, babbler) -> None:
+    """A task file in messages form, with a system turn and an earlier exchange, is scored
+    on the rendered conversation: the answers are the model's greedy continuations of the
+    whole conversation, and a bad record is quarantined with its line and reason."""
+    model, tok = babbler
+    system = {"role": "system", "content": "Answer with digits only."}
+    conversations = [
+        [
+            system,
+            {"role": "user", "content": p["prompt"]},
+            {"role": "assistant", "content": p["answer"]},
+            {"role": "user", "content": "And 1 + 1?"},
+        ]
+        for p in arithmetic_examples(4, 9, seed=8)
+    ]
+    outputs = generate(model, tok, conversations, max_new_tokens=4, batch_size=4)
+    lines = [{"messages": c, "answer": o} for c, o in zip(conversations, outputs, strict=True)]
+    lines.append({"messages": conversations[0][1:2]})  # no answer
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    task = EvalTask(name="chat", kind="jsonl", path=path, verifier="exact", max_new_tokens=4)
+    score = evaluate_task(model, tok, task, 3)
+    assert (score.accuracy, score.n) == (1.0, 4)
+    assert score.rows[0]["messages"] == conversations[0]
+    assert score.rows[0]["prompt"] == "And 1 + 1?"
+    assert [(q["line"], q["reason"]) for q in score.quarantine] == [(5, "missing_answer")]
 
 
 def test_task_scores_every_record_of_a_file_longer_than_the_old_default(
@@ -202,7 +237,8 @@ def test_eval_entry_publishes_scores(tmp_path: Path, data_dir: Path) -> None:
     assert len(samples) == 13
     judged = [s["correct"] for s in samples if s["task"] == "arithmetic"]
     assert scores["accuracy/arithmetic"] == pytest.approx(sum(judged) / 12)
-    assert set(samples[0]) == {"task", "prompt", "answer", "completion", "correct", "reason"}
+    keys = {"task", "prompt", "messages", "answer", "completion", "correct", "reason"}
+    assert set(samples[0]) == keys
     quarantine = [json.loads(line) for line in (report.path / "quarantine.jsonl").open()]
     assert quarantine[0]["line"] == 2 and quarantine[0]["reason"] == "missing_answer"
 

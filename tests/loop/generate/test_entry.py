@@ -21,6 +21,7 @@ from flywheel.data.arithmetic import arithmetic_examples
 from flywheel.loop.cycles import generations_root
 from flywheel.loop.generate.__main__ import main
 from flywheel.loop.generate.generations import SCHEMA, generate_cycle
+from flywheel.train.tokenizer import load_tokenizer
 from tests.loop.generate.openai_server import CompletionsServer
 
 EVAL_PROMPT = "What is 2 + 2?"
@@ -152,3 +153,51 @@ def test_generation_reads_the_champion_its_cycle_left_and_records_it(
     assert set(shards.read()["checkpoint"]) == {champ.version}
     with pytest.raises(FileNotFoundError, match="no cycle decided on candidate v-nope"):
         main(["--spec", str(spec_path), "--cycle", "1", "--input", f"{P.PROMOTED}=v-nope"])
+
+
+def test_generation_continues_whole_conversations(tmp_path: Path, chat_checkpoint: Path) -> None:
+    """Prompts in messages form keep their earlier turns, ``generation.system_prompt`` comes
+    first where a conversation has none, the server receives the rendered conversation, and
+    every generation carries it (ids hash the whole conversation)."""
+    from flywheel.core import chat
+
+    earlier = [
+        {"role": "user", "content": "What is 1 + 1?"},
+        {"role": "assistant", "content": "2"},
+        {"role": "user", "content": "What is 3 + 4?"},
+    ]
+    own = [
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "What is 5 + 5?"},
+    ]
+    lines = [{"messages": earlier, "answer": "7"}, {"messages": own}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "flywheel.yaml").write_text(
+        textwrap.dedent(
+            """
+            data_dir: data
+            catalog: catalog.duckdb
+            eval: {tasks: [{name: a, kind: arithmetic, num_examples: 2}]}
+            generation:
+              prompts: {kind: jsonl, path: prompts.jsonl}
+              system_prompt: Answer with digits only.
+              samples_per_prompt: 1
+              max_new_tokens: 4
+            """
+        )
+    )
+    with CompletionsServer(chat_checkpoint) as server:
+        sets = ["generation.backend=openai", f"generation.endpoint.url={server.url}"]
+        assert main(argv(tmp_path / "flywheel.yaml", chat_checkpoint, 1, *sets)) == 0
+    system = {"role": "system", "content": "Answer with digits only."}
+    df = read_current(generations_root(load_spec(tmp_path / "flywheel.yaml"), 1)).read()
+    conversations = [chat.loads(m) for m in df["messages"]]
+    assert conversations == [[system, *earlier], own]  # its own system turn wins
+    assert df["prompt"].to_list() == ["What is 3 + 4?", "What is 5 + 5?"]
+    assert df["prompt_id"].to_list() == [chat.conversation_id(c) for c in conversations]
+    assert df["answer"].to_list() == ["7", None]
+    sent = sorted(r["prompt"] for r in server.requests)
+    tok = load_tokenizer(chat_checkpoint)
+    assert sent == sorted(chat.render_prompts(tok, conversations))
+    assert sent[0].startswith("<|im_start|>system\n")
+    assert "<|im_start|>assistant\n2<|im_end|>" in "".join(sent)  # the earlier turn was sent
