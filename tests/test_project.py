@@ -28,8 +28,12 @@ def test_init_writes_a_project_that_passes_its_own_check(tmp_path: Path) -> None
     seed = load_sft_data(spec.sft.data)
     assert seed.quarantine == [] and len(seed.examples) > 500
     held_out = {e["prompt"] for e in load_task_examples(spec.eval.tasks[0]).examples}
-    prompts = [json.loads(line)["prompt"] for line in (project / "data/prompts.jsonl").open()]
-    assert held_out and not held_out & set(prompts)
+    prompts = [json.loads(line) for line in (project / "data/prompts.jsonl").open()]
+    questions = {p["messages"][-1]["content"] for p in prompts}
+    assert held_out and not held_out & questions
+    # Every stage sees the system turn SFT trains with.
+    assert {p["messages"][0]["role"] for p in prompts} == {"system"}
+    assert seed.examples[0]["messages"][0] == prompts[0]["messages"][0]
 
 
 def test_the_example_verifier_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,7 @@ SPEC = "flywheel.yaml"
 # the cycles' prompts reach 25, so the seed model starts below perfect and has room to improve.
 SEED_EXAMPLES, SEED_MAX = 2000, 20
 EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 3000, 25
+SYSTEM = "Answer with the number only."
 
 
 class ScaffoldError(ValueError):
@@ -41,25 +42,30 @@ def example_data() -> dict[str, list[dict[str, Any]]]:
     and prompts that are none of the held-out problems (those are never trained on)."""
     seed = _distinct(arithmetic_examples(SEED_EXAMPLES, SEED_MAX, seed=0))
     held_out = _distinct(arithmetic_examples(EVAL_EXAMPLES, HARDER_MAX, seed=1))
-    kept = {e["prompt"] for e in held_out}
+    kept = {e["prompt"] for e in held_out}  # the leak guard compares the question
     prompts = [
         e
         for e in _distinct(arithmetic_examples(PROMPT_POOL, HARDER_MAX, seed=2))
         if e["prompt"] not in kept
     ]
     return {
-        "data/sft.jsonl": [
-            {
-                "messages": [
-                    {"role": "user", "content": e["prompt"]},
-                    {"role": "assistant", "content": e["answer"]},
-                ]
-            }
-            for e in seed
-        ],
-        "data/eval.jsonl": [{"prompt": e["prompt"], "answer": e["answer"]} for e in held_out],
-        "data/prompts.jsonl": [{"prompt": e["prompt"], "answer": e["answer"]} for e in prompts],
+        "data/sft.jsonl": [{"messages": [*_asked(e), _said(e["answer"])]} for e in seed],
+        "data/eval.jsonl": [{"messages": _asked(e), "answer": e["answer"]} for e in held_out],
+        "data/prompts.jsonl": [{"messages": _asked(e), "answer": e["answer"]} for e in prompts],
     }
+
+
+def _asked(example: dict[str, str]) -> list[dict[str, str]]:
+    """The conversation up to the question: the system turn travels with every record, so
+    eval and generation prompt the model exactly as SFT trained it."""
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": example["prompt"]},
+    ]
+
+
+def _said(answer: str) -> dict[str, str]:
+    return {"role": "assistant", "content": answer}
 
 
 def _distinct(examples: list[dict[str, str]]) -> list[dict[str, str]]:
