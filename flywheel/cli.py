@@ -5,8 +5,8 @@ flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec and pre
 flywheel run [--spec SPEC] [--set key=value ...]         the graph, then the flywheel
 flywheel ui [--spec SPEC] [--port 3000]                  the Dagster UI on the same instance
 flywheel summary [--spec SPEC] [--json]                  what the data plane holds now
-flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, generation or doc
-flywheel report [--spec SPEC] [--json]                   the flywheel's per-cycle table
+flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, id, version or path
+flywheel report [--spec SPEC] [--json] [--history]       the per-cycle table; why it is stuck
 flywheel dedup INPUT --output DIR [--threshold T] [--strict]  dedup any JSONL/Parquet
 flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
@@ -113,17 +113,17 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from flywheel.loop.report import REPORT_COLUMNS, metric_columns, report_footer, report_rows
+    from flywheel.loop import report
 
     spec = load_spec(args.spec)
-    rows = report_rows(spec)
     if args.json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps(report.report_json(spec, args.history), indent=2, default=str))
         return 0
+    rows = report.report_rows(spec)
     shown = [{k: _cell(v) for k, v in r.items()} for r in rows]
-    columns = [*REPORT_COLUMNS, "accept_rate", *metric_columns(rows), "promoted"]
+    columns = [*report.REPORT_COLUMNS, "accept_rate", *report.metric_columns(rows), "promoted"]
     print(_table(shown, columns) if rows else "no flywheel cycle has run yet")
-    print("\n".join(report_footer(spec)))
+    print("\n".join(report.report_footer(spec, args.history)))
     return 0
 
 
@@ -219,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         if name == "lineage":
             p.add_argument(
-                "key", help="a checkpoint version, a cycle number, a generation or doc id"
+                "key",
+                help="a cycle number, a checkpoint or artifact version, a generation or doc "
+                "id, a source record's own id (or SOURCE:ID), a source file or an artifact "
+                "directory",
+            )
+        if name == "report":
+            p.add_argument(
+                "--history", action="store_true", help="also every failure a rerun resolved"
             )
         p.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
         p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -156,9 +156,29 @@ def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: Flywheel
 
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")
-    message = context.failure_event.message or "run failed"
-    record_failure(flywheel.spec(), cycle, run.run_id, message, _finished_at(context))
-    context.log.error(f"flywheel cycle {cycle} failed in run {run.run_id}: {message}")
+    step, message = _step_failure(context)
+    record_failure(flywheel.spec(), cycle, run.run_id, message, _finished_at(context), step)
+    context.log.error(f"flywheel cycle {cycle} failed in run {run.run_id} at {step}: {message}")
+
+
+def _step_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, str]:
+    """The first failed step and its error as the user would word it: the asset's own
+    exception (not Dagster's wrapper around it, nor Pipes' "process failed with code 1" when
+    the stage's process reported its exception), its class without the module path; a run
+    that failed outside any step: None and the run's message."""
+    for event in context.get_step_failure_events():
+        error = event.step_failure_data.error if event.step_failure_data else None
+        if error is not None and error.cls_name == "DagsterExecutionStepExecutionError":
+            error = error.cause or error  # the wrapper's cause is the asset's exception
+        if error is not None and error.cls_name == "DagsterPipesExecutionError":
+            error = _pipes_error(context, event.step_key) or error
+        if error is None:
+            continue
+        head, sep, rest = error.message.strip().partition(": ")
+        if sep and " " not in head:  # a qualified class name: keep its last part
+            head = head.rsplit(".", 1)[-1]
+        return event.step_key, head + sep + rest
+    return None, context.failure_event.message or "run failed"
 
 
 @dg.run_status_sensor(
@@ -174,3 +194,17 @@ def cycle_success_sensor(context: dg.RunStatusSensorContext, flywheel: FlywheelR
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")
     record_success(flywheel.spec(), cycle, run.run_id, _finished_at(context))
+
+
+def _pipes_error(context: dg.RunFailureSensorContext, step: str | None):  # noqa: ANN202
+    """The exception a stage's process reported through Pipes before it exited (Dagster logs
+    it as an engine event of the step), or None."""
+    records = context.instance.get_records_for_run(
+        run_id=context.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT
+    ).records
+    for record in reversed(records):
+        event = record.event_log_entry.dagster_event
+        error = getattr(event.event_specific_data, "error", None) if event else None
+        if event is not None and event.step_key == step and error is not None:
+            return error
+    return None

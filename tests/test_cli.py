@@ -83,9 +83,85 @@ def test_train_stages_by_hand_and_checkpoint_lineage(small_spec: Path, capsys) -
     summary = capsys.readouterr().out
     assert "4 steps, loss" in summary and "accuracy/arithmetic" in summary
     assert main(["checkpoint", "v-nope", "--spec", str(small_spec)]) == 2
+    # The source file fed the tokenized dataset, pre-training and the SFT model on top of it;
+    # the SFT checkpoint's folder is its lineage.
+    corpus = str(spec.base_dir / "corpus.jsonl")
+    assert main(["lineage", corpus, "--spec", str(small_spec), "--json"]) == 0
+    fed = json.loads(capsys.readouterr().out)
+    assert [c["stage"] for c in fed["checkpoints"]] == ["pretrain", "sft"]
+    assert fed["checkpoints"][1]["checkpoint"] == sft.version
+    assert any(t["split"] == "train" and t["documents"] > 0 for t in fed["tokenized"])
+    assert main(["lineage", str(sft.path), "--spec", str(small_spec), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["checkpoint"] == sft.version and facts["path"] == str(sft.path)
 
 
 def test_train_rejects_an_unknown_stage(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["train", "rl"])
     assert "invalid choice: 'rl'" in capsys.readouterr().err
+
+
+def test_lineage_by_source_id_and_path(tmp_path: Path, corpus_jsonl: Path, capsys) -> None:
+    """The user's own keys: a record's id as the source file had it (``SOURCE:ID`` when two
+    sources share it), the source file's path, an artifact's directory."""
+    spec_file = write_spec(
+        tmp_path,
+        f"""
+        name: keys
+        data_dir: data
+        catalog: catalog.duckdb
+        sources:
+          - {{name: corpus, kind: jsonl, path: {corpus_jsonl.name}}}
+          - {{name: mirror, kind: jsonl, path: {corpus_jsonl}}}
+        filters: {{gopher_quality: {{min_words: 20}}}}
+        """,
+    )
+    spec = load_spec(spec_file)
+    for source in ("corpus", "mirror"):
+        pipeline.run_ingest(spec, source)
+    pipeline.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    pipeline.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
+
+    def lineage(key: str) -> tuple[int, str, str]:
+        code = main(["lineage", key, "--spec", str(spec_file), "--json"])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    # doc3 is in both sources: ambiguous, each listed by its own key.
+    code, _, err = lineage("doc3")
+    ids = Catalog.open(spec.catalog).query(
+        "SELECT doc_id FROM documents WHERE source_id = 'doc3' ORDER BY doc_id"
+    )["doc_id"]
+    assert code == 2 and "'doc3' names 2 things" in err
+    assert all(f"  {doc_id}  (record 'doc3' of source" in err for doc_id in ids)
+    code, out, _ = lineage("mirror:doc3")
+    facts = json.loads(out)
+    assert code == 0 and (facts["source"], facts["source_id"]) == ("mirror", "doc3")
+    assert facts["doc_id"] in ids and facts["path"] == str(corpus_jsonl)
+
+    # The source file, relative to the spec's folder (not the working directory), then
+    # absolute: its 32 documents and 2 quarantined records, and what became of them.
+    code, out, _ = lineage(f"./{corpus_jsonl.name}")
+    facts = json.loads(out)
+    assert code == 0 and facts["paths"] == [str(corpus_jsonl)]
+    assert facts["documents"] == 64  # both sources read the same file
+    assert facts["quarantined"] == {"invalid_json": 2, "empty_text": 2}
+    assert sum(facts["status"].values()) == 64 and facts["status"]["removed as exact duplicate"]
+    assert json.loads(lineage(str(corpus_jsonl))[1])["documents"] == 64
+    main(["lineage", str(corpus_jsonl), "--spec", str(spec_file)])
+    text = capsys.readouterr().out
+    assert f"source file: {corpus_jsonl}" in text and "documents: 64" in text
+
+    # An artifact: a product folder names its CURRENT version; the version's folder itself.
+    dedup = spec.product_dir(P.DEDUPLICATED)
+    code, out, _ = lineage(str(dedup))
+    facts = json.loads(out)
+    version = (dedup / "CURRENT").read_text().strip()
+    assert code == 0 and (facts["product"], facts["version"]) == (P.DEDUPLICATED, version)
+    assert facts["current"] and facts["inputs"][P.FILTERED].startswith("v-")
+    assert json.loads(lineage(str(dedup / version))[1])["version"] == version
+    assert json.loads(lineage(version)[1])["path"] == str(dedup / version)
+
+    code, _, err = lineage("no-such-id")
+    assert code == 2 and "tried a cycle number" in err and "a source file or folder" in err

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS cycle_runs (
     run_id VARCHAR PRIMARY KEY, cycle BIGINT, status VARCHAR, message VARCHAR,
     finished_at TIMESTAMP
 );
+ALTER TABLE cycle_runs ADD COLUMN IF NOT EXISTS step VARCHAR;
 """
 
 
@@ -62,13 +63,15 @@ class Decision:
 
 @dataclass(frozen=True)
 class CycleRun:
-    """A finished Dagster run of one cycle: ``failed`` (with its message) or ``succeeded``."""
+    """A finished Dagster run of one cycle: ``failed`` (with its message and the step that
+    failed, an asset's name) or ``succeeded``."""
 
     run_id: str
     cycle: int | None
     status: str
     message: str
     finished_at: datetime  # UTC
+    step: str | None = None  # None: succeeded, or recorded before the step was a column
 
 
 FAILED, SUCCEEDED = "failed", "succeeded"

@@ -371,10 +371,17 @@ def new_accepted_rows(spec: Spec, cycle: int) -> int:
 
 # -- finished runs -------------------------------------------------------------------------
 def record_failure(
-    spec: Spec, cycle: int | str | None, run_id: str, message: str, at: datetime | None = None
+    spec: Spec,
+    cycle: int | str | None,
+    run_id: str,
+    message: str,
+    at: datetime | None = None,
+    step: str | None = None,
 ) -> CycleRun:
-    """Record that run ``run_id`` of cycle ``cycle`` failed at ``at`` (default: now)."""
-    return _record(spec, CycleRun(run_id, _cycle(cycle), FAILED, message[:2000], _now(at)))
+    """Record that run ``run_id`` of cycle ``cycle`` failed at ``at`` (default: now), in
+    ``step`` (the asset that failed) with error ``message``."""
+    run = CycleRun(run_id, _cycle(cycle), FAILED, message[:2000], _now(at), step)
+    return _record(spec, run)
 
 
 def record_success(

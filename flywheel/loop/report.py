@@ -1,14 +1,17 @@
 """What the flywheel did, cycle by cycle, and what fed each checkpoint.
 
-    flywheel report [--json]                       the per-cycle table
-    flywheel lineage <checkpoint|cycle|id> [--json]
+    flywheel report [--json] [--history]           the per-cycle table, why the loop is stuck
+    flywheel lineage KEY [--json]                  a checkpoint, cycle, id, version or path
 
 ``report_rows`` reads each cycle's data products from their manifests (the artifacts
 themselves) and the loop's record from the catalog: promotion decisions, the champion and the
-failed runs not yet resolved by a later success. ``lineage`` answers "what made this checkpoint":
+failed runs not yet resolved by a later success; ``report_footer`` adds why the loop is
+stuck (``flywheel.loop.status``). ``lineage`` answers "what made this checkpoint":
 its chain of parents down to the pre-training documents (by source), the seed and generated
 examples of every cycle's training set (and which checkpoint generated them), its eval scores
-and the promotion decision; for a cycle, the same for the cycle's candidate.
+and the promotion decision; for a cycle, the same for the cycle's candidate. A key may also
+be the user's own (a source record's id, a source file's path, an artifact's directory):
+``flywheel.loop.lineage_keys``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
-from flywheel.loop import cycles, promotion
+from flywheel.loop import cycles, lineage_keys, promotion, status
 
 REPORT_COLUMNS = ["cycle", "checkpoint", "train_rows", "new_rows", "generations", "accepted"]
 
@@ -75,9 +78,10 @@ def report_rows(spec: Spec) -> list[dict[str, Any]]:
     return rows
 
 
-def report_footer(spec: Spec) -> list[str]:
-    """The champion, whether the loop runs on, and the failed cycle runs no later run of the
-    same cycle has made good (the history stays in the catalog's ``cycle_runs``)."""
+def report_footer(spec: Spec, history: bool = False) -> list[str]:
+    """The champion, whether the loop runs on, why it is stuck (``status.stuck_reason``) and
+    the failed cycle runs no later run of the same cycle has made good; with ``history``,
+    every failure ever recorded and the run that resolved it."""
     champ = promotion.champion(spec)
     state = promotion.loop_state(spec)
     lines = []
@@ -86,9 +90,31 @@ def report_footer(spec: Spec) -> list[str]:
             f"champion: cycle {champ.cycle} {champ.candidate} ({champ.metric} {champ.value:.4f})"
         )
     lines.append(f"loop: {state.reason}; next cycle {state.next_cycle}")
-    for f in cycles.failures(spec):
-        lines.append(f"failed: cycle {f.cycle} run {f.run_id}: {f.message[:120]}")
+    stuck = status.stuck_reason(spec)
+    if stuck:
+        lines.append(f"stuck: {stuck}")
+    lines += [f"failed: {f.line()}" for f in status.failure_summary(spec)]
+    for f in status.failure_history(spec) if history else []:
+        by = f"resolved by run {f.resolved_by}" if f.resolved_by else "unresolved"
+        lines.append(f"history: {f.line()} ({by})")
     return lines
+
+
+def report_json(spec: Spec, history: bool = False) -> dict[str, Any]:
+    """``flywheel report --json``: the rows, the champion, the loop's state, why it is stuck,
+    the unresolved failures and (``history``) every failure."""
+    champ = promotion.champion(spec)
+    state = promotion.loop_state(spec)
+    out: dict[str, Any] = {
+        "cycles": report_rows(spec),
+        "champion": champ.as_dict() if champ else None,
+        "loop": {"stopped": state.stopped, "reason": state.reason, "next_cycle": state.next_cycle},
+        "stuck": status.stuck_reason(spec),
+        "failures": [f.as_dict() for f in status.failure_summary(spec)],
+    }
+    if history:
+        out["history"] = [f.as_dict() for f in status.failure_history(spec)]
+    return out
 
 
 def _rows(catalog: Catalog, sql: str, params: list[Any]) -> list[dict[str, Any]]:
@@ -165,19 +191,46 @@ def generation_lineage(spec: Spec, generation_id: str) -> dict[str, Any]:
 
 
 def lineage(spec: Spec, key: str) -> dict[str, Any]:
-    """Dispatch on what ``key`` is: a cycle number, a checkpoint, a generation or a doc id."""
-    if key.removeprefix("cycle:").isdigit():
-        return cycle_lineage(spec, int(key.removeprefix("cycle:")))
+    """Dispatch on what ``key`` names (``lineage_keys.candidates``): a cycle, a checkpoint, a
+    generation, a document (by its id or its source record's id), an artifact version or
+    directory, or a source file. Unknown: KeyError naming what was tried; more than one
+    thing: ``AmbiguousKey`` (a KeyError) listing each with its own key."""
+    found, tried = lineage_keys.candidates(spec, key)
+    if not found:
+        raise KeyError(f"{key!r} is not in the catalog: tried {', '.join(tried)}")
+    if len(found) > 1:
+        raise lineage_keys.AmbiguousKey(key, found)
+    kind, name = found[0].kind, found[0].key
+    if kind == "cycle":
+        return cycle_lineage(spec, int(name))
+    if kind == "checkpoint":
+        return checkpoint_lineage(spec, name)
+    if kind == "generation":
+        return generation_lineage(spec, name)
+    if kind == "document":
+        return Catalog.open(spec.catalog).document_lineage(name)
+    if kind == "source_file":
+        return lineage_keys.source_file_lineage(spec, name)
+    facts = lineage_keys.artifact_lineage(spec, name)
     catalog = Catalog.open(spec.catalog)
-    if _rows(catalog, "SELECT 1 FROM checkpoints WHERE checkpoint = ?", [key]):
-        return checkpoint_lineage(spec, key)
-    if _rows(catalog, "SELECT 1 FROM generations WHERE generation_id = ?", [key]):
-        return generation_lineage(spec, key)
-    return catalog.document_lineage(key)
+    version = facts["version"]
+    if _rows(catalog, "SELECT 1 FROM checkpoints WHERE checkpoint = ?", [version]):
+        return {**checkpoint_lineage(spec, version), "path": facts["path"]}
+    if _rows(catalog, "SELECT 1 FROM training_sets WHERE version = ?", [version]):
+        facts["fed_by"] = _fed_by(catalog, version)
+    return facts
 
 
 def lineage_lines(facts: dict[str, Any]) -> list[str]:
     """A readable rendering of ``lineage``'s facts."""
+    if facts.get("kind") in ("artifact", "source_file"):
+        lines = lineage_keys.key_lines(facts)
+        for fed in facts.get("fed_by", []):  # a training set's examples
+            by = f" generated by {fed['generated_by']}" if fed["generated_by"] else ""
+            lines.append(
+                f"{'':>12}{fed['rows']} {fed['origin']} examples of cycle {fed['cycle']}{by}"
+            )
+        return lines
     if "doc_id" in facts:  # a document
         return [f"{k:>20}: {v}" for k, v in facts.items()]
     if "generation" in facts:

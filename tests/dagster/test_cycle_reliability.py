@@ -100,6 +100,9 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(
     sensor(context)
     [failure] = cycles.failures(spec)
     assert failure.cycle == 1 and failure.run_id == failed.run_id
+    # The step that failed and the stage's own exception, relayed by Pipes from its process.
+    assert failure.step == "synthetic_generations"
+    assert failure.message.startswith(f"FileNotFoundError: {prompts}")
     # The rerun's success, recorded by the run-success sensor, resolves it; history keeps it.
     sensor = defs.resolve_sensor_def("cycle_success_sensor")
     sensor(

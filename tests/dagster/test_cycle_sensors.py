@@ -172,7 +172,9 @@ def test_a_failed_cycle_run_is_reported_until_a_later_run_succeeds(spec_path: Pa
     _run_status(defs, "cycle_failure_sensor", instance, failed)
     [failure] = cycles.failures(spec)
     assert (failure.cycle, failure.run_id) == (1, failed.run_id)
-    assert "Steps failed: ['training_set']" in failure.message
+    # The step that failed and its own error, not Dagster's "Steps failed: [...]" summary.
+    assert failure.step == "training_set"
+    assert failure.message.startswith("FileNotFoundError: cycle 1's training_set reads")
     assert any(line.startswith("failed: cycle 1 run") for line in report_footer(spec))
     # A later successful run of cycle 1 resolves it; the history keeps it.
     ok = _tagged_job.execute_in_process(instance=instance, tags={"dagster/partition": "1"})
@@ -180,3 +182,35 @@ def test_a_failed_cycle_run_is_reported_until_a_later_run_succeeds(spec_path: Pa
     assert cycles.failures(spec) == []
     assert not any(line.startswith("failed:") for line in report_footer(spec))
     assert [f.run_id for f in cycles.failures(spec, include_resolved=True)] == [failed.run_id]
+
+
+@dg.asset(
+    name="accepted_generations",
+    check_specs=[dg.AssetCheckSpec("not_empty", asset="accepted_generations", blocking=True)],
+)
+def _nothing_accepted() -> dg.MaterializeResult:
+    check = dg.AssetCheckResult(check_name="not_empty", passed=False)
+    return dg.MaterializeResult(check_results=[check])
+
+
+def test_a_failed_blocking_check_is_recorded_by_its_name(spec_path: Path) -> None:
+    """Dagster words a failed blocking check as its own error; the record names the check."""
+    from flywheel.loop import status
+
+    defs = build_definitions(str(spec_path))
+    spec = load_spec(spec_path)
+    instance = dg.DagsterInstance.ephemeral()
+    failed = dg.materialize(
+        [_nothing_accepted],
+        instance=instance,
+        tags={"dagster/partition": "0"},
+        raise_on_error=False,
+    )
+    assert not failed.success
+    _run_status(defs, "cycle_failure_sensor", instance, failed)
+    [failure] = status.failure_summary(spec)
+    assert (failure.cycle, failure.step) == (0, "accepted_generations: not_empty")
+    assert (
+        failure.line()
+        == f"cycle 0 run {failed.run_id}: check accepted_generations: not_empty failed"
+    )
