@@ -101,6 +101,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         metadata = {k: m[k] for k in keys if m.get(k) is not None}
         metadata["parent_training_set"] = str(m.get("parent_version"))
         metadata["accepted_versions"] = dg.MetadataValue.json(m.get("accepted_versions", {}))
+        metadata["build_changes"] = "; ".join(m.get("build_changes", []))  # since the last
         metadata["path"] = dg.MetadataValue.path(str(shards.path))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(shards.version))
 
@@ -111,12 +112,13 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
     ) -> dg.MaterializeResult:
         """The cycle's candidate: the champion fine-tuned on the cycle's training set."""
+        from flywheel.loop.cycle_keys import check_seed_model
         from flywheel.loop.cycles import cycle_inputs
         from flywheel.loop.promotion import candidate
 
         cycle, spec = _cycle(context), flywheel.spec()
         if cycle == 0:  # the seed SFT model is cycle 0's candidate: nothing to train
-            seed = candidate(spec, 0)
+            seed = check_seed_model(spec, candidate(spec, 0))  # trained on today's seed data
             metadata = {"checkpoint": dg.MetadataValue.path(str(seed.path)), "adopted": True}
             return dg.MaterializeResult(
                 metadata=metadata, data_version=dg.DataVersion(seed.version)

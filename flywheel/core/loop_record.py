@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS cycles (
 );
 ALTER TABLE cycles ADD COLUMN IF NOT EXISTS candidate_path VARCHAR;
 ALTER TABLE cycles ADD COLUMN IF NOT EXISTS inputs JSON;
+ALTER TABLE cycles ADD COLUMN IF NOT EXISTS build_key JSON;
+ALTER TABLE cycles ADD COLUMN IF NOT EXISTS build_changes JSON;
 CREATE TABLE IF NOT EXISTS cycle_runs (
     run_id VARCHAR PRIMARY KEY, cycle BIGINT, status VARCHAR, message VARCHAR,
     finished_at TIMESTAMP
@@ -56,6 +58,10 @@ class Decision:
     # {product: version} read (flywheel.loop.cycles.cycle_inputs); {} if decided before the
     # decisions recorded it
     inputs: dict[str, str] = field(default_factory=dict)
+    # What decided it (flywheel.core.keys: inputs and cycles.gate) and what changed since the
+    # decision it replaced; {} and [] if decided before keys were recorded
+    build_key: dict[str, str] = field(default_factory=dict)
+    build_changes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "decided_at": self.decided_at.isoformat()}
@@ -92,7 +98,8 @@ class LoopRecord:
 
     def record_decision(self, d: Decision) -> None:
         """Replace cycle ``d.cycle``'s promotion decision (one row per cycle)."""
-        row = {**asdict(d), "decided_at": _to_db(d.decided_at), "inputs": json.dumps(d.inputs)}
+        row = {**asdict(d), "decided_at": _to_db(d.decided_at)}
+        row |= {k: json.dumps(row[k]) for k in ("inputs", "build_key", "build_changes")}
         self._replace("cycles", DECISION_COLUMNS, [row[k] for k in DECISION_COLUMNS])
 
     def decisions(self) -> list[Decision]:
@@ -102,10 +109,7 @@ class LoopRecord:
             "SELECT c.* REPLACE (coalesce(c.candidate_path, k.path) AS candidate_path) "
             "FROM cycles c LEFT JOIN checkpoints k ON k.checkpoint = c.candidate ORDER BY c.cycle"
         )
-        return [
-            Decision(**{**r, "decided_at": _from_db(r["decided_at"]), "inputs": _json(r["inputs"])})
-            for r in rows
-        ]
+        return [Decision(**_decision_row(r)) for r in rows]
 
     def record_cycle_run(self, run: CycleRun) -> None:
         """Record a finished cycle run; recording the same run again replaces it."""
@@ -141,6 +145,12 @@ def _to_db(moment: datetime) -> str:
 
 def _json(stored: str | None) -> dict[str, str]:
     return json.loads(stored) if stored else {}
+
+
+def _decision_row(r: dict[str, Any]) -> dict[str, Any]:
+    r = {**r, "decided_at": _from_db(r["decided_at"])}
+    r |= {k: _json(r[k]) for k in ("inputs", "build_key")}
+    return r | {"build_changes": json.loads(r["build_changes"] or "[]")}
 
 
 def _from_db(stored: datetime) -> datetime:

@@ -28,6 +28,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core import keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
@@ -36,6 +37,7 @@ from flywheel.data.dedup import DedupIndex
 from flywheel.data.documents import DROPPED_SCHEMA
 from flywheel.data.filters import apply_filters, build_filters, decision_stats
 from flywheel.data.ingest import ingest_source, source_files
+from flywheel.data.stage_keys import DEDUP_STATS, ingest_key, is_filter_stat, reuse_meta
 from flywheel.data.validation import ValidationReport, validate_shardset
 
 FILTERED, DROPPED, DEDUPLICATED = P.FILTERED, P.DROPPED, P.DEDUPLICATED
@@ -80,13 +82,19 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
     """Read one source into a new raw shard set; record its documents and quarantine."""
     source = spec.source(source_name)
     product = P.raw(source_name)
+    root = spec.product_dir(product)
+    key = ingest_key(spec, source_name)
+    found = keys.reusable(root, key)
+    if found is not None:  # the same files (by content) and settings: nothing to read again
+        return _reused_ingest(product, ShardSet(found))
     result = ingest_source(
         source,
-        spec.product_dir(product),
+        root,
         base_dir=spec.base_dir,
         batch_rows=spec.ingest.batch_rows,
         shard_rows=spec.ingest.shard_rows,
         max_doc_bytes=spec.ingest.max_doc_bytes,
+        meta=keys.key_meta(root, key),
     )
     shards = result.shardset
     rows = [
@@ -102,10 +110,36 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
         "mb_read": round(result.bytes_read / 1e6, 3),
         "seconds": round(result.seconds, 2),
         **{f"quarantined_{k}": v for k, v in sorted(result.quarantine_by_reason.items())},
+        **reuse_meta(shards, reused=False),
     }
     catalog.record_materialization(product, shards.version, spec.fingerprint(), metadata)
     preview = _sample(shards.scan().head(PREVIEW_ROWS).collect())
     return StageResult(product, shards, metadata, preview)
+
+
+def _reused_ingest(product: str, shards: ShardSet) -> StageResult:
+    m = shards.manifest
+    by_reason = m.get("quarantine_by_reason", {})
+    metadata = {
+        "rows": m["documents"],
+        "quarantined": m["quarantined"],
+        "mb_read": 0.0,  # nothing was read but the files' bytes, to hash them
+        "seconds": 0.0,
+        **{f"quarantined_{k}": v for k, v in sorted(by_reason.items())},
+        **reuse_meta(shards, reused=True),
+    }
+    return StageResult(
+        product, shards, metadata, _sample(shards.scan().head(PREVIEW_ROWS).collect())
+    )
+
+
+def _reused_stage(product: str, shards: ShardSet, names: list[str]) -> StageResult:
+    """The current set of a stage whose key is unchanged, with the metadata it was made with
+    (``names``: the flat stats its manifest holds)."""
+    m = shards.manifest
+    metadata = {k: m[k] for k in names if k in m} | {"seconds": 0.0}
+    preview = _sample(shards.scan().head(PREVIEW_ROWS).collect())
+    return StageResult(product, shards, metadata | reuse_meta(shards, reused=True), preview)
 
 
 def _catalog_rows(df: pl.DataFrame, shard: Path) -> pl.DataFrame:
@@ -126,12 +160,19 @@ def _catalog_rows(df: pl.DataFrame, shard: Path) -> pl.DataFrame:
 def run_filters(spec: Spec, inputs: Inputs) -> StageResult:
     """Apply the spec's filters to every source's raw set (``inputs``), shard by shard."""
     P.check_inputs(FILTERED, spec, inputs)
+    key = keys.make_key(P.versions(inputs), {"filters": spec.filters})
+    root, dropped_root = spec.product_dir(FILTERED), spec.product_dir(DROPPED)
+    found = keys.reusable(root, key)
+    if found is not None and keys.reusable(dropped_root, key) is not None:
+        kept = ShardSet(found)
+        return _reused_stage(FILTERED, kept, [k for k in kept.manifest if is_filter_stat(k)])
+    built = keys.key_meta(root, key)
     filters = build_filters(spec.filters)
     raw_sets = [inputs[name] for name in P.inputs(FILTERED, spec)]
     decisions, preview, dropped_preview = [], [], []
     started = time.perf_counter()
-    kept_writer = ShardWriter(spec.product_dir(FILTERED), spec.ingest.shard_rows)
-    dropped_writer = ShardWriter(spec.product_dir(DROPPED), spec.ingest.shard_rows)
+    kept_writer = ShardWriter(root, spec.ingest.shard_rows)
+    dropped_writer = ShardWriter(dropped_root, spec.ingest.shard_rows)
     with kept_writer, dropped_writer:
         for raw in raw_sets:
             for batch in raw.iter_batches():
@@ -144,10 +185,13 @@ def run_filters(spec: Spec, inputs: Inputs) -> StageResult:
         all_decisions = pl.concat(decisions) if decisions else _no_decisions()
         stats = _filter_stats(all_decisions, [f.name for f in filters])
         versions = P.versions(inputs)
-        dropped_set = dropped_writer.commit(inputs=versions, spec=spec.resolved(), **stats)
+        dropped_set = dropped_writer.commit(
+            inputs=versions, spec=spec.resolved(), **stats, **keys.key_meta(dropped_root, key)
+        )
         kept_writer.write_aux("decisions", all_decisions)
-        shards = kept_writer.commit(inputs=versions, spec=spec.resolved(), **stats)
+        shards = kept_writer.commit(inputs=versions, spec=spec.resolved(), **stats, **built)
     stats["seconds"] = round(time.perf_counter() - started, 2)
+    stats |= reuse_meta(shards, reused=False)
     stats["dropped_path"] = str(dropped_set.path)
     catalog = Catalog.open(spec.catalog)
     catalog.record_filter_decisions(all_decisions, shards.version)
@@ -197,10 +241,16 @@ def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
     """Exact + MinHash LSH dedup of the filtered set against the persistent index."""
     P.check_inputs(DEDUPLICATED, spec, inputs)
     filtered = inputs[FILTERED]
+    root = spec.product_dir(DEDUPLICATED)
+    key = keys.make_key(P.versions(inputs), {"dedup": spec.dedup})
+    found = keys.reusable(root, key)
+    if found is not None:  # the same filtered set and settings: the index is not touched
+        return _reused_stage(DEDUPLICATED, ShardSet(found), list(DEDUP_STATS))
+    built = keys.key_meta(root, key)
     index = DedupIndex.open(spec.dedup_index_dir, spec.dedup)
     duplicates, preview, n_kept = [], [], 0
     totals: Counter[str] = Counter()
-    writer = ShardWriter(spec.product_dir(DEDUPLICATED), spec.ingest.shard_rows)
+    writer = ShardWriter(root, spec.ingest.shard_rows)
     with writer:
         for batch in filtered.iter_batches():
             result = index.add(batch["id"].to_list(), batch["text"].to_list())
@@ -213,8 +263,9 @@ def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
         dupes = pl.concat(duplicates) if duplicates else _no_duplicates()
         metadata = _dedup_stats(filtered.num_rows, n_kept, dupes, totals)
         writer.write_aux("duplicates", dupes)
-        shards = writer.commit(inputs=P.versions(inputs), spec=spec.resolved(), **metadata)
+        shards = writer.commit(inputs=P.versions(inputs), spec=spec.resolved(), **metadata, **built)
         index.commit()
+    metadata |= reuse_meta(shards, reused=False)
     catalog = Catalog.open(spec.catalog)
     catalog.record_dedup(_shard_of(shards), dupes, shards.version)
     catalog.record_materialization(DEDUPLICATED, shards.version, spec.fingerprint(), metadata)

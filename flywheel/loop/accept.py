@@ -33,7 +33,6 @@ asset checks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Mapping
@@ -43,6 +42,7 @@ from typing import Any
 
 import polars as pl
 
+from flywheel.core import keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
@@ -99,10 +99,10 @@ def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Acc
     leaks = eval_prompts(spec)
     key = _key(spec, generations, pools, leaks)
     root = accepted_root(spec, cycle)
-    if has_current(root):
-        current = read_current(root)
-        if current.manifest.get("key") == key:
-            return AcceptResult(current, _flat(current.manifest), reused=True)
+    found = keys.reusable(root, key)
+    if found is not None:  # the same generations, pools, settings and verifier code
+        current = ShardSet(found)
+        return AcceptResult(current, _flat(current.manifest), reused=True)
 
     load_plugins(spec)  # a kind they register judges here as it scores eval
     with importable_from(spec.base_dir):  # a kind: python module next to the spec
@@ -151,29 +151,32 @@ def _load(generations: ShardSet) -> pl.DataFrame:
     return df.sort(order, maintain_order=True, nulls_last=True)
 
 
-def _key(spec: Spec, generations: ShardSet, pools: Pools, leaks: set[str]) -> dict[str, Any]:
-    """What decides the accepted set: equal keys mean re-accepting would change nothing."""
+def _key(spec: Spec, generations: ShardSet, pools: Pools, leaks: set[str]) -> dict[str, str]:
+    """What decides the accepted set (``flywheel.core.keys``): equal keys mean re-accepting
+    would change nothing. A python verifier's module source counts: a fixed verifier
+    re-judges."""
     settings = spec.acceptance
-    key: dict[str, Any] = {
-        "generations": generations.version,
-        "acceptance": settings.model_dump(mode="json"),
-        "pools": pools.versions,
-        "eval_prompts": hashlib.sha256("\n".join(sorted(leaks)).encode()).hexdigest()[:16],
-    }
+    sections: dict[str, Any] = {"acceptance": settings}
     if settings.filters.use_document_filters:
-        key["document_filters"] = spec.filters.model_dump(mode="json")
+        sections["filters"] = spec.filters
     if settings.near_dedup:
-        key["dedup"] = spec.dedup.model_dump(mode="json")
-    model = settings.verifier.reward_model
-    if settings.verifier.kind == "reward_model" and model is not None and model.is_dir():
-        # Name, size and mtime of every file: a retrained model in the same directory counts.
+        sections["dedup"] = spec.dedup
+    data = {"eval prompts": keys.digest_bytes("\n".join(sorted(leaks)).encode())}
+    verifier = settings.verifier
+    if verifier.kind == "python" and verifier.function:
+        data["verifier source"] = keys.module_digest(verifier.function)
+    model = verifier.reward_model
+    if verifier.kind == "reward_model" and model is not None and model.is_dir():
+        # Name, size and mtime of every file: a retrained model in the same directory counts
+        # (hashing the weights of a large model on every run would cost more than judging).
         files = sorted(
             (str(p.relative_to(model)), p.stat().st_size, p.stat().st_mtime_ns)
             for p in model.rglob("*")
             if p.is_file()
         )
-        key["reward_model"] = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
-    return json.loads(json.dumps(key, default=str))  # as the manifest will read back
+        data["reward model"] = keys.digest_bytes(json.dumps(files).encode())
+    inputs = {P.GENERATIONS: generations.version, **pools.versions}
+    return keys.make_key(inputs, sections, data)
 
 
 # -- preference pairs, metadata, catalog -------------------------------------------------
@@ -265,7 +268,7 @@ def _manifest(
         # often a reference-free verifier's labels are right, where references exist.
         "label_precision": precision,
         "acceptance": spec.acceptance.model_dump(mode="json"),
-        "key": key,
+        **keys.key_meta(accepted_root(spec, cycle), key),
         "spec": spec.resolved(),
     }
 
@@ -279,6 +282,7 @@ def _flat(manifest: dict[str, Any]) -> dict[str, Any]:
     flat["prompts_with_accepted"] = manifest["prompts_with_accepted"]
     flat |= {f"rejected/{r}": k for r, k in manifest["reasons"].items()}
     flat["verifier"] = manifest["acceptance"]["verifier"]["kind"]
+    flat["build_changes"] = "; ".join(manifest.get(keys.CHANGES, []))
     for rate in ("accept_rate", "label_precision"):
         if manifest.get(rate) is not None:
             flat[rate] = manifest[rate]

@@ -23,7 +23,7 @@ every finished cycle run, failed or succeeded, written by the Dagster run-status
 from __future__ import annotations
 
 import fcntl
-import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts, chat
+from flywheel.core import artifacts, chat, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, CycleRun
 from flywheel.core.loop_record import FAILED, SUCCEEDED
@@ -40,6 +40,7 @@ from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_curren
 from flywheel.core.spec import Spec
 
 CYCLES = "cycles"
+log = logging.getLogger(__name__)
 PROMOTED, SFT = P.PROMOTED, P.SFT
 
 
@@ -286,33 +287,39 @@ def build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sha
     """Cycle 0: the seed SFT data. Cycle c: cycle c-1's training set plus every accepted
     generation not in it yet; an error if there is none (never retrain on the same data).
     ``handed``: the inputs ``cycle_inputs(spec, "training_set", cycle)`` gives, recorded as the
-    set's ``inputs``. Two runs of the same cycle at once build it once: the second waits and
-    reuses it."""
+    set's ``inputs``. It is keyed by its seed data's content (cycle 0) or input versions
+    (``flywheel.loop.cycle_keys.training_set_key``): the same key reuses the current set, a
+    new one builds a new version that records what changed. Two runs of the same cycle at
+    once build it once: the second waits and reuses it."""
     check_cycle_inputs(spec, P.TRAINING_SET, cycle, handed)
     with locked(training_set_root(spec, cycle)):
         return _build_training_set(spec, cycle, handed)
 
 
 def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> ShardSet:
+    from flywheel.loop.cycle_keys import training_set_key
+
     root = training_set_root(spec, cycle)
+    key = training_set_key(spec, cycle, handed)  # a stale seed set is an error here
+    found = keys.reusable(root, key)
+    if found is not None:  # the same seed data, parents, accepted sets and settings
+        return ShardSet(found)
     if cycle == 0:
         df, source = _seed_rows(spec)
-        key = {"cycle": 0, "parent_cycle": None, "parent_version": None, "seed": source}
+        about = {"cycle": 0, "parent_cycle": None, "parent_version": None, "seed": source}
         new_rows = df.height
     else:
         parent = handed[P.of_cycle(P.TRAINING_SET, cycle - 1)]
         parent_df = _read_rows(parent)
         seen = set(parent_df["generation_id"].drop_nulls().to_list())
         new, versions = _accepted_since(_accepted_of(handed, cycle), seen)
-        key = {
+        about = {
             "cycle": cycle,
             "parent_cycle": cycle - 1,
             "parent_version": parent.version,
             "accepted_versions": versions,
             "seed_replay": spec.cycles.seed_replay,
         }
-        if has_current(root) and _same_key(read_current(root).manifest, key):
-            return read_current(root)
         if new.height == 0:
             raise NothingToTrain(
                 f"cycle {cycle}: no accepted generation is new since cycle {cycle - 1}'s "
@@ -321,22 +328,23 @@ def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sh
         generated = parent_df.filter(pl.col("origin") != "seed")
         seed = _replayed_seed(spec, cycle, handed[P.of_cycle(P.TRAINING_SET, 0)])
         df, new_rows = pl.concat([seed, generated, new]), new.height
-    if has_current(root) and _same_key(read_current(root).manifest, key):
-        return read_current(root)
     counts = df["origin"].value_counts()
     by_origin = dict(zip(counts["origin"].to_list(), counts["count"].to_list(), strict=True))
+    built = keys.key_meta(root, key)
     with ShardWriter(root) as writer:
         writer.write(df)
         shards = writer.commit(
             inputs=P.versions(handed),
-            **key,
-            key=key,
+            **about,
+            **built,
             rows=df.height,
             new_rows=new_rows,
             seed_rows=int(by_origin.get("seed", 0)),
             generation_rows=int(by_origin.get("generation", 0)),
             spec_fingerprint=spec.fingerprint(),
         )
+    if built[keys.CHANGES]:
+        log.warning("cycle %d's training set rebuilt: %s", cycle, "; ".join(built[keys.CHANGES]))
     Catalog.open(spec.catalog).record_training_set(shards.version, shards.manifest, df)
     return shards
 
@@ -351,10 +359,6 @@ def _replayed_seed(spec: Spec, cycle: int, seed_set: ShardSet) -> pl.DataFrame:
     if n is None or n >= seed.height:
         return seed
     return seed.sample(n, seed=cycle, shuffle=False)
-
-
-def _same_key(manifest: dict[str, Any], key: dict[str, Any]) -> bool:
-    return json.dumps(manifest.get("key"), sort_keys=True) == json.dumps(key, sort_keys=True)
 
 
 def new_accepted_rows(spec: Spec, cycle: int) -> int:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.settings.loop import GateSettings
@@ -119,16 +119,22 @@ def promote(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Decision:
     ``handed``: the inputs ``cycle_inputs(spec, "promoted_model", cycle)`` gives, recorded as
     the decision's ``inputs``. The candidate must beat the champion cycle ``cycle - 1`` left
     by more than ``cycles.gate.min_delta`` on ``cycles.gate.metric``; cycle 0 (no champion
-    yet) is promoted. Deciding again for the same candidate returns the recorded decision, so
-    a rerun never flips a promotion.
+    yet) is promoted. Deciding again with the same build key (the versions handed and
+    ``cycles.gate``) returns the recorded decision, so a rerun never flips a promotion; a
+    changed key decides again, recording what changed, unless a later cycle is decided
+    (``keys.StaleError``, see ``flywheel.loop.cycle_keys``).
     """
     check_cycle_inputs(spec, P.PROMOTED, cycle, handed)
     cand: artifacts.Artifact = handed[P.CYCLE_CHECKPOINT]
+    key = keys.make_key(P.versions(handed), {"cycles.gate": spec.cycles.gate})
     catalog = Catalog.open(spec.catalog)
     with locked(promoted_dir(spec)):  # one decision at a time, across threads and processes
         done = {d.cycle: d for d in catalog.decisions()}
-        if cycle in done and done[cycle].candidate == cand.version:
-            return done[cycle]
+        prior = done.get(cycle)
+        if prior is not None and _same_decision(prior, key, cand.version):
+            return prior
+        changed = keys.changes(prior.build_key, key) if prior is not None else []
+        _check_replaceable(cycle, done, changed)
         if cycle > 0 and cycle - 1 not in done:
             raise RuntimeError(f"cycle {cycle - 1} has no promotion decision; decide it first")
         value = _gate_value(spec, cycle, handed[P.CYCLE_EVAL], cand.version)
@@ -147,9 +153,30 @@ def promote(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Decision:
             reason=reason,
             decided_at=datetime.now(UTC),
             inputs=P.versions(handed),
+            build_key=key,
+            build_changes=changed,
         )
         catalog.record_decision(decision)
     return decision
+
+
+def _same_decision(prior: Decision, key: dict[str, str], candidate: str) -> bool:
+    """Whether ``prior`` was decided with ``key`` (a decision recorded before keys were:
+    with the same candidate)."""
+    return prior.build_key == key if prior.build_key else prior.candidate == candidate
+
+
+def _check_replaceable(cycle: int, done: Mapping[int, Decision], changed: list[str]) -> None:
+    """A decision that a later cycle's decision built on (the champion it left) stays: the
+    later cycles trained from and generated with that champion."""
+    later = sorted(c for c in done if c > cycle)
+    if changed and later:
+        raise keys.stale(
+            f"cycle {cycle}'s promotion decision cannot be made again: cycle {later[0]} was "
+            f"already decided against the champion it left, and what it was decided from changed",
+            changed,
+            f"Start a new cycle (after cycle {later[-1]}) for the new candidate instead.",
+        )
 
 
 def _check_champion(cycle: int, handed: Mapping[str, Any], champ: Decision | None) -> None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
-from flywheel.loop import cycles, lineage_keys, promotion, status
+from flywheel.loop import cycle_keys, cycles, lineage_keys, promotion, status
 
 REPORT_COLUMNS = ["cycle", "checkpoint", "train_rows", "new_rows", "generations", "accepted"]
 
@@ -172,7 +172,36 @@ def cycle_lineage(spec: Spec, cycle: int) -> dict[str, Any]:
     facts["cycle"] = cycle
     facts["training_set"] = _manifest(cycles.training_set_root(spec, cycle)).get("version")
     facts["accepted"] = _manifest(cycles.accepted_root(spec, cycle)).get("version")
-    return facts
+    return facts | cycle_build_facts(spec, cycle)  # what each product was built from
+
+
+def cycle_build_facts(spec: Spec, cycle: int) -> dict[str, Any]:
+    """For ``flywheel lineage``: each of cycle ``cycle``'s published products with what its
+    key says it was built from (its ``data:`` parts) and what changed when it was, and
+    ``stale``: what changed since that a rerun of the cycle would have to take in."""
+    built: dict[str, Any] = {}
+    for product in (P.TRAINING_SET, P.CYCLE_EVAL, P.GENERATIONS, P.ACCEPTED):
+        artifact, key = keys.current_key(cycles.product_root(spec, product, cycle))
+        if artifact is not None:
+            data = {k.removeprefix("data:"): v for k, v in (key or {}).items() if "data:" in k}
+            changes = artifact.meta.get(keys.CHANGES, [])
+            built[product] = {"version": artifact.version, "from": data, "changes": changes}
+    return {"built": built, "stale": _stale_seed(spec, cycle)}
+
+
+def _stale_seed(spec: Spec, cycle: int) -> list[str]:
+    """Whether the cycle's training set holds other seed rows than ``sft.data`` now."""
+    seed_set, seed_key = keys.current_key(cycles.training_set_root(spec, 0))
+    if seed_set is None:
+        return []
+    now = {cycle_keys.SEED_PART: cycle_keys.seed_fingerprint(spec)}
+    out = keys.changes(seed_key, {**(seed_key or {}), **now})
+    out = [f"cycle 0's training set {seed_set.version}: {c}" for c in out]
+    own, key = keys.current_key(cycles.training_set_root(spec, cycle))
+    replayed = (key or {}).get(f"input:{P.of_cycle(P.TRAINING_SET, 0)}")
+    if cycle > 0 and own is not None and replayed not in (None, seed_set.version):
+        out.append(f"replays cycle 0's training set {replayed}, now {seed_set.version}")
+    return out
 
 
 def generation_lineage(spec: Spec, generation_id: str) -> dict[str, Any]:
@@ -257,6 +286,11 @@ def lineage_lines(facts: dict[str, Any]) -> list[str]:
         lines.append(
             f"{'promoted' if d['promoted'] else 'kept':>8} cycle {d['cycle']}: {d['reason']}"
         )
+    for product, b in facts.get("built", {}).items():
+        made = ", ".join(f"{k} {keys.shown(v)}" for k, v in b["from"].items())
+        lines.append(f"{'built':>8} {product} {b['version']}" + (f" from {made}" if made else ""))
+        lines += [f"{'':>10}{c}" for c in b["changes"]]
+    lines += [f"{'STALE':>8} {s}" for s in facts.get("stale", [])]
     return lines
 
 

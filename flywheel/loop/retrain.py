@@ -43,7 +43,7 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts, chat, shards
+from flywheel.core import artifacts, chat, keys, shards
 from flywheel.core import products as P
 from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
@@ -205,8 +205,11 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
         shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING)
         key |= {"preference": data.kind, "preference_train": shaping}
         key["preference_data"] = data.fingerprint() if data.examples else "none"
-        if data.kind != "dpo":  # the verifier is the reward
-            key["verifier"] = spec.acceptance.verifier.model_dump(mode="json")
+        if data.kind != "dpo":  # the verifier is the reward: its settings and its code
+            verifier = spec.acceptance.verifier
+            key["verifier"] = verifier.model_dump(mode="json")
+            if verifier.kind == "python" and verifier.function:
+                key["verifier_source"] = keys.module_digest(verifier.function)
     return key
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, keys
 from flywheel.core.artifacts import atomic_write_bytes
 from flywheel.core.catalog import Catalog
 from flywheel.core.records import Loaded
@@ -91,6 +91,16 @@ class FineTune:
     @cached_property
     def fingerprint(self) -> str:
         return run_fingerprint(self.settings, self.parent.version, self.data, self.keyed_by)
+
+    @cached_property
+    def build_key(self) -> dict[str, str]:
+        """The run's ``flywheel.core.keys`` build key: the same parts as its fingerprint,
+        one by one, so that a new version can say which of them changed."""
+        shaping = self.settings.model_dump(mode="json", exclude=BOOKKEEPING | {"data"})
+        data = {"training data": f"sha256:{data_fingerprint(self.data)}"}
+        extra = {f"keyed_by:{k}": keys.fingerprint(v) for k, v in self.keyed_by.items()}
+        parent = {"parent": self.parent.version}
+        return keys.make_key({**self.inputs, **parent}, {"train": shaping}, data) | extra
 
     @property
     def work(self) -> Path:
@@ -237,6 +247,7 @@ def publish_run(
         (staging / name).unlink(missing_ok=True)
     # The manifest and catalog keep plain values; the markdown table is for the UI only.
     scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
+    built = keys.key_meta(run.root, run.build_key)
     artifact = artifacts.publish(
         run.root,
         staging,
@@ -246,6 +257,7 @@ def publish_run(
         spec=spec.resolved(),
         lineage=run.lineage,
         metrics=scalars,
+        **built,
     )
     record = (artifact.version, run.stage, artifact.path, run.parent.version, run.lineage)
     Catalog.open(spec.catalog).record_checkpoint(*record, scalars, spec.fingerprint())
@@ -256,6 +268,7 @@ def publish_run(
         **run.metadata,
         "examples": len(run.data.examples),
         "quarantined": len(run.data.quarantine),
+        "build_changes": "; ".join(built[keys.CHANGES]),
     }
     artifacts.mark_done(run.work, {"version": artifact.version, "metadata": metadata})
     # The published version is the run's result; its resumable checkpoints (weights and
@@ -281,7 +294,8 @@ def run_finetune(spec: Spec, reporter: Reporter, run: FineTune, train: Train) ->
     if done is not None:
         if reporter.is_main:  # the same inputs again: their model becomes current again
             artifacts.make_current(run.root, done["version"])
-        reporter.info(f"{label} already published as {done['version']}")
+        reporter.info(f"{label} already published as {done['version']}: reused, not trained")
+        done["metadata"] = {**done["metadata"], "reused": True}
         reporter.materialization(done["metadata"], data_version=done["version"])
         return done
     reporter.info(
@@ -295,5 +309,6 @@ def run_finetune(spec: Spec, reporter: Reporter, run: FineTune, train: Train) ->
         _quarantine(reporter, run.data, run.work)
         metrics, staging = train()
         result = publish_run(spec, run, staging, metrics)
+    result["metadata"]["reused"] = False
     reporter.materialization(result["metadata"], data_version=result["version"])
     return result

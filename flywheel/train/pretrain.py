@@ -129,6 +129,7 @@ def _reusable(spec: Spec, work: Path, reporter: Reporter) -> dict[str, Any] | No
     if artifacts.make_current(root, record["version"]):
         reporter.info(f"made {record['version']} the current {PRODUCT} again")
     record["metadata"]["checkpoint"] = str(root / record["version"])
+    record["metadata"]["reused"] = True  # the same fingerprint, whoever launched it
     return record
 
 
@@ -297,7 +298,7 @@ def _finish(spec: Spec, inputs: Inputs, work: Path, metadata: dict[str, Any]) ->
         "metadata": {**metadata, "checkpoint": str(artifact.path), **inputs.lineage},
     }
     artifacts.mark_done(work, record)
-    return record
+    return {**record, "metadata": {**record["metadata"], "reused": False}}
 
 
 def _record_lineage(spec: Spec, record: dict[str, Any]) -> None:

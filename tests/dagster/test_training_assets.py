@@ -158,3 +158,36 @@ def test_kill_9_during_the_asset_then_rematerialize_resumes(small_spec: Path) ->
     [event] = result.get_asset_materialization_events()
     meta = event.materialization.metadata
     assert meta["resumed_from_step"].value == last and meta["steps"].value == 400
+
+
+@pytest.mark.integration
+def test_the_job_reuses_what_flywheel_train_published(small_spec: Path) -> None:
+    """Reuse holds across entry points: stages run by hand (the data stages' functions and
+    ``flywheel train STAGE``) and then ``flywheel_job`` on the unchanged corpus compute the
+    same keys, so the job reports every published version again and trains nothing."""
+    from flywheel import cli
+    from flywheel.core import products as P
+    from flywheel.data import stages
+
+    spec = load_spec(small_spec)
+    stages.run_ingest(spec, "corpus")
+    stages.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
+    stages.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
+    for stage in ("tokenizer", "pack", "pretrain", "sft", "eval"):
+        assert cli.main(["train", stage, "--spec", str(small_spec)]) == 0, stage
+    products = ["raw_corpus", "filtered_documents", "deduplicated_shards", *TRAINING]
+    published = {p: artifacts.current_version(spec.product_dir(p)) for p in products}
+    published["eval_scores"] = artifacts.current_version(spec.product_dir("eval_scores"))
+
+    defs = build_definitions(str(small_spec))
+    result = defs.resolve_job_def("flywheel_job").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral()
+    )
+    assert result.success
+    events = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
+    reported = {k: e.materialization.tags.get("dagster/data_version") for k, e in events.items()}
+    assert reported == published  # no asset published a new version
+    for name in ("raw_corpus", "pretrained_checkpoint", "sft_checkpoint", "eval_scores"):
+        assert events[name].materialization.metadata["reused"].value is True, name
+    for product in [*products, "eval_scores"]:  # and nothing was written beside them
+        assert len(list(spec.product_dir(product).glob("v-*"))) == 1, product

@@ -317,7 +317,7 @@ def test_dedup_against_earlier_cycles_and_the_training_set(tmp_path: Path) -> No
         "accepted_generations/0": read_current(accepted_root(spec, 0)).version,
     }
     assert accepted.inputs == read  # the versions it read, as the product graph names them
-    assert accepted.manifest["key"]["pools"]["training_set"] == f"1/{read['training_set']}"
+    assert accepted.manifest["build_key"]["input:training_set"] == f"1/{read['training_set']}"
 
 
 def test_self_consistency_and_label_precision(tmp_path: Path) -> None:

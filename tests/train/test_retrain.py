@@ -15,7 +15,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog, Decision
 from flywheel.core.report import Reporter
@@ -25,6 +25,7 @@ from flywheel.data.arithmetic import addition_examples
 from flywheel.loop.cycles import accepted_root, checkpoint_root, generations_root, training_set_root
 from flywheel.loop.retrain import cycle_run, load_pairs, load_prompts, retrain_inputs, run_retrain
 from flywheel.train import launch
+from flywheel.train.finetune import FineTune
 from tests.conftest import write_spec
 from tests.train.test_preference import build_champion
 
@@ -205,6 +206,36 @@ def test_fingerprint_covers_what_shapes_the_weights(
     assert fingerprint("cycles.preference=dpo") != dpo
     write_training_set(spec, 1)  # the same rows, a new version of the training set
     assert fingerprint() != base
+
+
+def test_a_cycles_build_key_names_what_changed(
+    tmp_path: Path, champion: artifacts.Artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = tmp_path / "retrainverifier.py"
+    verifier.write_text("def judge(prompt, completion, answer):\n    return True, ''\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    grpo = ["cycles.preference=grpo", "acceptance.verifier.kind=python"]
+    grpo.append("acceptance.verifier.function=retrainverifier:judge")
+    spec = _spec(tmp_path, *grpo)
+    first_set = write_training_set(spec, 1)
+    write_generations(spec, 0)
+
+    def run() -> FineTune:
+        return cycle_run(spec, 1, _handed(spec, champion))[0]
+
+    base = run()
+    assert run().build_key == base.build_key and run().work == base.work  # (a) same inputs
+    verifier.write_text("def judge(prompt, completion, answer):\n    return False, 'no'\n")
+    fixed = run()  # (b) the reward's code changed: a new run, a new work dir
+    assert fixed.fingerprint != base.fingerprint
+    assert keys.changes(base.build_key, fixed.build_key) == [
+        f"keyed_by:verifier_source changed: {base.build_key['keyed_by:verifier_source']} -> "
+        f"{fixed.build_key['keyed_by:verifier_source']}"
+    ]
+    second_set = write_training_set(spec, 1, seed=1)  # (b) a new training set version
+    changed = keys.changes(fixed.build_key, run().build_key)
+    assert f"input training_set changed: {first_set.version} -> {second_set.version}" in changed
+    assert any(c.startswith("training data changed: sha256 ") for c in changed)
 
 
 def test_clear_errors(tmp_path: Path, champion: artifacts.Artifact) -> None:

@@ -18,6 +18,7 @@ and outputs are the same on every run on the same machine.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.metadata
 import itertools
 import os
@@ -170,6 +171,16 @@ def _dist_dirs(roots: list[Path]) -> Iterator[tuple[str, Path]]:
                 name = d.name[: -len(d.suffix)].split("-")[0]
                 if name.lower() != _OWN_DISTRIBUTION:
                     yield name, d
+
+
+def environment_digest() -> str:
+    """``sha256:...`` of what this source reads, cheaply: the Python version and the
+    installed distributions (name and version, this project's own left out, as it is from
+    the corpus). The same environment gives the same digest, so its raw set is reused."""
+    roots = python_roots()
+    dists = sorted(d.name for _, d in _dist_dirs(roots))
+    blob = "\n".join([sys.version, *map(str, roots), *dists]).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
 def _package_metadata(

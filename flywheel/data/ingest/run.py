@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,15 @@ def ingest_source(
     batch_rows: int = 2000,
     shard_rows: int = 50_000,
     max_doc_bytes: int = 1_000_000,
+    meta: Mapping[str, Any] | None = None,
 ) -> IngestResult:
     """Read ``source`` and commit its documents as a new version of the shard set at ``root``.
 
     Relative input paths resolve against ``base_dir``. Memory is bounded by ``batch_rows``
     records being checked plus ``shard_rows`` documents buffered by the writer. Raises
     ``FileNotFoundError`` when no input matches (before anything is written) and
-    ``SourceReadError`` when an input file is unreadable as a whole.
+    ``SourceReadError`` when an input file is unreadable as a whole. ``meta``: more fields
+    for the manifest (the stage's build key).
     """
     limits = {"batch_rows": batch_rows, "shard_rows": shard_rows, "max_doc_bytes": max_doc_bytes}
     for arg, value in limits.items():
@@ -121,7 +124,7 @@ def ingest_source(
         finally:
             spill.close()
         metadata = _metadata(source, checker, stats, time.perf_counter() - started)
-        shardset = writer.commit(**metadata, limits=limits)
+        shardset = writer.commit(**metadata, limits=limits, **dict(meta or {}))
     result = IngestResult(
         shardset=shardset,
         documents=checker.documents,

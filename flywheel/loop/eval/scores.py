@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
-from flywheel.core import artifacts
+from flywheel.core import artifacts, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.report import Reporter
@@ -192,7 +192,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the stage's checkpoint (or cycle ``cycle``'s candidate) among the ``handed``
     inputs (``eval_inputs``) and publish the report, which records their versions as its
-    ``inputs``; returns ``{"version", "metadata"}``.
+    ``inputs``; returns ``{"version", "metadata", "reused"}``. A rerun whose ``eval_key``
+    equals the current report's reports that report again, scoring nothing.
 
     ``reporter`` receives the logs and the materialization (default: plain logging).
     """
@@ -200,16 +201,24 @@ def evaluate(
     evaluated = handed[check_eval_inputs(spec, stage, cycle, handed)]
     dataset = handed[TOKENIZED]
     stage = stage if cycle is None else "cycle"
+    root = spec.product_dir(PRODUCT) if cycle is None else eval_root(spec, cycle)
+    key = eval_key(spec, handed, stage, cycle)
+    found = keys.reusable(root, key)
+    if found is not None:  # the same checkpoint, dataset, settings and task files
+        reporter.info(f"eval {found.version} scored {evaluated.version} with this key: reused")
+        scores = json.loads((found.path / "scores.json").read_text())
+        metrics = {k: v for k, v in scores.items() if k not in ("stage", "cycle")}
+        return _reported(reporter, found, metrics, stage, cycle, reused=True)
     reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
     model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
     metrics: dict[str, Any] = perplexity_metrics(spec, model, dataset, reporter)
     if stage == "sft" and "perplexity" in metrics:
         metrics.update(parent_perplexity(spec, handed[P.PRETRAINED], dataset, reporter))
     scores = score_tasks(spec, model, tokenizer, metrics, reporter)
-    root = spec.product_dir(PRODUCT) if cycle is None else eval_root(spec, cycle)
     staging = artifacts.staging_dir(root)
     head = {"checkpoint": evaluated.version, "stage": stage, "cycle": cycle}
     write_report(staging, {**head, **metrics}, scores)
+    built = keys.key_meta(root, key)
     report = artifacts.publish(
         root,
         staging,
@@ -218,18 +227,44 @@ def evaluate(
         stage=stage,
         cycle=cycle,
         spec=spec.resolved(),
+        **built,
     )
+    if built[keys.CHANGES]:
+        reporter.info(f"eval rebuilt: {'; '.join(built[keys.CHANGES])}")
     numeric = {
         k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
     Catalog.open(spec.catalog).record_eval(evaluated.version, report.version, numeric)
+    metrics = {**metrics, "checkpoint": evaluated.version, "samples": samples_table(scores)}
+    return _reported(reporter, report, metrics, stage, cycle, reused=False)
+
+
+def eval_key(
+    spec: Spec, handed: Mapping[str, Any], stage: str, cycle: int | None
+) -> dict[str, str]:
+    """What decides an eval report (``flywheel.core.keys``): the versions read, the ``eval``
+    section (task files by content, not path) and the task files' contents."""
+    section = spec.eval.model_dump(mode="json", exclude={"tasks": {"__all__": {"path"}}})
+    files = {f"eval task {t.name}": keys.file_digest(t.path) for t in spec.eval.tasks if t.path}
+    return keys.make_key(P.versions(handed), {"eval": section}, files, stage=stage, cycle=cycle)
+
+
+def _reported(
+    reporter: Reporter,
+    report: artifacts.Artifact,
+    metrics: dict[str, Any],
+    stage: str,
+    cycle: int | None,
+    reused: bool,
+) -> dict[str, Any]:
+    """Report the materialization of ``report``; ``{"version", "metadata", "reused"}``."""
     metadata = {
         **metrics,
-        "checkpoint": evaluated.version,
         "stage": stage,
         **({"cycle": cycle} if cycle is not None else {}),
         "report": str(report.path),
-        "samples": samples_table(scores),
+        "reused": reused,
+        "build_changes": "; ".join(report.meta.get(keys.CHANGES, [])),
     }
     reporter.materialization(metadata, data_version=report.version)
-    return {"version": report.version, "metadata": metadata}
+    return {"version": report.version, "metadata": metadata, "reused": reused}

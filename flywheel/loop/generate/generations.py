@@ -15,7 +15,8 @@ table ``quarantine`` with the refused prompts, and a manifest that records the c
 its ``inputs`` too), sampling, prompt source, counts and speed.
 
 A rerun with the same checkpoint version, generation settings, cycle and prompts finds the
-current set's fingerprint equal, generates nothing and reports that set again.
+current set's build key (``generation_key``) equal, generates nothing and reports that set
+again; any other key generates a new version whose manifest says what changed.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from typing import Any
 
 import polars as pl
 
-from flywheel.core import artifacts, chat
+from flywheel.core import artifacts, chat, keys
 from flywheel.core import products as P
 from flywheel.core.records import Loaded
 from flywheel.core.report import Reporter
-from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
+from flywheel.core.shards import ShardSet, ShardWriter
 from flywheel.core.spec import Spec
 from flywheel.loop.cycles import check_cycle_inputs, cycle_dir, generations_root
 from flywheel.loop.generate.backends import open_backend
@@ -77,18 +78,23 @@ def generation_id(cycle: int, prompt_id: str, sample_index: int, checkpoint_vers
     ).hexdigest()[:16]
 
 
-def fingerprint(spec: Spec, cycle: int, checkpoint_version: str, prompts: Loaded) -> str:
-    """What decides the generations: equal fingerprints, equal shard sets (up to sampling
-    noise across hardware). The prompts' hash covers an edited prompt file or eval set."""
+def generation_key(
+    spec: Spec, cycle: int, handed: Mapping[str, Any], prompts: Loaded
+) -> dict[str, str]:
+    """What decides the generations (``flywheel.core.keys``): equal keys, equal shard sets (up
+    to sampling noise across hardware). The champion's version, ``generation`` (less how
+    requests are sent), the cycle, and the prompts' content: an edited prompt file or eval
+    set counts, a moved one does not."""
     settings = spec.generation.model_dump(mode="json", exclude=BOOKKEEPING)
+    settings["prompts"].pop("path", None)  # its content is the data:prompts part
     texts = [(e["prompt_id"], e["messages"], e["answer"]) for e in prompts.examples]
-    key = {
-        "checkpoint": checkpoint_version,
-        "cycle": cycle,
-        "settings": settings,
-        "prompts": hashlib.sha256(json.dumps(texts).encode()).hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    data = {"prompts": keys.digest_bytes(json.dumps(texts).encode())}
+    return keys.make_key(P.versions(handed), {"generation": settings}, data, cycle=cycle)
+
+
+def fingerprint(key: Mapping[str, str]) -> str:
+    """The key as one short hash, shown in the metadata."""
+    return keys.fingerprint(key)
 
 
 def generation_rows(
@@ -155,6 +161,7 @@ def _metadata(shards: ShardSet, reused: bool) -> dict[str, Any]:
         **{k: v for k, v in m["counts"].items() if k.startswith("quarantined/")},
         "fingerprint": m["fingerprint"],
         "reused": reused,
+        "build_changes": "; ".join(m.get(keys.CHANGES, [])),
         "path": str(shards.path),
         "samples": samples_table(shards.scan().head(SAMPLE_ROWS).collect()),
     }
@@ -210,12 +217,16 @@ def generate_cycle(
         if key.startswith("quarantined/"):
             reporter.warning(f"{n} prompt(s) quarantined as {key.split('/', 1)[1]}")
     root = generations_root(spec, cycle)
-    fp = fingerprint(spec, cycle, ckpt.version, prompts)
-    reused = has_current(root) and read_current(root).manifest.get("fingerprint") == fp
-    if reused:
-        shards = read_current(root)
-        reporter.info(f"generations {shards.version} have fingerprint {fp}: reused, none made")
+    key = generation_key(spec, cycle, handed, prompts)
+    fp, found = fingerprint(key), keys.reusable(root, key)
+    reused = found is not None
+    if found is not None:
+        shards = ShardSet(found)
+        reporter.info(f"generations {shards.version} have this build key: reused, none made")
     else:
+        built = keys.key_meta(root, key)
+        if built[keys.CHANGES]:
+            reporter.info(f"generating again: {'; '.join(built[keys.CHANGES])}")
         reporter.info(
             f"cycle {cycle}: {len(prompts.examples)} prompts x "
             f"{spec.generation.samples_per_prompt} samples from {ckpt.version} "
@@ -235,6 +246,7 @@ def generate_cycle(
                 prompt_source=spec.generation.prompts.model_dump(mode="json"),
                 prompt_source_name=prompts.source,
                 fingerprint=fp,
+                **built,
                 counts={"prompts": len(prompts.examples), **prompts.counts},
                 spec_fingerprint=spec.fingerprint(),
                 spec=spec.resolved(),
