@@ -21,7 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flywheel.core.spec import SpecError, add_spec_arguments, explain, load_spec, spec_path
+from flywheel.core.spec import (
+    SpecError,
+    add_spec_arguments,
+    env_overrides,
+    explain,
+    load_spec,
+    spec_path,
+)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -76,10 +83,16 @@ def _ui(args: argparse.Namespace) -> int:
     return ui(spec_file, args.overrides, host=args.host, port=args.port)
 
 
+def _read_spec(args: argparse.Namespace) -> Any:
+    """The spec the read-only verbs look at: with ``$FLYWHEEL_SET``'s overrides, so that
+    ``flywheel run --set data_dir=...`` prints the summary and report of what it ran."""
+    return load_spec(args.spec, env_overrides())
+
+
 def _summary(args: argparse.Namespace) -> int:
     from flywheel.data.stages import summary
 
-    rows = summary(load_spec(args.spec))
+    rows = summary(_read_spec(args))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
     else:
@@ -95,7 +108,7 @@ def _facts(
     """Look something up in the catalog and print it (``--json`` or lines); unknown: exit 2."""
     from flywheel.core.catalog import Catalog
 
-    spec = load_spec(args.spec)
+    spec = _read_spec(args)
     try:
         facts = lookup(Catalog.open(spec.catalog))
     except KeyError as exc:
@@ -108,14 +121,14 @@ def _facts(
 def _lineage(args: argparse.Namespace) -> int:
     from flywheel.loop.report import lineage, lineage_lines
 
-    spec = load_spec(args.spec)
+    spec = _read_spec(args)
     return _facts(args, lambda catalog: lineage(spec, args.key), lineage_lines)
 
 
 def _report(args: argparse.Namespace) -> int:
     from flywheel.loop import report
 
-    spec = load_spec(args.spec)
+    spec = _read_spec(args)
     if args.json:
         print(json.dumps(report.report_json(spec, args.history), indent=2, default=str))
         return 0

@@ -179,10 +179,11 @@ def _stalled(spec) -> str | None:  # noqa: ANN001
     rows, needed = new_accepted_rows(spec, cycle), spec.cycles.threshold_rows
     if rows >= needed:
         return None
-    return (
+    from flywheel.loop.status import stuck_reason
+
+    return stuck_reason(spec) or (
         f"cycle {cycle - 1} left {rows} new accepted generation(s), fewer than "
-        f"cycles.threshold_rows={needed}, so the sensor starts no cycle {cycle} "
-        "(flywheel report says what was rejected and why)"
+        f"cycles.threshold_rows={needed}, so the sensor starts no cycle {cycle}"
     )
 
 

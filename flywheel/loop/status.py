@@ -102,7 +102,7 @@ def stuck_reason(spec: Spec) -> str | None:
     if state.stopped:
         said.append(f"the loop {state.reason}")
     elif state.last_cycle is None and not failed and not has_current(spec.product_dir(P.SFT)):
-        said.append("no seed model yet: materialize flywheel_job first (python -m jobs.demo)")
+        said.append("no seed model yet: materialize flywheel_job first (flywheel run)")
     return "; ".join(said) or None
 
 

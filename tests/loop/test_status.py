@@ -120,7 +120,7 @@ def test_an_unresolved_failure_names_its_step_and_error(spec) -> None:
 
 def test_no_seed_model_and_a_stopped_loop(spec) -> None:
     assert status.stuck_reason(spec) == (
-        "no seed model yet: materialize flywheel_job first (python -m jobs.demo)"
+        "no seed model yet: materialize flywheel_job first (flywheel run)"
     )
     _publish_model(spec.product_dir(P.SFT), "seed")
     assert status.stuck_reason(spec) is None  # cycle 0 can start
