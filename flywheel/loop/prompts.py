@@ -12,7 +12,8 @@ its last user turn, ``answer`` None when the source has no reference answer. ``p
 the record's ``id`` when it has one, else ``chat.conversation_id`` of the whole conversation,
 so the same prompt has the same id in every cycle and every run.
 
-A prompt that must not be generated from is quarantined with a reason, never silently
+A built-in generator draws again instead of repeating a problem or asking an eval one. A
+file's prompt that must not be generated from is quarantined with a reason, never silently
 dropped: ``eval_prompt`` when its last user turn is one of the evaluation prompts (so eval
 problems never leak into training data through accepted generations, whatever the system
 prompt), ``duplicate_prompt`` when an earlier prompt of the cycle has the same conversation
@@ -65,7 +66,8 @@ def load_prompts(
     ``exclude`` (quarantined); ``system_prompt`` (``generation.system_prompt``) comes first in
     every conversation that has no system turn.
 
-    Built-in kinds draw ``num_prompts`` problems with seed ``source.seed + cycle``; a jsonl
+    Built-in kinds draw ``num_prompts`` distinct problems with seed ``source.seed + cycle``,
+    none an eval problem (``_drawn``); a jsonl
     file is read whole (its bad records quarantined) and, when it holds more usable prompts
     than ``num_prompts``, a seeded sample of them is kept in file order. An empty result is an
     error that says why.
@@ -81,22 +83,50 @@ def load_prompts(
             )
             loaded.examples = [loaded.examples[i] for i in keep]
     else:
-        if source.kind == "addition":
-            low, high = source.digits(cycle)
-            raw = addition_examples(source.num_prompts, low, high, source.width, seed)
-            about = f"addition(digits={low}-{high}, width={source.width})"
-        else:
-            raw = arithmetic_examples(source.num_prompts, source.max_operand, seed)
-            about = f"arithmetic(max_operand={source.max_operand})"
+        excluded = set(map(normalize, exclude))
+        raw, about = _drawn(source, cycle, seed, excluded)
         records = [
             (i, {"prompt": r["prompt"], "answer": r["answer"]}) for i, r in enumerate(raw, 1)
         ]
-        excluded = set(map(normalize, exclude))
         loaded = _checked(records, [], f"{about}, seed {seed}", excluded, system_prompt)
     if not loaded.examples:
         reasons = ", ".join(f"{k}={v}" for k, v in loaded.counts.items() if "/" in k)
         raise ValueError(f"prompts {loaded.source}: no usable prompt for cycle {cycle} ({reasons})")
     return loaded
+
+
+DRAWS = (1, 2, 8, 32)  # how many times num_prompts a built-in generator may be asked for
+
+
+def _drawn(
+    source: PromptSource, cycle: int, seed: int, exclude: set[str]
+) -> tuple[list[dict[str, str]], str]:
+    """``num_prompts`` distinct built-in problems, none of them an eval problem: a repeat or
+    an eval problem is drawn again, not skipped (a generator, unlike a file, has more). The
+    generators are prefix-stable (the same seed and a larger n extend the same sequence), so
+    a draw without repeats is exactly the first ``num_prompts`` problems. A space smaller
+    than ``num_prompts`` gives every distinct problem it has."""
+    if source.kind == "addition":
+        low, high = source.digits(cycle)
+        about = f"addition(digits={low}-{high}, width={source.width})"
+    else:
+        about = f"arithmetic(max_operand={source.max_operand})"
+    want, picked = source.num_prompts, []
+    for factor in DRAWS:
+        if source.kind == "addition":
+            raw = addition_examples(want * factor, low, high, source.width, seed)
+        else:
+            raw = arithmetic_examples(want * factor, source.max_operand, seed)
+        seen: set[str] = set()
+        picked = []
+        for example in raw:
+            key = normalize(example["prompt"])
+            if key not in exclude and key not in seen:
+                seen.add(key)
+                picked.append(example)
+                if len(picked) == want:
+                    return picked, about
+    return picked, about
 
 
 def _jsonl_prompts(source: PromptSource, exclude: set[str], system_prompt: str | None) -> Loaded:

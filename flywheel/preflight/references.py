@@ -148,8 +148,14 @@ def _eval_prompt_overlap(spec: Spec) -> list[Problem]:
     except ValueError as exc:
         return [error(key, str(exc))]
     reasons = {k.split("/", 1)[1]: n for k, n in loaded.counts.items() if "/" in k}
-    if not reasons:
-        return []
-    n = sum(reasons.values())
-    why = f"{n} of cycle 0's {source.num_prompts} prompts would be skipped ({counted(reasons)})"
-    return [warning(key, why)]
+    if reasons:
+        n = sum(reasons.values())
+        why = f"{n} of cycle 0's {source.num_prompts} prompts would be skipped ({counted(reasons)})"
+        return [warning(key, why)]
+    if len(loaded.examples) < source.num_prompts:  # a small built-in space, eval excluded
+        why = (
+            f"{source.kind} has only {len(loaded.examples)} distinct problems that are not "
+            f"eval problems, fewer than num_prompts={source.num_prompts}: every cycle asks them"
+        )
+        return [warning(key, why)]
+    return []

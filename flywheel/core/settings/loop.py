@@ -29,8 +29,10 @@ class _Model(BaseModel):
 class PromptSource(_Model):
     """Where a cycle's prompts come from: a built-in task generator or a file."""
 
+    # The default is the default SFT data's and eval task's kind: a spec that sets none of
+    # them asks the seed model what it was tuned on, and the loop can accept answers.
     kind: Literal["addition", "arithmetic", "jsonl"] = Field(
-        "addition",
+        "arithmetic",
         description="addition: padded reversed sums (flywheel.data.arithmetic); arithmetic: "
         "'What is a + b?'; jsonl: records with messages or prompt, and optionally answer "
         "and id (flywheel.core.chat).",
@@ -45,7 +47,11 @@ class PromptSource(_Model):
         description="Per-cycle [min_digits, max_digits] (kind addition): cycle c uses entry c, "
         "the last one after that; empty: min_digits-max_digits every cycle.",
     )
-    max_operand: int = Field(20, gt=0, description="Largest operand (kind arithmetic).")
+    # Past the default seed SFT and eval (20): the seed answers some, and the loop's accepted
+    # answers teach the rest; 3,876 distinct problems, so 1,000 a cycle need no repeats.
+    max_operand: int = Field(
+        50, gt=0, description="Largest operand (kind arithmetic; the default SFT's is 20)."
+    )
     seed: int = Field(
         7, description="Base seed; cycle c draws with seed + c, so cycles see new prompts."
     )

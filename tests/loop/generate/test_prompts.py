@@ -28,19 +28,21 @@ def test_builtin_prompts_are_seeded_by_cycle() -> None:
     assert int(ex["answer"][::-1]) == a + b  # the addition generator's reversed answers
 
 
-def test_duplicate_and_eval_prompts_are_quarantined() -> None:
-    # 0..3 + 0..3: 16 distinct problems, so 60 draws must repeat some.
-    source = PromptSource(kind="arithmetic", num_prompts=60, max_operand=3, seed=1)
-    first = load_prompts(source, 0)
-    prompts = [e["prompt"] for e in first.examples]
-    assert len(prompts) == len(set(prompts)) <= 32
-    assert first.counts["quarantined/duplicate_prompt"] == 60 - len(prompts)
-    leaked = {f"  {prompts[0]}  ", prompts[1]}  # compared stripped
-    second = load_prompts(source, 0, exclude=leaked)
-    assert prompts[0] not in [e["prompt"] for e in second.examples]
-    assert second.counts["quarantined/eval_prompt"] >= 2
-    refused = [q for q in second.quarantine if q["reason"] == "eval_prompt"]
-    assert {q["line"] for q in refused} and all(q["source"] for q in refused)
+def test_builtin_prompts_are_distinct_and_never_eval_problems() -> None:
+    """A generator draws again instead of repeating a problem or asking an eval one: the
+    cycle gets num_prompts distinct problems, or every one a small space has."""
+    wide = PromptSource(kind="arithmetic", num_prompts=300, max_operand=30, seed=1)
+    drawn = [e["prompt"] for e in load_prompts(wide, 0).examples]
+    assert len(drawn) == len(set(drawn)) == 300
+    leaked = {f"  {drawn[0]}  ", drawn[1]}  # compared stripped
+    again = [e["prompt"] for e in load_prompts(wide, 0, exclude=leaked).examples]
+    assert len(again) == 300 and not {drawn[0], drawn[1]} & set(again)
+    assert again[:10] == drawn[2:12]  # the same draw, less the two eval problems
+    # 0..3 with 0..3: 16 sums and 10 differences (larger operand first), fewer than asked.
+    small = PromptSource(kind="arithmetic", num_prompts=60, max_operand=3, seed=1)
+    every = load_prompts(small, 0)
+    assert len({e["prompt"] for e in every.examples}) == len(every.examples) == 26
+    assert every.quarantine == []
 
 
 def _jsonl(path: Path, lines: list[object]) -> Path:
@@ -129,7 +131,9 @@ def test_eval_prompts_cover_every_task(tmp_path: Path) -> None:
 
 
 def test_a_curriculum_sets_each_cycles_digits() -> None:
-    source = PromptSource(num_prompts=50, width=5, curriculum=[[4, 4], [4, 5], [5, 5]])
+    source = PromptSource(
+        kind="addition", num_prompts=50, width=5, curriculum=[[4, 4], [4, 5], [5, 5]]
+    )
     digits = {}
     for cycle in range(5):
         prompts = load_prompts(source, cycle).examples
