@@ -19,6 +19,7 @@ Writes, into ``DIR`` (created if missing; existing files are never overwritten u
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from flywheel.project.runner import INSTANCE, WORKSPACE, template
 
 SPEC = "flywheel.yaml"
 # The example task: seed SFT on sums and differences of operands up to 20; held-out eval and
-# the cycles' prompts reach 25, so the seed model starts below perfect and has room to improve.
+# the cycles' prompts have an operand from 21 to 30, which no seed example has: the seed model
+# gets some right, and the answers the verifier accepts teach it the rest.
 SEED_EXAMPLES, SEED_MAX = 2000, 20
-EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 3000, 25
+EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 6000, 30
 SYSTEM = "Answer with the number only."
 
 
@@ -41,13 +43,9 @@ def example_data() -> dict[str, list[dict[str, Any]]]:
     """The example task's three files, as records: seed conversations, held-out problems,
     and prompts that are none of the held-out problems (those are never trained on)."""
     seed = _distinct(arithmetic_examples(SEED_EXAMPLES, SEED_MAX, seed=0))
-    held_out = _distinct(arithmetic_examples(EVAL_EXAMPLES, HARDER_MAX, seed=1))
-    kept = {e["prompt"] for e in held_out}  # the leak guard compares the question
-    prompts = [
-        e
-        for e in _distinct(arithmetic_examples(PROMPT_POOL, HARDER_MAX, seed=2))
-        if e["prompt"] not in kept
-    ]
+    harder = _distinct(arithmetic_examples(PROMPT_POOL, HARDER_MAX, seed=1))
+    harder = [e for e in harder if max(map(int, re.findall(r"\d+", e["prompt"]))) > SEED_MAX]
+    held_out, prompts = harder[:EVAL_EXAMPLES], harder[EVAL_EXAMPLES:]
     return {
         "data/sft.jsonl": [{"messages": [*_asked(e), _said(e["answer"])]} for e in seed],
         "data/eval.jsonl": [{"messages": _asked(e), "answer": e["answer"]} for e in held_out],
