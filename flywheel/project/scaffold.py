@@ -28,10 +28,10 @@ from flywheel.project.runner import INSTANCE, WORKSPACE, template
 
 SPEC = "flywheel.yaml"
 # The example task: seed SFT on sums and differences of operands up to 20; held-out eval and
-# the cycles' prompts have an operand from 21 to 30, which no seed example has: the seed model
+# the cycles' prompts have an operand from 21 to 40, which no seed example has: the seed model
 # gets some right, and the answers the verifier accepts teach it the rest.
 SEED_EXAMPLES, SEED_MAX = 2000, 20
-EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 6000, 30
+EVAL_EXAMPLES, PROMPT_POOL, HARDER_MAX = 200, 12000, 40
 SYSTEM = "Answer with the number only."
 
 
