@@ -64,6 +64,9 @@ def _env(tmp_path: Path, spec: Path) -> dict[str, str]:
         "DAGSTER_HOME": str(home),
         "FLYWHEEL_SPEC": str(spec),
         "PATH": f"{BIN}:{os.environ['PATH']}",
+        # The spec names tests.conftest:accept_nonempty; flywheel run puts only the spec's
+        # directory on the import path, not the directory it was started from.
+        "PYTHONPATH": str(ROOT),
     }
 
 
