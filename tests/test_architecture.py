@@ -49,7 +49,7 @@ def test_importing_every_module_loads_no_dagster() -> None:
 
 # --- layering: core < data < train < loop < cli -------------------------------------------
 
-PLANES = {"core": 0, "data": 1, "train": 2, "loop": 3}
+PLANES = {"core": 0, "data": 1, "train": 2, "loop": 3, "envs": 3}  # envs: beside the loop
 TOP = 4  # flywheel.cli: the command line may use every plane
 
 

@@ -22,9 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import to_jsonable_python
 
+from flywheel.core.settings.agents import EnvironmentSpec
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.filters import FilterSettings
 from flywheel.core.settings.loop import AcceptanceSettings, CycleSettings, GenerationSettings
@@ -129,6 +138,11 @@ class Spec(_Model):
         description="Python modules imported (the spec's directory first on sys.path) before "
         "any verifier is used, e.g. ones that call register_verifier to add verifier kinds.",
     )
+    environments: list[EnvironmentSpec] = Field(
+        default_factory=list,
+        description="Agent environments (tools + reward) by import path, for offline "
+        "collection and online RL (TRL GRPOTrainer environment_factory).",
+    )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("plugins")
@@ -139,16 +153,17 @@ class Spec(_Model):
             raise ValueError(f"plugins are dotted module names (my_checks, pkg.mod); got {bad}")
         return plugins
 
-    @field_validator("sources")
+    @field_validator("environments", "sources")
     @classmethod
-    def _unique_source_names(cls, sources: list[Any]) -> list[Any]:
-        names = [s.name for s in sources]
+    def _unique_names(cls, items: list[Any], info: ValidationInfo) -> list[Any]:
+        names = [item.name for item in items]
         dupes = sorted({n for n in names if names.count(n) > 1})
+        what = info.field_name.removesuffix("s")  # source, environment
         if dupes:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
-        if not sources:
+            raise ValueError(f"{what} names must be unique; repeated: {', '.join(dupes)}")
+        if info.field_name == "sources" and not items:
             raise ValueError("at least one source is required")
-        return sources
+        return items
 
     # -- derived locations: one place decides where each data product lives ---------------
     def product_dir(self, product: str) -> Path:

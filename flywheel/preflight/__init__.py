@@ -11,6 +11,8 @@ run in seconds instead of failing the stage that first uses it, an hour in:
 - ``references`` (with ``verifiers``): the spec's plugins, every verifier (acceptance's and
   each eval task's: kind, imported function, pattern), the gate metric, eval task names, the
   preference method against its settings and the verifier;
+- ``environments``: each ``environments`` class imports from the spec's directory, its
+  settings pass its ``Settings`` model, and every tool has the JSON schema TRL renders;
 - ``samples``: the head of every data file (sources and their globs, SFT files, eval task
   files, prompt files), parsed by the same reader as its stage.
 
@@ -22,6 +24,7 @@ May import: every plane (core, data, train, loop); only the CLI and the Dagster 
 from __future__ import annotations
 
 from flywheel.core.spec import Spec
+from flywheel.preflight.environments import check_environments
 from flywheel.preflight.paths import check_paths
 from flywheel.preflight.problems import Problem
 from flywheel.preflight.references import check_references
@@ -32,8 +35,9 @@ __all__ = ["Problem", "errors", "preflight"]
 
 def preflight(spec: Spec) -> list[Problem]:
     """Every problem in ``spec`` that would stop or silently spoil a run: errors, then
-    warnings, each group in the order paths, references, samples."""
-    problems = [*check_paths(spec), *check_references(spec), *check_samples(spec)]
+    warnings, each group in the order paths, references, environments, samples."""
+    problems = [*check_paths(spec), *check_references(spec), *check_environments(spec)]
+    problems += check_samples(spec)
     return sorted(problems, key=lambda p: p.level != "error")  # stable: keeps check order
 
 

@@ -77,6 +77,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "acceptance": ("flywheel/loop/accept.py", "flywheel/loop/accept_gates.py"),
     "acceptance.verifier": ("flywheel/loop/verifiers.py",),
     "plugins": ("flywheel/loop/plugins.py",),
+    "environments": ("flywheel/envs/load.py",),
     "cycles": ("sensors/cycles.py", "flywheel/loop/cycles.py", "flywheel/loop/promotion.py"),
     "cycles.preference": ("flywheel/loop/retrain.py",),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
@@ -168,7 +169,8 @@ def test_preference_fields_reach_the_effective_settings(name: str) -> None:
     assert getattr(PreferenceTrain(**{name: value}).over(train), name) == value != default
 
 
-MINIMAL = {"name": "x", "path": "p"}  # values for the required fields of list items
+# values for the required fields of list items
+MINIMAL = {"name": "x", "path": "p", "class_path": "m:C"}
 
 
 def _walk(value: typing.Any, parts: list[str]) -> typing.Any:

@@ -1,0 +1,140 @@
+"""NumberGuess: find a secret integer in [1, N] from "higher" / "lower" / "correct" replies.
+
+    python -m pytest -q tests/envs/test_guess.py
+
+Spec entry: ``{name: guess, class_path: "flywheel.envs.guess:NumberGuess", settings: {...}}``.
+
+Difficulty is N (``min_n`` easy to ``max_n`` hard). The budget is K = ceil(log2 N) + 1 guesses:
+bisection needs at most floor(log2 N) + 1 = ceil(log2(N + 1)) <= K, so an optimal policy always
+wins, while a policy that does not use the replies (always 1, out of range, repeats) wins only
+when its guess happens to be the secret. Reward is 1.0 only for a correct guess within the
+budget; an out-of-range, repeated or malformed guess spends a turn, so it cannot buy time.
+
+``held_out_episodes`` is a fixed set (from ``seed``); ``train_episodes`` never draws one of its
+(n, secret) pairs. Episodes are TRL dataset rows: ``{"prompt": [...], "n": N, "secret": s}``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flywheel.envs.protocol import ToolEnvironment, tool
+
+PROMPT = "Find the secret number. Call the guess tool; each reply says higher, lower or correct."
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_n: int = Field(4, ge=2, description="Smallest range (easiest episodes).")
+    max_n: int = Field(1024, ge=2, description="Largest range (hardest episodes).")
+    held_out: int = Field(32, ge=0, description="Episodes in the fixed held-out set.")
+    seed: int = Field(0, description="Seed of the held-out set.")
+
+    @model_validator(mode="after")
+    def _range(self) -> Settings:
+        if self.min_n > self.max_n:
+            raise ValueError(f"min_n ({self.min_n}) must be <= max_n ({self.max_n})")
+        pairs = sum(range(self.min_n, self.max_n + 1))  # (n, secret) pairs there are
+        if self.held_out * 2 > pairs:
+            raise ValueError(f"held_out={self.held_out} leaves too few of {pairs} episodes")
+        return self
+
+
+def budget(n: int) -> int:
+    """Guesses allowed for range [1, n]: ceil(log2 n) + 1."""
+    return math.ceil(math.log2(n)) + 1
+
+
+def episode(n: int, secret: int) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": PROMPT}], "n": n, "secret": secret}
+
+
+def _draw(rng: random.Random, low: int, high: int) -> tuple[int, int]:
+    # N log-uniform: as many episodes at N ~ 8 as at N ~ 512, so every difficulty is seen
+    n = round(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return n, rng.randint(1, n)
+
+
+def held_out_episodes(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The fixed evaluation set: ``held_out`` distinct (n, secret) pairs from ``seed``."""
+    s = settings or Settings()
+    rng, pairs = random.Random(f"held-out:{s.seed}"), {}
+    while len(pairs) < s.held_out:
+        pairs.setdefault(_draw(rng, s.min_n, s.max_n), None)
+    return [episode(n, secret) for n, secret in pairs]
+
+
+def train_episodes(
+    count: int, settings: Settings | None = None, seed: int = 0, max_n: int | None = None
+) -> list[dict[str, Any]]:
+    """``count`` training episodes, none of them held out; ``max_n`` caps the difficulty (a
+    curriculum raises it)."""
+    s = settings or Settings()
+    high = min(max_n or s.max_n, s.max_n)
+    if high < s.min_n:
+        raise ValueError(f"max_n={max_n} is below the settings' min_n={s.min_n}")
+    held = {(e["n"], e["secret"]) for e in held_out_episodes(s)}
+    free = sum(range(s.min_n, high + 1)) - sum(n <= high for n, _ in held)
+    if free <= 0:
+        raise ValueError(f"every episode with n <= {high} is held out")
+    rng, out = random.Random(f"train:{seed}"), []
+    while len(out) < count:
+        pair = _draw(rng, s.min_n, high)
+        if pair not in held:
+            out.append(episode(*pair))
+    return out
+
+
+class NumberGuess(ToolEnvironment):
+    """Guess the secret integer in [1, n] within ceil(log2 n) + 1 guesses."""
+
+    Settings = Settings
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.n, self.secret, self.solved = 0, 0, False
+        self._seen: set[int] = set()
+
+    def reset(self, n: int, secret: int, **_row: Any) -> str:
+        """Start an episode; TRL also passes the row's other fields (``prompt``), ignored."""
+        n, secret = int(n), int(secret)
+        if not 1 <= secret <= n:
+            raise ValueError(f"secret {secret} is not in [1, {n}]")
+        self.n, self.secret, self.solved, self._seen = n, secret, False, set()
+        self._start(budget(n))
+        return f"\nThe secret is an integer from 1 to {n}. You have {self.max_turns} guesses."
+
+    @tool
+    def guess(self, number: int) -> str:
+        """Guess the secret number.
+
+        Args:
+            number: An integer between 1 and n, the top of the range.
+
+        Returns:
+            "higher" if the secret is larger, "lower" if smaller, "correct" if found.
+        """
+        if isinstance(number, bool) or not isinstance(number, int | str):
+            return f"error: {number!r} is not an integer (turn spent)"
+        try:
+            value = int(number)
+        except ValueError:
+            return f"error: {number!r} is not an integer (turn spent)"
+        left = f"{self.max_turns - self.turns} guesses left"
+        if not 1 <= value <= self.n:
+            return f"error: {value} is outside 1..{self.n} (turn spent); {left}"
+        if value in self._seen:
+            return f"error: {value} was already guessed (turn spent); {left}"
+        self._seen.add(value)
+        if value == self.secret:
+            self.solved = self.done = True
+            return "correct"
+        return f"{'higher' if self.secret > value else 'lower'}; {left}"
+
+    def get_reward(self) -> float:
+        return 1.0 if self.solved else 0.0
