@@ -13,15 +13,8 @@ from flywheel.envs.guess import NumberGuess, Settings, episode, train_episodes
 from flywheel.loop.agents.collect import CollectSettings, collect
 from flywheel.loop.agents.hf_policy import TransformersPolicy
 from flywheel.loop.agents.trajectories import SCHEMA
+from tests.loop.eval.conftest import TINY_LLAMA
 
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 2,
-}
 EASY = Settings(min_n=4, max_n=128, held_out=2)
 
 
