@@ -10,7 +10,8 @@ graph's shape comes from the spec (``flywheel.yaml`` in the working directory, o
 ``$FLYWHEEL_SPEC`` names, with ``$FLYWHEEL_SET``'s overrides): one raw asset per source, then
 the curation stages, then the training plane (tokenizer, packed dataset, pre-training, SFT,
 evaluation), then the flywheel's cycles (training set, retraining, eval, promotion,
-generation, acceptance; one dynamic partition per cycle), its sensors and its schedule. A spec
+generation, acceptance; with an ``agent`` section, trajectories and accepted
+trajectories; one dynamic partition per cycle), its sensors and its schedule. A spec
 error fails the load with the spec's own message, which the UI shows as the code location's
 error.
 """
@@ -21,6 +22,7 @@ import dagster as dg
 
 from assets import (
     FlywheelResource,
+    build_agent_assets,
     build_cycle_assets,
     build_document_assets,
     build_document_checks,
@@ -43,6 +45,7 @@ def build_definitions(
             *build_document_assets(spec),
             *build_training_assets(spec),
             *build_cycle_assets(spec),
+            *build_agent_assets(spec),
         ],
         asset_checks=build_document_checks(spec),
         jobs=JOBS,

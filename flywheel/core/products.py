@@ -48,10 +48,19 @@ CYCLE_EVAL = "cycle_eval_scores"
 PROMOTED = "promoted_model"
 GENERATIONS = "synthetic_generations"
 ACCEPTED = "accepted_generations"
+# Only when the spec has an ``agent`` section: the champion's episodes in an environment.
+TRAJECTORIES = "trajectories"
+ACCEPTED_TRAJECTORIES = "accepted_trajectories"  # aux table: rejected, with reasons
+AGENT_PRODUCTS = (TRAJECTORIES, ACCEPTED_TRAJECTORIES)
 
 RAW = "raw_<source>"  # in READS: every source's raw product
-CYCLE_PRODUCTS = (TRAINING_SET, CYCLE_CHECKPOINT, CYCLE_EVAL, PROMOTED, GENERATIONS, ACCEPTED)
-SHARD_SETS = {FILTERED, DROPPED, DEDUPLICATED, TOKENIZED, TRAINING_SET, GENERATIONS, ACCEPTED}
+CYCLE_PRODUCTS = (
+    TRAINING_SET, CYCLE_CHECKPOINT, CYCLE_EVAL, PROMOTED, GENERATIONS, ACCEPTED, *AGENT_PRODUCTS
+)  # fmt: skip
+SHARD_SETS = {
+    FILTERED, DROPPED, DEDUPLICATED, TOKENIZED, TRAINING_SET, GENERATIONS, ACCEPTED,
+    *AGENT_PRODUCTS,
+}  # fmt: skip
 
 # -- the graph ---------------------------------------------------------------------------
 # What each product's stage reads of products that are not per cycle, or of its own cycle:
@@ -71,6 +80,8 @@ READS: dict[str, tuple[str, ...]] = {
     PROMOTED: (CYCLE_EVAL, CYCLE_CHECKPOINT),
     GENERATIONS: (PROMOTED,),
     ACCEPTED: (GENERATIONS, TRAINING_SET),  # never accept what the cycle already trains on
+    TRAJECTORIES: (PROMOTED,),  # the champion plays; the environment is the spec's
+    ACCEPTED_TRAJECTORIES: (TRAJECTORIES,),  # held-out episodes: the environment's own
 }
 # Edges that order, not feed: cycle 0's training set is the seed data, ``sft.data``, taken
 # once the seed model fine-tuned on it exists; no version of that model is read. Dagster
@@ -104,8 +115,10 @@ def is_raw(product: str) -> bool:
 
 
 def products(spec: Spec) -> list[str]:
-    """Every product that is an asset, in graph order (the raw ones first)."""
-    return [*(raw(s.name) for s in spec.sources), *READS]
+    """Every product that is an asset, in graph order (the raw ones first); the agent's only
+    when the spec has an ``agent`` section."""
+    made = [p for p in READS if spec.agent is not None or p not in AGENT_PRODUCTS]
+    return [*(raw(s.name) for s in spec.sources), *made]
 
 
 def inputs(product: str, spec: Spec) -> list[str]:

@@ -30,10 +30,11 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import to_jsonable_python
 
-from flywheel.core.settings.agents import EnvironmentSpec
+from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.filters import FilterSettings
 from flywheel.core.settings.loop import AcceptanceSettings, CycleSettings, GenerationSettings
@@ -143,6 +144,11 @@ class Spec(_Model):
         description="Agent environments (tools + reward) by import path, for offline "
         "collection and online RL (TRL GRPOTrainer environment_factory).",
     )
+    agent: AgentSettings | None = Field(
+        None,
+        description="Agent trajectories as cycle products: the champion plays an environment "
+        "each cycle (null: no agent products).",
+    )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("plugins")
@@ -164,6 +170,17 @@ class Spec(_Model):
         if info.field_name == "sources" and not items:
             raise ValueError("at least one source is required")
         return items
+
+    @model_validator(mode="after")
+    def _agent_environment(self) -> Spec:
+        names = [e.name for e in self.environments]
+        if self.agent is not None and self.agent.environment not in names:
+            known = ", ".join(names) or "none"
+            raise ValueError(
+                f"agent.environment: {self.agent.environment!r} names no entry of "
+                f"environments (defined: {known})"
+            )
+        return self
 
     # -- derived locations: one place decides where each data product lives ---------------
     def product_dir(self, product: str) -> Path:

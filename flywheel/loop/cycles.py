@@ -14,6 +14,8 @@ products live under ``<data_dir>/cycles/<c>/``:
     eval/           published eval report (eval.json)
     generations/    shard set: every sampled completion and how it was made
     accepted/       shard set: accepted generations; aux tables rejected, preference_pairs
+    trajectories/   shard set (only with an ``agent`` section): the champion's episodes
+    accepted_trajectories/  shard set: accepted trajectories; aux table rejected
 
 The loop's record is in the catalog alone (``flywheel.core.loop_record``): the promotion
 decisions (the champion is the newest promoted candidate, ``flywheel.loop.promotion``) and
@@ -70,6 +72,14 @@ def accepted_root(spec: Spec, cycle: int) -> Path:
     return cycle_dir(spec, cycle) / "accepted"
 
 
+def trajectories_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "trajectories"
+
+
+def accepted_trajectories_root(spec: Spec, cycle: int) -> Path:
+    return cycle_dir(spec, cycle) / "accepted_trajectories"
+
+
 def promoted_dir(spec: Spec) -> Path:
     """Holds only the lock that serializes promotion decisions (they are in the catalog)."""
     return spec.data_dir / PROMOTED
@@ -85,6 +95,8 @@ def product_root(spec: Spec, name: str, cycle: int) -> Path:
         P.CYCLE_EVAL: eval_root,
         P.GENERATIONS: generations_root,
         P.ACCEPTED: accepted_root,
+        P.TRAJECTORIES: trajectories_root,
+        P.ACCEPTED_TRAJECTORIES: accepted_trajectories_root,
     }
     if name == P.CYCLE_CHECKPOINT and cycle == 0:
         return spec.product_dir(SFT)
@@ -105,7 +117,7 @@ def cycle_reads(spec: Spec, product: str, cycle: int) -> tuple[list[str], list[s
         return [P.of_cycle(P.TRAINING_SET, k) for k in parents], optional
     if product == P.ACCEPTED:
         return P.inputs(product, spec), [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
-    if product in (P.CYCLE_EVAL, P.GENERATIONS):  # generations: the champion after cycle c
+    if product in (P.CYCLE_EVAL, P.GENERATIONS, *P.AGENT_PRODUCTS):  # the champion after c
         return P.inputs(product, spec), []
     if product == P.PROMOTED:  # the eval, the candidate, and the champion it must beat
         before = [P.of_cycle(P.PROMOTED, cycle - 1)] if cycle > 0 else []

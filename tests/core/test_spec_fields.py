@@ -78,6 +78,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "acceptance.verifier": ("flywheel/loop/verifiers.py",),
     "plugins": ("flywheel/loop/plugins.py",),
     "environments": ("flywheel/envs/load.py",),
+    "agent": ("flywheel/loop/agents/cycle.py",),
     "cycles": ("sensors/cycles.py", "flywheel/loop/cycles.py", "flywheel/loop/promotion.py"),
     "cycles.preference": ("flywheel/loop/retrain.py",),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
@@ -170,7 +171,7 @@ def test_preference_fields_reach_the_effective_settings(name: str) -> None:
 
 
 # values for the required fields of list items
-MINIMAL = {"name": "x", "path": "p", "class_path": "m:C"}
+MINIMAL = {"name": "x", "path": "p", "class_path": "m:C", "environment": "x"}
 
 
 def _walk(value: typing.Any, parts: list[str]) -> typing.Any:

@@ -56,6 +56,26 @@ def test_graph_follows_the_spec(tmp_path: Path, corpus_jsonl: Path) -> None:
     }
 
 
+def test_agent_assets_exist_only_with_an_agent_section(tmp_path: Path) -> None:
+    env = '{name: guess, class_path: "flywheel.envs.guess:NumberGuess"}'
+    plain = write_spec(tmp_path, f"environments: [{env}]\n")
+    graph = build_definitions(str(plain)).resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert "accepted_generations" in keys and not {"trajectories", "accepted_trajectories"} & keys
+    agent = write_spec(tmp_path, f"environments: [{env}]\nagent: {{environment: guess}}\n")
+    defs = build_definitions(str(agent))
+    graph = defs.resolve_asset_graph()
+    played = graph.get(dg.AssetKey("trajectories"))
+    accepted = graph.get(dg.AssetKey("accepted_trajectories"))
+    assert played.parent_keys == {dg.AssetKey("promoted_model")}
+    assert accepted.parent_keys == {dg.AssetKey("trajectories")}
+    assert played.group_name == accepted.group_name == "flywheel"
+    assert played.partitions_def == graph.get(dg.AssetKey("promoted_model")).partitions_def
+    assert played.pools == {"gpu"} and accepted.pools == set()
+    cycle_job = defs.resolve_job_def("cycle_job")
+    assert played.key in cycle_job.asset_layer.selected_asset_keys
+
+
 @pytest.mark.integration
 def test_data_group_materializes_in_process(small_spec: Path) -> None:
     defs = build_definitions(str(small_spec))

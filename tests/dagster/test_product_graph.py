@@ -21,6 +21,7 @@ from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, load_spec
 from flywheel.data import stages
 from flywheel.loop import accept, cycles, promotion, retrain
+from flywheel.loop.agents import cycle as agent_cycle
 from flywheel.loop.eval.scores import evaluate
 from flywheel.loop.generate.generations import generate_cycle
 from flywheel.train.packing import build_tokenized_dataset
@@ -45,10 +46,24 @@ def two_sources(tmp_path: Path, corpus_jsonl: Path) -> Path:
     )
 
 
-@pytest.mark.parametrize("which", ["default", "two_sources"])
+@pytest.fixture
+def with_agent(tmp_path: Path) -> Path:
+    return write_spec(
+        tmp_path,
+        """
+        environments:
+          - {name: guess, class_path: "flywheel.envs.guess:NumberGuess"}
+        agent: {environment: guess}
+        """,
+    )
+
+
+@pytest.mark.parametrize("which", ["default", "two_sources", "with_agent"])
 def test_every_asset_depends_on_exactly_its_declared_inputs(which: str, request) -> None:
-    path = DEFAULT_SPEC if which == "default" else request.getfixturevalue("two_sources")
+    path = DEFAULT_SPEC if which == "default" else request.getfixturevalue(which)
     spec = load_spec(path)
+    agent_products = set(P.AGENT_PRODUCTS) & set(P.products(spec))
+    assert agent_products == (set(P.AGENT_PRODUCTS) if which == "with_agent" else set())
     graph = build_definitions(str(path)).resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == set(P.products(spec))  # one asset per product, and no other
@@ -140,6 +155,8 @@ def test_each_cycle_stage_refuses_inputs_that_lack_a_declared_product(small_spec
         P.GENERATIONS: lambda i: generate_cycle(spec, 2, i),
         P.CYCLE_CHECKPOINT: lambda i: retrain.cycle_run(spec, 2, i),
         P.PROMOTED: lambda i: promotion.promote(spec, 2, i),
+        P.TRAJECTORIES: lambda i: agent_cycle.build_trajectories(spec, 2, i),
+        P.ACCEPTED_TRAJECTORIES: lambda i: agent_cycle.build_accepted_trajectories(spec, 2, i),
     }
     for product, run in runners.items():
         required, optional = cycles.cycle_reads(spec, product, 2)

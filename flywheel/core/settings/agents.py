@@ -47,3 +47,49 @@ class EnvironmentSpec(BaseModel):
         if not _CLASS_PATH.fullmatch(value):
             raise ValueError("must look like 'package.module:Class'")
         return value
+
+
+class AgentAcceptSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    min_reward: float | None = Field(
+        1.0,
+        description="Trajectories with a lower reward are rejected (low_reward); null keeps "
+        "failures too (RL learns from them).",
+    )
+    require_completed: bool = Field(
+        True, description="Reject truncated or unfinished episodes (not_completed)."
+    )
+    group_variance: bool = Field(
+        False,
+        description="Reject groups whose samples all got the same reward "
+        "(zero_group_variance): GRPO's advantage is zero there.",
+    )
+    dedup: bool = Field(True, description="Reject a trajectory repeated in the cycle.")
+
+
+class AgentSettings(BaseModel):
+    """The ``agent`` section: each cycle's champion plays training episodes of one
+    environment, and the trajectories (and the accepted ones) are cycle products."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    environment: str = Field(
+        min_length=1, description="Name of the `environments` entry the champion plays."
+    )
+    episodes: int = Field(64, ge=1, description="Training episodes played per cycle.")
+    samples_per_episode: int = Field(
+        1, ge=1, description="Samples of each episode (a GRPO group shares its episode)."
+    )
+    max_turns: int = Field(
+        12, ge=1, description="Model turns per episode; the environment's budget may be lower."
+    )
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(128, ge=1, description="Tokens generated per model turn.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="Wall clock per episode, so a slow environment cannot stall."
+    )
+    seed: int = Field(0, description="Seed of the episodes and sampling; the cycle is added to it.")
+    accept: AgentAcceptSettings = Field(
+        default_factory=AgentAcceptSettings, description="Which trajectories are accepted."
+    )
