@@ -319,16 +319,9 @@ def test_shape_mismatch_is_a_clear_error() -> None:
 def tiny_champion(directory: Path) -> Path:
     from flywheel.core.settings.train import ModelSettings
     from flywheel.train.model import build_model
+    from tests.train.test_loop import LLAMA
 
-    config = {
-        "model_type": "llama",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
-    }
-    build_model(ModelSettings(config=config), vocab_size=50, seq_len=16).save_pretrained(directory)
+    build_model(ModelSettings(config=LLAMA), vocab_size=50, seq_len=16).save_pretrained(directory)
     return directory
 
 
