@@ -152,7 +152,7 @@ def _finished_at(context: dg.RunStatusSensorContext) -> datetime:
     description="Record every failed flywheel cycle run (flywheel report lists the unresolved).",
 )
 def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: FlywheelResource) -> None:
-    from flywheel.loop.cycles import record_failure
+    from flywheel.loop.runs import record_failure
 
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")
@@ -189,7 +189,7 @@ def _step_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, str]
     "failures.",
 )
 def cycle_success_sensor(context: dg.RunStatusSensorContext, flywheel: FlywheelResource) -> None:
-    from flywheel.loop.cycles import record_success
+    from flywheel.loop.runs import record_success
 
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")

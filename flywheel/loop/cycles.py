@@ -19,7 +19,7 @@ products live under ``<data_dir>/cycles/<c>/``:
 
 The loop's record is in the catalog alone (``flywheel.core.loop_record``): the promotion
 decisions (the champion is the newest promoted candidate, ``flywheel.loop.promotion``) and
-every finished cycle run, failed or succeeded, written by the Dagster run-status sensors.
+every finished cycle run (``flywheel.loop.runs``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import fcntl
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,7 @@ import polars as pl
 
 from flywheel.core import artifacts, chat, keys
 from flywheel.core import products as P
-from flywheel.core.catalog import Catalog, CycleRun
-from flywheel.core.loop_record import FAILED, SUCCEEDED
+from flywheel.core.catalog import Catalog
 from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
 
@@ -383,46 +381,3 @@ def new_accepted_rows(spec: Spec, cycle: int) -> int:
     roots = {k: accepted_root(spec, k) for k in range(cycle)}
     accepted = {k: read_current(root) for k, root in roots.items() if has_current(root)}
     return _accepted_since(accepted, seen)[0].height
-
-
-# -- finished runs -------------------------------------------------------------------------
-def record_failure(
-    spec: Spec,
-    cycle: int | str | None,
-    run_id: str,
-    message: str,
-    at: datetime | None = None,
-    step: str | None = None,
-) -> CycleRun:
-    """Record that run ``run_id`` of cycle ``cycle`` failed at ``at`` (default: now), in
-    ``step`` (the asset that failed) with error ``message``."""
-    run = CycleRun(run_id, _cycle(cycle), FAILED, message[:2000], _now(at), step)
-    return _record(spec, run)
-
-
-def record_success(
-    spec: Spec, cycle: int | str | None, run_id: str, at: datetime | None = None
-) -> CycleRun:
-    """Record that run ``run_id`` of cycle ``cycle`` succeeded: it resolves the cycle's
-    failures recorded before ``at``."""
-    return _record(spec, CycleRun(run_id, _cycle(cycle), SUCCEEDED, "", _now(at)))
-
-
-def failures(spec: Spec, include_resolved: bool = False) -> list[CycleRun]:
-    """Failed cycle runs, oldest first: those after which no run of the same cycle
-    succeeded, or (``include_resolved``) every failure ever recorded."""
-    runs = Catalog.open(spec.catalog).cycle_runs(unresolved_failures=not include_resolved)
-    return [r for r in runs if r.status == FAILED]
-
-
-def _record(spec: Spec, run: CycleRun) -> CycleRun:
-    Catalog.open(spec.catalog).record_cycle_run(run)
-    return run
-
-
-def _cycle(cycle: int | str | None) -> int | None:
-    return None if cycle is None else int(cycle)  # Dagster's partition key is a string
-
-
-def _now(at: datetime | None) -> datetime:
-    return at or datetime.now(UTC)

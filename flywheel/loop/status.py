@@ -24,7 +24,7 @@ from flywheel.core.catalog import Catalog, CycleRun
 from flywheel.core.loop_record import FAILED, SUCCEEDED
 from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
-from flywheel.loop import cycles, promotion
+from flywheel.loop import cycles, promotion, runs
 
 TOP_REASONS = 3  # rejection reasons named in a stuck reason
 CHECK_FAILED = "blocking asset check failed"  # how Dagster words a failed blocking check
@@ -63,7 +63,7 @@ def _failure(run: CycleRun, resolved_by: str | None = None) -> Failure:
 def failure_summary(spec: Spec) -> list[Failure]:
     """The failed cycle runs no later run of the same cycle made good, oldest first: the
     loop's failures as state (empty: nothing failed, or every failure was rerun to success)."""
-    return [_failure(run) for run in cycles.failures(spec)]
+    return [_failure(run) for run in runs.failures(spec)]
 
 
 def failure_history(spec: Spec) -> list[Failure]:

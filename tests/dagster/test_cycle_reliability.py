@@ -19,7 +19,7 @@ import pytest
 from definitions import build_definitions
 from flywheel.core.spec import load_spec
 from flywheel.data.arithmetic import addition_examples
-from flywheel.loop import cycles, promotion
+from flywheel.loop import cycles, promotion, runs
 
 CYCLE = ["training_set", "cycle_checkpoint", "cycle_eval_scores", "promoted_model"]
 GENERATE = ["synthetic_generations", "accepted_generations"]
@@ -98,7 +98,7 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(
         resources=defs.resources,
     ).for_run_failure()
     sensor(context)
-    [failure] = cycles.failures(spec)
+    [failure] = runs.failures(spec)
     assert failure.cycle == 1 and failure.run_id == failed.run_id
     # The step that failed and the stage's own exception, relayed by Pipes from its process.
     assert failure.step == "synthetic_generations"
@@ -114,5 +114,5 @@ def test_a_failed_cycle_reruns_to_completion_without_retraining(
             resources=defs.resources,
         )
     )
-    assert cycles.failures(spec) == []
-    assert [f.run_id for f in cycles.failures(spec, include_resolved=True)] == [failed.run_id]
+    assert runs.failures(spec) == []
+    assert [f.run_id for f in runs.failures(spec, include_resolved=True)] == [failed.run_id]

@@ -14,7 +14,7 @@ import pytest
 from definitions import build_definitions
 from flywheel.core.shards import ShardWriter
 from flywheel.core.spec import load_spec
-from flywheel.loop import cycles, promotion
+from flywheel.loop import cycles, promotion, runs
 from flywheel.loop.report import report_footer
 from tests.loop.test_cycles import SPEC, _publish_model, _run_cycle
 
@@ -170,7 +170,7 @@ def test_a_failed_cycle_run_is_reported_until_a_later_run_succeeds(spec_path: Pa
     )
     assert not failed.success
     _run_status(defs, "cycle_failure_sensor", instance, failed)
-    [failure] = cycles.failures(spec)
+    [failure] = runs.failures(spec)
     assert (failure.cycle, failure.run_id) == (1, failed.run_id)
     # The step that failed and its own error, not Dagster's "Steps failed: [...]" summary.
     assert failure.step == "training_set"
@@ -179,9 +179,9 @@ def test_a_failed_cycle_run_is_reported_until_a_later_run_succeeds(spec_path: Pa
     # A later successful run of cycle 1 resolves it; the history keeps it.
     ok = _tagged_job.execute_in_process(instance=instance, tags={"dagster/partition": "1"})
     _run_status(defs, "cycle_success_sensor", instance, ok)
-    assert cycles.failures(spec) == []
+    assert runs.failures(spec) == []
     assert not any(line.startswith("failed:") for line in report_footer(spec))
-    assert [f.run_id for f in cycles.failures(spec, include_resolved=True)] == [failed.run_id]
+    assert [f.run_id for f in runs.failures(spec, include_resolved=True)] == [failed.run_id]
 
 
 @dg.asset(

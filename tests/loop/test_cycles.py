@@ -20,7 +20,7 @@ from flywheel.core.keys import StaleError
 from flywheel.core.products import TRAINING_SET
 from flywheel.core.shards import ShardWriter, read_current
 from flywheel.core.spec import load_spec
-from flywheel.loop import cycles, promotion
+from flywheel.loop import cycles, promotion, runs
 from flywheel.loop.report import lineage, report_footer, report_rows
 
 SPEC = """
@@ -244,23 +244,23 @@ def test_report_before_any_cycle_is_empty(spec) -> None:
 
 def test_a_later_success_resolves_a_failure_and_history_stays(spec) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    cycles.record_failure(spec, "1", "run-a", "vLLM is not installed", t0)
-    cycles.record_failure(spec, None, "run-x", "no partition", t0)
-    cycles.record_success(spec, "0", "run-b", t0 + timedelta(minutes=1))  # another cycle
-    assert [f.run_id for f in cycles.failures(spec)] == ["run-a", "run-x"]
+    runs.record_failure(spec, "1", "run-a", "vLLM is not installed", t0)
+    runs.record_failure(spec, None, "run-x", "no partition", t0)
+    runs.record_success(spec, "0", "run-b", t0 + timedelta(minutes=1))  # another cycle
+    assert [f.run_id for f in runs.failures(spec)] == ["run-a", "run-x"]
     assert "failed: cycle 1 run run-a: vLLM is not installed" in report_footer(spec)
-    cycles.record_success(spec, 1, "run-c", t0 + timedelta(minutes=2))
-    cycles.record_failure(spec, 1, "run-d", "later", t0 + timedelta(minutes=3))
+    runs.record_success(spec, 1, "run-c", t0 + timedelta(minutes=2))
+    runs.record_failure(spec, 1, "run-d", "later", t0 + timedelta(minutes=3))
     # run-c resolved run-a, not run-d, which failed after it; a re-recorded run is replaced.
-    cycles.record_failure(spec, 1, "run-d", "later, again", t0 + timedelta(minutes=3))
-    [d, x] = sorted(cycles.failures(spec), key=lambda f: f.run_id)
+    runs.record_failure(spec, 1, "run-d", "later, again", t0 + timedelta(minutes=3))
+    [d, x] = sorted(runs.failures(spec), key=lambda f: f.run_id)
     assert (d.run_id, d.cycle, d.message, x.cycle) == ("run-d", 1, "later, again", None)
     assert d.finished_at == t0 + timedelta(minutes=3)
     assert not any("run-a" in line for line in report_footer(spec))
-    history = cycles.failures(spec, include_resolved=True)
+    history = runs.failures(spec, include_resolved=True)
     assert [f.run_id for f in history] == ["run-a", "run-x", "run-d"]
-    runs = Catalog.open(spec.catalog).query("SELECT status, count(*) FROM cycle_runs GROUP BY 1")
-    assert dict(runs.rows()) == {"failed": 3, "succeeded": 2}
+    counts = Catalog.open(spec.catalog).query("SELECT status, count(*) FROM cycle_runs GROUP BY 1")
+    assert dict(counts.rows()) == {"failed": 3, "succeeded": 2}
 
 
 def test_a_decision_records_what_it_read_and_refuses_a_stale_champion(spec) -> None:

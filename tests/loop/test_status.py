@@ -17,7 +17,7 @@ import pytest
 from flywheel.cli import main
 from flywheel.core import products as P
 from flywheel.core.spec import load_spec
-from flywheel.loop import cycles, status
+from flywheel.loop import cycles, runs, status
 from flywheel.loop.accept import accept_generations
 from flywheel.loop.report import report_footer
 from tests.loop.test_accept import write_generations
@@ -55,7 +55,7 @@ def _stuck_at_zero(spec) -> None:
     _publish_model(spec.product_dir(P.SFT), "seed")
     _run_cycle(spec, 0, 0.0)
     _generate(spec, right=False)
-    cycles.record_failure(spec, "0", "run-1", CHECK_ERROR, T0, step="accepted_generations")
+    runs.record_failure(spec, "0", "run-1", CHECK_ERROR, T0, step="accepted_generations")
 
 
 def test_zero_accepted_says_why_the_loop_is_stuck(spec, capsys) -> None:
@@ -84,7 +84,7 @@ def test_a_successful_rerun_supersedes_the_failure(spec, capsys) -> None:
     _stuck_at_zero(spec)
     # The seed model was fixed and cycle 0 rerun: its generations pass, the run succeeded.
     _generate(spec, right=True)
-    cycles.record_success(spec, 0, "run-2", T0 + timedelta(minutes=5))
+    runs.record_success(spec, 0, "run-2", T0 + timedelta(minutes=5))
     assert status.failure_summary(spec) == []
     assert status.stuck_reason(spec) is None  # 8 new rows >= threshold_rows: cycle 1 starts
     footer = report_footer(spec)
@@ -109,12 +109,12 @@ def test_an_unresolved_failure_names_its_step_and_error(spec) -> None:
     _accept(spec, 0, 5)  # enough rows: only the failure keeps the loop from moving
     _run_cycle(spec, 1, 0.6)
     error = "FileNotFoundError: no input files match 'prompts.jsonl'"
-    cycles.record_failure(spec, 1, "run-9", error, T0, step="synthetic_generations")
+    runs.record_failure(spec, 1, "run-9", error, T0, step="synthetic_generations")
     assert status.stuck_reason(spec) == f"cycle 1 run run-9 at synthetic_generations: {error}"
     # A run of another cycle succeeding resolves nothing; one of cycle 1 does.
-    cycles.record_success(spec, 2, "run-10", T0 + timedelta(minutes=1))
+    runs.record_success(spec, 2, "run-10", T0 + timedelta(minutes=1))
     assert [f.run_id for f in status.failure_summary(spec)] == ["run-9"]
-    cycles.record_success(spec, 1, "run-11", T0 + timedelta(minutes=2))
+    runs.record_success(spec, 1, "run-11", T0 + timedelta(minutes=2))
     assert status.failure_summary(spec) == []
 
 
