@@ -25,7 +25,6 @@ from flywheel.core.spec import (
     SpecError,
     add_spec_arguments,
     env_overrides,
-    explain,
     load_spec,
     spec_path,
 )
@@ -33,6 +32,8 @@ from flywheel.core.spec import (
 
 def _check(args: argparse.Namespace) -> int:
     if args.explain:
+        from flywheel.core.explain import explain
+
         print("\n".join(explain()))
         return 0
     from flywheel.preflight import errors, preflight

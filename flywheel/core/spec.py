@@ -3,10 +3,10 @@
     flywheel check [SPEC] [key.path=value ...]
 
 The spec lives in ``flywheel.yaml`` at the project root unless ``FLYWHEEL_SPEC`` names another
-file. Every field has a default and a one-line description (``flywheel check --explain`` prints
-them); unknown keys and bad values raise one ``SpecError`` that names the file, the key path and
-what was expected. Relative paths are resolved against the spec file's directory, so a spec
-means the same thing from any working directory.
+file. Every field has a default and a one-line description (``flywheel check --explain``
+prints them, ``flywheel.core.explain``); unknown keys and bad values raise one ``SpecError``
+that names the file, the key path and what was expected. Relative paths are resolved against
+the spec file's directory, so a spec means the same thing from any working directory.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import to_jsonable_python
 
 from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
 from flywheel.core.settings.dedup import DedupSettings
@@ -360,65 +358,3 @@ def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
 
 def _kind(obj: Any) -> str:
     return type(obj).__name__
-
-
-def explain(model: type[BaseModel] = Spec) -> list[str]:
-    """One line per field (``flywheel check --explain``): ``key = default  # description``, or
-    ``key: description`` for a section, walking nested sections, lists of models
-    (``eval.tasks[].name``) and unions of models (``sources[kind=jsonl].path``).
-
-    A default is the value an unset key really gets: the field of the enclosing section's
-    default (``cycles.train.steps`` shows what an unset ``cycles.train`` holds). A list item's
-    field shows the item model's own default, or ``(required)``.
-    """
-    return _explain(model, model(), "", ())
-
-
-def _explain(model: type[BaseModel], value: Any, prefix: str, seen: tuple[type, ...]) -> list[str]:
-    lines = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        if value is not None:
-            default = getattr(value, name)
-        else:
-            default = None if field.is_required() else field.get_default(call_default_factory=True)
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines.append(f"{key}: {field.description}")
-            lines += _explain(ann, default, key + ".", (*seen, model))
-            continue
-        shown = REQUIRED if field.is_required() and value is None else _json(default)
-        lines.append(f"{key} = {shown}  # {field.description}")
-        items = _item_models(ann)
-        for item in items:
-            if item not in seen:  # a recursive model (sft.data.extra) is unrolled once
-                tag = _tag(item) if len(items) > 1 else ""
-                lines += _explain(item, None, f"{key}[{tag}].", (*seen, model))
-    return lines
-
-
-REQUIRED = "(required)"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(to_jsonable_python(value))
-
-
-def _item_models(ann: Any) -> list[type[BaseModel]]:
-    """The models a list or union annotation holds (``list[SourceSpec]``: the four sources)."""
-    found: list[type[BaseModel]] = []
-    for arg in typing.get_args(ann):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            found.append(arg)
-        else:
-            found += _item_models(arg)
-    return found
-
-
-def _tag(model: type[BaseModel]) -> str:
-    """How a union member is told apart: its single-value Literal field (``kind=jsonl``)."""
-    for name, field in model.model_fields.items():
-        args = typing.get_args(field.annotation)
-        if typing.get_origin(field.annotation) is typing.Literal and len(args) == 1:
-            return f"{name}={args[0]}"
-    return model.__name__

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from flywheel.core.explain import explain
 from flywheel.core.settings.train import SftSettings
 from flywheel.core.settings.verifier import VerifierSettings
-from flywheel.core.spec import Spec, SpecError, explain, load_spec
+from flywheel.core.spec import Spec, SpecError, load_spec
 from tests.conftest import write_spec
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+from flywheel.core.explain import explain
 from flywheel.core.settings.loop import CycleTrain, PreferenceTrain
 from flywheel.core.settings.train import SftSettings
-from flywheel.core.spec import Spec, explain
+from flywheel.core.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
