@@ -91,7 +91,7 @@ def _read_spec(args: argparse.Namespace) -> Any:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from flywheel.data.stages import summary
+    from flywheel.data.summary import summary
 
     rows = summary(_read_spec(args))
     if args.json:
