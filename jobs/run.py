@@ -133,6 +133,7 @@ def _unresolved(runs: list) -> list:
 def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  # noqa: ANN001
     """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout."""
     from flywheel.loop.promotion import loop_state
+    from flywheel.loop.status import starved, stuck_reason
 
     spec = load_spec(None, env_overrides())
     deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -158,33 +159,13 @@ def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  #
         if state.stopped and idle:
             say(f"the flywheel {state.reason}")
             return 0
-        stalled_since = (stalled_since or time.monotonic()) if idle and _stalled(spec) else None
+        stalled_since = (stalled_since or time.monotonic()) if idle and starved(spec) else None
         if stalled_since and time.monotonic() - stalled_since > 3 * spec.cycles.sensor_interval_s:
-            say(f"the flywheel is stuck: {_stalled(spec)}")
+            say(f"the flywheel is stuck: {stuck_reason(spec)}")
             return 1
         time.sleep(POLL_S)
     say(f"timed out after {timeout_s:.0f} s; the loop had not stopped (flywheel report says why)")
     return 1
-
-
-def _stalled(spec) -> str | None:  # noqa: ANN001
-    """Why the sensor will start no further cycle although the loop has not stopped: the last
-    decided cycle's accepted generations are below ``cycles.threshold_rows``; else None."""
-    from flywheel.loop.cycles import new_accepted_rows
-    from flywheel.loop.promotion import loop_state
-
-    cycle = loop_state(spec).next_cycle
-    if cycle == 0:
-        return None  # the sensor starts cycle 0 as soon as the seed checkpoint exists
-    rows, needed = new_accepted_rows(spec, cycle), spec.cycles.threshold_rows
-    if rows >= needed:
-        return None
-    from flywheel.loop.status import stuck_reason
-
-    return stuck_reason(spec) or (
-        f"cycle {cycle - 1} left {rows} new accepted generation(s), fewer than "
-        f"cycles.threshold_rows={needed}, so the sensor starts no cycle {cycle}"
-    )
 
 
 def spec_ready() -> bool:

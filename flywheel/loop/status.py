@@ -106,6 +106,13 @@ def stuck_reason(spec: Spec) -> str | None:
     return "; ".join(said) or None
 
 
+def starved(spec: Spec) -> str | None:
+    """Why the sensor will start no further cycle although the loop has not stopped: the last
+    decided cycle accepted fewer than ``cycles.threshold_rows`` new rows; else None."""
+    state = promotion.loop_state(spec)
+    return None if state.stopped else _starved(spec, state)
+
+
 def _starved(spec: Spec, state: promotion.LoopState) -> str | None:
     """The last decided cycle accepted too few new rows for the next one to start."""
     if state.last_cycle is None:

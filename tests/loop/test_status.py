@@ -68,6 +68,7 @@ def test_zero_accepted_says_why_the_loop_is_stuck(spec, capsys) -> None:
     assert "the seed model scores 0.0000 on accuracy/addition" in reason
     assert "0 new row(s), fewer than cycles.threshold_rows=3, so cycle 1 is not started" in reason
     assert reason.endswith("cycle 0 run run-1: check accepted_generations: not_empty failed")
+    assert reason.startswith(status.starved(spec))  # what flywheel run waits on, then prints
     [failure] = status.failure_summary(spec)
     assert (failure.cycle, failure.step) == (0, "accepted_generations: not_empty")
     assert "\n" not in failure.error and failure.error.endswith("not_empty")
@@ -87,6 +88,7 @@ def test_a_successful_rerun_supersedes_the_failure(spec, capsys) -> None:
     runs.record_success(spec, 0, "run-2", T0 + timedelta(minutes=5))
     assert status.failure_summary(spec) == []
     assert status.stuck_reason(spec) is None  # 8 new rows >= threshold_rows: cycle 1 starts
+    assert status.starved(spec) is None
     footer = report_footer(spec)
     assert not any(line.startswith(("failed:", "stuck:", "history:")) for line in footer)
     [old] = status.failure_history(spec)
@@ -130,3 +132,4 @@ def test_no_seed_model_and_a_stopped_loop(spec) -> None:
         _run_cycle(spec, c, 0.1)
     reason = status.stuck_reason(spec)
     assert reason == "the loop stopped: 2 cycle(s) in a row without promotion (cycles.patience=2)"
+    assert status.starved(spec) is None  # stopped, not starved
