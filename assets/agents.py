@@ -17,7 +17,7 @@ from flywheel.core import products as P
 from flywheel.core.spec import Spec
 
 
-def _result(result) -> dg.MaterializeResult:  # noqa: ANN001 - flywheel.loop.agents.cycle.AgentResult
+def _result(result) -> dg.MaterializeResult:  # noqa: ANN001 - flywheel.core.shards.Built
     metadata: dict = {**result.metadata, "reused": result.reused}
     metadata["path"] = dg.MetadataValue.path(str(result.path))
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(result.version))

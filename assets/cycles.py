@@ -72,7 +72,7 @@ def _check_results(outcomes: list["CheckOutcome"]) -> list[dg.AssetCheckResult]:
     ]
 
 
-def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.loop.accept.AcceptResult
+def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.core.shards.Built
     """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
     metadata: dict = dict(result.metadata)
     metadata["accepted_rows"] = result.manifest["accepted"]  # what the sensor sums

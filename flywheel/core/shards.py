@@ -130,6 +130,29 @@ class ShardSet:
             yield pl.read_parquet(f, columns=columns)
 
 
+@dataclass
+class Built:
+    """A stage's published shard set, the flat metadata to report about it (numbers and
+    short strings, which Dagster plots), and whether it was reused: the same build key found
+    the current set, and nothing was written."""
+
+    shardset: ShardSet
+    metadata: dict[str, Any]
+    reused: bool = False
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.shardset.manifest
+
+    @property
+    def path(self) -> Path:
+        return self.shardset.path
+
+    @property
+    def version(self) -> str:
+        return self.shardset.version
+
+
 def _dtype(name: str) -> pl.DataType:
     simple = {
         "String": pl.String,

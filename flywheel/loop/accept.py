@@ -37,7 +37,6 @@ import json
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -45,7 +44,7 @@ import polars as pl
 from flywheel.core import keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
-from flywheel.core.shards import ShardSet, ShardWriter, has_current, read_current
+from flywheel.core.shards import Built, ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.data.dedup.minhash import normalize
 from flywheel.loop.accept_gates import Pools, hashes, load_pools, run_gates
@@ -59,25 +58,6 @@ REQUIRED = ("generation_id", "prompt_id", "prompt", "completion", "checkpoint")
 SAMPLE = 5  # offending examples shown in a failing check's metadata
 
 
-@dataclass
-class AcceptResult:
-    shardset: ShardSet
-    metadata: dict[str, Any]  # flat numbers and short strings, for Dagster to plot
-    reused: bool = False  # True: same inputs and settings, the current set was returned
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.shardset.manifest
-
-    @property
-    def path(self) -> Path:
-        return self.shardset.path
-
-    @property
-    def version(self) -> str:
-        return self.shardset.version
-
-
 @dataclass(frozen=True)
 class CheckOutcome:
     name: str
@@ -87,7 +67,7 @@ class CheckOutcome:
 
 
 # -- the product -------------------------------------------------------------------------
-def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> AcceptResult:
+def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:
     """Judge, guard, filter and deduplicate cycle ``cycle``'s generations; commit the set.
     ``handed``: the inputs ``cycle_inputs(spec, "accepted_generations", cycle)`` gives (the
     cycle's generations and training set, earlier cycles' accepted sets), recorded as the
@@ -102,7 +82,7 @@ def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Acc
     found = keys.reusable(root, key)
     if found is not None:  # the same generations, pools, settings and verifier code
         current = ShardSet(found)
-        return AcceptResult(current, _flat(current.manifest), reused=True)
+        return Built(current, _flat(current.manifest), reused=True)
 
     load_plugins(spec)  # a kind they register judges here as it scores eval
     with importable_from(spec.base_dir):  # a kind: python module next to the spec
@@ -128,7 +108,7 @@ def accept_generations(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Acc
         writer.write_aux("preference_pairs", pairs)
         shards = writer.commit(inputs=P.versions(handed), **meta)
     _record(spec, cycle, judged, shards)
-    return AcceptResult(shards, _flat(shards.manifest))
+    return Built(shards, _flat(shards.manifest))
 
 
 def _load(generations: ShardSet) -> pl.DataFrame:

@@ -17,9 +17,9 @@ import pytest
 
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
-from flywheel.core.shards import ShardWriter, has_current, read_current
+from flywheel.core.shards import Built, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec, parse_spec
-from flywheel.loop.accept import AcceptResult, accept_generations, accepted_checks
+from flywheel.loop.accept import accept_generations, accepted_checks
 from flywheel.loop.accept_gates import repeated_line_fraction, text_hash
 from flywheel.loop.cycles import (
     TRAINING_COLUMNS,
@@ -87,7 +87,7 @@ def write_generations(
     return df
 
 
-def _accept(spec: Spec, cycle: int) -> AcceptResult:
+def _accept(spec: Spec, cycle: int) -> Built:
     """Accept cycle ``cycle``'s generations, handed its current inputs."""
     return accept_generations(spec, cycle, cycle_inputs(spec, P.ACCEPTED, cycle))
 

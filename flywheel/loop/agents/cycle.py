@@ -39,7 +39,7 @@ from flywheel.core import artifacts, keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
 from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
-from flywheel.core.shards import ShardSet
+from flywheel.core.shards import Built, ShardSet
 from flywheel.core.spec import Spec
 from flywheel.envs.load import import_class, load_environment
 from flywheel.loop.agents.accept import AcceptSettings, accept_trajectories
@@ -70,21 +70,6 @@ class AgentEnvironment:
 
     def held_out(self) -> list[dict[str, Any]]:
         return [] if self.held_out_episodes is None else self.held_out_episodes(self.settings)
-
-
-@dataclass
-class AgentResult:
-    shardset: ShardSet
-    metadata: dict[str, Any]  # flat numbers and short strings, for Dagster to plot
-    reused: bool = False
-
-    @property
-    def version(self) -> str:
-        return self.shardset.version
-
-    @property
-    def path(self) -> Path:
-        return self.shardset.path
 
 
 def agent_settings(spec: Spec) -> AgentSettings:
@@ -131,7 +116,7 @@ def trajectories_key(
 
 def build_trajectories(
     spec: Spec, cycle: int, handed: Mapping[str, Any], policy: Policy | None = None
-) -> AgentResult:
+) -> Built:
     """The champion's episodes of cycle ``cycle``, published (or the current set, reused).
     ``policy`` (one with a ``tokenizer``): default the handed champion's transformers policy."""
     check_cycle_inputs(spec, P.TRAJECTORIES, cycle, handed)
@@ -141,7 +126,7 @@ def build_trajectories(
     found = keys.reusable(root, key)
     if found is not None:
         shards = ShardSet(found)
-        return AgentResult(shards, _flat(shards.manifest, "trajectories"), reused=True)
+        return Built(shards, _flat(shards.manifest, "trajectories"), reused=True)
     built = keys.key_meta(root, key)
     seed = episode_seed(agent, cycle)
     episodes = env.train_episodes(agent.episodes, env.settings, seed=seed)
@@ -174,10 +159,10 @@ def build_trajectories(
     }
     shards = publish_trajectories(root, frame, inputs=P.versions(handed), **meta)
     _record(spec, P.TRAJECTORIES, shards, "trajectories")
-    return AgentResult(shards, _flat(shards.manifest, "trajectories"))
+    return Built(shards, _flat(shards.manifest, "trajectories"))
 
 
-def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> AgentResult:
+def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:
     """Cycle ``cycle``'s trajectories split into accepted (the shards) and rejected (aux
     ``rejected``, with reasons); every row is in exactly one."""
     check_cycle_inputs(spec, P.ACCEPTED_TRAJECTORIES, cycle, handed)
@@ -190,7 +175,7 @@ def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any
     found = keys.reusable(root, key)
     if found is not None:
         shards = ShardSet(found)
-        return AgentResult(shards, _flat(shards.manifest, "accepted"), reused=True)
+        return Built(shards, _flat(shards.manifest, "accepted"), reused=True)
     a = agent.accept
     settings = AcceptSettings(
         min_reward=a.min_reward,
@@ -214,7 +199,7 @@ def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any
     }
     shards = publish_trajectories(root, accepted, rejected, P.versions(handed), **meta)
     _record(spec, P.ACCEPTED_TRAJECTORIES, shards, "accepted")
-    return AgentResult(shards, _flat(shards.manifest, "accepted"))
+    return Built(shards, _flat(shards.manifest, "accepted"))
 
 
 def evaluate_held_out(
