@@ -3,16 +3,17 @@
     promoted_model -> trajectories -> accepted_trajectories
 
 Same dynamic partition (one per cycle) and group as the loop, so ``cycle_job`` plays the
-episodes after promotion. Playing runs the champion in process, in the ``gpu`` pool like
-generation; acceptance is plain Parquet work. The logic is ``flywheel.loop.agents.cycle``.
+episodes after promotion. Playing runs out of process through Pipes
+(``flywheel.loop.agents.play``), in the ``gpu`` pool like generation; acceptance is plain
+Parquet work. The logic is ``flywheel.loop.agents.cycle``.
 """
 
 import dagster as dg
-from dagster import AssetExecutionContext
+from dagster import AssetExecutionContext, PipesSubprocessClient
 
 from assets.cycles import _asset, _cycle
 from assets.resources import FlywheelResource
-from assets.training import GPU_POOL
+from assets.training import GPU_POOL, launch_stage
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
 
@@ -30,15 +31,15 @@ def build_agent_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     owners = spec.owners
 
     @_asset(P.TRAJECTORIES, P.deps(P.TRAJECTORIES, spec), {"pytorch"}, GPU_POOL, owners=owners)
-    def trajectories(context: AssetExecutionContext, flywheel: FlywheelResource):  # noqa: ANN202
+    def trajectories(  # noqa: ANN202
+        context: AssetExecutionContext, flywheel: FlywheelResource, pipes: PipesSubprocessClient
+    ):
         """The champion's multi-turn episodes in the agent's environment (tokens, rewards)."""
-        from flywheel.loop.agents.cycle import build_trajectories
         from flywheel.loop.cycles import cycle_inputs
 
-        spec, cycle = flywheel.spec(), _cycle(context)
-        result = build_trajectories(spec, cycle, cycle_inputs(spec, P.TRAJECTORIES, cycle))
-        context.log.info(f"trajectories {result.version} (reused: {result.reused})")
-        return _result(result)
+        handed = cycle_inputs(flywheel.spec(), P.TRAJECTORIES, _cycle(context), deep=False)
+        extra = ["--cycle", context.partition_key]
+        return launch_stage("play", context, flywheel, pipes, extra, P.versions(handed))
 
     @_asset(
         P.ACCEPTED_TRAJECTORIES,

@@ -201,12 +201,7 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
             check_results=_check_results(accepted_checks(spec, cycle)),
         )
 
-    assets = [
-        training_set,
-        cycle_checkpoint,
-        cycle_eval_scores,
-        promoted_model,
-        synthetic_generations,
-        accepted_generations,
-    ]
+    assets = [training_set, cycle_checkpoint, cycle_eval_scores, promoted_model]
+    if spec.agent is None:  # an agent's loop trains on its trajectories instead
+        assets += [synthetic_generations, accepted_generations]
     return assets

@@ -1,13 +1,14 @@
 """The loop's triggers: new accepted data starts the next cycle; a schedule runs cycles on a
 cron; finished cycle runs are recorded.
 
-The accepted-data sensor keeps a cursor over ``accepted_generations`` materializations and
-sums the accepted rows of cycles it has not counted yet (only cycles whose guard checks
-pass). At ``cycles.threshold_rows`` it adds the next cycle's partition and requests its run
-with ``run_key="cycle-N"``, so a repeated tick can never launch a cycle twice. It bootstraps
-cycle 0 once the seed SFT checkpoint exists, and stops (saying why) when the loop is stopped:
-``cycles.patience`` cycles without a promotion, or ``cycles.max_cycles``. It is RUNNING by
-default: the flywheel turns by itself as soon as a daemon runs (``dagster dev``, make demo).
+The accepted-data sensor keeps a cursor over ``accepted_generations`` materializations
+(``accepted_trajectories`` with an ``agent`` section) and sums the accepted rows of cycles
+it has not counted yet (only cycles whose guard checks pass). At ``cycles.threshold_rows``
+it adds the next cycle's partition and requests its run with ``run_key="cycle-N"``, so a
+repeated tick can never launch a cycle twice. It bootstraps cycle 0 once the seed SFT
+checkpoint exists, and stops (saying why) when the loop is stopped: ``cycles.patience``
+cycles without a promotion, or ``cycles.max_cycles``. It is RUNNING by default: the flywheel
+turns by itself as soon as a daemon runs (``dagster dev``, make demo).
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from assets.resources import FlywheelResource
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from jobs import cycle_job
-
-ACCEPTED = dg.AssetKey(P.ACCEPTED)
 
 
 def _request(cycle: int, trigger: str) -> dg.RunRequest:
@@ -42,18 +41,22 @@ def _count_new(context: dg.SensorEvaluationContext, spec: Spec, cursor: dict) ->
     """
     from flywheel.loop.accept import accepted_checks
 
+    agent = spec.agent is not None  # accepted trajectories, counted in episodes
     result = context.instance.fetch_materializations(
-        ACCEPTED, limit=1000, cursor=cursor.get("after"), ascending=True
+        dg.AssetKey(P.accepted_product(spec)),
+        limit=1000,
+        cursor=cursor.get("after"),
+        ascending=True,
     )
     for record in result.records:
         part, mat = record.partition_key, record.asset_materialization
         if part is None or mat is None:
             continue
-        failed = [o.name for o in accepted_checks(spec, int(part)) if not o.passed]
+        failed = [] if agent else [o.name for o in accepted_checks(spec, int(part)) if not o.passed]
         if failed:
             context.log.warning(f"cycle {part}: accepted set fails {failed}; not counted")
             continue
-        rows = mat.metadata.get("accepted_rows")
+        rows = mat.metadata.get("accepted" if agent else "accepted_rows")
         rows = int(getattr(rows, "value", rows) or 0)
         cursor["pending"] += max(0, rows - cursor["counted"].get(part, 0))
         cursor["counted"][part] = max(rows, cursor["counted"].get(part, 0))

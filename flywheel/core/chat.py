@@ -9,7 +9,7 @@ Every reader of examples (SFT data, eval tasks, prompt files) parses its records
 generations and training sets carry the same conversations, so that what a cycle trains on,
 evaluates and generates from is the format the seed SFT trained on. A record is
 
-    {"messages": [{"role": "system" | "user" | "assistant", "content": str}, ...],
+    {"messages": [{"role": "system" | "user" | "assistant" | "tool", "content": str}, ...],
      "answer"?: str | number, "id"?: str | int}
 
 or a short form that normalizes to ``messages``:
@@ -40,7 +40,7 @@ import hashlib
 import json
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # tool: a tool's result (agent episodes)
 # (prompt field, response field) pairs of an SFT record, tried in order; the first present wins.
 PAIRS = (("prompt", "response"), ("prompt", "completion"), ("instruction", "output"))
 Messages = list[dict[str, str]]

@@ -52,6 +52,8 @@ ACCEPTED = "accepted_generations"
 TRAJECTORIES = "trajectories"
 ACCEPTED_TRAJECTORIES = "accepted_trajectories"  # aux table: rejected, with reasons
 AGENT_PRODUCTS = (TRAJECTORIES, ACCEPTED_TRAJECTORIES)
+# An agent's loop trains on what it played: with an ``agent`` section these are not made.
+GENERATION_PRODUCTS = (GENERATIONS, ACCEPTED)
 
 RAW = "raw_<source>"  # in READS: every source's raw product
 CYCLE_PRODUCTS = (
@@ -115,10 +117,17 @@ def is_raw(product: str) -> bool:
 
 
 def products(spec: Spec) -> list[str]:
-    """Every product that is an asset, in graph order (the raw ones first); the agent's only
-    when the spec has an ``agent`` section."""
-    made = [p for p in READS if spec.agent is not None or p not in AGENT_PRODUCTS]
+    """Every product that is an asset, in graph order (the raw ones first): with an ``agent``
+    section the agent's products replace generation and acceptance."""
+    skip = GENERATION_PRODUCTS if spec.agent is not None else AGENT_PRODUCTS
+    made = [p for p in READS if p not in skip]
     return [*(raw(s.name) for s in spec.sources), *made]
+
+
+def accepted_product(spec: Spec) -> str:
+    """What the loop's training sets grow by: accepted trajectories with an ``agent``
+    section (the champion's successful episodes), else accepted generations."""
+    return ACCEPTED_TRAJECTORIES if spec.agent is not None else ACCEPTED
 
 
 def inputs(product: str, spec: Spec) -> list[str]:

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flywheel.envs.protocol import ToolEnvironment, tool
 
-PROMPT = "Find the secret number. Call the guess tool; each reply says higher, lower or correct."
+# Short on purpose: a small model reads the prompt again every turn.
+PROMPT = "Find the secret number with the guess tool."
 
 
 class Settings(BaseModel):
@@ -107,7 +109,7 @@ class NumberGuess(ToolEnvironment):
             raise ValueError(f"secret {secret} is not in [1, {n}]")
         self.n, self.secret, self.solved, self._seen = n, secret, False, set()
         self._start(budget(n))
-        return f"\nThe secret is an integer from 1 to {n}. You have {self.max_turns} guesses."
+        return f"\nIt is from 1 to {n}; {self.max_turns} guesses."
 
     @tool
     def guess(self, number: int) -> str:
@@ -125,7 +127,7 @@ class NumberGuess(ToolEnvironment):
             value = int(number)
         except ValueError:
             return f"error: {number!r} is not an integer (turn spent)"
-        left = f"{self.max_turns - self.turns} guesses left"
+        left = f"{self.max_turns - self.turns} left"
         if not 1 <= value <= self.n:
             return f"error: {value} is outside 1..{self.n} (turn spent); {left}"
         if value in self._seen:
@@ -138,3 +140,49 @@ class NumberGuess(ToolEnvironment):
 
     def get_reward(self) -> float:
         return 1.0 if self.solved else 0.0
+
+
+# -- scripted players (teachers of seed data, baselines in tests) ----------------------------
+_RANGE = re.compile(r"from 1 to (\d+)")
+_GUESS = re.compile(r'"number":\s*(-?\d+)')
+
+
+def feasible(messages: list[dict[str, Any]]) -> tuple[int, int, set[int]]:
+    """The secret's range ``[low, high]`` the conversation so far allows, and the numbers
+    guessed: what a player who reads the replies knows."""
+    text = next(m["content"] for m in messages if m["role"] == "user")
+    found = _RANGE.search(text)
+    low, high, guessed = 1, int(found.group(1)) if found else 1, set()
+    last = None
+    for m in messages:
+        if m["role"] == "assistant":
+            hit = _GUESS.search(m["content"])
+            last = int(hit.group(1)) if hit else None
+            if last is not None:
+                guessed.add(last)
+        elif m["role"] == "tool" and last is not None:
+            if m["content"].startswith("higher"):
+                low = max(low, last + 1)
+            elif m["content"].startswith("lower"):
+                high = min(high, last - 1)
+    return low, high, guessed
+
+
+def _call(number: int) -> str:
+    from flywheel.loop.agents.toolcalls import format_tool_call
+
+    return format_tool_call("guess", {"number": number})
+
+
+def consistent_guess(messages: list[dict[str, Any]], rng: random.Random) -> str:
+    """A uniformly random guess consistent with every reply so far (wins about two episodes
+    in three within the budget: a teacher a model can learn, and beat)."""
+    low, high, guessed = feasible(messages)
+    options = [x for x in range(low, high + 1) if x not in guessed] or [low]
+    return _call(rng.choice(options))
+
+
+def bisection(messages: list[dict[str, Any]], _rng: random.Random | None = None) -> str:
+    """The middle of the feasible range: always wins within the budget."""
+    low, high, _ = feasible(messages)
+    return _call((low + high) // 2)

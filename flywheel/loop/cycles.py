@@ -111,7 +111,7 @@ def cycle_reads(spec: Spec, product: str, cycle: int) -> tuple[list[str], list[s
     cycle_dir(spec, cycle)  # a negative cycle is an error
     if product == P.TRAINING_SET:  # cycle 0: the seed data, no product
         parents = sorted({cycle - 1, 0}) if cycle > 0 else []  # the parent, and seed replay
-        optional = [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
+        optional = [P.of_cycle(P.accepted_product(spec), k) for k in range(cycle)]
         return [P.of_cycle(P.TRAINING_SET, k) for k in parents], optional
     if product == P.ACCEPTED:
         return P.inputs(product, spec), [P.of_cycle(P.ACCEPTED, k) for k in range(cycle)]
@@ -245,14 +245,18 @@ def _accepted_since(
     frames, versions = [], {}
     for k, shards in sorted(accepted.items()):
         versions[str(k)] = shards.version
-        columns = ["prompt_id", "prompt", "response", "generation_id", "messages"]
-        df = shards.read([c for c in columns if c in shards.schema])
+        if "completion_mask" in shards.schema:  # accepted trajectories: whole episodes
+            from flywheel.loop.agents.trajectories import training_rows
+
+            df, origin = training_rows(shards.read()), "trajectory"
+        else:
+            columns = ["prompt_id", "prompt", "response", "generation_id", "messages"]
+            df = shards.read([c for c in columns if c in shards.schema])
+            df, origin = df.with_columns(_trained_messages(df)), "generation"
         df = df.filter(~pl.col("generation_id").is_in(list(seen)))
         frames.append(
             df.with_columns(
-                _trained_messages(df),
-                pl.lit("generation").alias("origin"),
-                pl.lit(k, pl.Int64).alias("cycle_added"),
+                pl.lit(origin).alias("origin"), pl.lit(k, pl.Int64).alias("cycle_added")
             )
         )
     new = pl.concat(frames) if frames else pl.DataFrame(schema=TRAINING_COLUMNS)
@@ -279,8 +283,12 @@ def _read_rows(training_set: ShardSet) -> pl.DataFrame:
 
 def _accepted_of(handed: Mapping[str, Any], cycle: int) -> dict[int, ShardSet]:
     """The earlier cycles' accepted sets among ``handed``, by cycle."""
-    named = {k: P.of_cycle(P.ACCEPTED, k) for k in range(cycle)}
-    return {k: handed[name] for k, name in named.items() if name in handed}
+    found = {}
+    for k in range(cycle):
+        for product in (P.ACCEPTED, P.ACCEPTED_TRAJECTORIES):  # one of them, per the spec
+            if (name := P.of_cycle(product, k)) in handed:
+                found[k] = handed[name]
+    return found
 
 
 @contextmanager
@@ -378,6 +386,7 @@ def new_accepted_rows(spec: Spec, cycle: int) -> int:
         return 0
     parent = read_current(parent_root).read(["generation_id"])
     seen = set(parent["generation_id"].drop_nulls().to_list())
-    roots = {k: accepted_root(spec, k) for k in range(cycle)}
+    root_of = accepted_trajectories_root if spec.agent is not None else accepted_root
+    roots = {k: root_of(spec, k) for k in range(cycle)}
     accepted = {k: read_current(root) for k, root in roots.items() if has_current(root)}
     return _accepted_since(accepted, seen)[0].height

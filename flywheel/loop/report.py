@@ -25,7 +25,9 @@ from flywheel.core.shards import has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.loop import cycle_keys, cycles, lineage_keys, promotion, status
 
-REPORT_COLUMNS = ["cycle", "checkpoint", "train_rows", "new_rows", "generations", "accepted"]
+REPORT_COLUMNS = [
+    "cycle", "checkpoint", "method", "train_rows", "new_rows", "generations", "accepted"
+]  # fmt: skip
 
 
 def _cycles_on_disk(spec: Spec) -> list[int]:
@@ -52,30 +54,60 @@ def report_rows(spec: Spec) -> list[dict[str, Any]]:
     rows = []
     for c in _cycles_on_disk(spec):
         ts = _manifest(cycles.training_set_root(spec, c))
-        gen = _manifest(cycles.generations_root(spec, c))
-        acc = _manifest(cycles.accepted_root(spec, c))
         row: dict[str, Any] = {
             "cycle": c,
             "checkpoint": _candidate(spec, c),
             "train_rows": ts.get("rows"),
             "new_rows": ts.get("new_rows"),
-            "generations": gen.get("num_rows"),
-            "accepted": acc.get("num_rows"),
-            "accept_rate": acc.get("accept_rate"),
-            "label_precision": acc.get("label_precision"),
+            "method": _method(spec, c),
+            **(_played(spec, c) if spec.agent is not None else _generated(spec, c)),
         }
         try:
             scores = promotion.eval_scores(spec, c)
         except (artifacts.ArtifactError, FileNotFoundError):
             scores = {}
         for key, value in scores.items():
-            if key.startswith(("accuracy/", "perplexity")) and isinstance(value, int | float):
+            if key.startswith(("accuracy/", "perplexity", "env/")) and isinstance(
+                value, int | float
+            ):
                 row[key] = value
         d = decided.get(c)
         row["promoted"] = None if d is None else d.promoted
         row["decision"] = None if d is None else d.reason
         rows.append(row)
     return rows
+
+
+def _generated(spec: Spec, cycle: int) -> dict[str, Any]:
+    gen = _manifest(cycles.generations_root(spec, cycle))
+    acc = _manifest(cycles.accepted_root(spec, cycle))
+    return {
+        "generations": gen.get("num_rows"),
+        "accepted": acc.get("num_rows"),
+        "accept_rate": acc.get("accept_rate"),
+        "label_precision": acc.get("label_precision"),
+    }
+
+
+def _played(spec: Spec, cycle: int) -> dict[str, Any]:
+    """An agent cycle's episodes (the champion's, after the cycle) and the accepted ones."""
+    played = _manifest(cycles.trajectories_root(spec, cycle)).get("counts", {})
+    acc = _manifest(cycles.accepted_trajectories_root(spec, cycle))
+    return {
+        "generations": played.get("rows"),
+        "accepted": acc.get("counts", {}).get("accepted"),
+        "accept_rate": acc.get("accept_rate"),
+        "played_reward": played.get("mean_reward"),
+    }
+
+
+def _method(spec: Spec, cycle: int) -> str | None:
+    """How the cycle's candidate was trained, as its checkpoint records it."""
+    try:
+        meta = promotion.candidate(spec, cycle).meta
+    except (artifacts.ArtifactError, FileNotFoundError):
+        return None
+    return "seed sft" if cycle == 0 else str(meta.get("method", "sft"))
 
 
 def report_footer(spec: Spec, history: bool = False) -> list[str]:
@@ -295,5 +327,6 @@ def lineage_lines(facts: dict[str, Any]) -> list[str]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The accuracy columns of the printed table (perplexity is in --json)."""
-    return sorted({k for r in rows for k in r if k.startswith("accuracy/")})
+    """The accuracy and held-out episode columns of the printed table (perplexity is in
+    --json)."""
+    return sorted({k for r in rows for k in r if k.startswith(("accuracy/", "env/"))})

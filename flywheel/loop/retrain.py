@@ -248,6 +248,7 @@ def cycle_run(
         "parent_cycle": training_set.manifest.get("parent_cycle"),
         **origins,
         "preference": pref.kind if pref else "none",
+        "method": f"sft+{pref.kind}" if pref else "sft",
         **({"preference_data": pref.source} if pref and pref.examples else {}),
     }
     lineage = {"parent_checkpoint": parent.version, **about}

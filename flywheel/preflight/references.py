@@ -28,7 +28,8 @@ from flywheel.loop.tasks import load_task_examples
 from flywheel.preflight.problems import Problem, counted, error, warning
 from flywheel.preflight.verifiers import check_verifiers
 
-LOWER_IS_BETTER = ("perplexity", "heldout_loss")  # held-out metrics every eval reports
+LOWER_IS_BETTER = ("perplexity", "heldout_loss", "mean_turns")  # lower is better
+HELD_OUT_METRICS = ("success", "mean_reward", "mean_turns")
 
 
 def check_references(spec: Spec) -> list[Problem]:
@@ -50,6 +51,8 @@ def eval_metrics(spec: Spec) -> list[str]:
     metrics = [f"accuracy/{task.name}" for task in spec.eval.tasks]
     if spec.packing.heldout_fraction > 0:
         metrics += list(LOWER_IS_BETTER)
+    if spec.agent is not None:  # held-out episodes (flywheel.loop.agents.cycle.evaluate_held_out)
+        metrics += [f"env/{spec.agent.environment}/{m}" for m in HELD_OUT_METRICS]
     return metrics
 
 
@@ -58,12 +61,12 @@ def _gate(spec: Spec) -> list[Problem]:
     if gate.metric not in metrics:
         close = difflib.get_close_matches(gate.metric, metrics, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        if gate.metric in LOWER_IS_BETTER:
+        if gate.metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER:
             hint = " (packing.heldout_fraction is 0: there is no held-out split)"
         produced = ", ".join(metrics) or "nothing"
         why = f"{gate.metric!r} is not a metric eval produces{hint}; it produces {produced}"
         return [error("cycles.gate.metric", f"{why}, so promotion would fail")]
-    lower = gate.metric in LOWER_IS_BETTER
+    lower = gate.metric.rsplit("/", 1)[-1] in LOWER_IS_BETTER
     if lower != (gate.mode == "min"):
         want = "min" if lower else "max"
         why = f"{'lower' if lower else 'higher'} {gate.metric} is better"

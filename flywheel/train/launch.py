@@ -41,6 +41,7 @@ STAGES = {
     "retrain": "flywheel.loop.retrain",
     "eval": "flywheel.loop.eval",
     "generate": "flywheel.loop.generate",
+    "play": "flywheel.loop.agents.play",
 }
 PRODUCTS = {
     "pretrain": P.PRETRAINED,
@@ -48,8 +49,9 @@ PRODUCTS = {
     "retrain": P.CYCLE_CHECKPOINT,
     "eval": P.EVAL,
     "generate": P.GENERATIONS,
+    "play": P.TRAJECTORIES,
 }
-ONE_PROCESS = ("eval", "generate")  # plain python: no accelerate, no ranks
+ONE_PROCESS = ("eval", "generate", "play")  # plain python: no accelerate, no ranks
 TAKES_INPUTS = ("pretrain", "sft", "eval")  # entries that accept --input PRODUCT=VERSION
 
 

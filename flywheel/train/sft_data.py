@@ -21,6 +21,7 @@ that does not end on the assistant's turn) is quarantined with its line (jsonl) 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,13 @@ def _load_one(data: SftData) -> Loaded:
             f"width={data.width}, seed={data.seed})"
         )
         return Loaded(examples, [], about)
-    if data.path is None:
+    if data.kind == "python":
+        records, bad, path = _made_rows(data), [], Path(f"{data.function}")
+    elif data.path is None:
         raise ValueError(f"sft.data.path is required for kind {data.kind!r}")
-    path = Path(data.path)
-    if data.kind == "jsonl":
-        records, bad = read_jsonl(path)
     else:
-        records, bad = _parquet_rows(path), []
+        path = Path(data.path)
+        records, bad = read_jsonl(path) if data.kind == "jsonl" else (_parquet_rows(path), [])
     examples = []
     for lineno, obj in records:
         example, reason = sft_record(obj)
@@ -94,7 +95,23 @@ def _load_one(data: SftData) -> Loaded:
         what = "line" if data.kind == "jsonl" else "row"
         reasons = ", ".join(f"{what} {q['line']}: {q['reason']}" for q in bad[:5]) or "empty"
         raise ValueError(f"sft.data: {path} has no usable examples ({reasons})")
+    if data.kind == "python":
+        about = f"python:{data.function}(n={data.num_examples}, seed={data.seed}, {data.settings})"
+        return Loaded(examples, bad, about)
     return Loaded(examples, bad, f"{data.kind}:{path}")
+
+
+def _made_rows(data: SftData) -> list[tuple[int, dict[str, Any]]]:
+    """The records ``sft.data.function`` returns, numbered from 1 like file lines."""
+    module_name, _, name = str(data.function).partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"sft.data.function {data.function!r} cannot be imported: {exc}") from None
+    records = function(num_examples=data.num_examples, seed=data.seed, **data.settings)
+    return [
+        (i, dict(r) if isinstance(r, dict) else {"record": r}) for i, r in enumerate(records, 1)
+    ]
 
 
 def data_fingerprint(loaded: Loaded) -> str:

@@ -24,7 +24,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from flywheel.core import artifacts
@@ -48,6 +48,10 @@ SPECIAL_TOKENS: dict[str, str] = {
 }
 # Trainer order fixes their ids: 0 endoftext, 1 pad, 2 im_start, 3 im_end.
 _TRAINED_SPECIALS = [EOS, PAD, IM_START, IM_END]
+# The tool-call tags (flywheel.loop.agents.toolcalls), one token each as in Qwen's vocabulary:
+# byte-level BPE would spend 8 tokens on each, every agent turn. Added after training, not
+# special, so ``decode(skip_special_tokens=True)`` keeps them and the parser sees the call.
+TOOL_TAGS = ["<tool_call>", "</tool_call>"]
 
 # ChatML. The assistant's content and its <|im_end|> sit inside {% generation %}, so the
 # assistant mask covers what the model writes and stops on; the role header and the newline
@@ -90,6 +94,7 @@ def train_tokenizer(
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TAGS])
     tok = _wrap(bpe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from flywheel.train.tokenizer import (
     IM_START,
     PAD,
     SPECIAL_TOKENS,
+    TOOL_TAGS,
     build_tokenizer,
     load_tokenizer,
     train_tokenizer,
@@ -53,7 +54,7 @@ def test_round_trip_is_exact_on_unicode(tok: PreTrainedTokenizerFast) -> None:
         assert tok.decode(ids) == text
     # Bytes never seen in training still encode (the whole byte alphabet is in the vocab).
     assert tok.unk_token_id is None
-    assert len(tok) == VOCAB
+    assert len(tok) == VOCAB + len(TOOL_TAGS)  # the tool-call tags are added after training
 
 
 def test_special_tokens_are_single_ids(tok: PreTrainedTokenizerFast) -> None:
@@ -142,7 +143,7 @@ def test_build_trains_publishes_and_is_idempotent(small_spec: Path) -> None:
     assert first.meta["source"] == "trained"
     assert first.meta["input_version"] == dedup.version
     assert first.meta["docs"] == dedup.num_rows
-    assert first.meta["vocab_size"] == VOCAB
+    assert first.meta["vocab_size"] == VOCAB + len(TOOL_TAGS)
     assert first.meta["spec_fingerprint"] == spec.fingerprint()
     assert load_tokenizer(first.path).decode(load_tokenizer(first.path).encode(UNICODE)) == UNICODE
 
@@ -185,3 +186,15 @@ def test_digits_are_one_token_each(tmp_path) -> None:
     assert "".join(pieces) == "32100+54000=861000"
     assert all(len(p) == 1 for p in pieces)  # no merged digit strings like "00" or "2024"
     assert tok.decode(tok.encode("sum 12345 ok")) == "sum 12345 ok"
+
+
+def test_tool_call_tags_are_one_token_each_and_survive_decoding(
+    tok: PreTrainedTokenizerFast,
+) -> None:
+    """Byte-level BPE would split each tag into several tokens every agent turn; the added
+    (not special) tokens keep them whole, and decoding without special tokens keeps them, so
+    the tool-call parser still sees the call in what a policy decodes."""
+    text = '<tool_call>\n{"name": "guess", "arguments": {"number": 7}}\n</tool_call>'
+    ids = tok.encode(text, add_special_tokens=False)
+    assert [tok.convert_tokens_to_ids(t) for t in TOOL_TAGS] == [ids[0], ids[-1]]
+    assert tok.decode(ids, skip_special_tokens=True) == text

@@ -90,6 +90,12 @@ class AgentSettings(BaseModel):
         120.0, gt=0, description="Wall clock per episode, so a slow environment cannot stall."
     )
     seed: int = Field(0, description="Seed of the episodes and sampling; the cycle is added to it.")
+    system_prompt: str | None = Field(
+        None,
+        description="The system turn of every episode (null: the tools' JSON schemas and how "
+        "to call them). A short one saves a small model hundreds of tokens a turn; seed SFT "
+        "data must use the same one (flywheel.loop.agents.teacher).",
+    )
     accept: AgentAcceptSettings = Field(
         default_factory=AgentAcceptSettings, description="Which trajectories are accepted."
     )

@@ -6,12 +6,15 @@ training entry points turn them into plain arguments (see ``flywheel.train.pretr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flywheel.core.settings.verifier import VerifierSettings
+
+_FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 class _Model(BaseModel):
@@ -134,12 +137,22 @@ class AdditionTask(_Model):
 
 
 class SftData(AdditionTask):
-    kind: Literal["jsonl", "parquet", "arithmetic", "addition"] = Field(
+    kind: Literal["jsonl", "parquet", "arithmetic", "addition", "python"] = Field(
         "arithmetic",
-        description="jsonl/parquet of prompt/response or messages, or built-in arithmetic "
-        "('What is a + b?') or addition (padded reversed sums).",
+        description="jsonl/parquet of prompt/response or messages, built-in arithmetic "
+        "('What is a + b?') or addition (padded reversed sums), or python: records made by "
+        "`function`.",
     )
     path: Path | None = Field(None, description="The jsonl/parquet file (kind jsonl/parquet).")
+    function: str | None = Field(
+        None,
+        description="'package.module:function' called as function(num_examples=, seed=, "
+        "**settings) and returning SFT records (kind python), e.g. "
+        "flywheel.loop.agents.teacher:conversations for an environment's scripted episodes.",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of `function` (kind python)."
+    )
     num_examples: int = Field(2000, gt=0, description="Built-in examples to generate.")
     max_operand: int = Field(20, gt=0, description="Largest operand of built-in problems.")
     seed: int = Field(0, description="Seed of the built-in generator.")
@@ -152,6 +165,8 @@ class SftData(AdditionTask):
     def _path_for_files(self) -> SftData:
         if self.kind in ("jsonl", "parquet") and self.path is None:
             raise ValueError(f"sft.data.path is required for kind {self.kind!r}")
+        if self.kind == "python" and not _FUNCTION.fullmatch(self.function or ""):
+            raise ValueError("sft.data.function must be 'package.module:function' for kind python")
         return self
 
 

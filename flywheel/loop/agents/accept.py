@@ -7,6 +7,7 @@ rows and rejected rows with a ``reason``; every input row is in exactly one of t
 gets the first reason that applies, in this order:
 
 - ``error``: the episode failed (``reset``/``get_reward`` raised);
+- ``no_model_turn``: the model never spoke (nothing to train on);
 - ``not_completed``: truncated or not done (``require_completed``);
 - ``held_out_leak``: its episode is one of ``held_out`` (compared as canonical JSON, the
   ``episode`` column's spelling), so evaluation episodes never become training data;
@@ -42,6 +43,7 @@ def accept_trajectories(
     check_frame(frame)
     leaked = [canonical(e) for e in held_out]
     reason = pl.when(pl.col("error").is_not_null()).then(pl.lit("error"))
+    reason = reason.when(pl.col("num_turns") < 1).then(pl.lit("no_model_turn"))
     if settings.require_completed:
         unfinished = pl.col("truncated") | ~pl.col("done")
         reason = reason.when(unfinished).then(pl.lit("not_completed"))

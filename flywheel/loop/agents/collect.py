@@ -39,6 +39,10 @@ NO_CALL = "error: no tool call in this turn; call a tool as " + toolcalls.format
 _SENTINEL = "\x00flywheel-turn-end\x00"  # marks where the model's text ends in a rendering
 
 
+class NoUserTurn(ValueError):
+    """An episode row whose ``prompt`` has no user turn to append the observation to."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What the policy continues: the conversation so far and its exact token ids (the
@@ -73,6 +77,7 @@ class CollectSettings:
     max_turns: int = 12  # model turns per episode; the environment's own budget may be lower
     episode_timeout_s: float = 120.0  # wall clock per episode, so a slow env cannot stall a batch
     samples_per_episode: int = 1  # a GRPO group: samples of one episode share a group_id
+    system_prompt: str | None = None  # None: the tools' JSON schemas (toolcalls.system_prompt)
 
 
 @dataclass
@@ -112,7 +117,7 @@ def collect(
         group = digest(env_name, settings_json, canonical(episode))
         for sample in range(s.samples_per_episode):
             meta = {"episode": episode, "index": index, "group_id": group, "sample": sample}
-            ep = _start(factory, tokenizer, meta)
+            ep = _start(factory, tokenizer, meta, s.system_prompt)
             (finished if ep.end else live).append(ep)
     while live:
         steps = policy([Context(ep.messages, ep.prompt_ids + ep.ids) for ep in live])
@@ -128,28 +133,39 @@ def collect(
     return trajectory_frame([_row(ep, common) for ep in finished])
 
 
-def _start(factory: Callable[[], Any], tokenizer: Any, meta: dict[str, Any]) -> _Episode:
-    """A reset environment and its first prompt: a system turn offering its tools, then the
-    episode's prompt with the reset observation appended to the last user turn (as TRL does)."""
-    env, episode = factory(), meta["episode"]
-    methods = tool_methods(env)
-    tools = {m.__name__: m for m in methods}
-    system = toolcalls.system_prompt(toolcalls.tool_schemas(methods))
-    messages = [{"role": "system", "content": system}]
+def opening(env: Any, episode: dict[str, Any], system_prompt: str | None = None) -> list[dict]:
+    """Reset ``env`` for ``episode`` and return the conversation's first turns: a system turn
+    offering its tools (``system_prompt``, default the tools' JSON schemas), then the episode's
+    prompt with the reset observation appended to the last user turn (as TRL does). Raises
+    what ``reset`` raises, and ValueError for an episode without a user turn."""
+    if system_prompt is None:
+        system_prompt = toolcalls.system_prompt(toolcalls.tool_schemas(tool_methods(env)))
+    messages = [{"role": "system", "content": system_prompt}]
     messages += [dict(m) for m in episode.get("prompt", [])]
-    ep = _Episode(env, tools, messages, [], meta)
-    try:
-        observation = env.reset(**episode)
-    except Exception as exc:  # noqa: BLE001 - user environments can raise anything
-        ep.end, ep.error = "error", f"reset raised {type(exc).__name__}: {exc}"
-        return ep
     if not any(m["role"] == "user" for m in messages):
-        ep.end, ep.error = "error", "the episode has no user turn in its 'prompt'"
-        return ep
+        raise NoUserTurn("the episode has no user turn in its 'prompt'")
+    observation = env.reset(**episode)
     if observation:
         last = max(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[last]["content"] += observation
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return messages
+
+
+def _start(
+    factory: Callable[[], Any], tokenizer: Any, meta: dict[str, Any], system: str | None
+) -> _Episode:
+    """A reset environment and its rendered opening (``opening``)."""
+    env = factory()
+    ep = _Episode(env, {m.__name__: m for m in tool_methods(env)}, [], [], meta)
+    try:
+        ep.messages = opening(env, meta["episode"], system)
+    except NoUserTurn as exc:
+        ep.end, ep.error = "error", str(exc)
+        return ep
+    except Exception as exc:  # noqa: BLE001 - user environments can raise anything
+        ep.end, ep.error = "error", f"reset raised {type(exc).__name__}: {exc}"
+        return ep
+    text = tokenizer.apply_chat_template(ep.messages, add_generation_prompt=True, tokenize=False)
     ep.prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ep
 
@@ -171,7 +187,9 @@ def _advance(ep: _Episode, step: Step, tokenizer: Any, s: CollectSettings) -> No
     if calls:
         assistant["tool_calls"] = [c.as_message() for c in calls]
     ep.messages.append(assistant)
-    results = [_run(ep, call, f"call_{ep.turns}_{i}") for i, call in enumerate(calls)]
+    results = [
+        run_call(ep.env, ep.tools, call, f"call_{ep.turns}_{i}") for i, call in enumerate(calls)
+    ]
     results = results or [{"role": "tool", "content": NO_CALL}]
     ep.messages += results
     ep.end = _end_reason(ep, s)
@@ -184,15 +202,18 @@ def _advance(ep: _Episode, step: Step, tokenizer: Any, s: CollectSettings) -> No
             ep.logprobs += [0.0] * len(ids)
 
 
-def _run(ep: _Episode, call: toolcalls.ToolCall, call_id: str) -> dict[str, Any]:
-    """The tool turn answering ``call``; a refused call or a raising tool is an error text."""
+def run_call(
+    env: Any, tools: dict[str, Callable[..., Any]], call: toolcalls.ToolCall, call_id: str
+) -> dict[str, Any]:
+    """The tool turn answering ``call`` on ``env``; a refused call or a raising tool is an
+    error text."""
     if call.error:
         content = f"error: {call.error}"
-    elif ep.env.done or ep.env.truncated:
+    elif env.done or env.truncated:
         content = "error: the episode is over; this call did nothing"
     else:
         try:
-            out = ep.tools[call.name](**call.arguments)
+            out = tools[call.name](**call.arguments)
             content = out if isinstance(out, str) else str(out)
         except Exception as exc:  # noqa: BLE001 - wrong arguments or a raising tool
             content = f"error: {type(exc).__name__}: {exc}"

@@ -139,7 +139,9 @@ def build_trajectories(
             temperature=agent.temperature,
             seed=seed,
         )
-    settings = CollectSettings(agent.max_turns, agent.timeout_s, agent.samples_per_episode)
+    settings = CollectSettings(
+        agent.max_turns, agent.timeout_s, agent.samples_per_episode, agent.system_prompt
+    )
     started = time.monotonic()
     frame = collect(
         policy, policy.tokenizer, env.factory, episodes, env.name, env.entry.settings,
@@ -217,7 +219,7 @@ def evaluate_held_out(
         policy = TransformersPolicy.from_checkpoint(
             Path(checkpoint_dir), max_new_tokens=agent.max_new_tokens, temperature=0.0
         )
-    settings = CollectSettings(agent.max_turns, agent.timeout_s, 1)
+    settings = CollectSettings(agent.max_turns, agent.timeout_s, 1, agent.system_prompt)
     frame = collect(
         policy, policy.tokenizer, env.factory, episodes, env.name, env.entry.settings, settings,
         str(checkpoint_dir), cycle,

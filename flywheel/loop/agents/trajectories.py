@@ -118,6 +118,35 @@ def publish_trajectories(
         return writer.commit(inputs=inputs, **metadata)
 
 
+def training_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """Trajectories as training-set rows (``flywheel.loop.cycles.TRAINING_COLUMNS`` less
+    origin and cycle): ``messages`` is the conversation up to the model's last turn (the
+    tool turns after it train nothing), so SFT's assistant mask covers exactly the turns the
+    model wrote, the ``completion_mask == 1`` tokens; ``generation_id`` is the episode id,
+    ``prompt_id`` its group. A row without a model turn is an error: acceptance rejects them
+    (``no_model_turn``)."""
+    from flywheel.core import chat
+
+    rows = []
+    for row in frame.select("episode_id", "group_id", "turns").iter_rows(named=True):
+        turns = json.loads(row["turns"])
+        spoke = [i for i, t in enumerate(turns) if t["role"] == "assistant"]
+        if not spoke:
+            raise ValueError(f"trajectory {row['episode_id']} has no model turn to train on")
+        messages = [chat.turn(t["role"], t["content"]) for t in turns[: spoke[-1] + 1]]
+        rows.append(
+            {
+                "prompt_id": row["group_id"],
+                "prompt": chat.last_user(messages),
+                "response": messages[-1]["content"],
+                "messages": chat.dumps(messages),
+                "generation_id": row["episode_id"],
+            }
+        )
+    schema = {c: pl.String for c in ("prompt_id", "prompt", "response", "messages")}
+    return pl.DataFrame(rows, schema=schema | {"generation_id": pl.String})
+
+
 def read_trajectories(path: Path) -> pl.DataFrame:
     """A Parquet file written by ``write_trajectories``, its schema checked."""
     frame = pl.read_parquet(path)

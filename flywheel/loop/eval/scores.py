@@ -215,6 +215,11 @@ def evaluate(
     if stage == "sft" and "perplexity" in metrics:
         metrics.update(parent_perplexity(spec, handed[P.PRETRAINED], dataset, reporter))
     scores = score_tasks(spec, model, tokenizer, metrics, reporter)
+    if spec.agent is not None:  # the agent's held-out episodes, played greedily
+        from flywheel.loop.agents.cycle import evaluate_held_out
+
+        metrics.update(evaluate_held_out(spec, evaluated.path, cycle=cycle or 0))
+        reporter.info(", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith("env/")))
     staging = artifacts.staging_dir(root)
     head = {"checkpoint": evaluated.version, "stage": stage, "cycle": cycle}
     write_report(staging, {**head, **metrics}, scores)
@@ -246,7 +251,16 @@ def eval_key(
     section (task files by content, not path) and the task files' contents."""
     section = spec.eval.model_dump(mode="json", exclude={"tasks": {"__all__": {"path"}}})
     files = {f"eval task {t.name}": keys.file_digest(t.path) for t in spec.eval.tasks if t.path}
-    return keys.make_key(P.versions(handed), {"eval": section}, files, stage=stage, cycle=cycle)
+    sections: dict[str, Any] = {"eval": section}
+    code = {}
+    if spec.agent is not None:  # held-out episodes: how the agent plays, and the environment
+        from flywheel.loop.agents.cycle import agent_environment
+
+        entry = agent_environment(spec).entry
+        sections |= {"agent": spec.agent.model_dump(mode="json", exclude={"accept"})}
+        sections |= {"environment": entry.model_dump(mode="json")}
+        code = {"environment": keys.module_digest(entry.class_path)}
+    return keys.make_key(P.versions(handed), sections, files, code=code, stage=stage, cycle=cycle)
 
 
 def _reported(
