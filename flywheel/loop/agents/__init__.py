@@ -8,8 +8,11 @@ episodes against ``flywheel.envs`` environments with a pluggable policy, one pol
 turn for every live episode; ``hf_policy`` is the in-process transformers policy (left-padded
 batched ``generate`` that keeps token ids and sampling logprobs); ``trajectories`` is the
 Parquet schema they are stored in; ``accept`` filters a trajectory frame into accepted and
-rejected-with-reason rows.
+rejected-with-reason rows. ``ppo_train`` is the compact PPO stage (a policy and a separate
+value model from a parent checkpoint, KL to a frozen reference, resumable), on rollouts from
+``ppo_rollouts`` (an environment through ``collect``, or single-turn prompts and a reward).
 
-May import: ``flywheel.core``, ``flywheel.train`` (tokenizer and model loading, inside the
-policy) and ``flywheel.envs.protocol`` (the tool list).
+May import: ``flywheel.core``, ``flywheel.train`` (tokenizer, model loading and the PPO math),
+``flywheel.envs.protocol`` (the tool list), ``flywheel.envs.load`` (``ppo_train``'s command
+line) and ``flywheel.loop.preference`` (the verifier as a reward).
 """
