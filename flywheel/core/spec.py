@@ -178,6 +178,17 @@ class Spec(_Model):
                 f"agent.environment: {self.agent.environment!r} names no entry of "
                 f"environments (defined: {known})"
             )
+        if self.agent is not None and self.cycles.preference != "none":
+            raise ValueError(
+                f"cycles.preference: {self.cycles.preference!r} trains on generations, which "
+                "a spec with an `agent` section does not make; use cycles.method for an "
+                "agent's RL (ppo, grpo)"
+            )
+        if self.agent is None and self.cycles.method != "sft":
+            raise ValueError(
+                f"cycles.method: {self.cycles.method!r} trains in the agent's environment; "
+                "add an `agent` section, or use cycles.preference for single-turn RL"
+            )
         return self
 
     # -- derived locations: one place decides where each data product lives ---------------

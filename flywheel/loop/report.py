@@ -203,7 +203,8 @@ def cycle_lineage(spec: Spec, cycle: int) -> dict[str, Any]:
     facts = checkpoint_lineage(spec, version)
     facts["cycle"] = cycle
     facts["training_set"] = _manifest(cycles.training_set_root(spec, cycle)).get("version")
-    facts["accepted"] = _manifest(cycles.accepted_root(spec, cycle)).get("version")
+    accepted = cycles.product_root(spec, P.accepted_product(spec), cycle)
+    facts["accepted"] = _manifest(accepted).get("version")
     return facts | cycle_build_facts(spec, cycle)  # what each product was built from
 
 
@@ -212,7 +213,8 @@ def cycle_build_facts(spec: Spec, cycle: int) -> dict[str, Any]:
     key says it was built from (its ``data:`` parts) and what changed when it was, and
     ``stale``: what changed since that a rerun of the cycle would have to take in."""
     built: dict[str, Any] = {}
-    for product in (P.TRAINING_SET, P.CYCLE_EVAL, P.GENERATIONS, P.ACCEPTED):
+    made = P.AGENT_PRODUCTS if spec.agent is not None else P.GENERATION_PRODUCTS
+    for product in (P.TRAINING_SET, P.CYCLE_EVAL, *made):
         artifact, key = keys.current_key(cycles.product_root(spec, product, cycle))
         if artifact is not None:
             data = {k.removeprefix("data:"): v for k, v in (key or {}).items() if "data:" in k}

@@ -49,6 +49,7 @@ from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.loop import preference
+from flywheel.loop.agents.cycle_rl import rl_kind, rl_stage, trains_sft
 from flywheel.loop.cycles import check_cycle_inputs, checkpoint_root, cycle_inputs
 from flywheel.train.finetune import BOOKKEEPING, INTERMEDIATE, FineTune, run_finetune
 from flywheel.train.sft import train_and_save
@@ -210,6 +211,13 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
             key["verifier"] = verifier.model_dump(mode="json")
             if verifier.kind == "python" and verifier.function:
                 key["verifier_source"] = keys.module_digest(verifier.function)
+    if spec.agent is not None and spec.cycles.method != "sft":  # RL in the environment
+        key["method"] = spec.cycles.method
+        key["rl"] = spec.cycles.ppo.model_dump(mode="json", exclude={"save_every", "keep_states"})
+        key["agent"] = spec.agent.model_dump(mode="json", exclude={"accept"})
+        key["environment"] = next(
+            e.model_dump(mode="json") for e in spec.environments if e.name == spec.agent.environment
+        )
     return key
 
 
@@ -248,7 +256,7 @@ def cycle_run(
         "parent_cycle": training_set.manifest.get("parent_cycle"),
         **origins,
         "preference": pref.kind if pref else "none",
-        "method": f"sft+{pref.kind}" if pref else "sft",
+        "method": f"sft+{pref.kind}" if pref else spec.cycles.method,
         **({"preference_data": pref.source} if pref and pref.examples else {}),
     }
     lineage = {"parent_checkpoint": parent.version, **about}
@@ -278,6 +286,8 @@ def train_cycle(
     from accelerate import PartialState
 
     attn = spec.model.attn_implementation
+    if rl_kind(spec) is not None:
+        return _train_agent_cycle(spec, reporter, run)
     if pref is None or not pref.examples:
         metrics, staging = train_and_save(run, reporter, attn)
         if pref is not None:
@@ -302,6 +312,25 @@ def train_cycle(
         pref.kind, settings, sft_model, pref.examples, work, run.staging, reporter, attn, reward
     )
     return metrics, run.staging
+
+
+def _train_agent_cycle(spec: Spec, reporter: Reporter, run: FineTune) -> tuple[dict, Path]:
+    """``cycles.method`` sft+ppo / ppo (and grpo): the RL stage in the agent's environment,
+    from the cycle's SFT model (trained, or finished by an earlier run) or from the champion."""
+    from accelerate import PartialState
+
+    start, metrics = run.parent.path, {}
+    if trains_sft(spec):
+        start = run.work / INTERMEDIATE
+        metrics = _finished_sft(start)
+        if metrics is None:
+            metrics, _ = train_and_save(run, reporter, spec.model.attn_implementation, start)
+            if reporter.is_main:  # marks the SFT stage complete: a rerun goes on from here
+                artifacts.write_manifest(start, metrics=metrics)
+            PartialState().wait_for_everyone()
+    cycle = int(run.lineage["cycle"])
+    metrics |= rl_stage(spec, cycle, start, run.staging, run.work / "rl", reporter)
+    return {**metrics, "method": spec.cycles.method}, run.staging
 
 
 def run_retrain(

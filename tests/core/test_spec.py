@@ -207,3 +207,18 @@ def test_verifier_settings_errors(tmp_path: Path, body: str, message: str) -> No
     with pytest.raises(SpecError) as err:
         load_spec(write_spec(tmp_path, body + "\n"))
     assert message in str(err.value)
+
+
+AGENT = """
+environments: [{name: guess, class_path: "flywheel.envs.guess:NumberGuess"}]
+agent: {environment: guess}
+"""
+
+
+def test_an_agent_spec_trains_by_cycles_method_not_by_preference(tmp_path: Path) -> None:
+    ppo = load_spec(write_spec(tmp_path, AGENT + "cycles: {method: sft+ppo}\n"))
+    assert ppo.cycles.method == "sft+ppo" and ppo.cycles.ppo.iterations >= 1
+    with pytest.raises(SpecError, match="cycles.preference: 'dpo' trains on generations"):
+        load_spec(write_spec(tmp_path, AGENT + "cycles: {preference: dpo}\n"))
+    with pytest.raises(SpecError, match="cycles.method: 'ppo' trains in the agent's environment"):
+        load_spec(write_spec(tmp_path, "cycles: {method: ppo}\n"))

@@ -130,3 +130,39 @@ def test_extra_sets_are_appended() -> None:
     assert len(loaded.examples) == 35 and "digits=4-4" in loaded.source
     hard = [e["messages"][0]["content"] for e in loaded.examples[30:]]
     assert all(p.split("+")[0][3] != "0" for p in hard)  # reversed: the 4th digit is set
+
+
+def made_records(num_examples: int, seed: int, reply: str = "ok") -> list:
+    """A ``kind: python`` SFT data function (this module is importable in tests)."""
+    good = [_conv(f"say {seed}-{i}", reply) for i in range(num_examples)]
+    return [*good, {"messages": [{"role": "user", "content": "no answer"}]}, "not a record"]
+
+
+def test_python_kind_calls_the_function_and_quarantines_bad_records() -> None:
+    data = SftData(
+        kind="python",
+        function="tests.train.test_sft_data:made_records",
+        num_examples=3,
+        seed=4,
+        settings={"reply": "yes"},
+    )
+    loaded = load_sft_data(data)
+    assert [e["messages"][0]["content"] for e in loaded.examples] == [
+        "say 4-0",
+        "say 4-1",
+        "say 4-2",
+    ]
+    assert all(e["messages"][-1]["content"] == "yes" for e in loaded.examples)
+    assert [q["reason"] for q in loaded.quarantine] == [
+        "does_not_end_with_assistant",
+        "missing_fields",
+    ]
+    assert "made_records" in loaded.source and "'reply': 'yes'" in loaded.source
+
+
+def test_python_kind_errors_name_the_function() -> None:
+    with pytest.raises(ValueError, match="package.module:function"):
+        SftData(kind="python")
+    missing = SftData(kind="python", function="tests.train.test_sft_data:nowhere")
+    with pytest.raises(ValueError, match="'tests.train.test_sft_data:nowhere' cannot be imported"):
+        load_sft_data(missing)

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flywheel.core.settings.rl import PpoSettings
 from flywheel.core.settings.train import DEFAULT_EVAL_TASK, SftSettings, TrainSettings
 from flywheel.core.settings.verifier import VerifierSettings
 
@@ -291,6 +292,16 @@ class CycleSettings(_Model):
     )
     preference: Literal["none", "dpo", "grpo", "rloo"] = Field(
         "none", description="Optional stage after each cycle's SFT."
+    )
+    method: Literal["sft", "ppo", "sft+ppo", "grpo", "sft+grpo"] = Field(
+        "sft",
+        description="How an agent cycle (a spec with an `agent` section) trains the champion: "
+        "sft on the accepted trajectories (rejection sampling), then or instead ppo (compact "
+        "PPO with a value model, `cycles.ppo`) or grpo (TRL GRPO with the environment as "
+        "environment_factory, `cycles.grpo`), online in the agent's environment.",
+    )
+    ppo: PpoSettings = Field(
+        default_factory=PpoSettings, description="The PPO stage of cycles.method ppo/sft+ppo."
     )
     preference_train: PreferenceTrain = Field(
         default_factory=PreferenceTrain,

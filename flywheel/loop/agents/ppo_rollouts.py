@@ -48,11 +48,12 @@ class EnvRollouts:
         episodes: list[dict[str, Any]],
         env_name: str = "env",
         timeout_s: float = 120.0,
+        system_prompt: str | None = None,
     ) -> None:
         if not episodes:
             raise ValueError("EnvRollouts needs at least one episode")
         self.factory, self.episodes, self.env_name = factory, episodes, env_name
-        self.timeout_s = timeout_s
+        self.timeout_s, self.system_prompt = timeout_s, system_prompt
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -60,7 +61,9 @@ class EnvRollouts:
     def rollout(
         self, policy: TransformersPolicy, items: list[int], max_turns: int
     ) -> list[dict[str, Any]]:
-        settings = CollectSettings(max_turns=max_turns, episode_timeout_s=self.timeout_s)
+        settings = CollectSettings(
+            max_turns=max_turns, episode_timeout_s=self.timeout_s, system_prompt=self.system_prompt
+        )
         chosen = [self.episodes[i] for i in items]
         frame = collect(
             policy, policy.tokenizer, self.factory, chosen, self.env_name, None, settings

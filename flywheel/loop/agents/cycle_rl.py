@@ -1,0 +1,55 @@
+"""The online RL stages of an agent cycle (``cycles.method``): PPO (or GRPO) in the agent's
+environment, from the champion or from the cycle's SFT model.
+
+    accelerate launch -m flywheel.loop.retrain --spec examples/agent/flywheel.yaml --cycle 2 \
+        --set cycles.method=sft+ppo
+
+``flywheel.loop.retrain`` calls ``rl_stage`` after (or instead of) the cycle's SFT. The
+episodes are the environment's ``train_episodes`` (never a held-out one), drawn with a seed of
+the cycle's own, so each cycle's RL plays new episodes; the system prompt, turn budget and
+timeout are the agent section's, so RL trains in the format the agent plays and is evaluated
+in. The stage resumes from its own states under ``work`` (a rerun after kill -9 goes on).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flywheel.core.report import Reporter
+from flywheel.core.spec import Spec
+from flywheel.loop.agents.cycle import agent_environment, agent_settings, episode_seed
+
+POOL = 4096  # episodes drawn per cycle for RL to sample its rollouts from
+
+
+def rl_kind(spec: Spec) -> str | None:
+    """``ppo`` or ``grpo`` when ``cycles.method`` has an online RL stage, else None."""
+    method = spec.cycles.method
+    return method.rsplit("+", 1)[-1] if method.rsplit("+", 1)[-1] in ("ppo", "grpo") else None
+
+
+def trains_sft(spec: Spec) -> bool:
+    return spec.cycles.method.startswith("sft")
+
+
+def rl_stage(
+    spec: Spec, cycle: int, start: Path, out: Path, work: Path, reporter: Reporter
+) -> dict[str, Any]:
+    """Run the cycle's RL stage from the model in ``start``; the final policy goes to ``out``.
+    Returns its metrics, prefixed ``ppo/``."""
+    from flywheel.loop.agents.ppo_rollouts import EnvRollouts
+    from flywheel.loop.agents.ppo_train import train_ppo
+
+    kind, agent, env = rl_kind(spec), agent_settings(spec), agent_environment(spec)
+    if kind != "ppo":
+        raise ValueError(f"cycles.method {spec.cycles.method!r}: no RL stage {kind!r} here")
+    episodes = env.train_episodes(POOL, env.settings, seed=episode_seed(agent, cycle) + 17)
+    rollouts = EnvRollouts(
+        env.factory, episodes, env.name, agent.timeout_s, system_prompt=agent.system_prompt
+    )
+    # The agent's turn budget and turn length, as it plays and is evaluated
+    turns = {"max_turns": agent.max_turns, "max_new_tokens": agent.max_new_tokens}
+    settings = spec.cycles.ppo.model_copy(update={"seed": spec.cycles.ppo.seed + cycle, **turns})
+    metrics = train_ppo(start, out, work, rollouts, settings, reporter)
+    return {f"ppo/{k}": v for k, v in metrics.items()}
