@@ -13,11 +13,15 @@ after ``max_turns`` model turns, or when it has run ``episode_timeout_s`` second
 between turns: a tool call itself is bounded by its environment, e.g. the sandbox's
 timeout); one that never solves its task within the budget ends truncated with the
 environment's reward (0 for NumberGuess). ``reset`` or ``get_reward`` raising ends that
-episode with ``error`` set.
+episode with ``error`` set, and so does a ``Step`` with ``error`` (the policy could not produce
+that episode's turn, e.g. an endpoint request that failed after its retries): the other
+episodes carry on.
 
 Token ids are never re-tokenized from text: the completion is the concatenation of what the
 policy generated (mask 1, its logprobs) and the template's rendering of what came between
-(mask 0), so the rows are exactly what the model saw and produced.
+(mask 0), so the rows are exactly what the model saw and produced (as exact as the policy's
+``Step.token_ids``: an API that returns only text makes the policy re-tokenize its turn, see
+``flywheel.loop.agents.openai_policy``'s chat mode).
 """
 
 from __future__ import annotations
@@ -46,21 +50,26 @@ class NoUserTurn(ValueError):
 @dataclass(frozen=True)
 class Context:
     """What the policy continues: the conversation so far and its exact token ids (the
-    rendered prompt, then every turn, ending with the assistant header)."""
+    rendered prompt, then every turn, ending with the assistant header); ``tools``: the JSON
+    schemas of the environment's tools (also listed in the system turn), for an API that
+    takes them separately."""
 
     messages: list[dict[str, Any]]
     token_ids: list[int]
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Step:
     """One model turn: its text (special tokens removed), the generated ids (the stop token
-    included when it stopped), their sampling logprobs (None: not reported)."""
+    included when it stopped), their sampling logprobs (None: not reported). ``error`` set:
+    no turn was produced, and the episode ends with that error."""
 
     text: str
     token_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: Literal["stop", "length"] = "stop"
+    error: str | None = None
 
 
 class Policy(Protocol):
@@ -87,6 +96,7 @@ class _Episode:
     messages: list[dict[str, Any]]
     prompt_ids: list[int]
     meta: dict[str, Any]
+    schemas: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     ids: list[int] = field(default_factory=list)
     mask: list[int] = field(default_factory=list)
@@ -120,7 +130,7 @@ def collect(
             ep = _start(factory, tokenizer, meta, s.system_prompt)
             (finished if ep.end else live).append(ep)
     while live:
-        steps = policy([Context(ep.messages, ep.prompt_ids + ep.ids) for ep in live])
+        steps = policy([Context(ep.messages, ep.prompt_ids + ep.ids, ep.schemas) for ep in live])
         if len(steps) != len(live):
             raise ValueError(f"the policy returned {len(steps)} steps for {len(live)} contexts")
         for ep, step in zip(live, steps, strict=True):
@@ -156,7 +166,9 @@ def _start(
 ) -> _Episode:
     """A reset environment and its rendered opening (``opening``)."""
     env = factory()
-    ep = _Episode(env, {m.__name__: m for m in tool_methods(env)}, [], [], meta)
+    methods = tool_methods(env)
+    schemas = toolcalls.tool_schemas(methods)  # what a chat endpoint is offered as tools
+    ep = _Episode(env, {m.__name__: m for m in methods}, [], [], meta, schemas)
     try:
         ep.messages = opening(env, meta["episode"], system)
     except NoUserTurn as exc:
@@ -173,6 +185,9 @@ def _start(
 def _advance(ep: _Episode, step: Step, tokenizer: Any, s: CollectSettings) -> None:
     """Record the model's turn, run its tool calls, decide whether the episode ended, and if
     not, append the rendered tool turns and the next assistant header (mask 0)."""
+    if step.error is not None:
+        ep.end, ep.error = "error", f"the policy failed: {step.error}"
+        return
     ep.turns += 1
     ep.ids += step.token_ids
     ep.mask += [1] * len(step.token_ids)

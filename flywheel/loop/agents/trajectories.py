@@ -51,7 +51,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
     "reward": (pl.Float64, "env.get_reward() at the end (0.0 when the episode errored)"),
     "done": (pl.Boolean, "the environment ended the episode itself"),
     "truncated": (pl.Boolean, "the episode was cut: env turn budget, max_turns or timeout"),
-    "error": (pl.String, "why the episode failed (reset/get_reward raised), else null"),
+    "error": (pl.String, "why the episode failed (reset/get_reward/the policy), else null"),
     "end_reason": (pl.String, "done | env_truncated | max_turns | timeout | error"),
     "num_turns": (pl.Int32, "model turns taken"),
     "trajectory_hash": (pl.String, "hash of env and turns: equal trajectories, equal hashes"),

@@ -36,17 +36,23 @@ def chat(prompt: str, answer: str) -> str:
 
 
 def build_chat_checkpoint(
-    root: Path, steps: int = TRAIN_STEPS, seed: int = 0
+    root: Path,
+    steps: int = TRAIN_STEPS,
+    seed: int = 0,
+    texts: list[str] | None = None,
+    vocab_size: int = 300,
 ) -> artifacts.Artifact:
-    """Publish a tiny trained chat model + tokenizer under ``root``; the artifact."""
+    """Publish a tiny trained chat model + tokenizer under ``root``; the artifact. ``texts``:
+    the ChatML conversations to train on (default: arithmetic questions and answers)."""
     from flywheel.core.settings.train import ModelSettings
     from flywheel.train.model import build_model
     from flywheel.train.tokenizer import stop_token_ids, train_tokenizer
 
-    examples = arithmetic_examples(600, 20, seed=99)
-    texts = [chat(e["prompt"], e["answer"]) for e in examples]
+    if texts is None:
+        examples = arithmetic_examples(600, 20, seed=99)
+        texts = [chat(e["prompt"], e["answer"]) for e in examples]
     staging = artifacts.staging_dir(root)
-    tok = train_tokenizer(texts, vocab_size=300, min_frequency=2, out_dir=staging)
+    tok = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=2, out_dir=staging)
     special = {
         "eos_token_id": tok.eos_token_id,
         "bos_token_id": tok.bos_token_id,

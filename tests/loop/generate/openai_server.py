@@ -1,15 +1,26 @@
-"""A small real OpenAI-compatible completions server over a transformers checkpoint (tests).
+"""A small real OpenAI-compatible server over a transformers checkpoint (tests).
 
     python tests/loop/generate/openai_server.py serve CHECKPOINT --host 127.0.0.1 --port 8000
 
-It answers ``GET /v1/models`` and ``POST /v1/completions`` (prompt text, n, temperature,
-top_p, top_k, max_tokens, seed) with ``TransformersBackend.complete``, the way vLLM's server
-answers them, and records every request body. It exists to test the client
-(``flywheel.loop.generate.endpoint``) without vLLM: in a thread (``CompletionsServer``), or as a
-started ``serve`` executable (the command line above, which ``ServeProcess`` runs).
+It answers ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` the
+way vLLM's server answers them, and records every request body. Completions of prompt text
+(n, temperature, top_p, top_k, max_tokens, seed) come from ``TransformersBackend.complete``.
+A prompt of token ids is continued as it is by ``TransformersPolicy`` (the request's sampling,
+``stop_token_ids``), with vLLM's extensions: ``logprobs`` (the sampled tokens'),
+``return_token_ids`` (each choice's ``token_ids``, the stop token included) and
+``return_tokens_as_token_ids`` (logprob tokens spelled ``token_id:N``); ``extensions=False``
+makes it ignore the last two, as a server without them would. Chat requests are rendered with
+the checkpoint's template after writing each assistant ``tool_calls`` entry back as a
+``<tool_call>`` block (as tool-aware templates such as Qwen's do), generated the same way, and
+when ``tools`` are given the reply's ``<tool_call>`` blocks are parsed into ``tool_calls`` as
+vLLM's ``hermes`` tool parser does (the content is the text before the first block).
 
-``CompletionsServer.inject`` makes the next completions requests (or all of them) fail the
-ways real servers do: HTTP 500/503, a stall longer than the client's timeout, a body that is
+It exists to test the clients (``flywheel.loop.generate.endpoint``,
+``flywheel.loop.agents.openai_policy``) without vLLM: in a thread (``CompletionsServer``), or
+as a started ``serve`` executable (the command line above, which ``ServeProcess`` runs).
+
+``CompletionsServer.inject`` makes the next completions or chat requests (or all of them) fail
+the ways real servers do: HTTP 500/503, a stall longer than the client's timeout, a body that is
 not JSON, a reply without ``choices`` or without a choice's ``text``. ``attempts`` records
 what each request got and the retry number the client sent with it.
 """
@@ -18,11 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from flywheel.loop.agents.collect import Context, Step
+from flywheel.loop.agents.hf_policy import TransformersPolicy
 from flywheel.loop.generate.backends import TransformersBackend
 from flywheel.loop.generate.base import SamplingParams
 
@@ -37,6 +51,7 @@ FAULTS: dict[str, tuple[int, bytes]] = {
     "no_text": (200, b'{"choices": [{"index": 0, "finish_reason": "stop"}]}'),
     "stall": (0, b""),
 }
+TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)  # hermes' pattern
 
 
 class CompletionsServer:
@@ -60,6 +75,7 @@ class CompletionsServer:
         self.in_flight = self.peak_in_flight = 0  # completions requests being handled
         self.release = threading.Event()  # ends the stalls
         self.state = threading.Lock()
+        self.extensions = True  # honour return_token_ids and return_tokens_as_token_ids
         self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         self.url = f"http://{host}:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -104,6 +120,9 @@ class CompletionsServer:
             self.in_flight -= 1
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["prompt"]
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return self.complete_ids(body)
         params = SamplingParams(
             n=int(body.get("n", 1)),
             temperature=float(body.get("temperature", 1.0)),
@@ -123,6 +142,96 @@ class CompletionsServer:
         tokens = sum(c.tokens for c in samples)
         return {"object": "text_completion", "model": self.model, "choices": choices,
                 "usage": {"completion_tokens": tokens}}  # fmt: skip
+
+    def generate(self, ids: list[int], body: dict[str, Any]) -> list[Step]:
+        """``n`` continuations of the token ids ``ids`` with the request's sampling."""
+        policy = TransformersPolicy(
+            self.backend.model,
+            self.backend.tokenizer,
+            max_new_tokens=int(body.get("max_tokens", 16)),
+            temperature=float(body.get("temperature", 1.0)),
+            top_p=float(body.get("top_p", 1.0)),
+            top_k=int(body.get("top_k", 0)),
+            seed=int(body.get("seed", 0)),
+        )
+        if body.get("stop_token_ids"):
+            policy.stops = [int(t) for t in body["stop_token_ids"]]
+        with self.lock:
+            self.requests.append(body)
+            return policy([Context([], ids)] * int(body.get("n", 1)))
+
+    def complete_ids(self, body: dict[str, Any]) -> dict[str, Any]:
+        steps = self.generate(body["prompt"], body)
+        as_ids = self.extensions and bool(body.get("return_tokens_as_token_ids"))
+        choices = []
+        for i, step in enumerate(steps):
+            choice: dict[str, Any] = {"index": i, "text": step.text, "logprobs": None,
+                                      "finish_reason": step.finish_reason}  # fmt: skip
+            if self.extensions and body.get("return_token_ids"):
+                choice["token_ids"] = step.token_ids
+            if body.get("logprobs") is not None:
+                tokens = [self._token(t, as_ids) for t in step.token_ids]
+                choice["logprobs"] = {"tokens": tokens, "token_logprobs": step.logprobs,
+                                      "top_logprobs": None, "text_offset": None}  # fmt: skip
+            choices.append(choice)
+        tokens = sum(len(s.token_ids) for s in steps)
+        return {"object": "text_completion", "model": self.model, "choices": choices,
+                "usage": {"completion_tokens": tokens}}  # fmt: skip
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        tok = self.backend.tokenizer
+        messages = [_rendered(m) for m in body["messages"]]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        steps = self.generate(tok(text, add_special_tokens=False)["input_ids"], body)
+        choices = [self._chat_choice(i, s, body) for i, s in enumerate(steps)]
+        return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,
+                "model": self.model, "choices": choices}  # fmt: skip
+
+    def _chat_choice(self, index: int, step: Step, body: dict[str, Any]) -> dict[str, Any]:
+        content, calls = step.text, []
+        if body.get("tools"):
+            blocks = [_call(b) for b in TOOL_CALL.findall(step.text)]
+            if blocks and all(b is not None for b in blocks):  # hermes: all or none
+                content = step.text[: step.text.index("<tool_call>")].strip() or None
+                calls = [{"id": f"chatcmpl-tool-{index}-{j}", "type": "function", "function": b}
+                         for j, b in enumerate(blocks)]  # fmt: skip
+        reason = "tool_calls" if calls and step.finish_reason == "stop" else step.finish_reason
+        message = {"role": "assistant", "content": content, "tool_calls": calls or None}
+        logprobs = None
+        if body.get("logprobs"):
+            logprobs = {"content": [
+                {"token": self._token(t, False), "logprob": lp, "bytes": None, "top_logprobs": []}
+                for t, lp in zip(step.token_ids, step.logprobs or [], strict=True)
+            ]}  # fmt: skip
+        return {"index": index, "message": message, "finish_reason": reason, "logprobs": logprobs}
+
+    def _token(self, token_id: int, as_id: bool) -> str:
+        return f"token_id:{token_id}" if as_id else self.backend.tokenizer.decode([token_id])
+
+
+def _rendered(message: dict[str, Any]) -> dict[str, Any]:
+    """A chat message as the template sees it: tool calls written back as text blocks."""
+    blocks = [
+        "<tool_call>\n"
+        + json.dumps(
+            {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+        )  # fmt: skip
+        + "\n</tool_call>"
+        for c in message.get("tool_calls") or []
+    ]
+    content = "\n".join([p for p in [message.get("content") or ""] if p] + blocks)
+    return {"role": message["role"], "content": content}
+
+
+def _call(block: str) -> dict[str, str] | None:
+    """One block as a ``tool_calls`` function entry (arguments as a JSON string), or None."""
+    try:
+        obj = json.loads(block)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    return {"name": obj["name"], "arguments": json.dumps(obj.get("arguments", {}))}
 
 
 def _handler(server: CompletionsServer) -> type[BaseHTTPRequestHandler]:
@@ -158,20 +267,21 @@ def _handler(server: CompletionsServer) -> type[BaseHTTPRequestHandler]:
             if not self._authorized():
                 return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path != "/v1/completions":
+            routes = {"/v1/completions": server.complete, "/v1/chat/completions": server.chat}
+            if self.path not in routes:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
             elif body.get("model") != server.model:
                 self._send(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
             else:
                 fault = server.attempt(int(self.headers.get(RETRY_HEADER, 0)))
                 try:
-                    self._answer(fault, body)
+                    self._answer(fault, body, routes[self.path])
                 finally:
                     server.done()
 
-        def _answer(self, fault: str | None, body: dict[str, Any]) -> None:
+        def _answer(self, fault: str | None, body: dict[str, Any], route: Any) -> None:
             if fault is None:
-                self._send(200, server.complete(body))
+                self._send(200, route(body))
             elif fault == "stall":
                 # Hang without answering; the connection closes when the wait ends.
                 server.release.wait(STALL_S)
