@@ -11,7 +11,7 @@ export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui check defs bench bench-gpu lint format clean vllm-env
+.PHONY: install demo test test-fast ui check defs bench bench-gpu bench-rollout lint format clean vllm-env
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ check: $(STAMP)
 bench: $(STAMP)  ## CPU benchmarks, each against its baseline in the same run
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/rollout.py
+
+bench-rollout: $(STAMP)  ## episodes/s of batched multi-turn collection vs one episode at a time
+	$(BIN)/python bench/rollout.py
 
 bench-gpu: $(STAMP)  ## on a CUDA machine: tokens/s and MFU of ~110M and ~0.9B Llama models
 	$(BIN)/python bench/train_gpu.py

@@ -1,0 +1,39 @@
+"""bench/rollout.py on a tiny model: it runs both paths on the same episodes, they take the
+same number of turns, and the last line has the keys it documents."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.mark.integration
+def test_rollout_bench_smoke_prints_key_values() -> None:
+    args = ["--episodes", "3", "--max-turns", "2", "--max-new-tokens", "4", "--hidden", "64"]
+    args += ["--layers", "1", "--heads", "2", "--vocab", "512", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "rollout.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    pairs = dict(kv.split("=") for kv in lines[-1].split())
+    assert pairs["episodes"] == "3" and pairs["max_turns"] == "2"
+    assert float(pairs["batched_eps_s"]) > 0 and float(pairs["sequential_eps_s"]) > 0
+    assert float(pairs["batched_tok_s"]) > 0 and float(pairs["ratio"]) > 0
+    rows = {
+        line.split()[0]: line.split()
+        for line in lines
+        if line.startswith(("batched", "sequential"))
+    }
+    assert rows["batched"][4] == rows["sequential"][4] == "6"  # turns: 3 episodes x 2
