@@ -57,11 +57,55 @@ TOOL_TAGS = ["<tool_call>", "</tool_call>"]
 # assistant mask covers what the model writes and stops on; the role header and the newline
 # after <|im_end|> are the template's, not the model's. The explicit string literals (rather
 # than template text) keep Jinja's whitespace handling from adding or eating newlines.
+#
+# Tool calling (what TRL's GRPOTrainer(environment_factory=...) requires of a template, see
+# trl.chat_template_utils.supports_tool_calling): ``tools=`` opens the conversation with a
+# system turn listing their JSON schemas (merged after a leading system message), in exactly
+# the words of flywheel.loop.agents.toolcalls.system_prompt; an assistant turn's ``tool_calls``
+# are written after its content as the ``<tool_call>\n{json}\n</tool_call>`` blocks the model
+# itself writes, unless the content already holds them (the collector keeps the model's raw
+# text as content); ``tool`` turns render like any other role. Without tools or tool_calls
+# the rendering, and so every SFT assistant mask, is what it always was.
+TOOLS_INTRO = "You may call these tools:\n<tools>\n"
+TOOLS_OUTRO = (
+    "</tools>\nTo call one, write\n"
+    '<tool_call>\n{"name": "tool_name", "arguments": {"argument": "value"}}\n</tool_call>'
+    "\nEach result comes back in a tool turn."
+)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Jinja string literal."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n")
+    return f"'{escaped}'"
+
+
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
+    "{%- set ns = namespace(first=0) -%}"
+    "{%- if tools -%}"
+    "{{ '<|im_start|>system\\n' }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{ messages[0]['content'] + '\\n\\n' }}{%- set ns.first = 1 -%}"
+    "{%- endif -%}"
+    "{{ " + _literal(TOOLS_INTRO) + " }}"
+    "{%- for t in tools -%}{{ t | tojson(separators=(',', ':')) + '\\n' }}{%- endfor -%}"
+    "{{ " + _literal(TOOLS_OUTRO + "<|im_end|>\n") + " }}"
+    "{%- endif -%}"
+    "{%- for message in messages[ns.first:] -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{ '<|im_start|>assistant\\n' }}"
-    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+    "{%- set content = message['content'] or '' -%}"
+    "{%- generation -%}{{ content }}"
+    "{%- if message.tool_calls and '<tool_call>' not in content -%}"
+    "{%- for call in message.tool_calls -%}"
+    "{%- set f = call['function'] if call['function'] is defined else call -%}"
+    "{%- if content or not loop.first -%}{{ '\\n' }}{%- endif -%}"
+    "{{ '<tool_call>\\n{\"name\": ' + f['name'] | tojson + ', \"arguments\": ' }}"
+    "{{ f['arguments'] if f['arguments'] is string else f['arguments'] | tojson }}"
+    "{{ '}\\n</tool_call>' }}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<|im_end|>' }}{%- endgeneration -%}"
     "{{ '\\n' }}"
     "{%- else -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -69,6 +113,25 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
+
+# How transformers' ``parse_response`` (TRL's tool-call parser, see
+# trl.chat_template_utils.parse_response) reads an assistant turn of this template: text, then
+# any ``<tool_call>`` JSON blocks, up to ``<|im_end|>``. The same format as TRL's Qwen3
+# ``qwen3_template`` without its <think> field, which our template never writes.
+RESPONSE_TEMPLATE: dict[str, Any] = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {
+            "open": "<tool_call>",
+            "close_pattern": r"</tool_call>\s*",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
 
 
 def train_tokenizer(

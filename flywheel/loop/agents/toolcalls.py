@@ -2,9 +2,7 @@
 
     python -m pytest -q tests/loop/agents/test_toolcalls.py
 
-Our ChatML template (``flywheel.train.tokenizer.CHAT_TEMPLATE``) has no tool support: it
-ignores ``tools=`` and TRL's ``add_response_schema`` does not recognise it. So we use the
-convention TRL's Qwen response schema parses (``trl.chat_template_utils.qwen3_schema``,
+We use the convention TRL's Qwen response schema parses (``trl.chat_template_utils.qwen3_schema``,
 Hermes-style): the assistant writes, anywhere in its turn, one or more
 
     <tool_call>
@@ -14,7 +12,11 @@ Hermes-style): the assistant writes, anywhere in its turn, one or more
 and each call's result comes back as a ``{"role": "tool", "name": ..., "content": ...}`` turn,
 which the template renders like any other role (``<|im_start|>tool\\n...<|im_end|>``). The
 tools and this convention are described in a system turn (``system_prompt``), their JSON
-schemas made by transformers' ``get_json_schema`` exactly as TRL makes them.
+schemas made by transformers' ``get_json_schema`` exactly as TRL makes them. Our ChatML
+template (``flywheel.train.tokenizer.CHAT_TEMPLATE``) renders ``tools=`` as the same system
+turn, word for word, and an assistant turn's ``tool_calls`` as these blocks, so TRL's
+environment loop and this collector show the model the same text (``tokenizer.RESPONSE_TEMPLATE``
+is how TRL parses it back).
 
 A block that is not a JSON object with a string ``name`` and an object ``arguments`` (a
 missing ``arguments`` is ``{}``), or that names no tool of the environment, is a ``ToolCall``
@@ -96,11 +98,10 @@ def tool_schemas(methods: list[Callable[..., Any]]) -> list[dict[str, Any]]:
 
 def system_prompt(schemas: list[dict[str, Any]]) -> str:
     """A system turn that lists the tools and says how to call them."""
-    listed = "\n".join(json.dumps(s, separators=(",", ":")) for s in schemas)
-    return (
-        "You may call these tools:\n"
-        f"<tools>\n{listed}\n</tools>\n"
-        "To call one, write\n"
-        + format_tool_call("tool_name", {"argument": "value"})
-        + "\nEach result comes back in a tool turn."
+    from flywheel.train.tokenizer import TOOLS_INTRO, TOOLS_OUTRO
+
+    # json.dumps as the template's tojson writes it, so both render the same text
+    listed = "".join(
+        json.dumps(s, separators=(",", ":"), ensure_ascii=False) + "\n" for s in schemas
     )
+    return TOOLS_INTRO + listed + TOOLS_OUTRO
