@@ -10,9 +10,12 @@ batched ``generate`` that keeps token ids and sampling logprobs); ``trajectories
 Parquet schema they are stored in; ``accept`` filters a trajectory frame into accepted and
 rejected-with-reason rows. ``ppo_train`` is the compact PPO stage (a policy and a separate
 value model from a parent checkpoint, KL to a frozen reference, resumable), on rollouts from
-``ppo_rollouts`` (an environment through ``collect``, or single-turn prompts and a reward).
+``ppo_rollouts`` (an environment through ``collect``, or single-turn prompts and a reward);
+``grpo_env`` trains on an environment online, multi-turn GRPO with TRL's
+``GRPOTrainer(environment_factory=...)``. ``teacher`` plays an environment with a scripted
+teacher (seed SFT data); ``cycle``, ``cycle_rl`` and ``play`` are the agent's cycle stages.
 
-May import: ``flywheel.core``, ``flywheel.train`` (tokenizer, model loading and the PPO math),
-``flywheel.envs.protocol`` (the tool list), ``flywheel.envs.load`` (``ppo_train``'s command
-line) and ``flywheel.loop.preference`` (the verifier as a reward).
+May import: ``flywheel.core``, ``flywheel.train`` (tokenizer, model loading, the fine-tuning
+helpers and the PPO math), ``flywheel.envs`` (the tool list, loading environments) and
+``flywheel.loop.preference`` (the verifier as a reward, GRPO's settings checks).
 """
