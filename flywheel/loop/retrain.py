@@ -213,7 +213,11 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
                 key["verifier_source"] = keys.module_digest(verifier.function)
     if spec.agent is not None and spec.cycles.method != "sft":  # RL in the environment
         key["method"] = spec.cycles.method
-        key["rl"] = spec.cycles.ppo.model_dump(mode="json", exclude={"save_every", "keep_states"})
+        if spec.cycles.method.endswith("ppo"):
+            exclude = {"save_every", "keep_states"}
+            key["rl"] = spec.cycles.ppo.model_dump(mode="json", exclude=exclude)
+        else:  # grpo: TRL's, on the preference stage's settings
+            key["rl"] = spec.cycles.preference_train.model_dump(mode="json")
         key["agent"] = spec.agent.model_dump(mode="json", exclude={"accept"})
         key["environment"] = next(
             e.model_dump(mode="json") for e in spec.environments if e.name == spec.agent.environment

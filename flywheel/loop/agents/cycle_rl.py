@@ -38,13 +38,15 @@ def rl_stage(
 ) -> dict[str, Any]:
     """Run the cycle's RL stage from the model in ``start``; the final policy goes to ``out``.
     Returns its metrics, prefixed ``ppo/``."""
+    kind, agent, env = rl_kind(spec), agent_settings(spec), agent_environment(spec)
+    episodes = env.train_episodes(POOL, env.settings, seed=episode_seed(agent, cycle) + 17)
+    if kind == "grpo":
+        return _grpo(spec, agent, env, episodes, start, out, work, reporter)
+    if kind != "ppo":
+        raise ValueError(f"cycles.method {spec.cycles.method!r}: no RL stage {kind!r} here")
     from flywheel.loop.agents.ppo_rollouts import EnvRollouts
     from flywheel.loop.agents.ppo_train import train_ppo
 
-    kind, agent, env = rl_kind(spec), agent_settings(spec), agent_environment(spec)
-    if kind != "ppo":
-        raise ValueError(f"cycles.method {spec.cycles.method!r}: no RL stage {kind!r} here")
-    episodes = env.train_episodes(POOL, env.settings, seed=episode_seed(agent, cycle) + 17)
     rollouts = EnvRollouts(
         env.factory, episodes, env.name, agent.timeout_s, system_prompt=agent.system_prompt
     )
@@ -53,3 +55,33 @@ def rl_stage(
     settings = spec.cycles.ppo.model_copy(update={"seed": spec.cycles.ppo.seed + cycle, **turns})
     metrics = train_ppo(start, out, work, rollouts, settings, reporter)
     return {f"ppo/{k}": v for k, v in metrics.items()}
+
+
+def _grpo(
+    spec: Spec, agent: Any, env: Any, episodes: list, start: Path, out: Path, work: Path,
+    reporter: Reporter,
+) -> dict[str, Any]:  # fmt: skip
+    """TRL's GRPO with the environment as ``environment_factory``, on
+    ``cycles.preference_train``'s settings (steps, lr, beta, num_generations). TRL renders the
+    tools itself (their JSON schemas after the agent's system turn), so the prompt differs from
+    the collector's by that listing."""
+    from flywheel.loop.agents.grpo_env import EnvRLSettings, train_grpo_env
+
+    base = spec.cycles.preference_settings(spec.sft).model_dump()
+    settings = EnvRLSettings.model_validate(
+        base
+        | {
+            "max_new_tokens": agent.max_new_tokens * agent.max_turns,
+            "max_tool_calling_iterations": agent.max_turns,
+            "temperature": max(agent.temperature, 1e-3),
+        }
+    )
+    if agent.system_prompt is not None:
+        system = {"role": "system", "content": agent.system_prompt}
+        episodes = [e | {"prompt": [system, *e["prompt"]]} for e in episodes]
+    steps = settings.steps * settings.micro_batch // settings.num_generations
+    metrics = train_grpo_env(
+        start, out, env.factory, episodes[: max(steps, 1)], settings, reporter, work,
+        spec.model.attn_implementation,
+    )  # fmt: skip
+    return {f"grpo/{k}": v for k, v in metrics.items()}

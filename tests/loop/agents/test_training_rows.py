@@ -94,7 +94,7 @@ def _episode_of(turns: list[dict]) -> dict:
 
 
 def test_the_teachers_read_the_replies() -> None:
-    rng, env = random.Random(0), NumberGuess(SMALL)
+    env = NumberGuess(SMALL)
     episode = {"prompt": [{"role": "user", "content": "Find it."}], "n": 40, "secret": 29}
     messages = opening(env, episode, SYSTEM)
     for _ in range(6):  # bisection: 20 lower... until correct within the budget
