@@ -82,6 +82,12 @@ READERS: dict[str, tuple[str, ...]] = {
     "agent": ("flywheel/loop/agents/cycle.py",),
     "cycles": ("sensors/cycles.py", "flywheel/loop/cycles.py", "flywheel/loop/promotion.py"),
     "cycles.preference": ("flywheel/loop/retrain.py",),
+    "cycles.method": ("flywheel/loop/retrain.py", "flywheel/loop/agents/cycle_rl.py"),
+    "cycles.ppo": (
+        "flywheel/loop/agents/cycle_rl.py",
+        "flywheel/loop/agents/ppo_train.py",
+        "flywheel/loop/agents/ppo_rollouts.py",
+    ),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
     "cycles.train": TRAIN,
     "cycles.preference_train": (*TRAIN, "flywheel/loop/preference.py", "flywheel/loop/retrain.py"),

@@ -48,7 +48,9 @@ def test_n_samples_per_prompt_in_order(backend: TransformersBackend) -> None:
     for row in out:
         for c in row:
             assert c.finish_reason == "stop" and "<|im_end|>" not in c.text
-            assert c.text.isdigit() and c.tokens == len(c.text) + 1  # one token per digit
+            # one token per character (digits, and a rare sampled newline: at temperature 1 a
+            # 3-second model puts a little mass on it), plus the stop token
+            assert c.text.strip().isdigit() and c.tokens == len(c.text) + 1
     texts = {c.text for row in out for c in row[1:]}
     assert len(texts) > 1  # sampled, not greedy
 

@@ -167,7 +167,7 @@ def test_jsonl_prompts_in_messages_form_keep_the_conversation_and_answer(tmp_pat
             {"messages": [{"role": "user", "content": "q"}, SYSTEM]},  # 8
             {"messages": [{"role": "user", "content": " "}]},  # 9
             {"messages": "What is 2 + 2?"},  # 10
-            {"messages": [{"role": "tool", "content": "x"}]},  # 11
+            {"messages": [{"role": "robot", "content": "x"}]},  # 11
         ],
     )  # fmt: skip
     loaded = load_prompts(PromptSource(kind="jsonl", path=path, num_prompts=10), cycle=0)

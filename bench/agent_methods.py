@@ -1,0 +1,127 @@
+"""Rejection-sampling SFT vs PPO vs multi-turn GRPO on one environment, same start, same budget.
+
+    .venv/bin/python bench/agent_methods.py --spec examples/agent/flywheel.yaml \
+        [--checkpoint DIR] [--budget 512] [--methods sft,ppo,grpo] [--threads 1]
+
+Every method starts from the same checkpoint (default: the spec's current seed SFT
+checkpoint, so run ``FLYWHEEL_SPEC=examples/agent/flywheel.yaml make demo`` first) and plays
+``--budget`` episodes of the spec's agent environment in all:
+
+- sft: the checkpoint plays ``budget`` episodes at the agent's temperature; the accepted ones
+  (``agent.accept``) train it with the cycle's SFT settings (``cycles.train`` over ``sft``),
+  loss on the model's turns only: one agent cycle without seed replay;
+- ppo: ``cycles.ppo`` with ``iterations = budget / episodes_per_iteration``;
+- grpo: TRL's GRPO with the environment as ``environment_factory`` on
+  ``cycles.preference_train``'s settings, ``steps`` chosen so that it samples ``budget``
+  episodes (``steps * micro_batch``).
+
+Each result, and the start, is scored by greedy play of the environment's held-out episodes
+(``flywheel.loop.agents.cycle.evaluate_held_out``, the agent gate's metric). The last line is
+``key=value`` pairs: the start's and each method's held-out success, and seconds per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flywheel.core import artifacts  # noqa: E402
+from flywheel.core.records import Loaded  # noqa: E402
+from flywheel.core.report import Reporter  # noqa: E402
+from flywheel.core.spec import Spec, load_spec  # noqa: E402
+
+
+def rejection_sft(spec: Spec, start: Path, budget: int, out: Path) -> dict:
+    """One agent cycle without replay: play, accept, fine-tune on the accepted episodes."""
+    import json
+
+    from flywheel.loop.agents.accept import AcceptSettings, accept_trajectories
+    from flywheel.loop.agents.collect import CollectSettings, collect
+    from flywheel.loop.agents.cycle import agent_environment
+    from flywheel.loop.agents.hf_policy import TransformersPolicy
+    from flywheel.loop.agents.trajectories import training_rows
+    from flywheel.train.finetune import FineTune
+    from flywheel.train.sft import train_and_save
+
+    agent, env = spec.agent, agent_environment(spec)
+    policy = TransformersPolicy.from_checkpoint(
+        start, max_new_tokens=agent.max_new_tokens, temperature=agent.temperature, seed=1
+    )
+    episodes = env.train_episodes(budget, env.settings, seed=424242)
+    settings = CollectSettings(agent.max_turns, agent.timeout_s, 1, agent.system_prompt)
+    frame = collect(policy, policy.tokenizer, env.factory, episodes, env.name, None, settings)
+    a = agent.accept
+    accept = AcceptSettings(a.min_reward, a.require_completed, a.dedup)
+    accepted, _ = accept_trajectories(frame, accept, env.held_out())
+    examples = [{"messages": json.loads(m)} for m in training_rows(accepted)["messages"]]
+    run = FineTune(
+        spec.cycles.train_settings(spec.sft),
+        artifacts.verify(start),
+        Loaded(examples, [], "bench"),
+        out / "sft",
+        "bench",
+    )
+    metrics, staging = train_and_save(run, Reporter(), spec.model.attn_implementation)
+    return {"dir": staging, "accepted": accepted.height, "played_success": frame["reward"].mean()}
+
+
+def online_rl(spec_path: Path, method: str, start: Path, budget: int, out: Path) -> dict:
+    from flywheel.loop.agents.cycle_rl import rl_stage
+
+    spec = load_spec(spec_path)
+    if method == "ppo":
+        n = max(1, budget // spec.cycles.ppo.episodes_per_iteration)
+        overrides = ["cycles.method=ppo", f"cycles.ppo.iterations={n}"]
+    else:
+        micro = spec.cycles.preference_settings(spec.sft).micro_batch
+        overrides = [
+            "cycles.method=grpo",
+            f"cycles.preference_train.steps={max(1, budget // micro)}",
+        ]
+    spec = load_spec(spec_path, overrides)
+    metrics = rl_stage(spec, 1, start, out / method, out / f"{method}-work", Reporter())
+    return {"dir": out / method, **{k: v for k, v in metrics.items() if k.endswith("reward")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", type=Path, default=Path("examples/agent/flywheel.yaml"))
+    parser.add_argument("--checkpoint", type=Path, help="start (default: current seed SFT)")
+    parser.add_argument("--budget", type=int, default=512, help="episodes each method plays")
+    parser.add_argument("--methods", default="sft,ppo,grpo")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    import torch
+
+    from flywheel.loop.agents.cycle import evaluate_held_out
+
+    torch.set_num_threads(args.threads)
+    spec = load_spec(args.spec)
+    start = args.checkpoint or artifacts.read_current(spec.product_dir("sft_checkpoint")).path
+    metric = f"env/{spec.agent.environment}/success"
+    results = {"start": evaluate_held_out(spec, start)[metric]}
+    print(f"start {start}: held-out success {results['start']:.3f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in args.methods.split(","):
+            began = time.monotonic()
+            if method == "sft":
+                done = rejection_sft(spec, start, args.budget, Path(tmp))
+            else:
+                done = online_rl(args.spec, method, start, args.budget, Path(tmp))
+            seconds = time.monotonic() - began
+            results[method] = evaluate_held_out(spec, done.pop("dir"))[metric]
+            results[f"{method}_s"] = round(seconds)
+            print(f"{method}: held-out success {results[method]:.3f} in {seconds:.0f} s {done}")
+    print(
+        " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in results.items())
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
