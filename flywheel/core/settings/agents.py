@@ -14,7 +14,7 @@ transformers).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -90,6 +90,16 @@ class AgentSettings(BaseModel):
         120.0, gt=0, description="Wall clock per episode, so a slow environment cannot stall."
     )
     seed: int = Field(0, description="Seed of the episodes and sampling; the cycle is added to it.")
+    backend: Literal["transformers", "openai"] = Field(
+        "transformers",
+        description="Who plays: transformers (in process, batched generate) or openai (an "
+        "OpenAI-compatible endpoint, generation.endpoint's URL or a started vllm serve).",
+    )
+    openai_mode: Literal["completions", "chat"] = Field(
+        "completions",
+        description="backend openai: completions sends the exact token ids (vLLM); chat sends "
+        "messages and tools and reads tool_calls back (re-tokenized).",
+    )
     system_prompt: str | None = Field(
         None,
         description="The system turn of every episode (null: the tools' JSON schemas and how "

@@ -9,11 +9,12 @@ Only with the spec's ``agent`` section. ``build_trajectories`` is handed the cha
 ``c``'s decision left (``promoted_model``, as ``synthetic_generations`` reads it); the champion
 plays ``agent.episodes`` training episodes of ``agent.environment`` (its module's
 ``train_episodes(count, settings, seed)``, which never draws a held-out episode), each
-``samples_per_episode`` times, through the batched collector (``collect``) with the in-process
-transformers policy; the rows (``trajectories.SCHEMA``) are a shard set under
-``<data_dir>/cycles/<c>/trajectories``. Its build key is the champion's version, the ``agent``
-section (less ``accept``), the environment's entry and module source, and the seed
-(``agent.seed`` and the cycle): a rerun with an equal key reuses the set and loads no model.
+``samples_per_episode`` times, through the batched collector (``collect``) with the policy of
+``agent.backend`` (in-process transformers, or an OpenAI-compatible endpoint); the rows
+(``trajectories.SCHEMA``) are a shard set under ``<data_dir>/cycles/<c>/trajectories``. Its
+build key is the champion's version, the ``agent`` section (less ``accept``), the environment's
+entry and module source, and the seed (``agent.seed`` and the cycle): a rerun with an equal key
+reuses the set and loads no model.
 
 ``build_accepted_trajectories`` filters that set (``accept.accept_trajectories``, the held-out
 leak guard on the environment's ``held_out_episodes``) into the accepted shards and the aux
@@ -118,7 +119,7 @@ def build_trajectories(
     spec: Spec, cycle: int, handed: Mapping[str, Any], policy: Policy | None = None
 ) -> Built:
     """The champion's episodes of cycle ``cycle``, published (or the current set, reused).
-    ``policy`` (one with a ``tokenizer``): default the handed champion's transformers policy."""
+    ``policy`` (one with a ``tokenizer``): default the handed champion's, ``agent.backend``'s."""
     check_cycle_inputs(spec, P.TRAJECTORIES, cycle, handed)
     agent, env = agent_settings(spec), agent_environment(spec)
     champion: artifacts.Artifact = handed[P.PROMOTED]
@@ -130,23 +131,20 @@ def build_trajectories(
     built = keys.key_meta(root, key)
     seed = episode_seed(agent, cycle)
     episodes = env.train_episodes(agent.episodes, env.settings, seed=seed)
-    if policy is None:
-        from flywheel.loop.agents.hf_policy import TransformersPolicy
-
-        policy = TransformersPolicy.from_checkpoint(
-            champion.path,
-            max_new_tokens=agent.max_new_tokens,
-            temperature=agent.temperature,
-            seed=seed,
-        )
+    own = policy is None
+    policy = policy or champion_policy(spec, champion.path, seed, root)
     settings = CollectSettings(
         agent.max_turns, agent.timeout_s, agent.samples_per_episode, agent.system_prompt
     )
     started = time.monotonic()
-    frame = collect(
-        policy, policy.tokenizer, env.factory, episodes, env.name, env.entry.settings,
-        settings, champion.version, cycle,
-    )  # fmt: skip
+    try:
+        frame = collect(
+            policy, policy.tokenizer, env.factory, episodes, env.name, env.entry.settings,
+            settings, champion.version, cycle,
+        )  # fmt: skip
+    finally:
+        if own and hasattr(policy, "close"):
+            policy.close()  # a server started for this collection stops
     seconds = time.monotonic() - started
     meta = {
         "cycle": cycle,
@@ -162,6 +160,22 @@ def build_trajectories(
     shards = publish_trajectories(root, frame, inputs=P.versions(handed), **meta)
     _record(spec, P.TRAJECTORIES, shards, "trajectories")
     return Built(shards, _flat(shards.manifest, "trajectories"))
+
+
+def champion_policy(spec: Spec, checkpoint: Path, seed: int, log_dir: Path) -> Policy:
+    """The policy ``agent.backend`` names, on ``checkpoint``, sampling as the agent does."""
+    agent = agent_settings(spec)
+    sampling = {"max_new_tokens": agent.max_new_tokens, "temperature": agent.temperature}
+    if agent.backend == "openai":
+        from flywheel.loop.agents.openai_policy import OpenAIPolicy
+
+        return OpenAIPolicy(
+            spec.generation.endpoint, checkpoint, agent.openai_mode, seed=seed,
+            log_dir=log_dir / "server-logs", **sampling,
+        )  # fmt: skip
+    from flywheel.loop.agents.hf_policy import TransformersPolicy
+
+    return TransformersPolicy.from_checkpoint(checkpoint, seed=seed, **sampling)
 
 
 def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:

@@ -22,15 +22,14 @@ Two modes:
   that returns no token ids cannot serve this mode (the step says so): use ``chat``.
 - ``chat``: ``POST /v1/chat/completions`` with the conversation (assistant tool calls as
   structured ``tool_calls``, tool results as ``tool`` turns with their ``tool_call_id``) and
-  ``tools`` (the environment's JSON schemas, ``Context.tools``). The reply's ``tool_calls``
-  are written back as our ``<tool_call>`` text after its content, so the collector runs them.
-  The server renders the conversation with its own chat template, which must render
-  ``tool_calls`` (Qwen/Hermes-style; with vLLM: ``--enable-auto-tool-choice
-  --tool-call-parser hermes``); flywheel's ChatML template has no tool support, so for its
-  checkpoints use ``completions``. The step's ids are the checkpoint tokenizer's encoding of
-  that text plus ``<|im_end|>`` when it stopped: RE-TOKENIZED, not the server's tokens (mask
-  1 all the same), and its logprobs are the reply's only when it gives one per re-tokenized
-  token, else None.
+  ``tools`` (the environment's JSON schemas, ``Context.tools``). The reply's ``tool_calls`` are
+  written back as our ``<tool_call>`` text after its content, so the collector runs them. The
+  server renders the conversation with its own chat template, which must render ``tool_calls``
+  (Qwen/Hermes-style, as flywheel's ChatML template does; with vLLM: ``--enable-auto-tool-choice
+  --tool-call-parser hermes``). The step's ids are the checkpoint tokenizer's encoding of that
+  text plus ``<|im_end|>`` when it stopped: RE-TOKENIZED, not the server's tokens (mask 1 all
+  the same), and its logprobs are the reply's only when it gives one per re-tokenized token,
+  else None.
 
 Logprobs are what the server reports: vLLM's default (``--logprobs-mode raw_logprobs``) is
 the model's distribution before temperature; ``processed_logprobs`` matches what
