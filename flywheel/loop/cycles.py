@@ -358,7 +358,7 @@ def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sh
             rows=df.height,
             new_rows=new_rows,
             seed_rows=int(by_origin.get("seed", 0)),
-            generation_rows=int(by_origin.get("generation", 0)),
+            generation_rows=df.height - int(by_origin.get("seed", 0)),  # or trajectories
             spec_fingerprint=spec.fingerprint(),
         )
     if built[keys.CHANGES]:

@@ -93,3 +93,18 @@ def test_two_agent_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
         assert 0.0 <= row["env/guess/success"] <= 1.0 and row["env/guess/mean_turns"] >= 1
         assert row["promoted"] is not None
     assert rows[0]["accepted"] == accepted.num_rows
+
+    # lineage: an accepted episode -> the checkpoint that played it -> the set that trained on it
+    episode = accepted.read()["episode_id"][0]
+    lineage = subprocess.run(
+        [str(BIN / "flywheel"), "lineage", episode, "--spec", str(spec_file), "--json"],
+        cwd=tmp_path,
+        env={**env, "FLYWHEEL_SET": json.dumps(TINY)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    facts = json.loads(lineage.stdout)
+    assert facts["generation"]["checkpoint"] == played.manifest["checkpoint"]
+    assert facts["generation"]["status"] == "accepted"
+    assert [u["cycle"] for u in facts["in_training_sets"]] == [1]

@@ -215,6 +215,20 @@ def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any
     }
     shards = publish_trajectories(root, accepted, rejected, P.versions(handed), **meta)
     _record(spec, P.ACCEPTED_TRAJECTORIES, shards, "accepted")
+    # Each episode's verdict, as acceptance records generations: flywheel lineage <episode_id>
+    # says which checkpoint played it, why it was kept or not, and which training sets hold it.
+    verdicts = pl.concat(
+        [
+            accepted.select("episode_id", "group_id", "checkpoint").with_columns(
+                pl.lit("accepted").alias("status"), pl.lit(None, pl.String).alias("reason")
+            ),
+            rejected.select("episode_id", "group_id", "checkpoint", "reason").with_columns(
+                pl.lit("rejected").alias("status")
+            ),
+        ],
+        how="diagonal",
+    ).rename({"episode_id": "generation_id", "group_id": "prompt_id"})
+    Catalog.open(spec.catalog).record_generations(cycle, verdicts, shards.version)
     return Built(shards, _flat(shards.manifest, "accepted"))
 
 
