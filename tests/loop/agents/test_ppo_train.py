@@ -23,6 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flywheel.core.report import Reporter
 from flywheel.core.settings.rl import PpoSettings
 from flywheel.envs.guess import NumberGuess, Settings, train_episodes
 from flywheel.loop.agents.hf_policy import TransformersPolicy
@@ -272,3 +273,29 @@ def test_multi_turn_episodes_through_the_collector(
         "step-0000001",
         "step-0000002",
     ]
+
+
+def test_an_agent_cycles_ppo_stage_plays_the_agents_environment(
+    parent: Path, tmp_path: Path
+) -> None:
+    """cycles.method ppo: ``rl_stage`` runs PPO on the spec's environment with the agent's
+    turn budget and with the cycle's own seed."""
+    from flywheel.core.spec import load_spec
+    from flywheel.loop.agents.cycle_rl import rl_kind, rl_stage
+    from tests.conftest import write_spec
+
+    body = """
+environments: [{name: guess, class_path: "flywheel.envs.guess:NumberGuess",
+                settings: {min_n: 2, max_n: 16, held_out: 4}}]
+agent: {environment: guess, max_turns: 3, max_new_tokens: 8, system_prompt: "Guess."}
+cycles:
+  method: ppo
+  ppo: {iterations: 1, episodes_per_iteration: 4, minibatch_size: 2, save_every: 1}
+"""
+    spec = load_spec(write_spec(tmp_path, body))
+    assert rl_kind(spec) == "ppo"
+    out, work = tmp_path / "out", tmp_path / "work"
+    metrics = rl_stage(spec, 2, parent, out, work, Reporter())
+    assert len(metrics["ppo/history"]) == 1 and metrics["ppo/generated_tokens"] > 0
+    record = json.loads((out / "ppo.json").read_text())
+    assert record["settings"]["seed"] == 2 and record["settings"]["max_turns"] == 3
