@@ -136,7 +136,8 @@ class NumberGuess(ToolEnvironment):
         if value == self.secret:
             self.solved = self.done = True
             return "correct"
-        return f"{'higher' if self.secret > value else 'lower'}; {left}"
+        # The reply names the guess it answers: a small model need not look back for it.
+        return f"{'higher' if self.secret > value else 'lower'} than {value}; {left}"
 
     def get_reward(self) -> float:
         return 1.0 if self.solved else 0.0
@@ -186,3 +187,14 @@ def bisection(messages: list[dict[str, Any]], _rng: random.Random | None = None)
     """The middle of the feasible range: always wins within the budget."""
     low, high, _ = feasible(messages)
     return _call((low + high) // 2)
+
+
+def rough_bisection(messages: list[dict[str, Any]], rng: random.Random) -> str:
+    """A guess drawn uniformly from the middle half of the feasible range: bisection done
+    roughly (wins most episodes within the budget, not all: a teacher a model can learn, whose
+    greedy imitation is near the middle, and that the loop can improve on)."""
+    low, high, guessed = feasible(messages)
+    span = high - low
+    options = range(low + span // 4, high - span // 4 + 1)
+    fresh = [x for x in options if x not in guessed] or [low]
+    return _call(rng.choice(fresh))
