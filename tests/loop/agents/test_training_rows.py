@@ -109,3 +109,29 @@ def test_the_teachers_read_the_replies() -> None:
     low, high = (21, 40) if "higher" in messages[3]["content"] else (1, 19)
     numbers = {json.loads(t.split("\n")[1])["arguments"]["number"] for t in consistent}
     assert numbers <= set(range(low, high + 1)) and len(numbers) > 3
+
+
+def test_rough_bisection_guesses_in_the_middle_half_of_the_feasible_range() -> None:
+    from flywheel.envs.guess import rough_bisection
+
+    env = NumberGuess(SMALL)
+    episode = {"prompt": [{"role": "user", "content": "Go."}], "n": 64, "secret": 5}
+    messages = opening(env, episode, SYSTEM)
+    first = {_number(rough_bisection(messages, random.Random(s))) for s in range(40)}
+    assert first <= set(range(16, 50)) and len(first) > 5  # [1, 64]'s middle half, spread
+    messages += [
+        {"role": "assistant", "content": _call(30)},
+        {"role": "tool", "content": env.guess(30)},
+    ]
+    after = {_number(rough_bisection(messages, random.Random(s))) for s in range(40)}
+    assert after <= set(range(8, 24))  # "lower than 30": [1, 29]'s middle half
+
+
+def _call(number: int) -> str:
+    from flywheel.loop.agents.toolcalls import format_tool_call
+
+    return format_tool_call("guess", {"number": number})
+
+
+def _number(text: str) -> int:
+    return json.loads(text.split("\n")[1])["arguments"]["number"]
