@@ -134,9 +134,14 @@ def check_settings(kind: str, settings: PreferenceSettings, num_processes: int =
 
 
 def preference_config(
-    kind: str, settings: PreferenceSettings, output_dir: Path | str, mixed_precision: str = "no"
+    kind: str,
+    settings: PreferenceSettings,
+    output_dir: Path | str,
+    mixed_precision: str = "no",
+    **extra: Any,
 ) -> Any:
-    """TRL's DPOConfig, GRPOConfig or RLOOConfig for ``settings``."""
+    """TRL's DPOConfig, GRPOConfig or RLOOConfig for ``settings``; ``extra``: more of the
+    config's own arguments (GRPO on an environment: ``max_tool_calling_iterations``)."""
     import trl
 
     check_settings(kind, settings, int(os.environ.get("WORLD_SIZE", "1")))
@@ -150,6 +155,7 @@ def preference_config(
         num_generations=settings.num_generations,
         max_completion_length=settings.max_new_tokens,
         temperature=settings.temperature,
+        **extra,
     )
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,13 +44,12 @@ from pydantic import Field
 
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings
-from flywheel.loop.preference import check_settings
+from flywheel.loop.preference import preference_config
 from flywheel.train.finetune import (
     ReportLogs,
     prepare_tokenizer,
     resume_point,
     stop_on_turn_end,
-    trainer_arguments,
     training_precision,
 )
 from flywheel.train.sft_resume import ManifestOnSave
@@ -102,17 +100,11 @@ def tool_tokenizer(tokenizer: Any, reporter: Reporter | None = None) -> tuple[An
 
 
 def grpo_env_config(settings: EnvRLSettings, work: Path | str, mixed_precision: str = "no") -> Any:
-    """TRL's GRPOConfig for ``settings``, checkpointing into ``work``."""
-    import trl
-
-    check_settings("grpo", settings, int(os.environ.get("WORLD_SIZE", "1")))
-    return trl.GRPOConfig(
-        **trainer_arguments(settings, Path(work), mixed_precision),
-        beta=settings.beta,
-        num_generations=settings.num_generations,
-        max_completion_length=settings.max_new_tokens,
-        temperature=settings.temperature,
-        max_tool_calling_iterations=settings.max_tool_calling_iterations,
+    """TRL's GRPOConfig for ``settings``, checkpointing into ``work``: the preference stage's
+    GRPO config, with the environment's tool-calling rounds."""
+    rounds = settings.max_tool_calling_iterations
+    return preference_config(
+        "grpo", settings, work, mixed_precision, max_tool_calling_iterations=rounds
     )
 
 
