@@ -32,7 +32,7 @@ TINY = [
     "tokenizer.vocab_size=600",
     "tokenizer.max_docs=3000",
     'model.config={"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, '
-    '"num_attention_heads": 2, "intermediate_size": 128}',
+    '"num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 128}',
     "pretrain.steps=4",
     "sft.steps=60",
     "sft.micro_batch=16",

@@ -273,9 +273,14 @@ def _row(ep: _Episode, common: dict[str, Any]) -> dict[str, Any]:
     meta = ep.meta
     return {
         **common,
+        # the episode's position too: a draw may repeat an episode, each play is its own row
         "episode_id": digest(
-            meta["group_id"], str(meta["sample"]), str(common["cycle"]), common["checkpoint"]
-        ),
+            meta["group_id"],
+            str(meta["index"]),
+            str(meta["sample"]),
+            str(common["cycle"]),
+            common["checkpoint"],
+        ),  # fmt: skip
         "group_id": meta["group_id"],
         "sample": meta["sample"],
         "episode": canonical(meta["episode"]),

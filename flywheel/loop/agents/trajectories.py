@@ -33,7 +33,10 @@ from flywheel.core.shards import ShardSet, ShardWriter, atomic_write_parquet
 
 # name -> (dtype, what it holds). The order is the column order of every trajectory frame.
 COLUMNS: dict[str, tuple[Any, str]] = {
-    "episode_id": (pl.String, "unique id: hash of group_id, sample, cycle, checkpoint"),
+    "episode_id": (
+        pl.String,
+        "unique id: hash of group_id, episode index, sample, cycle, checkpoint",
+    ),
     "group_id": (pl.String, "hash of env, env_settings, episode: a GRPO group's samples share it"),
     "sample": (pl.Int32, "index of this sample among the episode's samples"),
     "env": (pl.String, "environment name (the spec's environments[].name)"),

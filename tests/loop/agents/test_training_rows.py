@@ -135,3 +135,14 @@ def _call(number: int) -> str:
 
 def _number(text: str) -> int:
     return json.loads(text.split("\n")[1])["arguments"]["number"]
+
+
+def test_a_repeated_episode_is_played_twice_with_two_ids(tokenizer: Any) -> None:
+    """A draw may repeat an episode; each play is its own row (catalog ids are unique)."""
+    settings = CollectSettings(max_turns=8, system_prompt=SYSTEM)
+    episode = train_episodes(1, SMALL, seed=5)[0]
+    frame = collect(
+        Bisection(tokenizer), tokenizer, lambda: NumberGuess(SMALL), [episode, episode], "guess",
+        SMALL.model_dump(), settings,
+    )  # fmt: skip
+    assert frame["group_id"].n_unique() == 1 and frame["episode_id"].n_unique() == 2
