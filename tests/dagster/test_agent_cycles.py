@@ -50,6 +50,7 @@ TINY = [
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1200)  # the whole graph and two cycles: ~5 minutes alone on 2 cores
 def test_two_agent_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
     spec_file = tmp_path / "flywheel.yaml"
     shutil.copy(ROOT / "examples" / "agent" / "flywheel.yaml", spec_file)
