@@ -122,12 +122,18 @@ def _starved(spec: Spec, state: promotion.LoopState) -> str | None:
     if has_current(cycles.training_set_root(spec, nxt)):
         return None  # the next cycle has started
     new = cycles.new_accepted_rows(spec, nxt)
-    root = cycles.accepted_root(spec, last)
+    agent = spec.agent is not None
+    root = (cycles.accepted_trajectories_root if agent else cycles.accepted_root)(spec, last)
     if new >= threshold or not has_current(root):
         return None  # enough data, or the last cycle has not accepted its generations yet
     m = read_current(root).manifest
-    text = f"{m.get('accepted', 0):,} of {m.get('generations', 0):,} generations accepted"
-    text += f" in cycle {last}"
+    if agent:  # accepted trajectories count episodes
+        counts = m.get("counts", {})
+        text = f"{counts.get('accepted', 0):,} of {counts.get('trajectories', 0):,} episodes"
+        text += f" accepted in cycle {last}"
+    else:
+        text = f"{m.get('accepted', 0):,} of {m.get('generations', 0):,} generations accepted"
+        text += f" in cycle {last}"
     reasons = sorted(m.get("reasons", {}).items(), key=lambda kv: (-kv[1], kv[0]))
     if reasons:
         shown = ", ".join(f"{r}: {n:,}" for r, n in reasons[:TOP_REASONS])

@@ -26,7 +26,7 @@ from flywheel.loop import cycles
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-# A tiny model and easy episodes (n <= 8: 3-4 guesses), so that a seed SFT of a minute
+# A tiny model and easy episodes (n <= 8: 3-4 guesses), so that a seed SFT of under a minute
 # solves some episodes and cycle 0 accepts some: the sensor starts cycle 1 at one.
 TINY = [
     "tokenizer.vocab_size=600",
@@ -34,10 +34,10 @@ TINY = [
     'model.config={"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, '
     '"num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 128}',
     "pretrain.steps=4",
-    "sft.steps=60",
+    "sft.steps=200",
     "sft.micro_batch=16",
-    "sft.save_every=30",
-    "sft.data.num_examples=600",
+    "sft.save_every=100",
+    "sft.data.num_examples=1600",
     'environments=[{"name": "guess", "class_path": "flywheel.envs.guess:NumberGuess", '
     '"settings": {"min_n": 2, "max_n": 8, "held_out": 8, "seed": 0}}]',
     'sft.data.settings.settings={"min_n": 2, "max_n": 8, "held_out": 8, "seed": 0}',
