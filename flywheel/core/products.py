@@ -97,7 +97,9 @@ RECORDED_BY: dict[str, dict[str, str]] = {
 }
 # What a cycle's products read of earlier cycles (run-time edges, never Dagster deps).
 EARLIER_CYCLES: dict[str, tuple[str, ...]] = {
-    TRAINING_SET: (TRAINING_SET, ACCEPTED),  # c-1's set (and 0's seed rows) + new accepted
+    # c-1's set (and 0's seed rows) + new accepted (accepted_product: with an agent section,
+    # ACCEPTED_TRAJECTORIES instead of ACCEPTED)
+    TRAINING_SET: (TRAINING_SET, ACCEPTED),
     CYCLE_CHECKPOINT: (PROMOTED, ACCEPTED, GENERATIONS),  # champion; DPO pairs; RL prompts
     PROMOTED: (PROMOTED,),  # the champion the candidate must beat
     ACCEPTED: (ACCEPTED,),  # never accept what an earlier cycle accepted

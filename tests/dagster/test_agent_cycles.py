@@ -42,6 +42,7 @@ TINY = [
     '"settings": {"min_n": 2, "max_n": 8, "held_out": 8, "seed": 0}}]',
     'sft.data.settings.settings={"min_n": 2, "max_n": 8, "held_out": 8, "seed": 0}',
     "agent.episodes=24",
+    "agent.max_new_tokens=64",  # a 600-token vocabulary spends more tokens on a call
     "cycles.threshold_rows=1",
     "cycles.max_cycles=1",
     "cycles.seed_replay=50",
