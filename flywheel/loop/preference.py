@@ -216,11 +216,18 @@ def preference_metrics(
         "preference/train_seconds": round(runtime, 3),
         "preference/resumed_from_step": callback.start_step,
     }
-    for key in TRACKED[kind]:
+    return out | tracked_means(logs, TRACKED[kind], "preference")
+
+
+def tracked_means(logs: list[dict[str, Any]], names: Sequence[str], prefix: str) -> dict:
+    """``<prefix>/<name>`` (mean over the run's logs, NaN skipped) and ``<prefix>/last/<name>``
+    of each logged ``name`` of a TRL trainer's ``log_history``."""
+    out: dict[str, float] = {}
+    for key in names:
         values = [h[key] for h in logs if key in h and not math.isnan(h[key])]
         if values:
-            out[f"preference/{key}"] = sum(values) / len(values)
-            out[f"preference/last/{key}"] = values[-1]
+            out[f"{prefix}/{key}"] = sum(values) / len(values)
+            out[f"{prefix}/last/{key}"] = values[-1]
     return out
 
 

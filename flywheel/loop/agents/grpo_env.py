@@ -44,7 +44,7 @@ from pydantic import Field
 
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings
-from flywheel.loop.preference import preference_config
+from flywheel.loop.preference import preference_config, tracked_means
 from flywheel.train.finetune import (
     ReportLogs,
     prepare_tokenizer,
@@ -163,12 +163,7 @@ def grpo_env_metrics(state: Any, runtime: float, callback: ReportLogs, episodes:
         "grpo_env/train_seconds": round(runtime, 3),
         "grpo_env/resumed_from_step": callback.start_step,
     }
-    for key in TRACKED:
-        values = [h[key] for h in logs if key in h and not math.isnan(h[key])]
-        if values:
-            out[f"grpo_env/{key}"] = sum(values) / len(values)
-            out[f"grpo_env/last/{key}"] = values[-1]
-    return out
+    return out | tracked_means(logs, TRACKED, "grpo_env")
 
 
 def train_grpo_env(
