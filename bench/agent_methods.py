@@ -40,9 +40,9 @@ def rejection_sft(spec: Spec, start: Path, budget: int, out: Path) -> dict:
     """One agent cycle without replay: play, accept, fine-tune on the accepted episodes."""
     import json
 
-    from flywheel.loop.agents.accept import AcceptSettings, accept_trajectories
-    from flywheel.loop.agents.collect import CollectSettings, collect
-    from flywheel.loop.agents.cycle import agent_environment
+    from flywheel.loop.agents.accept import accept_trajectories
+    from flywheel.loop.agents.collect import collect
+    from flywheel.loop.agents.cycle import accept_settings, agent_environment, collect_settings
     from flywheel.loop.agents.hf_policy import TransformersPolicy
     from flywheel.loop.agents.trajectories import training_rows
     from flywheel.train.finetune import FineTune
@@ -53,11 +53,9 @@ def rejection_sft(spec: Spec, start: Path, budget: int, out: Path) -> dict:
         start, max_new_tokens=agent.max_new_tokens, temperature=agent.temperature, seed=1
     )
     episodes = env.train_episodes(budget, env.settings, seed=424242)
-    settings = CollectSettings(agent.max_turns, agent.timeout_s, 1, agent.system_prompt)
+    settings = collect_settings(agent)
     frame = collect(policy, policy.tokenizer, env.factory, episodes, env.name, None, settings)
-    a = agent.accept
-    accept = AcceptSettings(a.min_reward, a.require_completed, a.dedup)
-    accepted, _ = accept_trajectories(frame, accept, env.held_out())
+    accepted, _ = accept_trajectories(frame, accept_settings(agent), env.held_out())
     examples = [{"messages": json.loads(m)} for m in training_rows(accepted)["messages"]]
     run = FineTune(
         spec.cycles.train_settings(spec.sft),

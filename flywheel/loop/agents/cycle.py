@@ -96,6 +96,22 @@ def agent_environment(spec: Spec) -> AgentEnvironment:
     return AgentEnvironment(entry, factory, settings, train, held if callable(held) else None)
 
 
+def collect_settings(agent: AgentSettings, samples: int = 1) -> CollectSettings:
+    """How the agent plays: its turn budget, timeout and system prompt; ``samples`` a row."""
+    return CollectSettings(agent.max_turns, agent.timeout_s, samples, agent.system_prompt)
+
+
+def accept_settings(agent: AgentSettings) -> AcceptSettings:
+    """``agent.accept`` as the filter's settings (group variance: reject flat groups)."""
+    a = agent.accept
+    return AcceptSettings(
+        min_reward=a.min_reward,
+        require_completed=a.require_completed,
+        dedup=a.dedup,
+        min_group_std=0.0 if a.group_variance else None,
+    )
+
+
 def episode_seed(agent: AgentSettings, cycle: int) -> int:
     return agent.seed * SEED_STRIDE + cycle
 
@@ -133,9 +149,7 @@ def build_trajectories(
     episodes = env.train_episodes(agent.episodes, env.settings, seed=seed)
     own = policy is None
     policy = policy or champion_policy(spec, champion.path, seed, root)
-    settings = CollectSettings(
-        agent.max_turns, agent.timeout_s, agent.samples_per_episode, agent.system_prompt
-    )
+    settings = collect_settings(agent, agent.samples_per_episode)
     started = time.monotonic()
     try:
         frame = collect(
@@ -193,12 +207,7 @@ def build_accepted_trajectories(spec: Spec, cycle: int, handed: Mapping[str, Any
         shards = ShardSet(found)
         return Built(shards, _flat(shards.manifest, "accepted"), reused=True)
     a = agent.accept
-    settings = AcceptSettings(
-        min_reward=a.min_reward,
-        require_completed=a.require_completed,
-        dedup=a.dedup,
-        min_group_std=0.0 if a.group_variance else None,
-    )
+    settings = accept_settings(agent)
     accepted, rejected = accept_trajectories(trajectories.read(), settings, held_out)
     n = accepted.height + rejected.height
     reasons = Counter(rejected["reason"].to_list())
@@ -247,7 +256,7 @@ def evaluate_held_out(
         policy = TransformersPolicy.from_checkpoint(
             Path(checkpoint_dir), max_new_tokens=agent.max_new_tokens, temperature=0.0
         )
-    settings = CollectSettings(agent.max_turns, agent.timeout_s, 1, agent.system_prompt)
+    settings = collect_settings(agent)
     frame = collect(
         policy, policy.tokenizer, env.factory, episodes, env.name, env.entry.settings, settings,
         str(checkpoint_dir), cycle,
