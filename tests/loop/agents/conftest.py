@@ -7,6 +7,7 @@ plays NumberGuess optimally from the conversation alone, ``Scripted`` replays fi
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +88,16 @@ class Bisection(Scripted):
                 high = number - 1
         guess = format_tool_call("guess", {"number": (low + high) // 2})
         return text_step(self.tokenizer, f"I guess the middle.\n{guess}")
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytest.mark.usefixtures``), its module fixtures
+    included: a 64-wide model gains nothing from a second thread, which only contends on a
+    shared CPU (about 20x slower here under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

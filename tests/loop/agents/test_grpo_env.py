@@ -31,6 +31,8 @@ CODE = 7  # the button that opens the lock
 PRESSES = 3  # the lock's budget
 PROMPT = [{"role": "user", "content": "Open the lock: press buttons until it opens."}]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class Lock(ToolEnvironment):
     """Press buttons 0-9 until the lock opens; reward 1 / presses if it opened, else 0."""
@@ -123,15 +125,6 @@ def warm_up(tokenizer: Any, seed: int = 0, steps: int = 150) -> Any:
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """A 64-wide model: a second thread only contends on a shared CPU (20x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

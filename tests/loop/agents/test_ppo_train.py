@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,8 @@ TRAIN_PROMPTS = [{"prompt": f"Say a number, {w}."} for w in WORDS]
 EVAL_PROMPTS = [{"prompt": f"Write one number {w}."} for w in WORDS]
 KILL_ENV = "PPO_TEST_KILL_AFTER"  # "<work dir>:<iteration>" makes the reward SIGKILL the run
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def starts_with_digit(record: dict[str, Any], completion: str) -> float:
     """The toy reward; with ``KILL_ENV`` set it kills its own process once the state of that
@@ -54,15 +55,6 @@ def starts_with_digit(record: dict[str, Any], completion: str) -> float:
         if (Path(work) / f"step-{int(it):07d}").is_dir():
             os.kill(os.getpid(), signal.SIGKILL)
     return 1.0 if completion.strip()[:1].isdigit() else 0.0
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # a 64-wide model: more threads only contend on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
