@@ -143,6 +143,13 @@ class GenerationSettings(_Model):
     top_k: int = Field(0, ge=0, description="Top-k sampling; 0 turns it off.")
     max_new_tokens: int = Field(16, gt=0, description="Most tokens generated per completion.")
     batch_size: int = Field(128, gt=0, description="Prompts per generate call (transformers).")
+    replicas: int = Field(
+        1,
+        ge=1,
+        description="Copies of the model generating at once (transformers): more than 1 runs "
+        "them as Ray actors on the cluster RAY_ADDRESS names, or a local one.",
+    )
+    cpus_per_replica: int = Field(1, ge=1, description="CPUs (torch threads) of each replica.")
     seed: int = Field(0, description="Sampling seed; cycle c uses seed + c.")
     system_prompt: str | None = Field(
         None,
@@ -152,6 +159,16 @@ class GenerationSettings(_Model):
     endpoint: EndpointSettings = Field(
         default_factory=EndpointSettings, description="Endpoint of backend openai."
     )
+
+    @model_validator(mode="after")
+    def _replicas_need_transformers(self) -> GenerationSettings:
+        if self.replicas > 1 and self.backend != "transformers":
+            raise ValueError(
+                f"generation.replicas={self.replicas} runs copies of backend transformers; "
+                f"backend {self.backend} scales on its own (vLLM's data parallelism, or "
+                "several servers behind one endpoint.url)"
+            )
+        return self
 
 
 class GenerationFilters(_Model):

@@ -47,6 +47,12 @@ def open_backend(
     directory when None).
     """
     checkpoint_dir = Path(checkpoint_dir)
+    if settings.backend == "transformers" and settings.replicas > 1:
+        from flywheel.loop.generate.replicas import RayReplicaBackend
+
+        return RayReplicaBackend(
+            checkpoint_dir, settings.batch_size, settings.replicas, settings.cpus_per_replica
+        )
     if settings.backend == "transformers":
         return TransformersBackend(checkpoint_dir, settings.batch_size, attn_implementation)
     if settings.backend == "vllm":
