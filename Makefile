@@ -11,7 +11,7 @@ export FLYWHEEL_SPEC ?= $(CURDIR)/flywheel.yaml
 export GX_ANALYTICS_ENABLED := False
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast ui check defs bench bench-gpu bench-rollout lint format clean vllm-env
+.PHONY: install demo test test-fast ui check defs bench bench-gpu bench-rollout lint format clean vllm-env postgres
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,9 @@ bench-rollout: $(STAMP)  ## episodes/s of batched multi-turn collection vs one e
 
 bench-gpu: $(STAMP)  ## on a CUDA machine: tokens/s and MFU of ~110M and ~0.9B Llama models
 	$(BIN)/python bench/train_gpu.py
+
+postgres: $(STAMP)  ## PostgreSQL for Dagster's storage in .flywheel/postgres; prints its URL
+	$(BIN)/flywheel postgres start --dir .flywheel/postgres
 
 defs: $(STAMP)  ## check that the definitions load, through dg
 	source $(BIN)/activate && dg check defs

@@ -10,6 +10,7 @@ flywheel report [--spec SPEC] [--json] [--history]       the per-cycle table; wh
 flywheel dedup INPUT --output DIR [--threshold T] [--strict]  dedup any JSONL/Parquet
 flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
+flywheel postgres start|stop|status|url [--dir D] [--port P]  a PostgreSQL for Dagster's storage
 """
 
 from __future__ import annotations
@@ -183,6 +184,34 @@ def _chain_lines(facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _postgres(args: argparse.Namespace) -> int:
+    """The URL goes to stdout alone (``export FLYWHEEL_POSTGRES_URL=$(flywheel postgres url)``);
+    what happened goes to stderr."""
+    from flywheel.project import postgres
+
+    directory = Path(args.dir or spec_path().parent / ".flywheel" / "postgres")
+    try:
+        if args.action == "start":
+            server = postgres.start(directory, args.port)
+            print(f"flywheel postgres: running from {server.directory}", file=sys.stderr)
+            print(server.libpq_url if args.libpq else server.url)
+            return 0
+        if args.action == "stop":
+            stopped = postgres.stop(directory)
+            print(f"flywheel postgres: {'stopped' if stopped else 'not running'}", file=sys.stderr)
+            return 0
+        server = postgres.status(directory)
+    except postgres.PostgresError as exc:
+        print(f"flywheel postgres: {exc}", file=sys.stderr)
+        return 2
+    if server is None:
+        print(f"flywheel postgres: no server running from {directory.resolve()}", file=sys.stderr)
+        return 1
+    url = server.libpq_url if args.libpq else server.url
+    print(url if args.action == "url" else f"running: {url} ({server.directory})")
+    return 0
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
@@ -256,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--spec", help="spec file (default $FLYWHEEL_SPEC or flywheel.yaml)")
     ckpt.add_argument("--json", action="store_true", help="machine-readable output")
     ckpt.set_defaults(func=_checkpoint)
+
+    pg = sub.add_parser("postgres", help="a PostgreSQL server for Dagster's storage, on loopback")
+    pg.add_argument("action", choices=["start", "stop", "status", "url"])
+    pg.add_argument("--dir", help="its directory (default: .flywheel/postgres by the spec)")
+    pg.add_argument("--port", type=int, help="start: this port (default: the last, else free)")
+    pg.add_argument("--libpq", action="store_true", help="the URL for psql (no SQLAlchemy driver)")
+    pg.set_defaults(func=_postgres)
 
     register_dedup(sub)
     return parser

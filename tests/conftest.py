@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pydoc_data.topics
+import shutil
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +175,42 @@ def user_module(tmp_path: Path) -> Iterator[Callable[[str, str], str]]:
         sys.modules.pop(name, None)
     VERIFIERS.clear()
     VERIFIERS.update(registered)
+
+
+def require_postgres() -> None:
+    """Skip where PostgreSQL's server binaries are missing and cannot be installed here (not
+    root, or no apt-get); where ``.ci/run`` would have installed them, fail instead, so a CI
+    run never passes with the Postgres tests silently skipped."""
+    from flywheel.project.postgres import PostgresError, binaries
+
+    try:
+        binaries()
+    except PostgresError as exc:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            pytest.fail(f"{exc} (.ci/run does: apt-get install postgresql)")
+        pytest.skip(f"{exc}; it cannot be installed here (not root, or no apt-get)")
+
+
+@pytest.fixture
+def postgres_dir() -> Iterator[Path]:
+    """Where a test's server lives: under a fresh private directory in /tmp, not in
+    ``tmp_path``, whose parents pytest keeps private (0700, re-applied by every pytest session,
+    even one started meanwhile) where the server's user could not enter them."""
+    require_postgres()
+    base = Path(tempfile.mkdtemp(prefix="flywheel-pg-"))
+    try:
+        yield base / "pg"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server(postgres_dir: Path) -> Iterator[Any]:
+    """A PostgreSQL server started by ``flywheel.project.postgres``, stopped afterwards."""
+    from flywheel.project import postgres
+
+    server = postgres.start(postgres_dir)
+    try:
+        yield server
+    finally:
+        postgres.stop(server.directory)
