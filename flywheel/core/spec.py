@@ -34,6 +34,7 @@ from pydantic import (
 
 from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
 from flywheel.core.settings.dedup import DedupSettings
+from flywheel.core.settings.engine import Engine, RaySettings
 from flywheel.core.settings.filters import FilterSettings
 from flywheel.core.settings.loop import AcceptanceSettings, CycleSettings, GenerationSettings
 from flywheel.core.settings.sources import PythonEnvSource, SourceSpec
@@ -101,6 +102,12 @@ class Spec(_Model):
     )
     dedup: DedupSettings = Field(
         default_factory=DedupSettings, description="Exact and MinHash LSH deduplication."
+    )
+    engine: Engine = Field(
+        "local", description="Where dedup runs: this process (local) or a Ray cluster (ray)."
+    )
+    ray: RaySettings = Field(
+        default_factory=RaySettings, description="The Ray cluster of engine: ray."
     )
     validation: ValidationSettings = Field(
         default_factory=ValidationSettings, description="Great Expectations asset checks."

@@ -12,12 +12,14 @@ import check_references; print(*check_references(load_spec()), sep='\\n')"
 - ``eval.tasks`` names are distinct (each is a metric key);
 - ``cycles.preference`` fits its settings and the verifier that is its reward;
 - self-consistency can reach ``min_votes`` with ``samples_per_prompt`` samples;
-- cycle 0's built-in prompts are not all evaluation prompts (which are never trained on).
+- cycle 0's built-in prompts are not all evaluation prompts (which are never trained on);
+- ``engine: ray`` has Ray Data installed (found, not imported: importing Ray takes seconds).
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 
 from pydantic import ValidationError
 
@@ -42,7 +44,14 @@ def check_references(spec: Spec) -> list[Problem]:
         *_cycle_settings(spec),
         *_preference(spec),
         *_eval_prompt_overlap(spec),
+        *_engine(spec),
     ]
+
+
+def _engine(spec: Spec) -> list[Problem]:
+    if spec.engine != "ray" or importlib.util.find_spec("ray") is not None:
+        return []
+    return [error("engine", "engine: ray needs Ray Data: pip install 'flywheel[ray]'")]
 
 
 def eval_metrics(spec: Spec) -> list[str]:

@@ -222,3 +222,25 @@ def test_an_agent_spec_trains_by_cycles_method_not_by_preference(tmp_path: Path)
         load_spec(write_spec(tmp_path, AGENT + "cycles: {preference: dpo}\n"))
     with pytest.raises(SpecError, match="cycles.method: 'ppo' trains in the agent's environment"):
         load_spec(write_spec(tmp_path, "cycles: {method: ppo}\n"))
+
+
+def test_engine_is_local_unless_the_spec_says_ray(tmp_path: Path) -> None:
+    assert load_spec(write_spec(tmp_path, "")).engine == "local"
+    spec = load_spec(write_spec(tmp_path, "engine: ray\nray: {address: auto, partitions: 8}\n"))
+    assert (spec.engine, spec.ray.address, spec.ray.partitions) == ("ray", "auto", 8)
+    for address in ("ray://head:10001", "10.0.0.5:6379"):
+        assert load_spec(write_spec(tmp_path, f"ray: {{address: '{address}'}}\n")).ray.address
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("engine: spark\n", "engine: Input should be 'local' or 'ray'"),
+        ("ray: {address: 'http://head'}\n", 'ray.address must be "auto", "ray://host:port"'),
+        ("ray: {address: auto, num_cpus: 4}\n", "ray.num_cpus sizes a cluster started here"),
+        ("ray: {partitions: 0}\n", "ray.partitions"),
+    ],
+)
+def test_engine_settings_errors(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(SpecError, match=message.replace("(", r"\(")):
+        load_spec(write_spec(tmp_path, body))
