@@ -54,6 +54,8 @@ READERS: dict[str, tuple[str, ...]] = {
     "dedup.rows": ("flywheel/core/settings/dedup.py",),
     "dedup.false_positive_weight": ("flywheel/core/settings/dedup.py",),
     "dedup.false_negative_weight": ("flywheel/core/settings/dedup.py",),
+    "engine": ("flywheel/preflight/references.py",),
+    "ray": ("flywheel/data/dedup/ray_engine.py",),
     "validation": ("flywheel/data/stages.py", "assets/checks.py"),
     "tokenizer": ("flywheel/train/tokenizer.py", "assets/training.py"),
     "packing": ("flywheel/train/packing.py",),

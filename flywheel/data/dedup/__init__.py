@@ -4,6 +4,8 @@
 
 ``deduplicate(ids, texts, settings)`` for one corpus in memory; ``DedupIndex.open(path,
 settings)`` then ``add`` / ``commit`` to deduplicate batches against everything seen before.
+``flywheel.data.dedup.ray_engine.deduplicate_ray`` makes the same decisions on a Ray cluster
+(``engine: ray``; imported only then, so the local engine never loads Ray).
 
 Why our own engine and not datasketch's (``bench/dedup.py``, both on the same 149,470-document
 corpus in one run): signatures alone are the same speed as ``MinHash.bulk`` (sig_ratio 0.98),

@@ -292,22 +292,13 @@ class DedupIndex:
             rows_a = self._signature_rows(new[0], n0, doc[b : b + _PAIR_BLOCK])
             rows_b = self._signature_rows(new[0], n0, other[b : b + _PAIR_BLOCK])
             agree[b : b + _PAIR_BLOCK] = lsh.agreeing_rows(rows_a, rows_b)
-        sim = agree / s.num_perm
-        if s.verify == "none":
-            return sim, np.ones(doc.size, dtype=np.bool_)
-        if s.verify == "signature":
-            return sim, agree >= lsh.min_agreements(s.threshold, s.num_perm)
-        lo, hi = verify.signature_margins(s.threshold, s.num_perm)
-        unsure = np.flatnonzero((agree >= lo) & (agree < hi))
-        for b in range(0, unsure.size, _SKETCH_BLOCK):
-            u = unsure[b : b + _SKETCH_BLOCK]
+
+        def sketch_sims(u: np.ndarray) -> np.ndarray:
             a_side = self._sketch_rows(new, n0, doc[u])
             b_side = self._sketch_rows(new, n0, other[u])
-            sim[u] = verify.sketch_jaccard(a_side, b_side, s.sketch_size)
-        ok = sim >= s.threshold - 1e-12
-        ok[agree < lo] = False
-        ok[agree >= hi] = True
-        return sim, ok
+            return verify.sketch_jaccard(a_side, b_side, s.sketch_size)
+
+        return verify.decide(agree, s.num_perm, s.threshold, s.verify, sketch_sims, _SKETCH_BLOCK)
 
     def _sketch_rows(self, new, n0: int, orders: np.ndarray):
         """(values, lengths) of the sketches of documents ``orders`` (old or new), in order."""

@@ -28,8 +28,11 @@ signatures and only the band in between is looked up.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
+
+from flywheel.data.dedup.lsh import min_agreements
 
 Z = 4.5  # signature decisions outside t +- Z * sigma_t; a wrong one has probability ~3e-6
 
@@ -38,6 +41,33 @@ def signature_margins(threshold: float, num_perm: int) -> tuple[int, int]:
     """(lo, hi) in agreeing rows: < lo is surely below t, >= hi surely at or above it."""
     d = max(Z * math.sqrt(threshold * (1 - threshold) / num_perm), 1.5 / num_perm)
     return math.ceil((threshold - d) * num_perm), math.ceil((threshold + d) * num_perm)
+
+
+def decide(
+    agree: np.ndarray,
+    num_perm: int,
+    threshold: float,
+    mode: str,
+    sketch_sims: Callable[[np.ndarray], np.ndarray],
+    block: int = 4096,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, accepted) of candidate pairs with ``agree`` agreeing signature rows, per
+    ``mode`` (DedupSettings.verify); ``sketch_sims(pairs)`` is asked, ``block`` pairs at a
+    time, for the sketch Jaccard of the unsure pairs only. One rule for both engines."""
+    sim = agree / num_perm
+    if mode == "none":
+        return sim, np.ones(agree.size, dtype=np.bool_)
+    if mode == "signature":
+        return sim, agree >= min_agreements(threshold, num_perm)
+    lo, hi = signature_margins(threshold, num_perm)
+    unsure = np.flatnonzero((agree >= lo) & (agree < hi))
+    for b in range(0, unsure.size, block):
+        u = unsure[b : b + block]
+        sim[u] = sketch_sims(u)
+    ok = sim >= threshold - 1e-12
+    ok[agree < lo] = False
+    ok[agree >= hi] = True
+    return sim, ok
 
 
 def ragged_take(
