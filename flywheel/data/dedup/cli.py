@@ -1,7 +1,7 @@
 """``flywheel dedup``: deduplicate a JSONL(.gz) or Parquet corpus of {id, text} records.
 
     flywheel dedup INPUT --output DIR [--threshold T] [--strict] [--index DIR] [--num-perm N]
-                   [--batch-size N]
+                   [--batch-size N] [--engine local|ray] [--address ADDR]
 
 Writes, into DIR:
   * kept.parquet: the kept records, every input column;
@@ -21,6 +21,13 @@ by a streaming sink, so memory is bounded by the batch size plus the index. The 
 written into a staging directory and renamed into DIR only once all are complete, so a failed
 run leaves no new file in DIR. With --index DIR the corpus is deduplicated against, and then
 added to, a persistent index (committed after the outputs are in place).
+
+With --engine ray the same decisions, hence the same outputs, are computed on a Ray cluster
+(``flywheel.data.dedup.ray_engine``): the one at --address ("auto", "ray://host:port",
+"host:port"), or one started here. The records are read and checked here as above, spilled
+to the staging directory and handed to the cluster batch by batch; the kept and duplicate rows
+are then written from the spilled batches in input order. --index needs the local engine (the
+persistent index is not partitioned for Ray yet): with --engine ray it exits 2.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import ValidationError
 
 from flywheel.core.artifacts import atomic_write_json, fsync_dir
@@ -78,6 +87,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--index", type=Path, help="persistent index directory to dedup against")
     p.add_argument("--num-perm", type=int, help="MinHash permutations (default 128)")
     p.add_argument("--batch-size", type=int, default=10_000, help="records per batch")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="where dedup runs")
+    p.add_argument("--address", help='Ray cluster for --engine ray ("auto", "ray://host:port")')
     p.set_defaults(func=run)
 
 
@@ -128,6 +139,12 @@ def _dedup(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("--batch-size must be at least 1")
     if not args.input.is_file():
         raise InputError(f"input file not found: {args.input}")
+    if args.engine == "ray" and args.index:
+        raise InputError(
+            "--index needs --engine local: the persistent index is not partitioned for Ray yet"
+        )
+    if args.address and args.engine != "ray":
+        raise InputError("--address names a Ray cluster: it needs --engine ray")
     try:
         with io_step("read", args.index):
             index = DedupIndex.open(args.index, settings) if args.index else DedupIndex(settings)
@@ -138,8 +155,11 @@ def _dedup(args: argparse.Namespace) -> dict[str, Any]:
     with io_step("write", out):
         staging.mkdir(parents=True)
     try:
-        summary, duplicates = _run_batches(args, index, staging)
-        run_facts = {"input": str(args.input), "strict": args.strict}
+        if args.engine == "ray":
+            summary, duplicates = _run_ray(args, settings, staging)
+        else:
+            summary, duplicates = _run_batches(args, index, staging)
+        run_facts = {"input": str(args.input), "strict": args.strict, "engine": args.engine}
         settings_used = {"threshold": settings.threshold, "num_perm": settings.num_perm}
         summary = {**run_facts, **settings_used, **summary}
         _write_outputs(args, staging, duplicates)
@@ -168,10 +188,7 @@ def _run_batches(
     counts = ReadCounts()
     batches = read_batches(args.input, args.batch_size, strict=args.strict, counts=counts)
     for n, batch in enumerate(_progress(batches, args.input)):
-        if batch.rejected.height:
-            reasons.update(batch.rejected["reason"].to_list())
-            with io_step("write", args.output / REJECTED):
-                batch.rejected.write_parquet(staging / f"rejected-{n:06d}.parquet")
+        _spill_rejected(args, staging, n, batch, reasons)
         if batch.records.height:
             keep, dupes = _dedup_batch(index, batch.records, totals)
             with io_step("write", args.output / KEPT):
@@ -182,6 +199,85 @@ def _run_batches(
     totals["rejected_by_reason"] = dict(sorted(reasons.items()))
     totals["blank_lines"] = counts.blank_lines
     return totals, duplicates
+
+
+def _spill_rejected(
+    args: argparse.Namespace, staging: Path, n: int, batch: Batch, reasons: Counter[str]
+) -> None:
+    if batch.rejected.height:
+        reasons.update(batch.rejected["reason"].to_list())
+        with io_step("write", args.output / REJECTED):
+            batch.rejected.write_parquet(staging / f"rejected-{n:06d}.parquet")
+
+
+def _run_ray(
+    args: argparse.Namespace, settings: DedupSettings, staging: Path
+) -> tuple[dict[str, Any], list[pl.DataFrame]]:
+    """``_run_batches`` on Ray: the valid records are spilled as ``input-N.parquet`` while
+    their (pos, id, text) go to the cluster; then kept rows and duplicates per spilled batch."""
+    from flywheel.core.settings.engine import RaySettings
+    from flywheel.data.dedup import ray_engine
+
+    reasons: Counter[str] = Counter()
+    counts = ReadCounts()
+    spilled: list[tuple[Path, int]] = []  # (file, position of its first record)
+
+    def blocks() -> Iterator[pa.Table]:
+        batches = read_batches(args.input, args.batch_size, strict=args.strict, counts=counts)
+        start = 0
+        for n, batch in enumerate(_progress(batches, args.input)):
+            _spill_rejected(args, staging, n, batch, reasons)
+            if not batch.records.height:
+                continue
+            spilled.append((staging / f"input-{n:06d}.parquet", start))
+            with io_step("write", args.output / KEPT):
+                batch.records.write_parquet(spilled[-1][0])
+            pos = np.arange(start, start + batch.records.height, dtype=np.int64)
+            ids, texts = (batch.records[c].cast(pl.String) for c in ("id", "text"))
+            yield pa.table({"pos": pos, "id": ids.to_arrow(), "text": texts.to_arrow()})
+            start += batch.records.height
+
+    try:
+        ray_settings = RaySettings(address=args.address)
+        gone = ray_engine.dedup_blocks(blocks(), settings, ray_settings)
+    except (ValueError, ray_engine.RayUnavailable) as e:  # a bad --address, no cluster
+        raise InputError(str(e).splitlines()[0]) from None
+    totals: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
+    duplicates = [_split_spilled(args, path, start, gone, totals) for path, start in spilled]
+    totals["rejected"] = reasons.total()
+    totals["rejected_by_reason"] = dict(sorted(reasons.items()))
+    totals["blank_lines"] = counts.blank_lines
+    return totals, [frame for frame in duplicates if frame is not None]
+
+
+def _split_spilled(
+    args: argparse.Namespace, path: Path, start: int, gone: pa.Table, totals: dict[str, Any]
+) -> pl.DataFrame | None:
+    """Write the kept rows of one spilled batch; its duplicates, or None; count them."""
+    from flywheel.data.dedup import ray_engine
+
+    records = pl.read_parquet(path)
+    pos = gone.column("pos").to_numpy()
+    lo, hi = np.searchsorted(pos, [start, start + records.height])
+    mine = gone.slice(lo, hi - lo)
+    keep = np.ones(records.height, dtype=np.bool_)
+    keep[mine.column("pos").to_numpy() - start] = False
+    with io_step("write", args.output / KEPT):
+        records.filter(keep).write_parquet(path.with_name(path.name.replace("input", "kept")))
+    path.unlink()
+    for k, v in ray_engine.counts(keep, mine).items():
+        totals[k] += v
+    if not mine.num_rows:
+        return None
+    found = ray_engine.duplicates_frame(mine)
+    return pl.DataFrame(
+        {
+            "id": records["id"].filter(~keep),
+            "duplicate_of": _as_dtype(found["duplicate_of"], records["id"].dtype),
+            "method": found["method"],
+            "similarity": found["similarity"],
+        }
+    )
 
 
 def _dedup_batch(

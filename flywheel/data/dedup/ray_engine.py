@@ -46,13 +46,17 @@ RESULT_COLUMNS = ["pos", "id", "dup_of", "method", "sim"]
 _METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)
 
 
+class RayUnavailable(RuntimeError):
+    """Ray is not installed, or the cluster cannot be reached; the message says which."""
+
+
 def connect(ray_settings: RaySettings) -> None:
     """Join the cluster ``ray.address`` names, or start one here when it is null; a no-op
     when this process is already connected."""
     try:
         import ray
     except ImportError:
-        raise RuntimeError("engine: ray needs Ray Data: pip install 'flywheel[ray]'") from None
+        raise RayUnavailable("engine: ray needs Ray Data: pip install 'flywheel[ray]'") from None
     if ray.is_initialized():
         return
     address = ray_settings.address
@@ -62,7 +66,7 @@ def connect(ray_settings: RaySettings) -> None:
         else:
             ray.init(address=address)
     except ConnectionError as e:
-        raise RuntimeError(f"cannot connect to the Ray cluster at {address}: {e}") from None
+        raise RayUnavailable(f"cannot connect to the Ray cluster at {address}: {e}") from None
 
 
 def deduplicate_ray(

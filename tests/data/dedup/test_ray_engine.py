@@ -8,15 +8,20 @@ node killed mid-stage, is tests/data/test_dedup_ray_multinode.py.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import polars as pl
 import pytest
 
+from flywheel.cli import main
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
 from flywheel.data.dedup import deduplicate
+from flywheel.data.dedup.cli import DUPLICATES, KEPT, REJECTED
 
 from .conftest import planted_corpus
 
@@ -86,3 +91,36 @@ def test_the_local_engine_never_imports_ray() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cli_writes_the_same_outputs_on_ray(cluster, tmp_path: Path, capsys) -> None:
+    ids, texts = planted_corpus(variants=30, seed=2)
+    # integer ids where the planted ones allow (the outputs keep the input's id type)
+    rows = [{"id": 1000 + i, "text": t, "lang": "en"} for i, t in enumerate(texts)]
+    rows[ids.index("chain_e")]["id"] = 1000 + ids.index("chain_b")  # a repeated id
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n\n")
+    frames, summaries = {}, {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        args = ["dedup", str(src), "-o", str(out), "--batch-size", "23", "--engine", engine]
+        assert main(args) == 0
+        frames[engine] = [pl.read_parquet(out / f) for f in (KEPT, DUPLICATES, REJECTED)]
+        summary = json.loads((out / "summary.json").read_text())
+        summaries[engine] = {k: v for k, v in summary.items() if k not in ("seconds", "engine")}
+    assert summaries["ray"] == summaries["local"]
+    for local, distributed in zip(frames["local"], frames["ray"], strict=True):
+        assert distributed.equals(local)
+    kept, dupes, rejected = frames["ray"]
+    assert kept.columns == ["id", "text", "lang"] and dupes["id"].dtype == pl.Int64
+    assert summaries["ray"]["removed"] == dupes.height > 10
+    assert rejected["reason"].to_list() == ["invalid_json"]
+
+
+def test_the_cli_refuses_an_index_on_ray(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "text": "a b c"}\n')
+    args = ["dedup", str(src), "-o", str(tmp_path / "o"), "--engine", "ray", "--index", "ix"]
+    assert main(args) == 2
+    assert "--index needs --engine local" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
