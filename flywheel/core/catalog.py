@@ -1,4 +1,4 @@
-"""The DuckDB catalog: provenance of the data and models, and the record of the loop.
+"""The catalog: provenance of the data and models, and the record of the loop.
 
     flywheel lineage DOC_ID        where a document came from and why it was kept or dropped
     flywheel report                the loop's record: decisions, champion, failed runs
@@ -10,12 +10,14 @@ always describes the committed shard sets. Later stages add generations and chec
 The loop's own state lives only here: one promotion ``Decision`` per cycle (the champion is
 the newest promoted candidate) and every finished cycle run (``CycleRun``).
 
-``Catalog.open(path)`` is the one way to get a handle: one per process and path, whose
-schema is created on first use. A handle holds no connection: each method connects and
-closes, because DuckDB allows one writing process per file and training entries write from
-their own processes (Dagster Pipes) while Dagster's process reads. ``connect`` retries while
-another process holds the file, and takes the handle's lock first, because DuckDB also refuses
-a read-only and a read-write connection to one file at once within a process (sensor threads).
+``Catalog.open(path)`` is the one way to get a handle: one per process and path. The catalog
+is stored as Parquet fragments (``flywheel.core.catalog_store``: why, and how reads stay
+consistent) in the directory ``<path>.d``; ``path`` itself is a small marker file naming it.
+Any number of processes on any number of nodes write at once, with no lock and no server: a
+write appends fragments, and "replace my own rows" is a tombstone for its key, so the newest
+write of a key wins. Queries are DuckDB SQL on views of the same tables, so lineage, reports
+and the loop's record read as before. A catalog that is still one DuckDB file (before
+fragments) is migrated on first open and kept as ``<path>.migrated``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,12 @@ import duckdb
 import polars as pl
 
 from flywheel.core import products as P
-from flywheel.core.loop_record import LOOP_SCHEMA, CycleRun, Decision, LoopRecord
+from flywheel.core.catalog_store import WHOLE_TABLE, FragmentStore, Staged
+from flywheel.core.loop_record import LOOP_KEYS, LOOP_SCHEMA, CycleRun, Decision, LoopRecord
 
 __all__ = ["Catalog", "CycleRun", "Decision"]
 
-LOCK_WAIT_S = 120.0
+MARKER = {"catalog": "flywheel", "storage": "parquet fragments", "format": 1}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -90,6 +91,22 @@ CREATE TABLE IF NOT EXISTS materializations (
 );
 """
 
+# The column each table's writes replace their rows by (WHOLE_TABLE: a stage that owns the
+# whole table); materializations is append-only.
+KEYS = {
+    "documents": "source",
+    "quarantine": "source",
+    "filter_decisions": WHOLE_TABLE,
+    "duplicates": WHOLE_TABLE,
+    "deduplicated": WHOLE_TABLE,
+    "tokenized_documents": "version",
+    "checkpoints": "checkpoint",
+    "eval_scores": "eval_version",
+    "generations": "cycle",
+    "training_sets": "version",
+    "training_examples": "version",
+    **LOOP_KEYS,
+}
 
 _OPENED: dict[tuple[int, Path], Catalog] = {}
 _OPENING = threading.Lock()
@@ -97,94 +114,85 @@ _TOKEN = object()
 
 
 class Catalog(LoopRecord):
-    """A handle on the catalog file; each method opens, writes and closes a connection."""
+    """A handle on the catalog at ``path``: writes append fragments, queries read views."""
 
     def __init__(self, path: Path, token: object = None):
         if token is not _TOKEN:
             raise TypeError("get the catalog with Catalog.open(path), once per process")
         self.path = path
-        self._lock = threading.RLock()
+        self._store = FragmentStore(path.with_name(path.name + ".d"), SCHEMA + LOOP_SCHEMA, KEYS)
 
     @classmethod
     def open(cls, path: Path | str) -> Catalog:
         """This process's handle on the catalog at ``path``. The first call in a process (or
-        the first after the file was removed) creates the schema; later calls reuse it. The
-        key holds the process id, so a forked child creates its own handle and lock."""
+        the first after the marker file was removed) creates the marker, or migrates a DuckDB
+        file found there; later calls reuse it. The key holds the process id, so a forked
+        child creates its own handle (and its own in-memory DuckDB)."""
         key = (os.getpid(), Path(path).resolve())
         with _OPENING:
             catalog = _OPENED.get(key)
             if catalog is None or not catalog.path.exists():
-                key[1].parent.mkdir(parents=True, exist_ok=True)
                 catalog = cls(key[1], _TOKEN)
-                with catalog.connect() as con:
-                    con.execute(SCHEMA + LOOP_SCHEMA)
+                catalog._store.adopt(catalog.path, MARKER)
                 _OPENED[key] = catalog
         return catalog
 
-    @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with self._lock:  # one connection at a time in this process (see the module doc)
-            deadline = time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
-                    break
-                except duckdb.IOException as exc:
-                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            try:
-                yield con
-            finally:
-                con.close()
+    def write(self) -> AbstractContextManager[Staged]:
+        """Stage one write (``Staged.con``: SQL on the typed tables, ``Staged.replace``: the
+        rows it replaces); all of it becomes visible at once when the block exits."""
+        return self._store.write()
 
-    # -- writers: each replaces the rows its stage owns, in one transaction --------------
+    def compact(self) -> bool:
+        """Fold the fragments into one per table (writers do it every ``COMPACT_AFTER``)."""
+        return self._store.compact()
+
+    # -- writers: each replaces the rows its stage owns, in one write -------------------
     def record_source(
         self, source: str, documents: pl.DataFrame, quarantine: pl.DataFrame, version: str
     ) -> None:
         """Replace ``source``'s documents and quarantine with a new raw version's."""
-        with self.connect() as con, _transaction(con):
-            con.register("docs", documents.with_columns(pl.lit(version).alias("version")))
-            con.register("quar", quarantine.with_columns(pl.lit(version).alias("version")))
-            con.execute("DELETE FROM documents WHERE source = ?", [source])
-            con.execute("DELETE FROM quarantine WHERE source = ?", [source])
-            con.execute(
+        with self.write() as w:
+            w.con.register("docs", documents.with_columns(pl.lit(version).alias("version")))
+            w.con.register("quar", quarantine.with_columns(pl.lit(version).alias("version")))
+            w.replace("documents", source)
+            w.replace("quarantine", source)
+            w.con.execute(
                 'INSERT INTO documents SELECT doc_id, source, source_id, path, "offset", '
                 "content_hash, n_chars, shard, version FROM docs"
             )
-            con.execute(
+            w.con.execute(
                 'INSERT INTO quarantine SELECT source, path, "offset", reason, detail, raw, '
                 "version FROM quar"
             )
 
     def record_filter_decisions(self, decisions: pl.DataFrame, version: str) -> None:
         frame = decisions.select("id", "kept", "filter", "reason")
-        with self.connect() as con, _transaction(con):
-            con.register("frame", frame.with_columns(pl.lit(version).alias("version")))
-            con.execute("DELETE FROM filter_decisions")
-            con.execute("INSERT INTO filter_decisions SELECT * FROM frame")
+        with self.write() as w:
+            w.con.register("frame", frame.with_columns(pl.lit(version).alias("version")))
+            w.replace("filter_decisions")
+            w.con.execute("INSERT INTO filter_decisions SELECT * FROM frame")
 
     def record_dedup(self, kept: pl.DataFrame, duplicates: pl.DataFrame, version: str) -> None:
         """``kept``: id, shard of every kept document; ``duplicates``: the removed ones."""
         v = pl.lit(version).alias("version")
-        with self.connect() as con, _transaction(con):
-            con.register("kept_f", kept.select("id", "shard").with_columns(v))
-            con.register(
+        with self.write() as w:
+            w.con.register("kept_f", kept.select("id", "shard").with_columns(v))
+            w.con.register(
                 "dup_f",
                 duplicates.select("id", "duplicate_of", "method", "similarity").with_columns(v),
             )
-            con.execute("DELETE FROM deduplicated")
-            con.execute("DELETE FROM duplicates")
-            con.execute("INSERT INTO deduplicated SELECT * FROM kept_f")
-            con.execute("INSERT INTO duplicates SELECT * FROM dup_f")
+            w.replace("deduplicated")
+            w.replace("duplicates")
+            w.con.execute("INSERT INTO deduplicated SELECT * FROM kept_f")
+            w.con.execute("INSERT INTO duplicates SELECT * FROM dup_f")
 
     def record_tokenized(self, spans: pl.DataFrame, version: str) -> None:
         """Which documents (``id``, ``split``) went into which packed sequences of a version."""
         frame = spans.select("id", "split", "seq_start", "seq_end", "tokens")
-        with self.connect() as con, _transaction(con):
-            con.register("spans", frame.with_columns(pl.lit(version).alias("version")))
-            con.execute("DELETE FROM tokenized_documents WHERE version = ?", [version])
-            con.execute("INSERT INTO tokenized_documents SELECT * FROM spans")
+        with self.write() as w:
+            w.con.register("spans", frame.with_columns(pl.lit(version).alias("version")))
+            w.replace("tokenized_documents", version)
+            w.con.execute("INSERT INTO tokenized_documents SELECT * FROM spans")
 
     def record_checkpoint(
         self,
@@ -197,9 +205,9 @@ class Catalog(LoopRecord):
         spec_fingerprint: str,
     ) -> None:
         """A published checkpoint and what it was trained from (dataset, tokenizer, parent)."""
-        with self.connect() as con, _transaction(con):
-            con.execute("DELETE FROM checkpoints WHERE checkpoint = ?", [checkpoint])
-            con.execute(
+        with self.write() as w:
+            w.replace("checkpoints", checkpoint)
+            w.con.execute(
                 "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     checkpoint,
@@ -215,10 +223,10 @@ class Catalog(LoopRecord):
 
     def record_eval(self, checkpoint: str, eval_version: str, metrics: dict[str, float]) -> None:
         now = datetime.now(UTC)
-        with self.connect() as con, _transaction(con):
-            con.execute("DELETE FROM eval_scores WHERE eval_version = ?", [eval_version])
+        with self.write() as w:
+            w.replace("eval_scores", eval_version)
             for metric, value in metrics.items():
-                con.execute(
+                w.con.execute(
                     "INSERT INTO eval_scores VALUES (?, ?, ?, ?, ?)",
                     [checkpoint, eval_version, metric, float(value), now],
                 )
@@ -235,10 +243,10 @@ class Catalog(LoopRecord):
             "reason",
             pl.lit(version).alias("accepted_version"),
         )
-        with self.connect() as con, _transaction(con):
-            con.register("gen_f", frame)
-            con.execute("DELETE FROM generations WHERE cycle = ?", [cycle])
-            con.execute("INSERT INTO generations SELECT * FROM gen_f")
+        with self.write() as w:
+            w.con.register("gen_f", frame)
+            w.replace("generations", cycle)
+            w.con.execute("INSERT INTO generations SELECT * FROM gen_f")
 
     def record_training_set(
         self, version: str, facts: dict[str, Any], examples: pl.DataFrame
@@ -250,23 +258,23 @@ class Catalog(LoopRecord):
         frame = examples.select(
             pl.lit(version).alias("version"), "prompt_id", "generation_id", "origin", "cycle_added"
         )
-        with self.connect() as con, _transaction(con):
-            con.execute("DELETE FROM training_sets WHERE version = ?", [version])
-            con.execute("DELETE FROM training_examples WHERE version = ?", [version])
-            con.execute(
+        with self.write() as w:
+            w.replace("training_sets", version)
+            w.replace("training_examples", version)
+            w.con.execute(
                 "INSERT INTO training_sets VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [version, *(facts[k] for k in keys), datetime.now(UTC)],
             )
-            con.register("examples_f", frame)
-            con.execute("INSERT INTO training_examples SELECT * FROM examples_f")
+            w.con.register("examples_f", frame)
+            w.con.execute("INSERT INTO training_examples SELECT * FROM examples_f")
 
     def record_materialization(
         self, product: str, version: str, spec_fingerprint: str, metadata: dict[str, Any]
     ) -> None:
         from flywheel import __version__
 
-        with self.connect() as con:
-            con.execute(
+        with self.write() as w:
+            w.con.execute(
                 "INSERT INTO materializations VALUES (?, ?, ?, ?, ?, ?)",
                 [
                     product,
@@ -280,8 +288,16 @@ class Catalog(LoopRecord):
 
     # -- queries -------------------------------------------------------------------------
     def query(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
-        with self.connect(read_only=True) as con:
-            return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+        """``sql`` on the catalog's tables as one consistent set of committed writes."""
+        return self._store.read(sql, params, lambda rel: pl.from_arrow(rel.to_arrow_table()))
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        """``sql``'s rows as dicts of Python values (DuckDB's, not Polars', conversions)."""
+
+        def fetch(rel: duckdb.DuckDBPyRelation) -> list[dict[str, Any]]:
+            return [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+
+        return self._store.read(sql, None, fetch)
 
     def document_lineage(self, doc_id: str) -> dict[str, Any]:
         """Where a document came from and why it was kept or dropped, as one dict."""
@@ -354,8 +370,8 @@ class Catalog(LoopRecord):
 
     def counts(self) -> dict[str, int]:
         tables = ["documents", "quarantine", "filter_decisions", "duplicates", "deduplicated"]
-        with self.connect(read_only=True) as con:
-            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        counts = ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in tables)
+        return self.rows(f"SELECT {counts}")[0]
 
 
 def _status(row: dict[str, Any]) -> str:
@@ -372,14 +388,3 @@ def _status(row: dict[str, Any]) -> str:
     if row.get("deduplicated_shard"):
         return f"kept in {row['deduplicated_shard']}"
     return "passed filters (not yet deduplicated)"
-
-
-@contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")

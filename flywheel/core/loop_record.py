@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
-
 LOOP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS cycles (
     cycle BIGINT PRIMARY KEY, candidate VARCHAR, metric VARCHAR, value DOUBLE,
@@ -38,6 +36,7 @@ CREATE TABLE IF NOT EXISTS cycle_runs (
 );
 ALTER TABLE cycle_runs ADD COLUMN IF NOT EXISTS step VARCHAR;
 """
+LOOP_KEYS = {"cycles": "cycle", "cycle_runs": "run_id"}  # what a write of each replaces
 
 
 @dataclass(frozen=True)
@@ -92,9 +91,10 @@ WHERE f.status = '{FAILED}' AND NOT EXISTS (
 
 
 class LoopRecord:
-    """The loop's reads and writes; ``Catalog`` provides ``connect``."""
+    """The loop's reads and writes; ``Catalog`` provides ``write`` and ``rows``."""
 
-    connect: Callable[..., AbstractContextManager[duckdb.DuckDBPyConnection]]
+    write: Callable[[], AbstractContextManager[Any]]
+    rows: Callable[[str], list[dict[str, Any]]]
 
     def record_decision(self, d: Decision) -> None:
         """Replace cycle ``d.cycle``'s promotion decision (one row per cycle)."""
@@ -105,7 +105,7 @@ class LoopRecord:
     def decisions(self) -> list[Decision]:
         """Every cycle's promotion decision, by cycle. A row recorded before candidate_path
         was a column takes the path from the checkpoints table; before inputs was, none."""
-        rows = self._fetch(
+        rows = self.rows(
             "SELECT c.* REPLACE (coalesce(c.candidate_path, k.path) AS candidate_path) "
             "FROM cycles c LEFT JOIN checkpoints k ON k.checkpoint = c.candidate ORDER BY c.cycle"
         )
@@ -120,21 +120,15 @@ class LoopRecord:
         """Every finished cycle run, oldest first; or only the failed runs that no later
         successful run of the same cycle has resolved."""
         where = UNRESOLVED if unresolved_failures else ""
-        rows = self._fetch(f"SELECT * FROM cycle_runs f {where} ORDER BY finished_at, run_id")
+        rows = self.rows(f"SELECT * FROM cycle_runs f {where} ORDER BY finished_at, run_id")
         return [CycleRun(**{**r, "finished_at": _from_db(r["finished_at"])}) for r in rows]
 
     def _replace(self, table: str, columns: list[str], values: list[Any]) -> None:
-        # One statement is one transaction in DuckDB: the row is replaced whole or not at all.
+        # One write replaces the row of its key whole or not at all.
         marks = ", ".join("?" * len(columns))
-        sql = f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({marks})"
-        with self.connect() as con:
-            con.execute(sql, values)
-
-    def _fetch(self, sql: str) -> list[dict[str, Any]]:
-        with self.connect(read_only=True) as con:
-            cursor = con.execute(sql)
-            names = [c[0] for c in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        with self.write() as w:
+            w.replace(table, values[columns.index(LOOP_KEYS[table])])
+            w.con.execute(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", values)
 
 
 def _to_db(moment: datetime) -> str:

@@ -90,7 +90,9 @@ class Spec(_Model):
         Path(".flywheel/data"), description="Where shards, indexes and checkpoints are written."
     )
     catalog: Path = Field(
-        Path(".flywheel/catalog.duckdb"), description="DuckDB catalog of documents and lineage."
+        Path(".flywheel/catalog.duckdb"),
+        description="Catalog of documents and lineage: a marker file; its Parquet fragments, "
+        "queried with DuckDB, are in the directory <catalog>.d.",
     )
     sources: list[SourceSpec] = Field(
         default_factory=lambda: [PythonEnvSource(name="python_docs")],

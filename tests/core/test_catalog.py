@@ -94,32 +94,26 @@ def test_failed_write_rolls_back(tmp_path: Path) -> None:
     assert cat.query("SELECT version FROM documents")["version"].to_list() == ["v1"]
 
 
-def test_connect_waits_for_another_writer(tmp_path: Path, monkeypatch) -> None:
-    """A second process holding the file lock delays, not fails, a writer."""
-    import subprocess
-    import sys
-    import time
-
+def test_a_duckdb_catalog_is_migrated_once_and_a_stranger_file_refused(tmp_path: Path) -> None:
+    """Catalogs from before fragments were one DuckDB file: the first open copies its tables
+    into fragments and keeps the file aside; anything else at the path is refused."""
     path = tmp_path / "c.duckdb"
-    Catalog.open(path)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import duckdb, time, sys; c = duckdb.connect(sys.argv[1]); "
-                "print('locked', flush=True); time.sleep(1.5)"
-            ),
-            str(path),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert holder.stdout.readline().strip() == b"locked"
-    monkeypatch.setattr(catalog_module, "LOCK_WAIT_S", 30.0)
-    started = time.monotonic()
-    Catalog.open(path).record_source("web", _docs("web", ["a"]), _quarantine("web"), "v1")
-    holder.wait()
-    assert time.monotonic() - started > 0.5  # it did have to wait for the lock
+    with duckdb.connect(str(path)) as con:
+        con.execute(catalog_module.SCHEMA)
+        con.execute("INSERT INTO documents (doc_id, source, version) VALUES ('a', 'web', 'v1')")
+    cat = Catalog.open(path)
+    assert cat.query("SELECT doc_id, version FROM documents").to_dicts() == [
+        {"doc_id": "a", "version": "v1"}
+    ]
+    assert (tmp_path / "c.duckdb.migrated").exists() and path.read_text().startswith("{")
+    catalog_module._OPENED.clear()  # as a new process would: the marker is there, no migration
+    cat = Catalog.open(path)
+    cat.record_source("books", _docs("books", ["x"]), _quarantine("books"), "v1")
+    assert cat.query("SELECT doc_id FROM documents ORDER BY 1")["doc_id"].to_list() == ["a", "x"]
+    stranger = tmp_path / "notes.txt"
+    stranger.write_text("my notes")
+    with pytest.raises(ValueError, match="notes.txt is not a flywheel catalog"):
+        Catalog.open(stranger)
 
 
 def test_checkpoint_lineage_follows_parents_to_documents(tmp_path: Path) -> None:
