@@ -27,6 +27,7 @@ from assets import (
     build_document_assets,
     build_document_checks,
     build_training_assets,
+    ray_resource,
 )
 from flywheel.core.spec import env_overrides, load_spec, spec_path
 from jobs import JOBS
@@ -51,7 +52,11 @@ def build_definitions(
         jobs=JOBS,
         sensors=build_sensors(spec),
         schedules=build_schedules(spec),
-        resources={"flywheel": resource, "pipes": dg.PipesSubprocessClient()},
+        resources={
+            "flywheel": resource,
+            "pipes": dg.PipesSubprocessClient(),
+            "ray_cluster": ray_resource(spec),
+        },
     )
 
 

@@ -1,8 +1,11 @@
 """The document plane: raw corpora -> quality-filtered documents -> deduplicated shards.
 
 One ``raw_<source>`` asset per source declared in the spec (an asset factory); the spec's
-other sections parameterize the rest. Each asset calls one ``flywheel.data.stages`` function,
-handing it the inputs ``flywheel.core.products`` declares; its ``deps`` are those same inputs.
+other sections parameterize the rest. With ``engine: ray`` the filter and dedup steps join
+the spec's Ray cluster through dagster-ray's resource (``ray_cluster``) and the stages run
+their work there; their logs and metadata reach the asset as with the local engine. Each
+asset calls one ``flywheel.data.stages`` function, handing it the inputs
+``flywheel.core.products`` declares; its ``deps`` are those same inputs.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets._materialize import materialize_result
-from assets.resources import FlywheelResource
+from assets.resources import FlywheelRay, FlywheelResource
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.data import stages as pipeline
@@ -51,7 +54,9 @@ def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         kinds={"polars", "parquet"},
         owners=spec.owners,
     )
-    def filtered_documents(flywheel: FlywheelResource) -> dg.MaterializeResult:
+    def filtered_documents(
+        flywheel: FlywheelResource, ray_cluster: FlywheelRay
+    ) -> dg.MaterializeResult:
         """Documents that passed the heuristic quality filters; drops are kept with reasons."""
         live = flywheel.spec()
         return materialize_result(pipeline.run_filters(live, P.resolve_inputs(live, P.FILTERED)))
@@ -63,7 +68,9 @@ def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         kinds={"duckdb", "parquet"},
         owners=spec.owners,
     )
-    def deduplicated_shards(flywheel: FlywheelResource) -> dg.MaterializeResult:
+    def deduplicated_shards(
+        flywheel: FlywheelResource, ray_cluster: FlywheelRay
+    ) -> dg.MaterializeResult:
         """Filtered documents with exact and MinHash near-duplicates removed, incrementally."""
         live = flywheel.spec()
         return materialize_result(pipeline.run_dedup(live, P.resolve_inputs(live, P.DEDUPLICATED)))

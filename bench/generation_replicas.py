@@ -24,6 +24,7 @@ is key=value pairs; ``ratio`` = N replicas' completions/s over 1 replica's, and
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -111,8 +112,10 @@ def main(argv: list[str] | None = None) -> None:
         ray.init(num_cpus=args.replicas, include_dashboard=False, log_to_driver=False)
         try:
             for n in (1, args.replicas):
-                with RayReplicaBackend(ckpt, args.batch_size, replicas=n) as backend:
-                    results[f"{n} replicas"] = timed(lambda p: backend.generate(p, params), prompts)
+                backend = RayReplicaBackend(TransformersBackend, ckpt, args.batch_size, n)
+                with backend:
+                    run = functools.partial(backend.generate, params=params)
+                    results[f"{n} replicas"] = timed(run, prompts)
         finally:
             ray.shutdown()
     print(f"{'path':<14}{'seconds':>9}{'completions/s':>15}{'tokens/s':>11}")

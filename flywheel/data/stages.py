@@ -20,7 +20,7 @@ import importlib.metadata
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,14 +173,12 @@ def run_filters(spec: Spec, inputs: Inputs) -> StageResult:
     kept_writer = ShardWriter(root, spec.ingest.shard_rows)
     dropped_writer = ShardWriter(dropped_root, spec.ingest.shard_rows)
     with kept_writer, dropped_writer:
-        for raw in raw_sets:
-            for batch in raw.iter_batches():
-                outcome = apply_filters(batch, filters)
-                kept_writer.write(outcome.kept)
-                dropped_writer.write(outcome.dropped.select(list(DROPPED_SCHEMA)))
-                decisions.append(outcome.decisions)
-                preview.append(outcome.kept.head(PREVIEW_ROWS))
-                dropped_preview.append(outcome.dropped.head(PREVIEW_ROWS))
+        for kept, dropped, judged in _filter_outcomes(spec, raw_sets, filters):
+            kept_writer.write(kept)
+            dropped_writer.write(dropped.select(list(DROPPED_SCHEMA)))
+            decisions.append(judged)
+            preview.append(kept.head(PREVIEW_ROWS))
+            dropped_preview.append(dropped.head(PREVIEW_ROWS))
         all_decisions = pl.concat(decisions) if decisions else _no_decisions()
         stats = _filter_stats(all_decisions, [f.name for f in filters])
         versions = P.versions(inputs)
@@ -201,6 +199,24 @@ def run_filters(spec: Spec, inputs: Inputs) -> StageResult:
         dropped_sample = _sample(pl.concat(dropped_preview), "reason")
         show = pl.concat([kept_sample, dropped_sample], how="diagonal_relaxed")
     return StageResult(FILTERED, shards, stats, show)
+
+
+def _filter_outcomes(
+    spec: Spec, raw_sets: list[ShardSet], filters: list
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]]:
+    """(kept, dropped, decisions) of every raw shard in order: judged here, or by Ray tasks
+    on the cluster with ``engine: ray`` (``flywheel.data.ray_map``: the same outcomes)."""
+    if spec.engine == "ray":
+        from flywheel.data.dedup.ray_engine import connect
+        from flywheel.data.ray_map import filter_outcomes
+
+        connect(spec.ray)
+        yield from filter_outcomes([f for raw in raw_sets for f in raw.files], spec.filters)
+        return
+    for raw in raw_sets:
+        for batch in raw.iter_batches():
+            outcome = apply_filters(batch, filters)
+            yield outcome.kept, outcome.dropped, outcome.decisions
 
 
 def _no_decisions() -> pl.DataFrame:

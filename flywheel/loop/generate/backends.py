@@ -51,7 +51,11 @@ def open_backend(
         from flywheel.loop.generate.replicas import RayReplicaBackend
 
         return RayReplicaBackend(
-            checkpoint_dir, settings.batch_size, settings.replicas, settings.cpus_per_replica
+            TransformersBackend,
+            checkpoint_dir,
+            settings.batch_size,
+            settings.replicas,
+            settings.cpus_per_replica,
         )
     if settings.backend == "transformers":
         return TransformersBackend(checkpoint_dir, settings.batch_size, attn_implementation)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,13 +41,11 @@ log = logging.getLogger(__name__)
 class _Replica:
     """One copy of the model in a Ray actor process (the in-process backend inside)."""
 
-    def __init__(self, checkpoint_dir: str, batch_size: int, threads: int):
+    def __init__(self, make: Callable, checkpoint_dir: str, batch_size: int, threads: int):
         import torch
 
-        from flywheel.loop.generate.backends import TransformersBackend
-
         torch.set_num_threads(threads)
-        self.backend = TransformersBackend(Path(checkpoint_dir), batch_size)
+        self.backend = make(Path(checkpoint_dir), batch_size)
 
     def complete(self, texts: list[str], params: SamplingParams) -> list[list[Completion]]:
         return self.backend.complete(texts, params)
@@ -61,12 +60,14 @@ def chunk_params(texts: list[str], params: SamplingParams) -> SamplingParams:
 
 
 class RayReplicaBackend(Closing):
-    """``replicas`` Ray actors holding the checkpoint; chunks are pulled by free replicas."""
+    """``replicas`` Ray actors, each holding the checkpoint in ``make(checkpoint_dir,
+    batch_size)`` (the in-process transformers backend); free replicas pull the chunks."""
 
     name = "transformers"
 
     def __init__(
         self,
+        make: Callable,
         checkpoint_dir: Path,
         batch_size: int,
         replicas: int,
@@ -84,8 +85,9 @@ class RayReplicaBackend(Closing):
             # RAY_ADDRESS (or ``address``) joins a cluster; neither starts a local one.
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         actor = ray.remote(num_cpus=cpus_per_replica)(_Replica)
+        where = str(checkpoint_dir)
         self.actors = [
-            actor.remote(str(checkpoint_dir), batch_size, cpus_per_replica) for _ in range(replicas)
+            actor.remote(make, where, batch_size, cpus_per_replica) for _ in range(replicas)
         ]
         self.retried = 0  # chunks served again after their replica died
 

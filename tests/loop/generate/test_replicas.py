@@ -47,7 +47,7 @@ def expected(checkpoint: Path) -> list[list]:
 
 
 def test_two_replicas_give_the_in_process_completions(chat_checkpoint: Path, local_ray) -> None:
-    with RayReplicaBackend(chat_checkpoint, BATCH, replicas=2) as backend:
+    with RayReplicaBackend(TransformersBackend, chat_checkpoint, BATCH, replicas=2) as backend:
         assert len(set(backend.pids())) == 2  # two processes, each with its own model
         got = backend.generate(PROMPTS, PARAMS)
         assert backend.generate(PROMPTS, PARAMS) == got  # and again: seeded by chunk
@@ -56,7 +56,7 @@ def test_two_replicas_give_the_in_process_completions(chat_checkpoint: Path, loc
 
 
 def test_a_killed_replica_costs_a_retry_not_the_run(chat_checkpoint: Path, local_ray) -> None:
-    with RayReplicaBackend(chat_checkpoint, BATCH, replicas=2) as backend:
+    with RayReplicaBackend(TransformersBackend, chat_checkpoint, BATCH, replicas=2) as backend:
         os.kill(backend.pids()[0], signal.SIGKILL)
         got = backend.generate(PROMPTS, PARAMS)
         assert backend.retried >= 1 and len(backend.actors) == 1
