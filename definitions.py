@@ -55,7 +55,7 @@ def build_definitions(
         resources={
             "flywheel": resource,
             "pipes": dg.PipesSubprocessClient(),
-            "ray_cluster": ray_resource(spec),
+            **({"ray_cluster": ray_resource(spec)} if spec.engine == "ray" else {}),
         },
     )
 

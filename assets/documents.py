@@ -13,7 +13,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets._materialize import materialize_result
-from assets.resources import FlywheelRay, FlywheelResource
+from assets.resources import FlywheelResource
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from flywheel.data import stages as pipeline
@@ -46,6 +46,10 @@ def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
 
 def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
     raw = [build_raw_asset(s, spec.owners) for s in spec.sources]
+    # The Ray cluster is a resource of these steps only with engine: ray (dagster-ray's
+    # resource starts or joins it when a step starts): the keys are chosen here, so the steps
+    # take a bare context (Dagster refuses a string annotation of it, which __future__ makes)
+    resources = {"flywheel", "ray_cluster"} if spec.engine == "ray" else {"flywheel"}
 
     @dg.asset(
         name=P.FILTERED,
@@ -53,12 +57,11 @@ def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         group_name=CURATE,
         kinds={"polars", "parquet"},
         owners=spec.owners,
+        required_resource_keys=resources,
     )
-    def filtered_documents(
-        flywheel: FlywheelResource, ray_cluster: FlywheelRay
-    ) -> dg.MaterializeResult:
+    def filtered_documents(context) -> dg.MaterializeResult:  # noqa: ANN001 (see below)
         """Documents that passed the heuristic quality filters; drops are kept with reasons."""
-        live = flywheel.spec()
+        live = context.resources.flywheel.spec()
         return materialize_result(pipeline.run_filters(live, P.resolve_inputs(live, P.FILTERED)))
 
     @dg.asset(
@@ -67,12 +70,11 @@ def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         group_name=CURATE,
         kinds={"duckdb", "parquet"},
         owners=spec.owners,
+        required_resource_keys=resources,
     )
-    def deduplicated_shards(
-        flywheel: FlywheelResource, ray_cluster: FlywheelRay
-    ) -> dg.MaterializeResult:
+    def deduplicated_shards(context) -> dg.MaterializeResult:  # noqa: ANN001 (see below)
         """Filtered documents with exact and MinHash near-duplicates removed, incrementally."""
-        live = flywheel.spec()
+        live = context.resources.flywheel.spec()
         return materialize_result(pipeline.run_dedup(live, P.resolve_inputs(live, P.DEDUPLICATED)))
 
     return [*raw, filtered_documents, deduplicated_shards]

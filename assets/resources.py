@@ -29,8 +29,8 @@ class FlywheelResource(dg.ConfigurableResource):
 class FlywheelRay(RayResource):
     """The Ray cluster of ``engine: ray``, through dagster-ray: the document assets' step
     joins ``ray.address`` (or starts a local cluster with ``ray.num_cpus``) before the stage
-    runs, and dagster-ray logs the connection in the asset's run. With ``engine: local``
-    its lifecycle connects nothing, and Ray is never imported."""
+    runs, and dagster-ray logs the connection in the asset's run. Only ``engine: ray``
+    definitions have it (``definitions.py``), so Ray is never imported otherwise."""
 
     address: str | None = None
 
@@ -56,12 +56,12 @@ class FlywheelRay(RayResource):
 
 
 def ray_resource(spec: Spec) -> FlywheelRay:
-    """The spec's cluster: connected by the steps that use it only with ``engine: ray``."""
+    """The spec's cluster, joined by the document steps of ``engine: ray``."""
     options = {} if spec.ray.address else {"include_dashboard": False}
     if spec.ray.num_cpus:
         options["num_cpus"] = spec.ray.num_cpus
     return FlywheelRay(
         address=spec.ray.address,
         ray_init_options=options,
-        lifecycle=Lifecycle(connect=spec.engine == "ray"),  # create and wait: no-ops here
+        lifecycle=Lifecycle(connect=True),  # create and wait: no-ops for an existing cluster
     )
