@@ -253,7 +253,8 @@ def _rounded(rate: float | None, empty: float) -> float:
 
 # -- deduplication -----------------------------------------------------------------------
 def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
-    """Exact + MinHash LSH dedup of the filtered set against the persistent index."""
+    """Exact + MinHash LSH dedup of the filtered set against the persistent index, on the
+    engine ``spec.engine`` names."""
     P.check_inputs(DEDUPLICATED, spec, inputs)
     filtered = inputs[FILTERED]
     root = spec.product_dir(DEDUPLICATED)
@@ -262,7 +263,7 @@ def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
     if found is not None:  # the same filtered set and settings: the index is not touched
         return _reused_stage(DEDUPLICATED, ShardSet(found), list(DEDUP_STATS))
     built = keys.key_meta(root, key)
-    index = DedupIndex.open(spec.dedup_index_dir, spec.dedup)
+    index = _open_index(spec)
     duplicates, preview, n_kept = [], [], 0
     totals: Counter[str] = Counter()
     writer = ShardWriter(root, spec.ingest.shard_rows)
@@ -286,6 +287,17 @@ def run_dedup(spec: Spec, inputs: Inputs) -> StageResult:
     catalog.record_materialization(DEDUPLICATED, shards.version, spec.fingerprint(), metadata)
     sample = pl.concat(preview).head(PREVIEW_ROWS) if preview else pl.DataFrame()
     return StageResult(DEDUPLICATED, shards, metadata, _sample(sample) if len(sample) else sample)
+
+
+def _open_index(spec: Spec) -> Any:
+    """The persistent dedup index, worked on where ``spec.engine`` says: this process, or Ray
+    tasks (on ``spec.ray.address``'s cluster, or one started here) reading only the index
+    partitions a batch touches; the same decisions and the same files either way."""
+    if spec.engine == "ray":
+        from flywheel.data.dedup.ray_index import RayDedupIndex
+
+        return RayDedupIndex.open(spec.dedup_index_dir, spec.dedup, spec.ray)
+    return DedupIndex.open(spec.dedup_index_dir, spec.dedup)
 
 
 def _no_duplicates() -> pl.DataFrame:

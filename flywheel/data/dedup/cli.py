@@ -26,8 +26,10 @@ With --engine ray the same decisions, hence the same outputs, are computed on a 
 (``flywheel.data.dedup.ray_engine``): the one at --address ("auto", "ray://host:port",
 "host:port"), or one started here. The records are read and checked here as above, spilled
 to the staging directory and handed to the cluster batch by batch; the kept and duplicate rows
-are then written from the spilled batches in input order. --index needs the local engine (the
-persistent index is not partitioned for Ray yet): with --engine ray it exits 2.
+are then written from the spilled batches in input order. With --index too, each batch is
+deduplicated against the index by Ray tasks that read only the index partitions it touches
+(``flywheel.data.dedup.ray_index``; the same decisions, and the same index format, as the
+local engine's).
 """
 
 from __future__ import annotations
@@ -139,23 +141,15 @@ def _dedup(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("--batch-size must be at least 1")
     if not args.input.is_file():
         raise InputError(f"input file not found: {args.input}")
-    if args.engine == "ray" and args.index:
-        raise InputError(
-            "--index needs --engine local: the persistent index is not partitioned for Ray yet"
-        )
     if args.address and args.engine != "ray":
         raise InputError("--address names a Ray cluster: it needs --engine ray")
-    try:
-        with io_step("read", args.index):
-            index = DedupIndex.open(args.index, settings) if args.index else DedupIndex(settings)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    index = _open_index(args, settings)
     out = args.output
     staging = out / f".staging-{uuid.uuid4().hex}"
     with io_step("write", out):
         staging.mkdir(parents=True)
     try:
-        if args.engine == "ray":
+        if args.engine == "ray" and not args.index:
             summary, duplicates = _run_ray(args, settings, staging)
         else:
             summary, duplicates = _run_batches(args, index, staging)
@@ -175,8 +169,29 @@ def _dedup(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _open_index(args: argparse.Namespace, settings: DedupSettings) -> Any:
+    """The index to deduplicate against: --index's (on Ray with --engine ray), or an empty
+    in-memory one."""
+    try:
+        with io_step("read", args.index):
+            if not args.index:
+                return DedupIndex(settings)
+            if args.engine == "local":
+                return DedupIndex.open(args.index, settings)
+            from flywheel.core.settings.engine import RaySettings
+            from flywheel.data.dedup.ray_engine import RayUnavailable
+            from flywheel.data.dedup.ray_index import RayDedupIndex
+
+            try:
+                return RayDedupIndex.open(args.index, settings, RaySettings(address=args.address))
+            except RayUnavailable as e:
+                raise InputError(str(e).splitlines()[0]) from None
+    except ValueError as e:  # an incompatible index, a bad --address
+        raise InputError(str(e).splitlines()[0]) from None
+
+
 def _run_batches(
-    args: argparse.Namespace, index: DedupIndex, staging: Path
+    args: argparse.Namespace, index: Any, staging: Path
 ) -> tuple[dict[str, Any], list[pl.DataFrame]]:
     """``(the counts, the duplicates)``; kept and rejected records are spilled to ``staging``.
 
@@ -281,7 +296,7 @@ def _split_spilled(
 
 
 def _dedup_batch(
-    index: DedupIndex, records: pl.DataFrame, totals: dict[str, Any]
+    index: Any, records: pl.DataFrame, totals: dict[str, Any]
 ) -> tuple[pl.Series, pl.DataFrame | None]:
     """``(the keep mask, the batch's duplicates or None)``; adds the counts to ``totals``."""
     ids = records["id"]

@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from flywheel.core.settings.dedup import DedupSettings
-from flywheel.data.dedup import lsh, store, verify
+from flywheel.data.dedup import lsh, partitions, store, verify
 from flywheel.data.dedup.minhash import HASH_SCHEME, MinHasher
 
 DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
@@ -102,6 +102,7 @@ class DedupIndex:
         self._bucketed = 0
         self._committed = 0
         self._parts: list[dict[str, Any]] = []
+        self.partitions = partitions.PARTITIONS  # of the lookup files; the index's own once made
 
     # -- persistence ---------------------------------------------------------------------
     @classmethod
@@ -115,6 +116,7 @@ class DedupIndex:
             store.write_manifest(index.path, index.fingerprint(), [])
             return index
         store.check_fingerprint(index.path, manifest, index.fingerprint())
+        index.partitions = manifest.get("partitions", partitions.PARTITIONS)
         for entry in manifest["parts"]:
             part = store.read_part(index.path, entry, index.settings.num_perm)
             index._append(part["id"], {k: v for k, v in part.items() if k != "id"})
@@ -133,22 +135,29 @@ class DedupIndex:
             "bands": self.bands,
             "rows": self.rows,
             "sketch_size": s.sketch_size,
+            "partitions": self.partitions,
         }
 
     def commit(self) -> None:
         """Persist the documents added since the last commit (no-op in memory): a new part
-        file, then the manifest naming it. Until the manifest is replaced, readers and a
-        crashed writer's successor see the previous index."""
+        file and its lookup partitions (so the Ray engine can continue the index), then the
+        manifest naming them. Until the manifest is replaced, readers and a crashed writer's
+        successor see the previous index."""
         if self.path is None or self._committed == len(self):
             return
         c = self._committed
         columns = {k: col.values[c:] for k, col in self._cols.items() if k != "sk_off"}
         columns["sk_values"] = self._sketches.values[self._cols["sk_off"].values[c] :]
-        entry = store.write_part(self.path, len(self._parts), {"id": self._ids[c:], **columns})
-        parts = [*self._parts, entry]
-        store.write_manifest(self.path, self.fingerprint(), parts)
+        columns["id"] = self._ids[c:]
+        entry = store.write_part(self.path, len(self._parts), columns)
+        layout = (self.bands, self.rows, self.partitions)
+        entry = partitions.write(self.path, entry, c, columns, layout)
+        fingerprint = self.fingerprint()
+        parts = [*partitions.backfill(self.path, {**fingerprint, "parts": self._parts}), entry]
+        store.write_manifest(self.path, fingerprint, parts)
         self._parts, self._committed = parts, len(self)
         store.remove_orphans(self.path, parts)
+        partitions.remove_orphans(self.path, parts)
 
     def __len__(self) -> int:
         return len(self._ids)

@@ -62,7 +62,8 @@ def connect(ray_settings: RaySettings) -> None:
     address = ray_settings.address
     try:
         if address is None:
-            ray.init(num_cpus=ray_settings.num_cpus, include_dashboard=False)
+            # "local": a new cluster here, even where `ray start` left one for others
+            ray.init(address="local", num_cpus=ray_settings.num_cpus, include_dashboard=False)
         else:
             ray.init(address=address)
     except ConnectionError as e:

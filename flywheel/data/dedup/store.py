@@ -2,11 +2,13 @@
 
     <dir>/manifest.json                      settings fingerprint + the list of committed parts
     <dir>/part-00000-<hex>.parquet           one part per commit: the documents it added
+    <dir>/{band,exact,ids}=<p>/part-...      its lookup partitions (``dedup.partitions``)
 
 A part holds, per document in arrival order: id (string), root (arrival order of the kept
 document it resolves to), method (0 kept, 1 exact, 2 minhash), similarity, exact (normalized-
 text hash), lsh (whether it sits in LSH buckets), sig (its MinHash signature) and sketch (its
-bottom-m shingle hashes, for verification; empty for exact copies). Parts are
+bottom-m shingle hashes, for verification; empty for exact copies), in row groups of
+``ROW_GROUP`` documents so that a reader can fetch a few documents' signatures. Parts are
 written first and the manifest last, each atomically (``flywheel.core.shards``), so a crash
 before the manifest is replaced leaves the previous index exactly as it was; a part that no manifest
 names is an orphan from such a crash and is deleted by the next commit. One writer at a time.
@@ -34,6 +36,7 @@ MANIFEST = "manifest.json"
 # settings that change signatures, band keys or their meaning: an index is only usable with
 # the same values (threshold, verification and window may change between runs)
 FINGERPRINT_FIELDS = ("hash_scheme", "num_perm", "ngram", "lowercase", "seed", "bands", "rows")
+ROW_GROUP = 4096  # documents: <= 4096 x (512 B signature + 2 KiB sketch) = 10 MiB per group
 
 
 def read_manifest(path: Path) -> dict[str, Any] | None:
@@ -80,7 +83,7 @@ def write_part(path: Path, number: int, columns: dict[str, Any]) -> dict[str, An
             "sketch": _list_series(columns["sk_values"], columns["sk_len"]),
         }
     )
-    atomic_write_parquet(frame, Path(path) / name)
+    atomic_write_parquet(frame, Path(path) / name, row_group_size=ROW_GROUP)
     return {"file": name, "rows": frame.height}
 
 
@@ -100,7 +103,7 @@ def read_part(path: Path, entry: dict[str, Any], num_perm: int) -> dict[str, Any
         "exact": frame["exact"].to_numpy(),
         "lsh": frame["lsh"].to_numpy(),
         "sig": np.ascontiguousarray(sig, dtype=np.uint32),
-        **_list_arrays(frame["sketch"]),
+        **list_arrays(frame["sketch"]),
     }
 
 
@@ -114,7 +117,7 @@ def _list_series(values: np.ndarray, lengths: np.ndarray) -> pl.Series:
     return pl.Series("sketch", array)
 
 
-def _list_arrays(column: pl.Series) -> dict[str, np.ndarray]:
+def list_arrays(column: pl.Series) -> dict[str, np.ndarray]:
     """Inverse of ``_list_series``: {"sk_values": concatenated values, "sk_len": lengths}."""
     import pyarrow as pa
 

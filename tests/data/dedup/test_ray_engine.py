@@ -115,12 +115,3 @@ def test_the_cli_writes_the_same_outputs_on_ray(cluster, tmp_path: Path, capsys)
     assert kept.columns == ["id", "text", "lang"] and dupes["id"].dtype == pl.Int64
     assert summaries["ray"]["removed"] == dupes.height > 10
     assert rejected["reason"].to_list() == ["invalid_json"]
-
-
-def test_the_cli_refuses_an_index_on_ray(tmp_path: Path, capsys) -> None:
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "text": "a b c"}\n')
-    args = ["dedup", str(src), "-o", str(tmp_path / "o"), "--engine", "ray", "--index", "ix"]
-    assert main(args) == 2
-    assert "--index needs --engine local" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()

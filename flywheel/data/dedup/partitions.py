@@ -1,0 +1,181 @@
+"""The dedup index's lookup partitions: what lets a batch read only the part of the index
+it touches (the Ray engine's ``flywheel.data.dedup.ray_index``; the local engine writes them
+too, so either engine continues an index built by the other).
+
+    <dir>/band=<p>/<part stem>.parquet    order, band, key: the part's LSH documents' bucket
+                                          rows whose band key % P == p
+    <dir>/exact=<p>/<part stem>.parquet   exact, order: its documents whose exact hash % P == p
+    <dir>/ids=<p>/<part stem>.parquet     id, order: its documents whose id hash % P == p
+
+``order`` is a document's arrival order in the index (its part's first order + its row), so
+the signature, sketch and decision of a document are found in the one part whose order range
+holds it (``read_rows``). P (``partitions`` in the manifest) is fixed when the index is made.
+A part's manifest entry lists the partitions it wrote a file into, per family; a file no
+entry names is an orphan of a crashed writer (``remove_orphans``). A bucket (band, key) lies
+whole in one band partition, so candidate pairs are found partition by partition.
+
+    python -c "from flywheel.data.dedup.partitions import *; print(PARTITIONS, FAMILIES)"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from flywheel.core.shards import atomic_write_parquet
+from flywheel.data.dedup import lsh, store
+from flywheel.data.dedup.minhash import exact_hash
+
+PARTITIONS = 32  # per family; a batch of one document touches ~12 of the 32 band partitions
+FAMILIES = ("band", "exact", "ids")
+_SCHEMAS = {
+    "band": {"order": pl.Int64, "band": pl.Int16, "key": pl.UInt64},
+    "exact": {"exact": pl.UInt64, "order": pl.Int64},
+    "ids": {"id": pl.String, "order": pl.Int64},
+}
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    return np.fromiter((exact_hash(i) for i in ids), np.uint64, count=len(ids))
+
+
+def of(hashes: np.ndarray, partitions: int) -> np.ndarray:
+    """The partition of each uint64 hash (hashes are uniform: a modulus spreads them)."""
+    return (hashes % np.uint64(partitions)).astype(np.int64)
+
+
+def file(path: Path, family: str, p: int, part_file: str) -> Path:
+    return Path(path) / f"{family}={p}" / part_file
+
+
+def write(
+    path: Path,
+    entry: dict[str, Any],
+    first: int,
+    columns: dict[str, Any],
+    layout: tuple[int, int, int],
+) -> dict[str, Any]:
+    """Write the partition files of one part (``columns`` as ``store.write_part`` takes them,
+    its documents having orders first, first + 1, ...) for ``layout`` = (bands, rows, P);
+    return its manifest entry, naming them."""
+    bands, rows, partitions = layout
+    n = len(columns["id"])
+    order = np.arange(first, first + n, dtype=np.int64)
+    lsh_docs = np.flatnonzero(np.asarray(columns["lsh"], dtype=np.bool_))
+    keys = lsh.band_keys(np.asarray(columns["sig"])[lsh_docs], bands, rows)
+    frames = {
+        "band": lsh.bucket_frame(order[lsh_docs], keys),
+        "exact": pl.DataFrame({"exact": np.asarray(columns["exact"], np.uint64), "order": order}),
+        "ids": pl.DataFrame({"id": pl.Series(columns["id"], dtype=pl.String), "order": order}),
+    }
+    hashes = {
+        "band": frames["band"]["key"].to_numpy(),
+        "exact": frames["exact"]["exact"].to_numpy(),
+        "ids": id_hashes(list(columns["id"])),
+    }
+    written = dict(entry)
+    for family, frame in frames.items():
+        frame = frame.with_columns(pl.Series("p", of(hashes[family], partitions)))
+        ps = []
+        for (p,), rows_p in frame.partition_by("p", as_dict=True, maintain_order=True).items():
+            atomic_write_parquet(rows_p.drop("p"), file(path, family, p, entry["file"]))
+            ps.append(int(p))
+        written[family] = sorted(ps)
+    return written
+
+
+def read(path: Path, parts: list[dict[str, Any]], family: str, p: int) -> pl.DataFrame:
+    """Every row of partition ``p`` of ``family``, over all ``parts``."""
+    files = [file(path, family, p, e["file"]) for e in parts if p in e[family]]
+    if not files:
+        return pl.DataFrame(schema=_SCHEMAS[family])
+    return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def first_orders(
+    path: Path, parts: list[dict[str, Any]], family: str, values: Iterable, partitions: int
+) -> dict:
+    """{value: its earliest order in the index} for the given ids (family "ids") or exact
+    hashes ("exact") that the index holds, reading only their partitions."""
+    column = "id" if family == "ids" else "exact"
+    values = list(dict.fromkeys(values))
+    if not values or not parts:
+        return {}
+    hashes = id_hashes(values) if family == "ids" else np.asarray(values, dtype=np.uint64)
+    wanted = pl.DataFrame({column: pl.Series(values, dtype=_SCHEMAS[family][column])})
+    found = [
+        read(path, parts, family, int(p)).join(wanted, on=column, how="semi")
+        for p in np.unique(of(hashes, partitions))
+    ]
+    table = pl.concat(found).group_by(column).agg(pl.col("order").min())
+    return dict(zip(table[column].to_list(), table["order"].to_list(), strict=True))
+
+
+def starts(parts: list[dict[str, Any]]) -> np.ndarray:
+    """The first order of each part (parts hold consecutive orders, in manifest order)."""
+    rows = np.array([e["rows"] for e in parts], dtype=np.int64)
+    return np.cumsum(rows) - rows
+
+
+def read_rows(
+    path: Path, parts: list[dict[str, Any]], orders: np.ndarray, columns: list[str]
+) -> pl.DataFrame:
+    """``columns`` of documents ``orders`` (any order, repeats allowed), aligned with them;
+    reads only the row groups of the parts that hold them."""
+    orders = np.asarray(orders, dtype=np.int64)
+    if orders.size == 0:
+        raise ValueError("read_rows needs at least one order")
+    first = starts(parts)
+    which = np.searchsorted(first, orders, side="right") - 1
+    frames = []
+    for k in np.unique(which):
+        rows = np.unique(orders[which == k]) - first[k]
+        frames.append(part_rows(path, parts[k], rows, columns))
+        frames[-1] = frames[-1].with_columns(pl.col("row") + int(first[k])).rename({"row": "order"})
+    table = pl.concat(frames)
+    return pl.DataFrame({"order": orders}).join(
+        table, on="order", how="left", maintain_order="left"
+    )
+
+
+def part_rows(path: Path, entry: dict[str, Any], rows: np.ndarray, columns: list[str]):
+    """(row, *columns) of rows ``rows`` of one part (aligned with them, repeats allowed),
+    reading only the row groups that hold them."""
+    pf = pq.ParquetFile(Path(path) / entry["file"])
+    sizes = np.array([pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+    group_start = np.cumsum(sizes) - sizes
+    groups = np.unique(np.searchsorted(group_start, rows, side="right") - 1)
+    table = pl.from_arrow(pf.read_row_groups(groups.tolist(), columns=columns))
+    row = np.concatenate([np.arange(group_start[g], group_start[g] + sizes[g]) for g in groups])
+    table = table.with_columns(pl.Series("row", row.astype(np.int64)))
+    return pl.DataFrame({"row": rows}).join(table, on="row", how="left", maintain_order="left")
+
+
+def backfill(path: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's parts, with partition files for those written before partitioning (by
+    an earlier version): each such part is read once and its files written."""
+    layout = (manifest["bands"], manifest["rows"], manifest.get("partitions", PARTITIONS))
+    parts, first = [], 0
+    for entry in manifest["parts"]:
+        if not all(f in entry for f in FAMILIES):
+            entry = write(
+                path, entry, first, store.read_part(path, entry, manifest["num_perm"]), layout
+            )
+        parts.append(entry)
+        first += entry["rows"]
+    return parts
+
+
+def remove_orphans(path: Path, parts: list[dict[str, Any]]) -> None:
+    """Delete partition files no manifest entry names (see ``store.remove_orphans``)."""
+    named = {(f, p, e["file"]) for e in parts for f in FAMILIES for p in e.get(f, ())}
+    for family in FAMILIES:
+        for f in Path(path).glob(f"{family}=*/*.parquet"):
+            p = int(f.parent.name.split("=", 1)[1])
+            if (family, p, f.name) not in named:
+                f.unlink(missing_ok=True)

@@ -1,0 +1,368 @@
+"""The persistent incremental dedup index on Ray: ``DedupIndex``'s decisions for a batch,
+computed by Ray tasks that read only the partitions of the index the batch touches.
+
+    flywheel dedup INPUT --output DIR --engine ray --index IDX [--address ADDR]
+    python -c "from flywheel.data.dedup.ray_index import RayDedupIndex as R; \\
+ix = R.open('/tmp/ix'); print(ix.add(['a', 'b'], ['x y z', 'x y z']).stats); ix.commit()"
+
+One on-disk format for both engines (``store`` parts + ``partitions`` lookup files): an index
+built by either engine is continued by the other. Nothing old is loaded. A batch's ``add``:
+
+  1. ids: the ``ids`` partitions its ids hash to say which are known (they get their recorded
+     decision back, as locally); the others are new, in arrival order after the index;
+  2. signatures, sketches and exact hashes of the new documents: Ray tasks over chunks;
+  3. exact parents: the ``exact`` partitions of its hashes give each hash's first old order;
+  4. candidates: one Ray task per band partition its band keys hash to (``partitions_read``
+     of ``partitions_total`` in the stats): the old bucket rows there plus the batch's,
+     paired by ``lsh.candidate_pairs`` exactly as locally (a bucket lies whole in one
+     partition, and pairs only point backwards, so per partition is the same as all at once);
+  5. verification: one Ray task per old part holding candidates reads just their signatures
+     and sketches (its row groups) and judges the pairs by ``verify.decide``;
+  6. roots: an old parent's root is final (old decisions never change): read, not recomputed.
+
+The batch is then written as a part with its partition files, visible only after ``commit``
+names it in the manifest (until then a later ``add`` already sees it; a crash leaves orphans
+the next commit deletes). The index directory must be readable by every node (one machine,
+or a shared filesystem): tasks read it directly. One writer at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from flywheel.core.settings.dedup import DedupSettings
+from flywheel.core.settings.engine import RaySettings
+from flywheel.data.dedup import lsh, partitions, store, verify
+from flywheel.data.dedup.index import (
+    _METHOD_NAMES,
+    _SKETCH_BLOCK,
+    DUPLICATES_SCHEMA,
+    EXACT,
+    MINHASH,
+    DedupIndex,
+    DedupResult,
+    _as_strings,
+)
+from flywheel.data.dedup.minhash import MinHasher
+from flywheel.data.dedup.ray_engine import connect
+
+_CHUNK = 1000  # documents per signature task: ~1-2 MB of text, a few hundred ms of work
+
+
+class RayDedupIndex:
+    """``DedupIndex`` (open / add / commit, the same decisions) with the work on Ray."""
+
+    def __init__(self, path: Path, settings: DedupSettings, manifest: dict[str, Any]) -> None:
+        self.path, self.settings = Path(path), settings
+        self.bands, self.rows = settings.resolve_bands()
+        self.partitions = manifest.get("partitions", partitions.PARTITIONS)
+        self._fingerprint = {**DedupIndex(settings).fingerprint(), "partitions": self.partitions}
+        self._parts: list[dict[str, Any]] = list(manifest["parts"])
+        self._pending: list[dict[str, Any]] = []  # written by add, named by the next commit
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        settings: DedupSettings | None = None,
+        ray_settings: RaySettings | None = None,
+    ) -> RayDedupIndex:
+        """Open (or create) the index in ``path`` and connect to Ray. An index written
+        before lookup partitions existed gets them now (each old part read once)."""
+        settings = settings or DedupSettings()
+        connect(ray_settings or RaySettings())
+        path = Path(path)
+        fingerprint = DedupIndex(settings).fingerprint()
+        manifest = store.read_manifest(path)
+        if manifest is None:
+            path.mkdir(parents=True, exist_ok=True)
+            store.write_manifest(path, fingerprint, [])
+            return cls(path, settings, {**fingerprint, "parts": []})
+        store.check_fingerprint(path, manifest, fingerprint)
+        if "partitions" not in manifest or any(
+            f not in e for e in manifest["parts"] for f in partitions.FAMILIES
+        ):
+            manifest = {
+                **manifest,
+                "partitions": manifest.get("partitions", fingerprint["partitions"]),
+            }
+            manifest["parts"] = partitions.backfill(path, manifest)
+            store.write_manifest(
+                path, {**fingerprint, "partitions": manifest["partitions"]}, manifest["parts"]
+            )
+        return cls(path, settings, manifest)
+
+    def __len__(self) -> int:
+        return sum(e["rows"] for e in self._parts + self._pending)
+
+    def commit(self) -> None:
+        """Name the parts written since the last commit in the manifest (atomically)."""
+        if not self._pending:
+            return
+        parts = self._parts + self._pending
+        store.write_manifest(self.path, self._fingerprint, parts)
+        self._parts, self._pending = parts, []
+        store.remove_orphans(self.path, parts)
+        partitions.remove_orphans(self.path, parts)
+
+    # -- deduplication -------------------------------------------------------------------
+    def add(self, ids: Sequence[Any], texts: Sequence[str]) -> DedupResult:
+        """Deduplicate a batch against the index and itself; new documents join the index."""
+        started = time.perf_counter()
+        ids, texts = _as_strings(ids), list(texts)
+        if len(ids) != len(texts):
+            raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
+        parts, n0 = self._parts + self._pending, len(self)
+        known = partitions.first_orders(self.path, parts, "ids", ids, self.partitions)
+        orders = np.empty(len(ids), dtype=np.int64)
+        fresh: dict[str, int] = {}  # ids new to the index -> their order
+        for p, i in enumerate(ids):
+            o = known.get(i)
+            orders[p] = fresh.setdefault(i, n0 + len(fresh)) if o is None else o
+        new_pos = np.flatnonzero(orders >= n0)
+        new_pos = new_pos[np.unique(orders[new_pos], return_index=True)[1]]
+        columns, stats = self._process([texts[p] for p in new_pos], n0, parts)
+        if fresh:
+            columns["id"] = list(fresh)
+            entry = store.write_part(self.path, len(parts), columns)
+            layout = (self.bands, self.rows, self.partitions)
+            self._pending.append(partitions.write(self.path, entry, n0, columns, layout))
+        result = self._result(ids, orders, n0, parts, columns)
+        mb = sum(len(texts[p].encode("utf-8", "surrogatepass")) for p in new_pos) / 1e6
+        result.stats.update(
+            stats,
+            new_docs=len(new_pos),
+            mb=round(mb, 6),
+            seconds=round(time.perf_counter() - started, 6),
+        )
+        return result
+
+    def _process(self, texts: list[str], n0: int, parts: list) -> tuple[dict[str, Any], dict]:
+        """Decide every new document (orders n0, n0 + 1, ...): the columns of its part."""
+        s, m = self.settings, len(texts)
+        started = time.perf_counter()
+        exact, full, sig, values, lengths = _signatures(texts, s)
+        sig_seconds = time.perf_counter() - started
+        parent = np.full(m, -1, dtype=np.int64)
+        method = np.zeros(m, dtype=np.int8)
+        similarity = np.zeros(m, dtype=np.float64)
+        if s.exact:
+            hashes = np.unique(exact).tolist()
+            old = partitions.first_orders(self.path, parts, "exact", hashes, self.partitions)
+            seen: dict[int, int] = {}
+            for j, h in enumerate(exact.tolist()):
+                first = old.get(h, seen.get(h))
+                if first is None:
+                    seen[h] = n0 + j
+                else:
+                    parent[j], method[j], similarity[j] = first, EXACT, 1.0
+        fresh = method != EXACT
+        # as locally, an exact copy keeps no sketch and never enters LSH buckets
+        values, lengths = verify.ragged_take(
+            values, np.cumsum(lengths) - lengths, lengths, np.flatnonzero(fresh)
+        )
+        sk_len = np.zeros(m, dtype=np.int64)
+        sk_len[fresh] = lengths
+        in_lsh = fresh & full
+        stats = {
+            "signature_seconds": round(sig_seconds, 6),
+            "candidate_pairs": 0,
+            "verified_pairs": 0,
+            "bands": self.bands,
+            "rows": self.rows,
+            "partitions_read": 0,
+            "partitions_total": self.partitions,
+        }
+        if s.minhash and in_lsh.any():
+            new = (sig, values, np.cumsum(sk_len) - sk_len, sk_len)
+            best, found = self._near_duplicates(new, in_lsh, n0, parts)
+            j = best["doc"].to_numpy() - n0
+            parent[j], method[j] = best["other"].to_numpy(), MINHASH
+            similarity[j] = best["sim"].to_numpy()
+            stats.update(found)
+        columns = {
+            "root": self._roots(parent, n0, parts),
+            "method": method,
+            "similarity": similarity,
+            "exact": exact,
+            "lsh": in_lsh,
+            "sig": sig,
+            "sk_len": sk_len,
+            "sk_values": values,
+        }
+        return columns, stats
+
+    def _near_duplicates(self, new, in_lsh, n0: int, parts: list) -> tuple[pl.DataFrame, dict]:
+        """(each doc's earliest verified candidate: doc, other, sim; the stats). ``new`` is
+        (signatures, sketch values, offsets, lengths) of the batch."""
+        import ray
+
+        keys = lsh.band_keys(new[0][in_lsh], self.bands, self.rows)
+        frame = lsh.bucket_frame(n0 + np.flatnonzero(in_lsh), keys)
+        frame = frame.with_columns(
+            pl.Series("p", partitions.of(frame["key"].to_numpy(), self.partitions))
+        )
+        task = _remote(_bucket_pairs)
+        by_p = frame.partition_by("p", as_dict=True)
+        refs = [
+            task.remote(self.path, parts, int(p), rows.drop("p"), self.settings.bucket_window)
+            for (p,), rows in by_p.items()
+        ]
+        pairs = pl.concat(ray.get(refs)).unique()
+        doc, other = pairs["doc"].to_numpy(), pairs["other"].to_numpy()
+        sim, ok = self._verify(new, n0, parts, doc, other)
+        best = (
+            pl.DataFrame({"doc": doc[ok], "other": other[ok], "sim": sim[ok]})
+            .sort("doc", "other")
+            .unique("doc", keep="first")
+        )
+        stats = {
+            "candidate_pairs": int(doc.size),
+            "verified_pairs": int(ok.sum()),
+            "partitions_read": len(by_p),
+        }
+        return best, stats
+
+    def _verify(self, new, n0: int, parts: list, doc: np.ndarray, other: np.ndarray):
+        """(similarity, accepted) of candidate pairs: pairs within the batch here, pairs with
+        an old document in one Ray task per part that holds such documents."""
+        import ray
+
+        sim, ok = np.zeros(doc.size), np.zeros(doc.size, dtype=np.bool_)
+
+        def side(orders: np.ndarray):
+            rows = orders - n0
+            return new[0][rows], verify.ragged_take(new[1], new[2], new[3], rows)
+
+        inside = np.flatnonzero(other >= n0)
+        if inside.size:
+            sim[inside], ok[inside] = _judge(side(doc[inside]), side(other[inside]), self.settings)
+        outside = np.flatnonzero(other < n0)
+        which = np.searchsorted(partitions.starts(parts), other[outside], side="right") - 1
+        task, pending = _remote(_judge_old), []
+        for k in np.unique(which):
+            at = outside[which == k]
+            args = (self.path, parts[k], other[at] - partitions.starts(parts)[k], side(doc[at]))
+            pending.append((at, task.remote(*args, self.settings)))
+        for at, ref in pending:
+            sim[at], ok[at] = ray.get(ref)
+        return sim, ok
+
+    def _roots(self, parent: np.ndarray, n0: int, parts: list) -> np.ndarray:
+        """Each new doc's root: itself if kept, an old parent's recorded root (final), or a
+        new parent's root (parents are earlier, so one pass in order resolves every chain)."""
+        root = np.arange(n0, n0 + parent.size, dtype=np.int64)
+        old = np.unique(parent[(parent >= 0) & (parent < n0)])
+        old_root = {}
+        if old.size:
+            found = partitions.read_rows(self.path, parts, old, ["root"])
+            old_root = dict(zip(old.tolist(), found["root"].to_list(), strict=True))
+        for j in np.flatnonzero(parent >= 0):
+            p = parent[j]
+            root[j] = old_root[p] if p < n0 else root[p - n0]
+        return root
+
+    def _result(self, ids, orders: np.ndarray, n0: int, parts: list, columns) -> DedupResult:
+        """The decisions of the batch: new documents' from ``columns``, known ids' as recorded."""
+        names = ("root", "method", "similarity")
+        decided = {c: np.zeros(orders.size, dtype=np.asarray(columns[c]).dtype) for c in names}
+        new = orders >= n0
+        for c in names:
+            decided[c][new] = np.asarray(columns[c])[orders[new] - n0]
+        if (~new).any():
+            found = partitions.read_rows(self.path, parts, orders[~new], list(names))
+            for c in names:
+                decided[c][~new] = found[c].to_numpy()
+        root = decided["root"]
+        keep = root == orders
+        gone = np.flatnonzero(~keep)
+        root_id = np.empty(gone.size, dtype=object)
+        fresh = root[gone] >= n0
+        root_id[fresh] = [columns["id"][r - n0] for r in root[gone][fresh]]
+        if (~fresh).any():
+            root_id[~fresh] = partitions.read_rows(self.path, parts, root[gone][~fresh], ["id"])[
+                "id"
+            ].to_list()
+        method = decided["method"][gone]
+        duplicates = pl.DataFrame(
+            {
+                "id": [ids[p] for p in gone],
+                "duplicate_of": root_id.tolist(),
+                "method": _METHOD_NAMES[method].tolist(),
+                "similarity": decided["similarity"][gone],
+            },
+            schema=DUPLICATES_SCHEMA,
+        )
+        stats = {
+            "docs": len(ids),
+            "kept": int(keep.sum()),
+            "removed": int(gone.size),
+            "exact_removed": int((method == EXACT).sum()),
+            "minhash_removed": int((method == MINHASH).sum()),
+        }
+        return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
+
+
+# -- what the Ray tasks run ----------------------------------------------------------------
+@functools.cache
+def _remote(fn: Any) -> Any:
+    import ray
+
+    return ray.remote(fn)
+
+
+def _signatures(texts: list[str], s: DedupSettings):
+    """(exact hashes, has words, signatures, sketch values, sketch lengths) of ``texts``,
+    computed by Ray tasks over chunks of ``_CHUNK``, in order."""
+    import ray
+
+    task = _remote(_sketch_chunk)
+    refs = [task.remote(texts[a : a + _CHUNK], s) for a in range(0, len(texts), _CHUNK)]
+    chunks = ray.get(refs) if refs else [_sketch_chunk([], s)]
+    return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
+
+
+def _sketch_chunk(texts: list[str], s: DedupSettings):
+    hasher = MinHasher(s.num_perm, s.ngram, s.lowercase, s.seed, s.sketch_size)
+    norms = hasher.normalize(texts)
+    sk = hasher.sketches(norms)
+    full = np.fromiter((bool(t) for t in norms), dtype=np.bool_, count=len(norms))
+    sig = sk.sig.reshape(len(norms), s.num_perm)
+    return hasher.exact_hashes(norms), full, sig, sk.values, sk.lengths
+
+
+def _bucket_pairs(path: Path, parts: list, p: int, new: pl.DataFrame, window: int):
+    """Candidate pairs (doc, other) of the batch's bucket rows in band partition ``p``."""
+    old = partitions.read(path, parts, "band", p)
+    return lsh.candidate_pairs(old, new, window)
+
+
+def _judge_old(path: Path, entry: dict, rows: np.ndarray, doc_side, settings: DedupSettings):
+    """Judge pairs (new doc, old doc at ``rows`` of the part ``entry``): reads only the
+    row groups of the part that hold those documents."""
+    at = partitions.part_rows(path, entry, rows, ["sig", "sketch"])
+    sig = np.ascontiguousarray(at["sig"].to_numpy(), dtype=np.uint32)
+    sk = store.list_arrays(at["sketch"])
+    return _judge(doc_side, (sig, (sk["sk_values"], sk["sk_len"])), settings)
+
+
+def _judge(a, b, s: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, accepted) of pairs given each side's (signatures, (sketch values,
+    lengths)), by the one rule of both engines (``verify.decide``)."""
+    (a_sig, (av, al)), (b_sig, (bv, bl)) = a, b
+    agree = lsh.agreeing_rows(a_sig, b_sig)
+    a_off, b_off = np.cumsum(al) - al, np.cumsum(bl) - bl
+
+    def sketch_sims(u: np.ndarray) -> np.ndarray:
+        a_side = verify.ragged_take(av, a_off, al, u)
+        b_side = verify.ragged_take(bv, b_off, bl, u)
+        return verify.sketch_jaccard(a_side, b_side, s.sketch_size)
+
+    return verify.decide(agree, s.num_perm, s.threshold, s.verify, sketch_sims, _SKETCH_BLOCK)

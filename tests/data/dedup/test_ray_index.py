@@ -1,0 +1,163 @@
+"""The persistent index on Ray decides as the local DedupIndex, batch after batch, and reads
+only the band partitions a batch touches; either engine continues the other's index.
+
+    .venv/bin/python -m pytest -q tests/data/dedup/test_ray_index.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from flywheel.cli import main
+from flywheel.data.dedup import DedupIndex, DedupSettings, store
+from flywheel.data.dedup.cli import DUPLICATES, KEPT
+
+from .conftest import planted_corpus
+
+ray = pytest.importorskip("ray")
+
+# planted_corpus: 60 prose docs, then exact0, exact0b, chain_b | chain_c, chain_e, empty1 |
+# blank2, doc3 (a repeated id), near7, variants: the cuts put an exact copy, a chain link and
+# a blank after their originals' batch, so each resolves against the index
+CUTS = (61, 63, 66)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20)
+    yield
+    ray.shutdown()
+
+
+def batches(ids: list[str], texts: list[str]):
+    bounds = [0, *CUTS, len(ids)]
+    return [(ids[a:b], texts[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def run(index_class, path: Path, corpus, settings: DedupSettings, **kw):
+    """Each batch in a freshly opened index (so every batch reads the committed index)."""
+    results = []
+    for ids, texts in batches(*corpus):
+        index = index_class.open(path, settings, **kw)
+        results.append(index.add(ids, texts))
+        index.commit()
+    return results
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [DedupSettings(), DedupSettings(exact=False, verify="signature", threshold=0.7)],
+    ids=["default", "no-exact-signature"],
+)
+def test_batches_on_ray_decide_as_the_local_index(cluster, tmp_path: Path, settings) -> None:
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    corpus = planted_corpus(variants=60, seed=3)
+    local = run(DedupIndex, tmp_path / "local", corpus, settings)
+    on_ray = run(RayDedupIndex, tmp_path / "ray", corpus, settings)
+    for a, b in zip(local, on_ray, strict=True):
+        assert b.keep.tolist() == a.keep.tolist()
+        assert b.duplicates.to_dicts() == a.duplicates.to_dicts()
+        assert {k: b.stats[k] for k in a.stats if k not in ("seconds", "signature_seconds")} == {
+            k: v for k, v in a.stats.items() if k not in ("seconds", "signature_seconds")
+        }
+    last = on_ray[-1].duplicates
+    assert (last["method"] == "minhash").sum() > 10  # later batches meet the index
+    # the two indexes hold the same documents, decisions, signatures and sketches
+    a, b = (
+        DedupIndex.open(tmp_path / "local", settings),
+        DedupIndex.open(tmp_path / "ray", settings),
+    )
+    assert a._ids == b._ids
+    for name in ("root", "method", "similarity", "exact", "lsh", "sig", "sk_len"):
+        assert np.array_equal(a._cols[name].values, b._cols[name].values), name
+    assert np.array_equal(a._sketches.values, b._sketches.values)
+
+
+def test_a_rerun_is_idempotent_and_either_engine_continues_the_other(
+    cluster, tmp_path: Path
+) -> None:
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    ids, texts = planted_corpus(variants=30, seed=4)
+    s = DedupSettings()
+    built = DedupIndex.open(tmp_path / "ix", s)
+    whole = built.add(ids, texts)
+    built.commit()
+    again = RayDedupIndex.open(tmp_path / "ix", s).add(ids, ["changed"] * len(ids))
+    assert again.stats["new_docs"] == 0
+    assert again.keep.tolist() == whole.keep.tolist()
+    assert again.duplicates.equals(whole.duplicates)
+    # a new batch on Ray against the local engine's index, then back to the local engine
+    extra_ids, extra = ["late0", "late1"], [texts[5].upper(), texts[ids.index("chain_c")]]
+    ray_index = RayDedupIndex.open(tmp_path / "ix", s)
+    late = ray_index.add(extra_ids, extra)
+    ray_index.commit()
+    expected = DedupIndex(s).add([*ids, *extra_ids], [*texts, *extra])
+    assert late.duplicates.to_dicts() == expected.duplicates.tail(2).to_dicts()
+    assert len(DedupIndex.open(tmp_path / "ix", s)) == len(set(ids)) + 2
+
+
+def test_a_small_batch_reads_few_band_partitions(cluster, tmp_path: Path) -> None:
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    ids, texts = planted_corpus(variants=40, seed=5)
+    index = RayDedupIndex.open(tmp_path / "ix")
+    first = index.add(ids, texts)
+    index.commit()
+    assert first.stats["partitions_read"] == first.stats["partitions_total"] == 32
+    small = RayDedupIndex.open(tmp_path / "ix").add(["new"], [texts[7] + " and one more line"])
+    bands = small.stats["bands"]
+    assert 0 < small.stats["partitions_read"] <= bands < small.stats["partitions_total"]
+    assert small.duplicates.to_dicts()[0]["duplicate_of"] == "doc7"
+
+
+def test_an_index_without_partitions_is_backfilled(cluster, tmp_path: Path) -> None:
+    """An index written before lookup partitions existed: the Ray engine adds them."""
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    ids, texts = planted_corpus(variants=20, seed=6)
+    old = DedupIndex.open(tmp_path / "ix")
+    first = old.add(ids[:63], texts[:63])
+    old.commit()
+    manifest = store.read_manifest(tmp_path / "ix")
+    parts = [{"file": e["file"], "rows": e["rows"]} for e in manifest["parts"]]
+    store.write_manifest(tmp_path / "ix", {k: manifest[k] for k in store.FINGERPRINT_FIELDS}, parts)
+    for f in (tmp_path / "ix").glob("*=*/*.parquet"):
+        f.unlink()
+    second = RayDedupIndex.open(tmp_path / "ix").add(ids[63:], texts[63:])
+    whole = DedupIndex().add(ids, texts)
+    assert np.concatenate([first.keep, second.keep]).tolist() == whole.keep.tolist()
+    assert pl.concat([first.duplicates, second.duplicates]).equals(whole.duplicates)
+
+
+def test_the_cli_with_an_index_on_ray(cluster, tmp_path: Path) -> None:
+    ids, texts = planted_corpus(variants=30, seed=7)
+    inputs = []
+    for k, part in enumerate((slice(0, 63), slice(63, None))):
+        inputs.append(tmp_path / f"in{k}.jsonl")
+        rows = [{"id": i, "text": t} for i, t in zip(ids[part], texts[part], strict=True)]
+        inputs[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    outputs = {}
+    for engine in ("local", "ray"):
+        for k, src in enumerate([*inputs, inputs[-1]]):  # the last one twice: idempotent
+            out = tmp_path / f"{engine}{k}"
+            index = tmp_path / f"ix-{engine}"
+            args = ["dedup", str(src), "-o", str(out), "--engine", engine, "--index", str(index)]
+            assert main([*args, "--batch-size", "17"]) == 0
+            outputs[engine, k] = [pl.read_parquet(out / f) for f in (KEPT, DUPLICATES)]
+            summary = json.loads((out / "summary.json").read_text())
+            outputs[engine, k].append(
+                {k: v for k, v in summary.items() if k not in ("seconds", "engine")}
+            )
+    for k in range(len(inputs) + 1):
+        assert outputs["ray", k][0].equals(outputs["local", k][0])
+        assert outputs["ray", k][1].equals(outputs["local", k][1])
+        assert outputs["ray", k][2] == outputs["local", k][2]
+    assert outputs["ray", 1][1].height > 10  # the second input met the first in the index
+    assert outputs["ray", 2][1].equals(outputs["ray", 1][1])
