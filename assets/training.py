@@ -24,6 +24,9 @@ TRAIN, EVALUATE = "train", "evaluate"
 # Dagster 1.13's own Pipes reader calls a preview API of itself; the warning is not ours to fix.
 warnings.filterwarnings("ignore", message=".*PipesMessageReader.expected_writer_count.*")
 GPU_POOL = "gpu"
+# Every stage process carries its run's id, so that a run whose worker died can have what it
+# left running found and stopped (jobs.launcher) before its retry starts the stage again.
+RUN_ENV = "FLYWHEEL_DAGSTER_RUN_ID"
 
 
 def launch_stage(
@@ -43,7 +46,8 @@ def launch_stage(
     args = [*pins, *(extra or [])]
     command = launch.command(stage, spec, spec_file, args)
     context.log.info("launching: " + " ".join(command))
-    result = pipes.run(context=context, command=command).get_materialize_result()
+    env = {RUN_ENV: context.run_id}
+    result = pipes.run(context=context, command=command, env=env).get_materialize_result()
     metadata = dict(result.metadata or {})
     metadata["spec_file"] = dg.MetadataValue.path(str(spec_file))
     for key in ("checkpoint", "report"):

@@ -17,7 +17,10 @@
 
 A failed run ends with its failing steps and their errors, or the failed checks, printed here
 (exit 1); the daemon's log is kept in ``$DAGSTER_HOME/daemon.log``. Only runs started by this
-invocation count: a cycle that failed before and has since succeeded is history.
+invocation count: a cycle that failed before and has since succeeded is history. A crashed
+run is not the end: a run left STARTED by a killed daemon is waited for (run monitoring fails
+it, ``jobs.launcher``), and a failed run that Dagster's run retries will rerun is waited for
+until its retry has run; the loop goes on from there.
 """
 
 from __future__ import annotations
@@ -28,15 +31,23 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.core.spec import env_overrides, load_spec
 from flywheel.preflight import errors, preflight
 
 POLL_S = 2.0
+RECORD_WAIT_S = 60.0  # the run-status sensors that record finished cycle runs tick every 5 s
 BIN = Path(sys.executable).parent  # the venv's scripts: dagster, dagster-daemon
 ACTIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
+# Dagster's run-retry tags (dagster._core.storage.tags): on a failed run it will retry, on
+# that run once its retry exists, on the retry (naming the run it retries)
+WILL_RETRY, AUTO_RETRY, PARENT = (
+    "dagster/will_retry",
+    "dagster/auto_retry_run_id",
+    "dagster/parent_run_id",
+)
 
 
 def say(message: str) -> None:
@@ -122,12 +133,55 @@ def materialize_graph(instance, working_directory: Path) -> int:  # noqa: ANN001
     return 1
 
 
+def _unfinished(instance, since: datetime) -> list:  # noqa: ANN001
+    """Cycle runs not over yet: those in progress, whenever created (a run a killed daemon
+    left STARTED counts until run monitoring fails it), and those that failed after
+    ``since`` and that Dagster's run retries will rerun but has not yet (``will_retry`` is
+    set when the failure is stored, ``auto_retry_run_id`` once the retry run exists)."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    active = RunsFilter(job_name="cycle_job", statuses=[DagsterRunStatus(s) for s in ACTIVE])
+    failed = RunsFilter(
+        job_name="cycle_job",
+        statuses=[DagsterRunStatus.FAILURE],
+        updated_after=since - timedelta(seconds=1),  # run storage keeps whole seconds
+        tags={WILL_RETRY: "true"},
+    )
+    retrying = [r for r in instance.get_runs(filters=failed) if AUTO_RETRY not in r.tags]
+    return [*instance.get_runs(filters=active), *retrying]
+
+
+def _describe(run) -> str:  # noqa: ANN001
+    """A cycle run's status line, saying when it is Dagster's retry of a crashed run."""
+    text = f"cycle {run.tags.get('dagster/partition')}: run {run.run_id[:8]} {run.status.value}"
+    if run.tags.get(PARENT):
+        text += f" (retry of run {run.tags[PARENT][:8]})"
+    if run.status.value == "FAILURE" and run.tags.get(WILL_RETRY) == "true":
+        text += ": Dagster retries it from the failed step (run_retries)"
+    return text
+
+
 def _unresolved(runs: list) -> list:
     """Failed runs with no later successful run of the same cycle (partition)."""
     last: dict[str | None, object] = {}
     for run in runs:  # oldest first: a later run of a cycle supersedes an earlier one
         last[run.tags.get("dagster/partition")] = run
     return [r for r in last.values() if r.status.value == "FAILURE"]
+
+
+def _await_records(spec, runs: list) -> None:  # noqa: ANN001
+    """Wait (at most ``RECORD_WAIT_S``) until the run-status sensors have recorded each
+    finished cycle run of ``runs`` in the catalog, before the daemon is stopped: the report
+    printed next then counts them (a retry's success resolves the crash it retried)."""
+    from flywheel.core.catalog import Catalog
+
+    finished = {r.run_id for r in runs if r.status.value in ("SUCCESS", "FAILURE")}
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while missing := finished - {r.run_id for r in Catalog.open(spec.catalog).cycle_runs()}:
+        if time.monotonic() > deadline:
+            say(f"not yet recorded by the run-status sensors (flywheel report): {sorted(missing)}")
+            return
+        time.sleep(POLL_S)
 
 
 def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  # noqa: ANN001
@@ -141,23 +195,25 @@ def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  #
     stalled_since: float | None = None
     while deadline is None or time.monotonic() < deadline:
         runs = _runs(instance, "cycle_job", since)
-        for run in runs:
+        unfinished = _unfinished(instance, since)
+        for run in [*runs, *unfinished]:
             key = (run.run_id, run.status.value)
             if key not in shown:
                 shown.add(key)
-                cycle = run.tags.get("dagster/partition")
-                say(f"cycle {cycle}: run {run.run_id[:8]} {run.status.value}")
+                say(_describe(run))
+        idle = not unfinished
         failed = _unresolved(runs)
-        if failed and not any(r.status.value in ACTIVE for r in runs):
+        if failed and idle:
             for run in failed:
                 say(f"cycle {run.tags.get('dagster/partition')} failed (run {run.run_id}):")
                 for line in failure_lines(instance, run.run_id):
                     say(f"  {line}")
+            _await_records(spec, runs)
             return 1
         state = loop_state(spec)
-        idle = not any(r.status.value in ACTIVE for r in runs)
         if state.stopped and idle:
             say(f"the flywheel {state.reason}")
+            _await_records(spec, runs)
             return 0
         stalled_since = (stalled_since or time.monotonic()) if idle and starved(spec) else None
         if stalled_since and time.monotonic() - stalled_since > 3 * spec.cycles.sensor_interval_s:

@@ -24,6 +24,10 @@ from flywheel.core import products as P
 from flywheel.core.spec import Spec
 from jobs import cycle_job
 
+# How often finished cycle runs are recorded (Dagster's default is 30 s): flywheel run waits
+# for the record before it stops the daemon.
+RECORD_INTERVAL_S = 5
+
 
 def _request(cycle: int, trigger: str) -> dg.RunRequest:
     return dg.RunRequest(
@@ -151,6 +155,7 @@ def _finished_at(context: dg.RunStatusSensorContext) -> datetime:
 
 @dg.run_failure_sensor(
     monitored_jobs=[cycle_job],
+    minimum_interval_seconds=RECORD_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Record every failed flywheel cycle run (flywheel report lists the unresolved).",
 )
@@ -160,6 +165,9 @@ def cycle_failure_sensor(context: dg.RunFailureSensorContext, flywheel: Flywheel
     run = context.dagster_run
     cycle = run.tags.get("dagster/partition")
     step, message = _step_failure(context)
+    stored = context.instance.get_run_by_id(run.run_id) or run  # tags set after the failure
+    if stored.tags.get("dagster/will_retry") == "true":  # a crash: run_retries reruns it
+        message += " (Dagster retries the run from the failed step)"
     record_failure(flywheel.spec(), cycle, run.run_id, message, _finished_at(context), step)
     context.log.error(f"flywheel cycle {cycle} failed in run {run.run_id} at {step}: {message}")
 
@@ -187,6 +195,7 @@ def _step_failure(context: dg.RunFailureSensorContext) -> tuple[str | None, str]
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitored_jobs=[cycle_job],
+    minimum_interval_seconds=RECORD_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Record every successful flywheel cycle run: it resolves the cycle's earlier "
     "failures.",

@@ -3,11 +3,13 @@ which failures still count."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from jobs.run import _unresolved, failure_lines
+from jobs.run import AUTO_RETRY, WILL_RETRY, _unfinished, _unresolved, failure_lines
 
 
 @dg.asset
@@ -56,3 +58,23 @@ def test_a_later_success_of_the_same_cycle_supersedes_its_failure() -> None:
     assert _unresolved(runs) == []
     later = Run("d", fail, {"dagster/partition": "1"})
     assert _unresolved([*runs, later]) == [later]
+
+
+def test_a_crashed_run_that_dagster_will_retry_is_not_over() -> None:
+    """A run monitoring failed and run retries will rerun is waited for, not reported; so is
+    a run still STARTED from before this invocation (until the monitor fails it)."""
+
+    def add(instance: dg.DagsterInstance, status: dg.DagsterRunStatus, **tags: str) -> str:
+        run = dg.DagsterRun(job_name="cycle_job", run_id=str(uuid.uuid4()), status=status)
+        return instance.add_run(run.with_tags(tags)).run_id
+
+    fail, started = dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.STARTED
+    with dg.DagsterInstance.ephemeral() as instance:
+        left_started = add(instance, started)  # a killed daemon's run, before this invocation
+        since = datetime.now(UTC)
+        will_retry = add(instance, fail, **{WILL_RETRY: "true"})
+        add(instance, fail, **{WILL_RETRY: "true", AUTO_RETRY: "its-retry"})  # retry exists
+        add(instance, fail, **{WILL_RETRY: "false"})  # final: flywheel run reports it
+        add(instance, dg.DagsterRunStatus.SUCCESS)
+        unfinished = {r.run_id for r in _unfinished(instance, since)}
+    assert unfinished == {left_started, will_retry}

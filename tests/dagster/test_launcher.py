@@ -1,0 +1,146 @@
+"""``jobs.launcher.LocalRunLauncher``'s health check, on real processes: the run's worker is
+alive or gone, a reused pid is not the worker, and what a dead run left running is stopped.
+
+    .venv/bin/python -m pytest -q -p no:cacheprovider tests/dagster/test_launcher.py
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEvent
+from dagster._core.events.log import EventLogEntry
+from dagster._core.launcher import WorkerStatus
+
+from assets.training import RUN_ENV
+from jobs.launcher import HOST_TAG, LocalRunLauncher
+
+JOB = "cycle_job"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+def _launcher(instance: dg.DagsterInstance) -> LocalRunLauncher:
+    launcher = LocalRunLauncher()
+    launcher.register_instance(instance)
+    return launcher
+
+
+def _sleeper(env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+
+
+def _run(instance: dg.DagsterInstance, host: str | None = None) -> dg.DagsterRun:
+    tags = {HOST_TAG: host or socket.gethostname()}
+    run = dg.DagsterRun(job_name=JOB, run_id=str(uuid.uuid4()), tags=tags)
+    return instance.add_run(run)
+
+
+def _event(
+    instance: dg.DagsterInstance,
+    run: dg.DagsterRun,
+    kind: dg.DagsterEventType,
+    pid: int,
+    at: float | None = None,
+    step: str | None = None,
+) -> None:
+    """``kind`` as the process ``pid`` writes it: its pid on the event."""
+    event = DagsterEvent(event_type_value=kind.value, job_name=JOB, step_key=step, pid=pid)
+    entry = EventLogEntry(
+        error_info=None,
+        level=logging.DEBUG,
+        user_message="",
+        run_id=run.run_id,
+        timestamp=at or time.time(),
+        dagster_event=event,
+    )
+    instance.store_event(entry)
+
+
+def _gone(proc: subprocess.Popen, timeout: float = 15) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def test_a_dead_worker_fails_the_run_and_what_it_left_running_is_stopped(
+    instance: dg.DagsterInstance,
+) -> None:
+    run = _run(instance)
+    worker = _sleeper()
+    step = _sleeper()  # a step process of the multiprocess executor
+    stage = _sleeper({**os.environ, RUN_ENV: run.run_id})  # a trainer Pipes launched
+    other = _sleeper({**os.environ, RUN_ENV: "another-run"})
+    try:
+        time.sleep(0.2)
+        _event(instance, run, dg.DagsterEventType.RUN_START, worker.pid)
+        _event(instance, run, dg.DagsterEventType.STEP_START, step.pid, step="cycle_checkpoint")
+        launcher = _launcher(instance)
+        assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+        assert step.poll() is None and stage.poll() is None  # a live run is left alone
+
+        worker.kill()
+        worker.wait()
+        health = launcher.check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert f"run worker pid {worker.pid}" in health.msg and "is gone" in health.msg
+        assert str(step.pid) in health.msg and str(stage.pid) in health.msg
+        assert _gone(step) and _gone(stage)
+        assert other.poll() is None  # another run's stage is not touched
+    finally:
+        for proc in (worker, step, stage, other):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_pid_reused_by_a_later_process_is_not_the_worker(
+    instance: dg.DagsterInstance,
+) -> None:
+    run = _run(instance)
+    later = _sleeper()  # started after the worker wrote RUN_START (a minute ago)
+    try:
+        _event(instance, run, dg.DagsterEventType.RUN_START, later.pid, at=time.time() - 60)
+        health = _launcher(instance).check_run_worker_health(run)
+        assert health.status == WorkerStatus.FAILED
+        assert later.poll() is None  # not the run's: left alone
+    finally:
+        later.kill()
+        later.wait()
+
+
+def test_a_worker_on_another_host_is_not_judged_from_here(
+    instance: dg.DagsterInstance,
+) -> None:
+    run = _run(instance, host="gpu-node-7")
+    _event(instance, run, dg.DagsterEventType.RUN_START, 1 << 22)  # no such pid here
+    health = _launcher(instance).check_run_worker_health(run)
+    assert health.status == WorkerStatus.RUNNING
+    assert "gpu-node-7" in health.msg and "not checked" in health.msg
+
+
+def test_the_instance_config_loads_the_launcher_with_monitoring_and_retries(
+    tmp_path: Path,
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    for config in (root / "dagster.yaml", root / "flywheel/project/templates/dagster.yaml"):
+        (tmp_path / "dagster.yaml").write_text(config.read_text())
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            assert isinstance(instance.run_launcher, LocalRunLauncher), config
+            assert instance.run_monitoring_enabled and instance.run_retries_enabled, config
+            assert instance.run_retries_max_retries > 0, config
