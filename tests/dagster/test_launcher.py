@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.events import DagsterEvent
 from dagster._core.events.log import EventLogEntry
 from dagster._core.launcher import WorkerStatus
@@ -144,3 +145,14 @@ def test_the_instance_config_loads_the_launcher_with_monitoring_and_retries(
             assert isinstance(instance.run_launcher, LocalRunLauncher), config
             assert instance.run_monitoring_enabled and instance.run_retries_enabled, config
             assert instance.run_retries_max_retries > 0, config
+
+
+def test_the_postgres_config_is_the_default_plus_its_storage() -> None:
+    root = Path(__file__).resolve().parents[2]
+    default = yaml.safe_load((root / "dagster.yaml").read_text())
+    postgres = yaml.safe_load((root / "configs/dagster/postgres.yaml").read_text())
+    storage = postgres.pop("storage")
+    assert postgres == default
+    assert storage == {"postgres": {"postgres_url": {"env": "FLYWHEEL_POSTGRES_URL"}}}
+    template = yaml.safe_load((root / "flywheel/project/templates/dagster.yaml").read_text())
+    assert template == default

@@ -1,10 +1,14 @@
 """Dagster on PostgreSQL, end to end: the graph and two flywheel cycles, daemon and sensor
-included, with run, event log and schedule storage on a real PostgreSQL server.
+included, with run, event log and schedule storage on a real PostgreSQL server, through a
+crash of every process while cycle 1 trains.
 
 The server is started by ``flywheel.project.postgres`` (what ``make postgres`` runs); the
 Dagster home holds ``configs/dagster/postgres.yaml``; ``flywheel run`` runs the tiny spec as
-``test_flywheel_e2e`` does. Then the instance, and the database directly, must hold the runs
-(flywheel_job, and the sensor's two cycle runs), the materializations and the check results.
+``test_flywheel_e2e`` does (which crashes it the same way on SQLite), is killed in cycle 1's
+training (``tests/dagster/crash.py``) and started again with ``--skip-base``: the run monitor
+fails the dead run and a retry finishes it. Then the instance, and the database directly,
+must hold the runs (flywheel_job, the sensor's cycle runs, the retry), the materializations
+and the check results.
 
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/dagster/test_postgres_flywheel.py
 """
@@ -12,13 +16,14 @@ Dagster home holds ``configs/dagster/postgres.yaml``; ``flywheel run`` runs the 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import psycopg2
 import pytest
+import yaml
+
+from tests.dagster import crash
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -27,9 +32,11 @@ URL_ENV = "FLYWHEEL_POSTGRES_URL"
 
 def _env(home: Path, spec: Path, url: str) -> dict[str, str]:
     home.mkdir()
-    shutil.copy(ROOT / "configs" / "dagster" / "postgres.yaml", home / "dagster.yaml")
+    config = yaml.safe_load((ROOT / "configs" / "dagster" / "postgres.yaml").read_text())
+    (home / "dagster.yaml").write_text(yaml.safe_dump(crash.fast_recovery(config)))
     return {
         **os.environ,
+        **crash.recovery_env(),
         "DAGSTER_HOME": str(home),
         URL_ENV: url,
         "FLYWHEEL_SPEC": str(spec),
@@ -58,19 +65,13 @@ def test_postgres_storage_holds_the_graph_and_two_sensor_started_cycles(
     import dagster as dg
 
     env = _env(tmp_path / "dagster_home", flywheel_spec, postgres_server.url)
-    demo = subprocess.run(
-        [str(BIN / "flywheel"), "run", "--timeout", "900"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    assert "cycle 1:" in demo.stdout and "reached cycles.max_cycles" in demo.stdout
-
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     monkeypatch.setenv(URL_ENV, postgres_server.url)
+    killed = crash.kill_in_training(env, ROOT, flywheel_spec, tmp_path / "killed_run.log")
+    demo = crash.recover(env, ROOT)
+    assert "cycle 1:" in demo.stdout and "reached cycles.max_cycles" in demo.stdout
+    crash.assert_recovered(env["DAGSTER_HOME"], killed, demo.stdout)
+
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
@@ -83,8 +84,12 @@ def test_postgres_storage_holds_the_graph_and_two_sensor_started_cycles(
         base, cycles = succeeded("flywheel_job"), succeeded("cycle_job")
         assert len(base) == 1
         assert {r.tags.get("dagster/partition") for r in cycles} == {"0", "1"}
-        # The daemon's sensor launched every cycle; its ticks are in the schedule storage.
-        assert all(r.tags.get("dagster/sensor_name") for r in cycles), [r.tags for r in cycles]
+        # The daemon's sensor launched every cycle (the retry: the run retry daemon); the
+        # sensor's ticks are in the schedule storage.
+        first = [r for r in instance.get_runs(dg.RunsFilter(job_name="cycle_job"))]
+        first = [r for r in first if crash.PARENT not in r.tags]
+        assert {r.tags.get("dagster/partition") for r in first} == {"0", "1"}
+        assert all(r.tags.get("dagster/sensor_name") for r in first), [r.tags for r in first]
 
         for key in ("raw_corpus", "deduplicated_shards"):
             assert instance.get_latest_materialization_event(dg.AssetKey(key)), key
