@@ -26,7 +26,7 @@ demo: $(STAMP)  ## the whole graph, then the daemon turns the flywheel until the
 	$(BIN)/flywheel run --timeout 3600
 
 test: $(STAMP)  ## the whole suite, integration tests included (what CI runs)
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu" -n 2 --dist worksteal --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not gpu and not integration"
