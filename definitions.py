@@ -27,7 +27,6 @@ from assets import (
     build_document_assets,
     build_document_checks,
     build_training_assets,
-    ray_resource,
 )
 from flywheel.core.spec import env_overrides, load_spec, spec_path
 from jobs import JOBS
@@ -55,9 +54,18 @@ def build_definitions(
         resources={
             "flywheel": resource,
             "pipes": dg.PipesSubprocessClient(),
-            **({"ray_cluster": ray_resource(spec)} if spec.engine == "ray" else {}),
+            **_ray_cluster(spec),
         },
     )
+
+
+def _ray_cluster(spec) -> dict:  # noqa: ANN001
+    """dagster-ray's resource of ``engine: ray`` (the ``ray`` extra: imported only then)."""
+    if spec.engine != "ray":
+        return {}
+    from assets.ray_cluster import ray_resource
+
+    return {"ray_cluster": ray_resource(spec)}
 
 
 defs = build_definitions()

@@ -4,16 +4,14 @@ from assets.agents import build_agent_assets
 from assets.checks import build_document_checks
 from assets.cycles import build_cycle_assets
 from assets.documents import build_document_assets
-from assets.resources import FlywheelRay, FlywheelResource, ray_resource
+from assets.resources import FlywheelResource
 from assets.training import build_training_assets
 
 __all__ = [
-    "FlywheelRay",
     "FlywheelResource",
     "build_agent_assets",
     "build_cycle_assets",
     "build_document_assets",
     "build_document_checks",
     "build_training_assets",
-    "ray_resource",
 ]

@@ -1,12 +1,10 @@
-"""The resource every flywheel asset uses (the spec, loaded once per process), and the Ray
-cluster the document plane's steps join with ``engine: ray``."""
+"""The one resource every flywheel asset uses: the spec, loaded once per process."""
 
 from __future__ import annotations
 
 from functools import cache
 
 import dagster as dg
-from dagster_ray import Lifecycle, RayResource  # imports no Ray: the resource connects lazily
 
 from flywheel.core.spec import Spec, load_spec
 
@@ -24,44 +22,3 @@ class FlywheelResource(dg.ConfigurableResource):
 
     def spec(self) -> Spec:
         return _load(self.spec_path, tuple(self.overrides))
-
-
-class FlywheelRay(RayResource):
-    """The Ray cluster of ``engine: ray``, through dagster-ray: the document assets' step
-    joins ``ray.address`` (or starts a local cluster with ``ray.num_cpus``) before the stage
-    runs, and dagster-ray logs the connection in the asset's run. Only ``engine: ray``
-    definitions have it (``definitions.py``), so Ray is never imported otherwise."""
-
-    address: str | None = None
-
-    @property
-    def host(self) -> str:
-        return (self.address or "127.0.0.1").removeprefix("ray://").split(":")[0]
-
-    @property
-    def ray_address(self) -> str | None:  # type: ignore[override]
-        return self.address  # None: ray.init starts a local cluster
-
-    @property
-    def name(self) -> str:
-        return f"Ray at {self.address}" if self.address else "a local Ray"
-
-    @property
-    def created(self) -> bool:
-        return True  # a cluster to join exists already, or ray.init starts one
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-
-def ray_resource(spec: Spec) -> FlywheelRay:
-    """The spec's cluster, joined by the document steps of ``engine: ray``."""
-    options = {} if spec.ray.address else {"include_dashboard": False}
-    if spec.ray.num_cpus:
-        options["num_cpus"] = spec.ray.num_cpus
-    return FlywheelRay(
-        address=spec.ray.address,
-        ray_init_options=options,
-        lifecycle=Lifecycle(connect=True),  # create and wait: no-ops for an existing cluster
-    )

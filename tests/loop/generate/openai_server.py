@@ -274,15 +274,22 @@ def _handler(server: CompletionsServer) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": {"message": f"model {body.get('model')!r} not found"}})
             else:
                 fault = server.attempt(int(self.headers.get(RETRY_HEADER, 0)))
+                if fault is None:
+                    try:
+                        reply = routes[self.path](body)
+                    finally:
+                        # done before the reply is sent: a client that has it may send its
+                        # next request at once, which must not count as one more in flight
+                        server.done()
+                    self._send(200, reply)
+                    return
                 try:
-                    self._answer(fault, body, routes[self.path])
+                    self._fail(fault)
                 finally:
                     server.done()
 
-        def _answer(self, fault: str | None, body: dict[str, Any], route: Any) -> None:
-            if fault is None:
-                self._send(200, route(body))
-            elif fault == "stall":
+        def _fail(self, fault: str) -> None:
+            if fault == "stall":
                 # Hang without answering; the connection closes when the wait ends.
                 server.release.wait(STALL_S)
             else:
