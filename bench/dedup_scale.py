@@ -15,14 +15,16 @@ Each configuration runs in a fresh subprocess, which reads the Parquet in 2,000-
 - ray Nw: ``ray_engine.dedup_blocks`` on a local Ray cluster of N CPUs, with ``--partitions``
   hash partitions in every shuffle (fixed while the input grows).
 
-Reported per run: wall seconds, the driver's peak RSS, and the largest peak RSS of any Ray
-worker process (``VmHWM`` in /proc, read before the cluster shuts down).
+Reported per run: wall seconds, the driver's peak RSS, and, over the Ray worker processes,
+the largest peak RSS (``VmHWM``, which also counts the object store's shared pages a worker
+has read) and the largest anonymous (private) RSS, sampled every 0.25 s (``RssAnon`` has no
+high-water mark of its own).
 Every run's removed set is checked equal to the local engine's on the same corpus.
 
 The last line is key=value pairs: ``ratio`` = ray 1-worker seconds / ray 2-worker seconds on
 the largest corpus (goal >= 1.7 on 2 cores), ``rss_growth`` = the largest worker peak RSS on
-the largest corpus / on the 1x corpus with 2 workers (goal <= 1.3), and the local engine's
-MB/s on the largest corpus.
+the largest corpus / on the 1x corpus with 2 workers (goal <= 1.3), ``anon_growth`` the same
+for the private memory, and the local engine's MB/s on the largest corpus.
 """
 
 from __future__ import annotations
@@ -57,32 +59,49 @@ def blocks():
         yield t.append_column("pos", pa.array(np.arange(pos, pos + t.num_rows), pa.int64()))
         pos += t.num_rows
 start = time.perf_counter()
-worker_peak = 0
+peaks = {"VmHWM": 0, "RssAnon": 0}
 if engine == "local":
     from flywheel.data.dedup import deduplicate
     table = pq.read_table(path, columns=["id", "text"])
     result = deduplicate(table["id"].to_pylist(), table["text"].to_pylist(), settings)
     removed = np.flatnonzero(~result.keep).tolist()
 else:
+    import threading
     import psutil, ray
     from flywheel.data.dedup.ray_engine import dedup_blocks
+    def workers_memory():  # {field: bytes} of every Ray worker process now, the max of each
+        now = {"VmHWM": 0, "RssAnon": 0}
+        for p in psutil.process_iter(["cmdline"]):
+            if (p.info["cmdline"] or [""])[0].startswith("ray::"):
+                try:
+                    for line in open(f"/proc/{p.pid}/status"):
+                        key = line.split(":")[0]
+                        if key in now:
+                            now[key] = max(now[key], int(line.split()[1]) * 1024)
+                except OSError:
+                    pass
+        return now
+    stop = threading.Event()
+    def sample():  # RssAnon has no high-water mark: sample it
+        while not stop.wait(0.25):
+            for key, value in workers_memory().items():
+                peaks[key] = max(peaks[key], value)
     ray.init(address="local", num_cpus=workers, include_dashboard=False,
              object_store_memory=1 << 30, log_to_driver=False)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     gone = dedup_blocks(blocks(), settings, RaySettings(num_cpus=workers, partitions=partitions))
     removed = sorted(gone.column("pos").to_pylist())
-    for p in psutil.process_iter(["cmdline"]):
-        if (p.info["cmdline"] or [""])[0].startswith("ray::"):
-            try:
-                hwm = [l for l in open(f"/proc/{p.pid}/status") if l.startswith("VmHWM")]
-                worker_peak = max(worker_peak, int(hwm[0].split()[1]) * 1024)
-            except (OSError, IndexError):
-                pass
+    stop.set()
+    sampler.join()
+    for key, value in workers_memory().items():
+        peaks[key] = max(peaks[key], value)
     ray.shutdown()
 seconds = time.perf_counter() - start
 # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would report the parent's (the corpus)
 driver = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(json.dumps({"seconds": seconds, "driver_rss": driver, "worker_rss": worker_peak,
-                  "removed": removed}))
+print(json.dumps({"seconds": seconds, "driver_rss": driver, "worker_rss": peaks["VmHWM"],
+                  "worker_anon": peaks["RssAnon"], "removed": removed}))
 """
 
 
@@ -155,12 +174,13 @@ def main(argv: list[str] | None = None) -> None:
     top, one = rows[-1], rows[0]
     ratio = top["ray1"]["seconds"] / top["ray2"]["seconds"]
     growth = top["ray2"]["worker_rss"] / one["ray2"]["worker_rss"]
+    anon = top["ray2"]["worker_anon"] / one["ray2"]["worker_anon"]
     print(f"(all runs in {time.perf_counter() - started:.0f} s; removed sets equal everywhere)")
     print(
         f"scales={'/'.join(str(r['scale']) for r in rows)} base_mb={args.base_mb} "
         f"partitions={args.partitions} local_mb_s={top['mb'] / top['local']['seconds']:.2f} "
         f"ray1_s={top['ray1']['seconds']:.1f} ray2_s={top['ray2']['seconds']:.1f} "
-        f"ratio={ratio:.2f} rss_growth={growth:.2f} "
+        f"ratio={ratio:.2f} rss_growth={growth:.2f} anon_growth={anon:.2f} "
         f"worker_rss_mb={top['ray2']['worker_rss'] / 2**20:.0f}"
     )
 
@@ -169,7 +189,10 @@ def _line(row: dict) -> str:
     parts = [f"{row['scale']:>3}x {row['docs']:>7} docs {row['mb']:7.1f} MB"]
     for name in ("local", "ray1", "ray2"):
         r = row[name]
-        worker = f" worker {r['worker_rss'] / 2**20:5.0f} MB" if r["worker_rss"] else ""
+        worker = ""
+        if r["worker_rss"]:
+            mb = r["worker_rss"] / 2**20, r["worker_anon"] / 2**20
+            worker = f" worker {mb[0]:.0f} MB ({mb[1]:.0f} private)"
         parts.append(
             f"{name} {r['seconds']:7.1f} s driver {r['driver_rss'] / 2**20:5.0f} MB{worker}"
         )

@@ -41,7 +41,7 @@ def source_digest(spec: Spec, source_name: str) -> str:
     ``python_env`` source the Python version and installed distributions."""
     source = spec.source(source_name)
     if source.kind == "python_env":
-        return environment_digest()
+        return environment_digest(source)
     h = hashlib.sha256()
     for path in source_files(source, spec.base_dir):
         h.update(f"{path}\0{keys.file_digest(path)}\n".encode())

@@ -97,6 +97,13 @@ class PythonEnvSource(_Source):
     max_docs: int | None = Field(
         default=None, ge=1, description="Stop after this many records (null: no cap)."
     )
+    # The corpus must not change when a user installs more: an extra (flywheel[ray]) or a dev
+    # tool once added 576 documents to the demo's corpus and moved its seed model's accuracy
+    distributions: Literal["all", "requirements"] = Field(
+        default="all",
+        description="all: text of every installed distribution; requirements: only of those "
+        "this project's own requirements pull in (no extras), and the standard library.",
+    )
 
 
 SourceSpec = Annotated[

@@ -361,24 +361,42 @@ class DedupIndex:
         root = self._cols["root"].values[orders]
         keep = root == orders
         gone = np.flatnonzero(~keep)
-        method = self._cols["method"].values[orders[gone]]
-        duplicates = pl.DataFrame(
-            {
-                "id": [ids[p] for p in gone],
-                "duplicate_of": [self._ids[r] for r in root[gone]],
-                "method": _METHOD_NAMES[method].tolist(),
-                "similarity": self._cols["similarity"].values[orders[gone]],
-            },
-            schema=DUPLICATES_SCHEMA,
+        return batch_result(
+            ids,
+            keep,
+            [self._ids[r] for r in root[gone]],
+            self._cols["method"].values[orders[gone]],
+            self._cols["similarity"].values[orders[gone]],
         )
-        stats = {
-            "docs": len(ids),
-            "kept": int(keep.sum()),
-            "removed": int(gone.size),
-            "exact_removed": int((method == EXACT).sum()),
-            "minhash_removed": int((method == MINHASH).sum()),
-        }
-        return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
+
+
+def batch_result(
+    ids: Sequence[str],
+    keep: np.ndarray,
+    duplicate_of: Sequence[str],
+    method: np.ndarray,
+    similarity: np.ndarray,
+) -> DedupResult:
+    """A batch's ``DedupResult`` (both engines): ``keep`` per document, and for each removed
+    one, in order, the id it duplicates, its method code and its similarity."""
+    gone = np.flatnonzero(~keep)
+    duplicates = pl.DataFrame(
+        {
+            "id": [ids[p] for p in gone],
+            "duplicate_of": list(duplicate_of),
+            "method": _METHOD_NAMES[method].tolist(),
+            "similarity": similarity,
+        },
+        schema=DUPLICATES_SCHEMA,
+    )
+    stats = {
+        "docs": len(ids),
+        "kept": int(keep.sum()),
+        "removed": int(gone.size),
+        "exact_removed": int((method == EXACT).sum()),
+        "minhash_removed": int((method == MINHASH).sum()),
+    }
+    return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
 
 
 def _as_strings(ids: Sequence[Any]) -> list[str]:

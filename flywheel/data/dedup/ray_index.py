@@ -41,14 +41,13 @@ from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
 from flywheel.data.dedup import lsh, partitions, store, verify
 from flywheel.data.dedup.index import (
-    _METHOD_NAMES,
     _SKETCH_BLOCK,
-    DUPLICATES_SCHEMA,
     EXACT,
     MINHASH,
     DedupIndex,
     DedupResult,
     _as_strings,
+    batch_result,
 )
 from flywheel.data.dedup.minhash import MinHasher
 from flywheel.data.dedup.ray_engine import connect
@@ -290,24 +289,9 @@ class RayDedupIndex:
             root_id[~fresh] = partitions.read_rows(self.path, parts, root[gone][~fresh], ["id"])[
                 "id"
             ].to_list()
-        method = decided["method"][gone]
-        duplicates = pl.DataFrame(
-            {
-                "id": [ids[p] for p in gone],
-                "duplicate_of": root_id.tolist(),
-                "method": _METHOD_NAMES[method].tolist(),
-                "similarity": decided["similarity"][gone],
-            },
-            schema=DUPLICATES_SCHEMA,
+        return batch_result(
+            ids, keep, root_id.tolist(), decided["method"][gone], decided["similarity"][gone]
         )
-        stats = {
-            "docs": len(ids),
-            "kept": int(keep.sum()),
-            "removed": int(gone.size),
-            "exact_removed": int((method == EXACT).sum()),
-            "minhash_removed": int((method == MINHASH).sum()),
-        }
-        return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
 
 
 # -- what the Ray tasks run ----------------------------------------------------------------

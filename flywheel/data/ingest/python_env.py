@@ -42,7 +42,74 @@ _DOCSTRING_HEAD = re.compile(
     rb"\A(?:\xef\xbb\xbf)?(?:[ \t\f]*(?:#[^\r\n]*)?(?:\r\n|\r|\n))*[ \t\f(]*[rRuU]?['\"]"
 )
 
-Part = Callable[[list[Path], int, ReadStats], Iterator[RawRecord]]
+# This project's own distribution is left out: its metadata is our README, so every edit to
+# the docs would change the corpus, the tokenizer and every model trained on it (measured: one
+# README edit took the demo's seed model from 99.5% to 17% on 4-digit sums).
+_OWN = "flywheel"
+
+Part = Callable[["Roots", int, ReadStats], Iterator[RawRecord]]
+
+
+class Roots(list):
+    """The ``sys.path`` roots to read, and the distributions whose text may be read: None for
+    every installed one, else a set of canonical names (``distributions: requirements``)."""
+
+    def __init__(self, roots: list[Path], dists: set[str] | None = None):
+        super().__init__(roots)
+        self.dists = dists
+        self.tops = None if dists is None else _top_levels(dists)
+
+    def dist_ok(self, name: str) -> bool:
+        return self.dists is None or canonical(name) in self.dists
+
+    def top_ok(self, root: Path, name: str) -> bool:
+        """Whether the top-level module or package ``name`` in ``root`` may be read: always
+        in the standard library, else only a selected distribution's."""
+        return self.tops is None or not _is_site(root) or name in self.tops
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_closure(dist: str = _OWN) -> set[str]:
+    """Canonical names of the distributions ``dist``'s requirements pull in, recursively,
+    without any extra (markers evaluated for this interpreter); ``dist`` itself left out."""
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [dist]
+    while todo:
+        try:
+            requires = importlib.metadata.requires(todo.pop()) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            name = canonical(req.name)
+            if name not in seen:
+                seen.add(name)
+                todo.append(name)
+    return seen
+
+
+def _top_levels(dists: set[str]) -> set[str]:
+    """The top-level module and package names the distributions ``dists`` installed."""
+    tops: set[str] = set()
+    for d in importlib.metadata.distributions():
+        if canonical(d.metadata["Name"] or "") not in dists:
+            continue
+        for f in d.files or []:
+            top = f.parts[0]
+            if not top.endswith(_DIST_SUFFIXES) and top not in ("..", "__pycache__"):
+                tops.add(top[:-3] if top.endswith(".py") else top)
+    return tops
+
+
+def _is_site(root: Path) -> bool:
+    return root.name in ("site-packages", "dist-packages")
 
 
 def python_roots() -> list[Path]:
@@ -71,7 +138,9 @@ def iter_python_env(
         "package_metadata": _package_metadata,
         "licenses": _licenses,
     }
-    roots = python_roots()
+    roots = Roots(
+        python_roots(), requirement_closure() if spec.distributions == "requirements" else None
+    )
     records = itertools.chain.from_iterable(
         parts[name](roots, max_doc_bytes, stats)
         for name in PYTHON_ENV_PARTS
@@ -96,7 +165,7 @@ def _pydoc_topics(roots: list[Path], max_doc_bytes: int, stats: ReadStats) -> It
         )
 
 
-def _module_files(root: Path, roots: list[Path]) -> Iterator[tuple[str, Path]]:
+def _module_files(root: Path, roots: Roots) -> Iterator[tuple[str, Path]]:
     """``(module name, file)`` under ``root``, sorted, skipping tests and non-packages."""
 
     def walk(directory: str, parts: tuple[str, ...]) -> Iterator[tuple[str, Path]]:
@@ -105,6 +174,8 @@ def _module_files(root: Path, roots: list[Path]) -> Iterator[tuple[str, Path]]:
         except OSError:
             return
         for e in entries:
+            if not parts and not roots.top_ok(root, e.name.removesuffix(".py")):
+                continue
             if e.is_dir(follow_symlinks=False):
                 # Only identifier-named dirs can be packages (skips *.dist-info, site-packages).
                 if e.name.isidentifier() and e.name not in _SKIP_DIRS and Path(e.path) not in roots:
@@ -133,9 +204,7 @@ def _docstring(data: bytes, path: Path) -> tuple[bool, str | None]:
     return True, ast.get_docstring(tree)
 
 
-def _module_docstrings(
-    roots: list[Path], max_doc_bytes: int, stats: ReadStats
-) -> Iterator[RawRecord]:
+def _module_docstrings(roots: Roots, max_doc_bytes: int, stats: ReadStats) -> Iterator[RawRecord]:
     for root in roots:
         for module, path in _module_files(root, roots):
             try:
@@ -155,37 +224,31 @@ def _module_docstrings(
                 yield RawRecord(shown, 0, shown, text=doc, id_value=f"module:{module}")
 
 
-# This project's own distribution is left out: its metadata is our README, so every edit to
-# the docs would change the corpus, the tokenizer and every model trained on it (measured: one
-# README edit took the demo's seed model from 99.5% to 17% on 4-digit sums).
-_OWN_DISTRIBUTION = "flywheel"
-
-
 def _dist_dirs(roots: list[Path]) -> Iterator[tuple[str, Path]]:
     """``(distribution name, *.dist-info or *.egg-info dir)`` in each root, sorted; never
-    this project's own."""
+    this project's own, and only the selected ones of ``Roots``."""
     for root in roots:
         for d in sorted(root.iterdir()):
             if d.suffix in _DIST_SUFFIXES and d.is_dir():
                 # "<name>-<version>.dist-info": names in these dirs never contain "-".
                 name = d.name[: -len(d.suffix)].split("-")[0]
-                if name.lower() != _OWN_DISTRIBUTION:
+                if name.lower() != _OWN and (not isinstance(roots, Roots) or roots.dist_ok(name)):
                     yield name, d
 
 
-def environment_digest() -> str:
+def environment_digest(spec: PythonEnvSource | None = None) -> str:
     """``sha256:...`` of what this source reads, cheaply: the Python version and the
-    installed distributions (name and version, this project's own left out, as it is from
-    the corpus). The same environment gives the same digest, so its raw set is reused."""
-    roots = python_roots()
+    installed distributions it reads (name and version, this project's own left out, as it
+    is from the corpus). The same environment gives the same digest, so its raw set is
+    reused; with ``distributions: requirements`` installing anything else changes nothing."""
+    selected = spec is not None and spec.distributions == "requirements"
+    roots = Roots(python_roots(), requirement_closure() if selected else None)
     dists = sorted(d.name for _, d in _dist_dirs(roots))
     blob = "\n".join([sys.version, *map(str, roots), *dists]).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def _package_metadata(
-    roots: list[Path], max_doc_bytes: int, stats: ReadStats
-) -> Iterator[RawRecord]:
+def _package_metadata(roots: Roots, max_doc_bytes: int, stats: ReadStats) -> Iterator[RawRecord]:
     for name, d in _dist_dirs(roots):
         meta_file = next((d / f for f in ("METADATA", "PKG-INFO") if (d / f).is_file()), None)
         if meta_file is None:
@@ -220,7 +283,7 @@ def _description(meta: importlib.metadata.PackageMetadata) -> str | None:
     return f"{first}\n{textwrap.dedent(rest)}" if rest else first
 
 
-def _licenses(roots: list[Path], max_doc_bytes: int, stats: ReadStats) -> Iterator[RawRecord]:
+def _licenses(roots: Roots, max_doc_bytes: int, stats: ReadStats) -> Iterator[RawRecord]:
     def record(path: Path, source_id: str) -> RawRecord:
         return read_file_record(path, source_id, path_str(path), max_doc_bytes, stats)
 
@@ -230,6 +293,8 @@ def _licenses(roots: list[Path], max_doc_bytes: int, stats: ReadStats) -> Iterat
             if entry in names:
                 for f in _dist_license_files(entry):
                     yield record(f, f"license:{names[entry]}/{f.relative_to(entry).as_posix()}")
+            elif not roots.top_ok(root, entry.name):
+                continue
             elif entry.is_dir() and entry.name.isidentifier() and entry not in roots:
                 for f in sorted(entry.iterdir()):
                     if _LICENSE_NAME.match(f.name) and f.is_file():

@@ -132,3 +132,26 @@ def test_own_distribution_is_not_in_the_corpus(tmp_path, monkeypatch, ingest):
     monkeypatch.setattr(penv, "python_roots", lambda: [tmp_path / "site"])
     result = ingest(PythonEnvSource(include=["package_metadata", "licenses"]))
     assert result.shardset.read()["source_id"].to_list() == ["dist:other"]
+
+
+def _ids(spec: PythonEnvSource) -> set[str]:
+    stats = penv.ReadStats()
+    return {r.id_value for r in penv.iter_python_env(spec, 1_000_000, stats)}
+
+
+def test_requirements_mode_reads_only_what_the_project_requires() -> None:
+    """With ``distributions: requirements`` the corpus is the standard library's and the
+    project's requirements' (no extras): a package installed beside them adds nothing."""
+    closure = penv.requirement_closure()
+    assert {"polars", "dagster", "torch"} <= closure
+    assert "pytest" not in closure and "ray" not in closure  # dev and ray extras
+    parts = ["module_docstrings", "package_metadata"]
+    every = _ids(PythonEnvSource(include=parts))
+    required = _ids(PythonEnvSource(include=parts, distributions="requirements"))
+    assert required < every
+    assert "module:json" in required and "module:polars" in required
+    assert "dist:polars" in required and "dist:pytest" not in required
+    assert "dist:pytest" in every  # installed here (the dev extra), so the full mode reads it
+    assert not any(i.startswith(("module:pytest", "module:_pytest")) for i in required)
+    digest = penv.environment_digest(PythonEnvSource(distributions="requirements"))
+    assert digest != penv.environment_digest(PythonEnvSource())
