@@ -16,8 +16,9 @@ datasketch has no notion of: an incremental, persistent index with versioned com
 """
 
 from flywheel.core.settings.dedup import DedupSettings
-from flywheel.data.dedup.index import DUPLICATES_SCHEMA, DedupIndex, DedupResult, deduplicate
+from flywheel.data.dedup.index import DedupIndex, deduplicate
 from flywheel.data.dedup.minhash import MinHasher, jaccard, normalize, shingles
+from flywheel.data.dedup.results import DUPLICATES_SCHEMA, DedupResult
 
 __all__ = [
     "DUPLICATES_SCHEMA",

@@ -53,7 +53,7 @@ from pydantic import ValidationError
 from flywheel.core.artifacts import atomic_write_json, fsync_dir
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.shards import atomic_write_parquet
-from flywheel.data.dedup.index import DUPLICATES_SCHEMA, DedupIndex
+from flywheel.data.dedup.index import DedupIndex
 from flywheel.data.dedup.inputs import (
     REJECTED_SCHEMA,
     Batch,
@@ -64,6 +64,7 @@ from flywheel.data.dedup.inputs import (
     os_error_reason,
     read_batches,
 )
+from flywheel.data.dedup.results import DUPLICATES_SCHEMA
 
 KEPT, DUPLICATES, REJECTED, SUMMARY = (
     "kept.parquet", "duplicates.parquet", "rejected.parquet", "summary.json"

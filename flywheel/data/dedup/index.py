@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +30,18 @@ import polars as pl
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.data.dedup import lsh, partitions, store, verify
 from flywheel.data.dedup.minhash import HASH_SCHEME, MinHasher
+from flywheel.data.dedup.results import (
+    EXACT,
+    MINHASH,
+    DedupResult,
+    _as_strings,
+    batch_orders,
+    batch_result,
+    with_batch_stats,
+)
 
-DUPLICATES_SCHEMA: dict[str, pl.DataType] = {
-    "id": pl.String(),
-    "duplicate_of": pl.String(),  # the kept document the removed one's cluster resolves to
-    "method": pl.String(),  # "exact" | "minhash"
-    "similarity": pl.Float64(),  # estimated Jaccard with its parent; 1.0 for exact
-}
-KEPT, EXACT, MINHASH = 0, 1, 2
 _PAIR_BLOCK = 65_536  # candidate pairs verified at once: 2 x 65536 x 128 x 4 B = 64 MiB
 _SKETCH_BLOCK = 4096  # pairs per sketch verification: <= 4096 x 2 x 512 keys = 32 MiB
-_METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)
-
-
-@dataclass
-class DedupResult:
-    """The decisions for one ``add``: ``keep`` is aligned with its input."""
-
-    keep: np.ndarray
-    duplicates: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=DUPLICATES_SCHEMA))
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class _Column:
@@ -183,26 +174,11 @@ class DedupIndex:
         if len(ids) != len(texts):
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
         n0 = len(self)
-        orders = np.empty(len(ids), dtype=np.int64)
-        fresh: dict[str, int] = {}  # ids new to the index -> their order
-        for p, i in enumerate(ids):
-            o = self._order_of.get(i)
-            if o is None:
-                o = fresh.setdefault(i, n0 + len(fresh))
-            orders[p] = o
-        new_pos = np.flatnonzero(orders >= n0)
-        new_pos = new_pos[np.unique(orders[new_pos], return_index=True)[1]]
+        orders, fresh, new_pos = batch_orders(ids, self._order_of, n0)
         columns, stats = self._process([texts[p] for p in new_pos], n0)
         self._append(list(fresh), columns)
         result = self._result(ids, orders)
-        mb = sum(len(texts[p].encode("utf-8", "surrogatepass")) for p in new_pos) / 1e6
-        result.stats.update(
-            stats,
-            new_docs=len(new_pos),
-            mb=round(mb, 6),
-            seconds=round(time.perf_counter() - started, 6),
-        )
-        return result
+        return with_batch_stats(result, stats, texts, new_pos, started)
 
     def _process(self, texts: list[str], n0: int) -> tuple[dict[str, np.ndarray], dict]:
         """Decide every new document (orders n0, n0 + 1, ...): the columns to append."""
@@ -368,42 +344,6 @@ class DedupIndex:
             self._cols["method"].values[orders[gone]],
             self._cols["similarity"].values[orders[gone]],
         )
-
-
-def batch_result(
-    ids: Sequence[str],
-    keep: np.ndarray,
-    duplicate_of: Sequence[str],
-    method: np.ndarray,
-    similarity: np.ndarray,
-) -> DedupResult:
-    """A batch's ``DedupResult`` (both engines): ``keep`` per document, and for each removed
-    one, in order, the id it duplicates, its method code and its similarity."""
-    gone = np.flatnonzero(~keep)
-    duplicates = pl.DataFrame(
-        {
-            "id": [ids[p] for p in gone],
-            "duplicate_of": list(duplicate_of),
-            "method": _METHOD_NAMES[method].tolist(),
-            "similarity": similarity,
-        },
-        schema=DUPLICATES_SCHEMA,
-    )
-    stats = {
-        "docs": len(ids),
-        "kept": int(keep.sum()),
-        "removed": int(gone.size),
-        "exact_removed": int((method == EXACT).sum()),
-        "minhash_removed": int((method == MINHASH).sum()),
-    }
-    return DedupResult(keep=keep, duplicates=duplicates, stats=stats)
-
-
-def _as_strings(ids: Sequence[Any]) -> list[str]:
-    """Ids as strings (str(1) == "1"), the one type the index stores."""
-    if isinstance(ids, pl.Series):
-        return ids.cast(pl.String).to_list()
-    return [i if isinstance(i, str) else str(i) for i in ids]
 
 
 def deduplicate(

@@ -40,7 +40,7 @@ import pyarrow as pa
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
 from flywheel.data.dedup import distributed as d
-from flywheel.data.dedup.index import DUPLICATES_SCHEMA, DedupResult, _as_strings
+from flywheel.data.dedup.results import DUPLICATES_SCHEMA, DedupResult, _as_strings
 
 RESULT_COLUMNS = ["pos", "id", "dup_of", "method", "sim"]
 _METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)

@@ -40,17 +40,18 @@ import polars as pl
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
 from flywheel.data.dedup import lsh, partitions, store, verify
-from flywheel.data.dedup.index import (
-    _SKETCH_BLOCK,
-    EXACT,
-    MINHASH,
-    DedupIndex,
-    DedupResult,
-    _as_strings,
-    batch_result,
-)
+from flywheel.data.dedup.index import _SKETCH_BLOCK, DedupIndex
 from flywheel.data.dedup.minhash import MinHasher
 from flywheel.data.dedup.ray_engine import connect
+from flywheel.data.dedup.results import (
+    EXACT,
+    MINHASH,
+    DedupResult,
+    _as_strings,
+    batch_orders,
+    batch_result,
+    with_batch_stats,
+)
 
 _CHUNK = 1000  # documents per signature task: ~1-2 MB of text, a few hundred ms of work
 
@@ -120,13 +121,7 @@ class RayDedupIndex:
             raise ValueError(f"{len(ids)} ids but {len(texts)} texts")
         parts, n0 = self._parts + self._pending, len(self)
         known = partitions.first_orders(self.path, parts, "ids", ids, self.partitions)
-        orders = np.empty(len(ids), dtype=np.int64)
-        fresh: dict[str, int] = {}  # ids new to the index -> their order
-        for p, i in enumerate(ids):
-            o = known.get(i)
-            orders[p] = fresh.setdefault(i, n0 + len(fresh)) if o is None else o
-        new_pos = np.flatnonzero(orders >= n0)
-        new_pos = new_pos[np.unique(orders[new_pos], return_index=True)[1]]
+        orders, fresh, new_pos = batch_orders(ids, known, n0)
         columns, stats = self._process([texts[p] for p in new_pos], n0, parts)
         if fresh:
             columns["id"] = list(fresh)
@@ -134,14 +129,7 @@ class RayDedupIndex:
             layout = (self.bands, self.rows, self.partitions)
             self._pending.append(partitions.write(self.path, entry, n0, columns, layout))
         result = self._result(ids, orders, n0, parts, columns)
-        mb = sum(len(texts[p].encode("utf-8", "surrogatepass")) for p in new_pos) / 1e6
-        result.stats.update(
-            stats,
-            new_docs=len(new_pos),
-            mb=round(mb, 6),
-            seconds=round(time.perf_counter() - started, 6),
-        )
-        return result
+        return with_batch_stats(result, stats, texts, new_pos, started)
 
     def _process(self, texts: list[str], n0: int, parts: list) -> tuple[dict[str, Any], dict]:
         """Decide every new document (orders n0, n0 + 1, ...): the columns of its part."""
