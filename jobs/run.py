@@ -169,12 +169,14 @@ def _unresolved(runs: list) -> list:
     return [r for r in last.values() if r.status.value == "FAILURE"]
 
 
-def _await_records(spec, runs: list) -> None:  # noqa: ANN001
+def _await_records(spec, instance, since: datetime) -> None:  # noqa: ANN001
     """Wait (at most ``RECORD_WAIT_S``) until the run-status sensors have recorded each
-    finished cycle run of ``runs`` in the catalog, before the daemon is stopped: the report
-    printed next then counts them (a retry's success resolves the crash it retried)."""
+    finished cycle run created since ``since`` in the catalog, before the daemon is stopped:
+    the report printed next then counts them (a retry's success resolves the crash it
+    retried). The runs are read afresh: a snapshot taken before a run ended would miss it."""
     from flywheel.core.catalog import Catalog
 
+    runs = _runs(instance, "cycle_job", since)
     finished = {r.run_id for r in runs if r.status.value in ("SUCCESS", "FAILURE")}
     deadline = time.monotonic() + RECORD_WAIT_S
     while missing := finished - {r.run_id for r in Catalog.open(spec.catalog).cycle_runs()}:
@@ -194,8 +196,9 @@ def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  #
     shown: set[tuple[str, str]] = set()
     stalled_since: float | None = None
     while deadline is None or time.monotonic() < deadline:
-        runs = _runs(instance, "cycle_job", since)
+        # unfinished first: a run seen finished there is finished in the later snapshot too
         unfinished = _unfinished(instance, since)
+        runs = _runs(instance, "cycle_job", since)
         for run in [*runs, *unfinished]:
             key = (run.run_id, run.status.value)
             if key not in shown:
@@ -208,12 +211,12 @@ def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  #
                 say(f"cycle {run.tags.get('dagster/partition')} failed (run {run.run_id}):")
                 for line in failure_lines(instance, run.run_id):
                     say(f"  {line}")
-            _await_records(spec, runs)
+            _await_records(spec, instance, since)
             return 1
         state = loop_state(spec)
         if state.stopped and idle:
             say(f"the flywheel {state.reason}")
-            _await_records(spec, runs)
+            _await_records(spec, instance, since)
             return 0
         stalled_since = (stalled_since or time.monotonic()) if idle and starved(spec) else None
         if stalled_since and time.monotonic() - stalled_since > 3 * spec.cycles.sensor_interval_s:
