@@ -34,6 +34,7 @@ import duckdb
 import polars as pl
 
 from flywheel.core import products as P
+from flywheel.core.catalog_migrate import adopt
 from flywheel.core.catalog_store import WHOLE_TABLE, FragmentStore, Staged
 from flywheel.core.loop_record import LOOP_KEYS, LOOP_SCHEMA, CycleRun, Decision, LoopRecord
 
@@ -133,7 +134,7 @@ class Catalog(LoopRecord):
             catalog = _OPENED.get(key)
             if catalog is None or not catalog.path.exists():
                 catalog = cls(key[1], _TOKEN)
-                catalog._store.adopt(catalog.path, MARKER)
+                adopt(catalog._store, catalog.path, MARKER)
                 _OPENED[key] = catalog
         return catalog
 

@@ -150,7 +150,7 @@ class FragmentStore:
         try:
             for table in touched:
                 path = self.root / table / f"{wid}.parquet"
-                _copy(con, f"SELECT *, '{wid}' AS _write FROM {table}", path)
+                copy_parquet(con, f"SELECT *, '{wid}' AS _write FROM {table}", path)
                 written.append(path)
             for table in touched:
                 fsync_dir(self.root / table)  # the data is durable before the commit is
@@ -271,7 +271,7 @@ class FragmentStore:
                     live = (
                         "tbl, key, _write FROM _dead" if table == TOMBSTONES else f"* FROM {table}"
                     )
-                    _copy(con, f"SELECT {live}", path)
+                    copy_parquet(con, f"SELECT {live}", path)
                     written.append(path)
             for path in written:
                 fsync_dir(path.parent)
@@ -309,38 +309,6 @@ class FragmentStore:
         commits = self.root / COMMITS
         return (commits / wid).exists() or (commits / (wid + COMPACTED)).exists()
 
-    # -- the marker file, and migration -------------------------------------------------
-    def adopt(self, marker: Path, facts: dict[str, Any]) -> None:
-        """Make ``marker`` the catalog's marker file holding ``facts``: a DuckDB catalog from
-        before fragments found there is copied in first and kept as ``<marker>.migrated``."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        if marker.exists():
-            if _is_duckdb(marker):
-                self._import_duckdb(marker)
-                # kept aside; unless a process opening it at the same time already did so
-                for old in (marker, marker.with_name(marker.name + ".wal")):
-                    if old.exists() and (old != marker or _is_duckdb(old)):
-                        os.replace(old, old.with_name(old.name + ".migrated"))
-            elif marker.read_bytes()[:1] != b"{":
-                raise ValueError(
-                    f"{marker} is not a flywheel catalog: neither its marker file nor a DuckDB "
-                    "catalog to migrate (point spec.catalog at another path)"
-                )
-        if not marker.exists():
-            atomic_write_bytes(marker, json.dumps({**facts, "fragments": self.root.name}).encode())
-
-    def _import_duckdb(self, old: Path) -> None:
-        """Copy the tables of a one-file DuckDB catalog into one write older than any other."""
-        con = duckdb.connect(str(old), read_only=True)
-        try:
-            found = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-            for table in sorted(found & set(self.tables)):
-                path = self.root / table / f"{MIGRATED}.parquet"
-                _copy(con, f"SELECT *, '{MIGRATED}' AS _write FROM {table}", path)
-        finally:
-            con.close()
-        atomic_write_bytes(self.root / COMMITS / MIGRATED, b"")
-
 
 def _retrying(action: Callable[[], T]) -> T:
     """``action``, run again while it fails because a compaction deleted a file under it."""
@@ -352,7 +320,7 @@ def _retrying(action: Callable[[], T]) -> T:
     return action()
 
 
-def _copy(con: Any, select: str, path: Path) -> None:
+def copy_parquet(con: Any, select: str, path: Path) -> None:
     """Write ``select``'s rows as one Parquet file that appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
@@ -363,11 +331,6 @@ def _copy(con: Any, select: str, path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _is_duckdb(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(12)[8:] == b"DUCK"  # DuckDB's magic bytes
 
 
 def _names(directory: Path) -> list[str]:
