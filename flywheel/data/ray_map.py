@@ -20,8 +20,9 @@ import polars as pl
 
 from flywheel.core.settings.filters import FilterSettings
 from flywheel.data.filters import apply_filters, build_filters
+from flywheel.data.filters.apply import split_judged
 
-KEPT, FILTER, REASON = "__kept", "__filter", "__reason"  # the judgement, beside the row
+FILTER, REASON = "__filter", "__reason"  # the judgement beside the row (null filter: kept)
 
 
 def _judge(block, settings: FilterSettings):  # noqa: ANN001, ANN202 - pyarrow in and out
@@ -30,7 +31,6 @@ def _judge(block, settings: FilterSettings):  # noqa: ANN001, ANN202 - pyarrow i
     df = pl.from_arrow(block)
     decisions = apply_filters(df, build_filters(settings)).decisions
     judged = df.with_columns(
-        decisions["kept"].alias(KEPT),
         decisions["filter"].alias(FILTER),
         decisions["reason"].alias(REASON),
     )
@@ -57,15 +57,4 @@ def filter_outcomes(
 
 def split(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """A judged block as ``apply_filters`` returns it: kept, dropped (+ reason), decisions."""
-    rows = df.drop(KEPT, FILTER, REASON)
-    kept_mask = df[KEPT]
-    decisions = df.select(
-        "id", pl.col(KEPT).alias("kept"), pl.col(FILTER).alias("filter"),
-        pl.col(REASON).alias("reason"),
-    )  # fmt: skip
-    dropped = rows.filter(~kept_mask).with_columns(
-        reason=pl.concat_str(
-            df[FILTER].filter(~kept_mask), pl.lit(": "), df[REASON].filter(~kept_mask)
-        )
-    )
-    return rows.filter(kept_mask), dropped, decisions
+    return split_judged(df.drop(FILTER, REASON), df[FILTER], df[REASON])

@@ -79,21 +79,28 @@ def apply_filters(df: pl.DataFrame, filters: list[Filter]) -> FilterOutcome:
         by.append(rejected_by)
         why.append(reason)
 
-    kept_mask = pl.Series("kept", [b is None for b in by], dtype=pl.Boolean)
     filter_col = pl.Series("filter", by, dtype=pl.String)
     reason_col = pl.Series("reason", why, dtype=pl.String)
-    decisions = pl.DataFrame([df.get_column("id"), kept_mask, filter_col, reason_col])
+    kept, dropped, decisions = split_judged(df, filter_col, reason_col)
+    stats = _stats(names, by, why)
+    return FilterOutcome(kept=kept, dropped=dropped, decisions=decisions, stats=stats)
+
+
+def split_judged(
+    df: pl.DataFrame, filter_col: pl.Series, reason_col: pl.Series
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """``df``'s rows judged (the rejecting filter and its why per row, null when kept) as
+    kept rows, dropped rows with ``reason`` "<filter>: <why>", and one decision per row."""
+    kept_mask = filter_col.is_null().alias("kept")
+    decisions = pl.DataFrame(
+        [df.get_column("id"), kept_mask, filter_col.alias("filter"), reason_col.alias("reason")]
+    )
     dropped = df.filter(~kept_mask).with_columns(
         reason=pl.concat_str(
             filter_col.filter(~kept_mask), pl.lit(": "), reason_col.filter(~kept_mask)
         )
     )
-    return FilterOutcome(
-        kept=df.filter(kept_mask),
-        dropped=dropped,
-        decisions=decisions,
-        stats=_stats(names, by, why),
-    )
+    return df.filter(kept_mask), dropped, decisions
 
 
 def decision_stats(decisions: pl.DataFrame, names: list[str]) -> dict[str, Any]:
