@@ -34,6 +34,7 @@ import duckdb
 import polars as pl
 
 from flywheel.core import products as P
+from flywheel.core.catalog_images import IMAGE_KEYS, IMAGE_SCHEMA, ImageRecord
 from flywheel.core.catalog_migrate import adopt
 from flywheel.core.catalog_store import WHOLE_TABLE, FragmentStore, Staged
 from flywheel.core.loop_record import LOOP_KEYS, LOOP_SCHEMA, CycleRun, Decision, LoopRecord
@@ -107,6 +108,7 @@ KEYS = {
     "training_sets": "version",
     "training_examples": "version",
     **LOOP_KEYS,
+    **IMAGE_KEYS,
 }
 
 _OPENED: dict[tuple[int, Path], Catalog] = {}
@@ -114,14 +116,16 @@ _OPENING = threading.Lock()
 _TOKEN = object()
 
 
-class Catalog(LoopRecord):
+class Catalog(LoopRecord, ImageRecord):
     """A handle on the catalog at ``path``: writes append fragments, queries read views."""
 
     def __init__(self, path: Path, token: object = None):
         if token is not _TOKEN:
             raise TypeError("get the catalog with Catalog.open(path), once per process")
         self.path = path
-        self._store = FragmentStore(path.with_name(path.name + ".d"), SCHEMA + LOOP_SCHEMA, KEYS)
+        self._store = FragmentStore(
+            path.with_name(path.name + ".d"), SCHEMA + LOOP_SCHEMA + IMAGE_SCHEMA, KEYS
+        )
 
     @classmethod
     def open(cls, path: Path | str) -> Catalog:
