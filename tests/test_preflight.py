@@ -182,6 +182,21 @@ def test_preference_method_is_checked_against_its_settings(tmp_path: Path) -> No
     assert problem.level == "warning" and "cycles.preference is 'none'" in problem.message
 
 
+def test_lora_target_modules_are_checked_against_the_llama(tmp_path: Path) -> None:
+    body = """
+    sft: {lora: {enabled: true, target_modules: [q_proj, qkv_proj]}}
+    cycles:
+      train: {lora: {enabled: true}}
+      ppo: {lora: {enabled: false, target_modules: [nonsense]}}
+    """
+    (problem,) = preflight(load_spec(write_spec(tmp_path, body)))  # a block that is off: fine
+    assert (problem.level, problem.key) == ("error", "sft.lora.target_modules")
+    assert "['qkv_proj'] name no module of a llama model" in problem.message
+    assert "down_proj" in problem.message  # what it could have named
+    other = body.replace("sft:", "model: {config: {model_type: gpt2}}\n    sft:")
+    assert preflight(load_spec(write_spec(tmp_path, other))) == []  # checked at stage start
+
+
 def test_references_between_settings(tmp_path: Path) -> None:
     body = """
     eval:

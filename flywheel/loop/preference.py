@@ -37,6 +37,8 @@ import polars as pl
 from flywheel.core.chat import Messages, turn
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings, VerifierSettings
+from flywheel.core.settings.lora import LoraSettings
+from flywheel.train import lora
 from flywheel.train.finetune import (
     ReportLogs,
     prepare_tokenizer,
@@ -167,8 +169,11 @@ def build_preference_trainer(
     examples: Sequence[dict[str, Any]],
     reward: Reward | None = None,
     callbacks: Sequence[Any] = (),
+    lora_settings: LoraSettings | None = None,
 ) -> Any:
-    """The TRL trainer of ``kind`` on the model (and tokenizer) in ``model_path``."""
+    """The TRL trainer of ``kind`` on the model (and tokenizer) in ``model_path``; with
+    ``lora_settings`` enabled it trains a LoRA adapter, and its reference model is the same
+    model with the adapter disabled (TRL's peft path), not a second copy."""
     import datasets
     import transformers
     import trl
@@ -187,6 +192,7 @@ def build_preference_trainer(
         "train_dataset": datasets.Dataset.from_list(list(examples)),
         "processing_class": tokenizer,
         "callbacks": [ManifestOnSave(), *callbacks],
+        **lora.peft_arguments(model, lora_settings, "cycles.preference_train.lora"),
     }
     if kind == "dpo":
         trainer = trl.DPOTrainer(**common)
@@ -241,9 +247,12 @@ def train_preference(
     reporter: Reporter,
     attn_implementation: str = "sdpa",
     reward: Reward | None = None,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
     """Train ``kind`` from ``model_path`` on every rank (resuming from ``work``), save the
-    model and its tokenizer to ``staging`` (one path for all ranks); the metrics."""
+    model and its tokenizer to ``staging`` (one path for all ranks); the metrics. With
+    ``settings.lora`` on, ``staging`` gets the merged model and ``adapter`` (default
+    ``lora.adapter_dir(work, kind)``) the adapter."""
     from accelerate import PartialState
 
     precision = training_precision(settings, reporter)
@@ -253,13 +262,19 @@ def train_preference(
     state.wait_for_everyone()
     callback = ReportLogs(reporter)
     trainer = build_preference_trainer(
-        kind, config, model_path, attn_implementation, examples, reward, [callback]
+        kind, config, model_path, attn_implementation, examples, reward, [callback], settings.lora
     )
     reporter.info(f"{kind.upper()}: {len(examples)} examples, {settings.steps} steps")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = preference_metrics(
         kind, trainer.state, output.metrics["train_runtime"], callback, len(examples)
     )
+    if lora.enabled(settings.lora):
+        adapter = adapter or lora.adapter_dir(work, kind)
+        numbers = lora.save_trained(
+            trainer, settings.lora, model_path, staging, adapter, attn_implementation
+        )
+        return metrics | {f"preference/{k}": v for k, v in numbers.items()}
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()

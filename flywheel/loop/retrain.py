@@ -51,7 +51,8 @@ from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.loop import preference
 from flywheel.loop.agents.cycle_rl import rl_kind, rl_stage, trains_sft
 from flywheel.loop.cycles import check_cycle_inputs, checkpoint_root, cycle_inputs
-from flywheel.train.finetune import BOOKKEEPING, INTERMEDIATE, FineTune, run_finetune
+from flywheel.train import lora
+from flywheel.train.finetune import INTERMEDIATE, FineTune, run_finetune, shaping
 from flywheel.train.sft import train_and_save
 from flywheel.train.sft_data import data_fingerprint
 
@@ -203,8 +204,7 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
     key: dict[str, Any] = {"cycle": cycle, P.TRAINING_SET: version, "preference": "none"}
     if data is not None:
         settings = spec.cycles.preference_settings(spec.sft)
-        shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING)
-        key |= {"preference": data.kind, "preference_train": shaping}
+        key |= {"preference": data.kind, "preference_train": shaping(settings)}
         key["preference_data"] = data.fingerprint() if data.examples else "none"
         if data.kind != "dpo":  # the verifier is the reward: its settings and its code
             verifier = spec.acceptance.verifier
@@ -213,16 +213,22 @@ def _keyed_by(spec: Spec, cycle: int, version: str, data: PreferenceData | None)
                 key["verifier_source"] = keys.module_digest(verifier.function)
     if spec.agent is not None and spec.cycles.method != "sft":  # RL in the environment
         key["method"] = spec.cycles.method
+        # An unset lora (the cycle's, already keyed) is left out: older keys stay the same.
         if spec.cycles.method.endswith("ppo"):
-            exclude = {"save_every", "keep_states"}
+            exclude = {"save_every", "keep_states"} | _unset_lora(spec.cycles.ppo)
             key["rl"] = spec.cycles.ppo.model_dump(mode="json", exclude=exclude)
         else:  # grpo: TRL's, on the preference stage's settings
-            key["rl"] = spec.cycles.preference_train.model_dump(mode="json")
+            rl = spec.cycles.preference_train
+            key["rl"] = rl.model_dump(mode="json", exclude=_unset_lora(rl))
         key["agent"] = spec.agent.model_dump(mode="json", exclude={"accept"})
         key["environment"] = next(
             e.model_dump(mode="json") for e in spec.environments if e.name == spec.agent.environment
         )
     return key
+
+
+def _unset_lora(settings: Any) -> set[str]:
+    return {"lora"} if settings.lora is None else set()
 
 
 def retrain_inputs(
@@ -312,9 +318,11 @@ def train_cycle(
     reward = None if pref.kind == "dpo" else preference.verifier_reward(spec.acceptance.verifier)
     settings = spec.cycles.preference_settings(spec.sft)
     work = run.work / "preference"
+    adapter = lora.adapter_dir(run.work, pref.kind)
     metrics |= preference.train_preference(
-        pref.kind, settings, sft_model, pref.examples, work, run.staging, reporter, attn, reward
-    )
+        pref.kind, settings, sft_model, pref.examples, work, run.staging, reporter, attn, reward,
+        adapter,
+    )  # fmt: skip
     return metrics, run.staging
 
 
@@ -333,7 +341,8 @@ def _train_agent_cycle(spec: Spec, reporter: Reporter, run: FineTune) -> tuple[d
                 artifacts.write_manifest(start, metrics=metrics)
             PartialState().wait_for_everyone()
     cycle = int(run.lineage["cycle"])
-    metrics |= rl_stage(spec, cycle, start, run.staging, run.work / "rl", reporter)
+    adapter = lora.adapter_dir(run.work, rl_kind(spec) or "rl")
+    metrics |= rl_stage(spec, cycle, start, run.staging, run.work / "rl", reporter, adapter)
     return {**metrics, "method": spec.cycles.method}, run.staging
 
 

@@ -24,6 +24,7 @@ import importlib.util
 from pydantic import ValidationError
 
 from flywheel.core.settings.loop import PreferenceTrain
+from flywheel.core.settings.lora import LLAMA_MODULES
 from flywheel.core.spec import Spec
 from flywheel.loop.prompts import load_prompts, normalize
 from flywheel.loop.tasks import load_task_examples
@@ -43,6 +44,7 @@ def check_references(spec: Spec) -> list[Problem]:
         *_votes(spec),
         *_cycle_settings(spec),
         *_preference(spec),
+        *_lora(spec),
         *_eval_prompt_overlap(spec),
         *_engine(spec),
     ]
@@ -109,6 +111,24 @@ def _cycle_settings(spec: Spec) -> list[Problem]:
     except ValidationError as exc:
         return [error("cycles.train", f"sft with these overrides is invalid: {_first(exc)}")]
     return []
+
+
+def _lora(spec: Spec) -> list[Problem]:
+    """Target modules a Llama built from ``model.config`` lacks (known without building it);
+    another model type, or a model from a path, is checked when its stage starts."""
+    if spec.model.path is not None or spec.model.config.get("model_type") != "llama":
+        return []
+    blocks = {"sft.lora": spec.sft.lora, "cycles.train.lora": spec.cycles.train.lora}
+    blocks |= {"cycles.preference_train.lora": spec.cycles.preference_train.lora}
+    blocks |= {"cycles.ppo.lora": spec.cycles.ppo.lora}
+    problems = []
+    for key, block in blocks.items():
+        unknown = [m for m in block.target_modules if m not in LLAMA_MODULES] if block else []
+        if block is not None and block.enabled and unknown:
+            known = ", ".join(sorted(LLAMA_MODULES))
+            why = f"{unknown} name no module of a llama model (its modules: {known})"
+            problems.append(error(f"{key}.target_modules", why))
+    return problems
 
 
 def _first(exc: ValidationError) -> str:

@@ -38,6 +38,7 @@ from flywheel.core.records import Loaded
 from flywheel.core.report import Reporter
 from flywheel.core.settings.train import SftSettings, TrainSettings
 from flywheel.core.spec import Spec
+from flywheel.train import lora
 from flywheel.train.sft_data import data_fingerprint
 from flywheel.train.sft_resume import resumable_checkpoint, set_aside
 from flywheel.train.state import run_lock
@@ -54,6 +55,14 @@ NOT_PUBLISHED = ("training_args.bin",)
 INTERMEDIATE = "sft-model"
 
 
+def shaping(settings: TrainSettings, exclude: set[str] | None = None) -> dict[str, Any]:
+    """The settings that shape the trained weights, as keyed: without ``BOOKKEEPING`` and
+    ``exclude``, and without a ``lora`` block that is off, so that the keys (and work dirs) of
+    runs from before LoRA existed stay what they were."""
+    off = set() if lora.enabled(getattr(settings, "lora", None)) else {"lora"}
+    return settings.model_dump(mode="json", exclude=BOOKKEEPING | (exclude or set()) | off)
+
+
 def run_fingerprint(
     settings: SftSettings, parent_version: str, data: Loaded, extra: dict[str, Any] | None = None
 ) -> str:
@@ -61,8 +70,11 @@ def run_fingerprint(
 
     ``extra`` holds further inputs that shape the weights (a later stage's settings and data).
     """
-    shaping = settings.model_dump(mode="json", exclude=BOOKKEEPING | {"data"})
-    key = {"settings": shaping, "parent": parent_version, "data": data_fingerprint(data)}
+    key = {
+        "settings": shaping(settings, {"data"}),
+        "parent": parent_version,
+        "data": data_fingerprint(data),
+    }
     if extra:  # absent, not empty: SFT's fingerprints (and work dirs) stay what they were
         key["extra"] = extra
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -96,15 +108,21 @@ class FineTune:
     def build_key(self) -> dict[str, str]:
         """The run's ``flywheel.core.keys`` build key: the same parts as its fingerprint,
         one by one, so that a new version can say which of them changed."""
-        shaping = self.settings.model_dump(mode="json", exclude=BOOKKEEPING | {"data"})
+        train = {"train": shaping(self.settings, {"data"})}
         data = {"training data": f"sha256:{data_fingerprint(self.data)}"}
         extra = {f"keyed_by:{k}": keys.fingerprint(v) for k, v in self.keyed_by.items()}
         parent = {"parent": self.parent.version}
-        return keys.make_key({**self.inputs, **parent}, {"train": shaping}, data) | extra
+        return keys.make_key({**self.inputs, **parent}, train, data) | extra
 
     @property
     def work(self) -> Path:
         return self.root / "work" / self.fingerprint
+
+    @property
+    def adapter_root(self) -> Path:
+        """Where the run's LoRA adapters are published, beside its checkpoints
+        (``sft_checkpoint_adapter``, ``cycles/<N>/checkpoint_adapter``)."""
+        return self.root.with_name(f"{self.root.name}_adapter")
 
     @property
     def staging(self) -> Path:
@@ -247,6 +265,8 @@ def publish_run(
         (staging / name).unlink(missing_ok=True)
     # The manifest and catalog keep plain values; the markdown table is for the UI only.
     scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
+    adapter = publish_adapters(spec, run, scalars)
+    lineage = run.lineage | ({"adapter": adapter.version} if adapter else {})
     built = keys.key_meta(run.root, run.build_key)
     artifact = artifacts.publish(
         run.root,
@@ -255,12 +275,14 @@ def publish_run(
         stage=run.stage,
         fingerprint=run.fingerprint,
         spec=spec.resolved(),
-        lineage=run.lineage,
+        lineage=lineage,
         metrics=scalars,
         **built,
     )
-    record = (artifact.version, run.stage, artifact.path, run.parent.version, run.lineage)
+    record = (artifact.version, run.stage, artifact.path, run.parent.version, lineage)
     Catalog.open(spec.catalog).record_checkpoint(*record, scalars, spec.fingerprint())
+    if adapter is not None:
+        metrics = {**metrics, "adapter": adapter.version, "adapter_path": str(adapter.path)}
     metadata = {
         **metrics,
         "checkpoint": str(artifact.path),
@@ -273,9 +295,52 @@ def publish_run(
     artifacts.mark_done(run.work, {"version": artifact.version, "metadata": metadata})
     # The published version is the run's result; its resumable checkpoints (weights and
     # optimizer state, ~3x the model each) would otherwise pile up, one set per finished run.
-    for path in [*run.work.rglob("checkpoint-*"), run.work / INTERMEDIATE]:
+    for path in [
+        *run.work.rglob("checkpoint-*"),
+        run.work / INTERMEDIATE,
+        run.work / lora.ADAPTERS,
+    ]:
         shutil.rmtree(path, ignore_errors=True)
     return {"version": artifact.version, "metadata": metadata}
+
+
+def publish_adapters(
+    spec: Spec, run: FineTune, metrics: dict[str, Any]
+) -> artifacts.Artifact | None:
+    """Publish the adapters the run's LoRA stages saved (``lora.adapter_dir``), one directory
+    per stage in training order, under ``run.adapter_root``, and record them in the catalog as
+    a child of the checkpoint they adapt; None when no stage trained one."""
+    saved = run.work / lora.ADAPTERS
+    stages = sorted(
+        (d for d in saved.glob("*") if (d / lora.ADAPTER_FILES[1]).exists()),
+        key=lambda d: (d / lora.ADAPTER_FILES[1]).stat().st_mtime_ns,
+    )
+    if not stages:
+        return None
+    staging = artifacts.staging_dir(run.adapter_root)
+    order = []
+    for stage in stages:
+        shutil.copytree(stage, staging / stage.name)
+        base = json.loads((stage / lora.ADAPTS).read_text())["base"]
+        # The first stage adapts the parent; a later one, the merge of the stages before it.
+        adapts = run.parent.version if base == str(run.parent.path) else "the stages before"
+        order.append({"stage": stage.name, "adapts": adapts})
+    lineage = {**run.lineage, "base_checkpoint": run.parent.version, "adapter_stages": order}
+    numbers = {k: v for k, v in metrics.items() if k.startswith("lora/") or "/lora/" in k}
+    stage = f"{run.stage}_adapter"
+    artifact = artifacts.publish(
+        run.adapter_root,
+        staging,
+        inputs=run.inputs,
+        stage=stage,
+        fingerprint=run.fingerprint,
+        spec=spec.resolved(),
+        lineage=lineage,
+        metrics=numbers,
+    )
+    record = (artifact.version, stage, artifact.path, run.parent.version, lineage, numbers)
+    Catalog.open(spec.catalog).record_checkpoint(*record, spec.fingerprint())
+    return artifact
 
 
 # Trains a run on every rank: its metrics and the directory its model was saved to.
@@ -294,6 +359,8 @@ def run_finetune(spec: Spec, reporter: Reporter, run: FineTune, train: Train) ->
     if done is not None:
         if reporter.is_main:  # the same inputs again: their model becomes current again
             artifacts.make_current(run.root, done["version"])
+            if "adapter" in done["metadata"]:  # and so does its adapter
+                artifacts.make_current(run.adapter_root, done["metadata"]["adapter"])
         reporter.info(f"{label} already published as {done['version']}: reused, not trained")
         done["metadata"] = {**done["metadata"], "reused": True}
         reporter.materialization(done["metadata"], data_version=done["version"])

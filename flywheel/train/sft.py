@@ -39,8 +39,10 @@ from flywheel.core import artifacts
 from flywheel.core import products as P
 from flywheel.core.records import Loaded
 from flywheel.core.report import Reporter, loss_curve
+from flywheel.core.settings.lora import LoraSettings
 from flywheel.core.settings.train import SftSettings
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
+from flywheel.train import lora
 from flywheel.train.finetune import (
     FineTune,
     ReportLogs,
@@ -100,8 +102,11 @@ def build_trainer(
     attn_implementation: str,
     data: Loaded,
     callback: ReportLogs | None = None,
+    lora_settings: LoraSettings | None = None,
+    lora_key: str = "sft.lora",
 ) -> Any:
-    """SFTTrainer on the parent model and tokenizer, with the chat template it needs."""
+    """SFTTrainer on the parent model and tokenizer, with the chat template it needs; with
+    ``lora_settings`` enabled it trains a LoRA adapter (``lora_key`` names them in errors)."""
     import datasets
     import transformers
     from trl import SFTTrainer
@@ -120,6 +125,7 @@ def build_trainer(
         train_dataset=datasets.Dataset.from_list(data.examples),
         processing_class=tokenizer,
         callbacks=[ManifestOnSave(), *([callback] if callback is not None else [])],
+        **lora.peft_arguments(model, lora_settings, lora_key),
     )
     # With tqdm off, Trainer prints every log dict to stdout; ReportLogs already logs them.
     trainer.remove_callback(transformers.PrinterCallback)
@@ -131,7 +137,9 @@ def train_and_save(
 ) -> tuple[dict[str, Any], Path]:
     """Train (resuming if possible) on every rank; the metrics and the saved model's dir.
 
-    The model is saved to ``staging`` (default ``run.staging``), the same path on every rank.
+    The model is saved to ``staging`` (default ``run.staging``), the same path on every rank;
+    a LoRA run saves its adapter to ``lora.adapter_dir(run.work, "sft")`` and the merged model
+    to ``staging``.
     """
     from accelerate import PartialState
 
@@ -141,11 +149,22 @@ def train_and_save(
     resume = resume_point(run.work, reporter, state.is_main_process)
     state.wait_for_everyone()
     callback = ReportLogs(reporter)
-    trainer = build_trainer(config, run.parent.path, attn_implementation, run.data, callback)
+    adapted = run.settings.lora
+    key = "sft.lora" if run.stage == "sft" else "cycles.train.lora"
+    trainer = build_trainer(
+        config, run.parent.path, attn_implementation, run.data, callback, adapted, key
+    )
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = train_metrics(trainer.state, output.metrics["train_runtime"], callback)
     metrics |= {"precision": precision, "num_processes": state.num_processes}
     staging = staging or run.staging
+    if lora.enabled(adapted):
+        adapter = lora.adapter_dir(run.work, "sft")
+        parent = run.parent.path
+        metrics |= lora.save_trained(
+            trainer, adapted, parent, staging, adapter, attn_implementation
+        )
+        return metrics, staging
     if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()

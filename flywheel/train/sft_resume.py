@@ -53,14 +53,16 @@ def checkpoint_problem(path: Path) -> str | None:
         json.loads(state.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return f"trainer_state.json is corrupt ({exc})"
-    weights = path / "model.safetensors"
+    # A LoRA run's checkpoint holds its adapter's weights, not the model's.
+    lora = (path / "adapter_config.json").exists()
+    weights = path / ("adapter_model.safetensors" if lora else "model.safetensors")
     if not weights.exists():
-        return "model.safetensors is missing"
+        return f"{weights.name} is missing"
     try:
         with safe_open(str(weights), framework="pt") as f:
             list(f.keys())  # reads and checks the header against the file's size
     except Exception as exc:  # safetensors raises its own error types for a damaged file
-        return f"model.safetensors is corrupt ({exc})"
+        return f"{weights.name} is corrupt ({exc})"
     if not (path / "optimizer.pt").exists():
         return "optimizer.pt is missing"
     return None

@@ -93,6 +93,11 @@ READERS: dict[str, tuple[str, ...]] = {
     # overrides: test_overrides_reach_the_effective_settings, then their readers
     "cycles.train": TRAIN,
     "cycles.preference_train": (*TRAIN, "flywheel/loop/preference.py", "flywheel/loop/retrain.py"),
+    # each stage hands its lora block to flywheel.train.lora, which reads the fields
+    "sft.lora": (*TRAIN, "flywheel/train/lora.py"),
+    "cycles.train.lora": (*TRAIN, "flywheel/train/lora.py"),
+    "cycles.preference_train.lora": ("flywheel/loop/preference.py", "flywheel/train/lora.py"),
+    "cycles.ppo.lora": ("flywheel/loop/agents/cycle_rl.py", "flywheel/train/lora.py"),
 }
 
 
@@ -158,6 +163,8 @@ def _other(field: typing.Any, current: typing.Any) -> typing.Any:
     """A valid value of ``field`` that differs from ``current``."""
     ann = [a for a in typing.get_args(field.annotation) if a is not type(None)]
     kind = ann[0] if ann else field.annotation
+    if isinstance(current, BaseModel):  # a block (lora): the same with its switch flipped
+        return current.model_copy(update={"enabled": not current.enabled})
     return kind(current * 2 + 1) if isinstance(current, int | float) else kind(7)
 
 

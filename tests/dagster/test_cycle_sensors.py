@@ -214,3 +214,59 @@ def test_a_failed_blocking_check_is_recorded_by_its_name(spec_path: Path) -> Non
         failure.line()
         == f"cycle 0 run {failed.run_id}: check accepted_generations: not_empty failed"
     )
+
+
+@pytest.mark.integration
+def test_a_lora_cycle_started_by_the_sensor_publishes_its_merged_model_and_adapter(
+    tmp_path: Path,
+) -> None:
+    """The spec sets ``lora`` on the cycles' retraining: the run the sensor requests retrains
+    the seed (a real tiny model) out of process and publishes the merged checkpoint and the
+    adapter beside it, with the adapter's lineage in the catalog."""
+    from flywheel.core import artifacts
+    from flywheel.loop.lineage_keys import artifact_lineage
+    from flywheel.train.model import load_model
+    from tests.train.test_preference import build_champion
+
+    path = tmp_path / "flywheel.yaml"
+    lora = "lora: {enabled: true, r: 4, alpha: 8}"
+    train = f"train: {{steps: 4, warmup_steps: 0, save_every: 2, {lora}}}"
+    body = textwrap.dedent(SPEC).replace(
+        "cycles: {patience: 2,", f"cycles: {{threshold_rows: 5, {train}, patience: 2,"
+    )
+    path.write_text(body.replace("sft:\n", "sft:\n  micro_batch: 4\n  max_length: 64\n"))
+    defs = build_definitions(str(path))
+    spec = load_spec(path)
+    seed = build_champion(spec.product_dir("sft_checkpoint"))
+    _run_cycle(spec, 0, 0.1)  # cycle 0 adopts the seed and is decided
+    _accepted(spec, 0, 6)
+    instance = dg.DagsterInstance.ephemeral()
+    _event(instance, 0, 6)
+    sensor = defs.resolve_sensor_def("accepted_data_sensor")
+    [request] = _tick(sensor, instance, defs, None).run_requests
+    assert request.partition_key == "1"
+    instance.add_dynamic_partitions("cycles", ["1"])
+    retrain = [dg.AssetKey("training_set"), dg.AssetKey("cycle_checkpoint")]
+    result = defs.resolve_job_def("cycle_job").execute_in_process(
+        instance=instance, partition_key="1", tags=request.tags, asset_selection=retrain
+    )
+    assert result.success
+    [event] = [
+        e.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key.to_user_string() == "cycle_checkpoint"
+    ]
+    meta = {k: v.value for k, v in event.metadata.items()}
+    assert meta["steps"] == 4 and 0 < meta["lora/trainable_params"] < meta["lora/total_params"]
+
+    checkpoint = artifacts.read_current(cycles.checkpoint_root(spec, 1))
+    assert event.tags["dagster/data_version"] == checkpoint.version
+    load_model(checkpoint.path)  # the merged model, plain: eval and generation load it as is
+    adapter = artifacts.read_current(Path(meta["adapter_path"]).parent)
+    assert adapter.version == meta["adapter"] == checkpoint.meta["lineage"]["adapter"]
+    assert (adapter.path / "sft" / "adapter_model.safetensors").exists()
+    lineage = adapter.meta["lineage"]
+    assert lineage["base_checkpoint"] == seed.version and lineage["cycle"] == 1
+    assert lineage["training_set"] == checkpoint.meta["lineage"]["training_set"]
+    facts = artifact_lineage(spec, str(adapter.path))  # flywheel lineage ADAPTER_DIR
+    assert facts["used_by"] == [{"checkpoint": checkpoint.version, "stage": "cycle"}]

@@ -137,10 +137,12 @@ def test_a_step_must_hold_whole_groups() -> None:
 # -- integration: a few real steps of each trainer -------------------------------------------
 
 
-def _train(kind: str, champion: artifacts.Artifact, tmp_path: Path, **reward: Any) -> dict:
+def _train(
+    kind: str, champion: artifacts.Artifact, tmp_path: Path, lora: Any = None, **reward: Any
+) -> dict:
     settings = PreferenceSettings(
         steps=3, micro_batch=4, lr=3e-3, warmup_steps=0, log_every=1, save_every=2,
-        num_generations=2, max_new_tokens=6, max_length=64,
+        num_generations=2, max_new_tokens=6, max_length=64, **({"lora": lora} if lora else {}),
     )  # fmt: skip
     problems = addition_examples(12, 1, 3, 5, seed=3)
     if kind == "dpo":  # the right sum against its digits reversed
@@ -190,6 +192,28 @@ def test_dpo_trains_on_pairs(champion: artifacts.Artifact, tmp_path: Path) -> No
     assert metrics["preference/rewards/accuracies"] == pytest.approx(accuracies)
     assert math.isfinite(metrics["preference/last/rewards/margins"])
     assert (tmp_path / "work" / "checkpoint-2" / artifacts.MANIFEST).exists()  # resumable
+
+
+def test_dpo_with_lora_trains_an_adapter_against_the_disabled_adapter(
+    champion: artifacts.Artifact, tmp_path: Path
+) -> None:
+    from flywheel.core.settings.lora import LoraSettings
+
+    lora = LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0)
+    metrics = _train("dpo", champion, tmp_path, lora=lora)
+    _check_trained(metrics, champion, tmp_path / "out")  # the merged model, in out
+    # The reference is the model with its adapter off: the start model, margin 0 at step 1.
+    assert metrics["preference/first_loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert 0 < metrics["preference/lora/trainable_params"] < metrics["preference/lora/total_params"]
+    adapter = tmp_path / "work" / "adapters" / "dpo"
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "adapts.json",
+    ]
+    before, after = _weights(champion.path), _weights(tmp_path / "out")
+    changed = {k.split(".")[-2] for k in before if not torch.equal(before[k], after[k])}
+    assert changed <= {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flywheel.core.settings.lora import LoraSettings
 from flywheel.core.settings.rl import PpoSettings
 from flywheel.core.settings.train import DEFAULT_EVAL_TASK, SftSettings, TrainSettings
 from flywheel.core.settings.verifier import VerifierSettings
@@ -223,6 +224,11 @@ class CycleTrain(_Model):
     num_processes: int | None = Field(
         None, ge=1, description="Data-parallel processes a cycle launches (null: sft's)."
     )
+    lora: LoraSettings | None = Field(
+        None,
+        description="The cycle's LoRA block, whole (null: sft's): large models retrain an "
+        "adapter each cycle while the seed SFT trained every weight.",
+    )
 
     def over(self, sft: SftSettings) -> SftSettings:
         """The cycle's effective SFT settings: ``sft`` with every override that is set."""
@@ -245,6 +251,10 @@ class PreferenceSettings(TrainSettings, PreferenceOptions):
     """The effective settings of a preference run (DPO, GRPO or RLOO with TRL): the cycle's
     training settings with ``cycles.preference_train`` applied (``PreferenceTrain.over``)."""
 
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings, description="LoRA of the preference stage."
+    )
+
 
 class PreferenceTrain(PreferenceOptions):
     """``cycles.preference_train``: the preference options, plus the few optimisation settings
@@ -260,10 +270,13 @@ class PreferenceTrain(PreferenceOptions):
         description="Sequences (GRPO/RLOO: completions) per process per forward pass "
         "(null: the cycle's).",
     )
+    lora: LoraSettings | None = Field(
+        None, description="The preference stage's LoRA block, whole (null: the cycle's)."
+    )
 
     def over(self, train: TrainSettings) -> PreferenceSettings:
-        """The preference run's settings: ``train``'s, with these applied."""
-        shared = train.model_dump(include=set(TrainSettings.model_fields))
+        """The preference run's settings: ``train``'s (its ``lora`` too), with these applied."""
+        shared = train.model_dump(include={*TrainSettings.model_fields, "lora"})
         return PreferenceSettings.model_validate(shared | self.model_dump(exclude_none=True))
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flywheel.core.settings.lora import LoraSettings
+
 
 class PpoSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -71,4 +73,10 @@ class PpoSettings(BaseModel):
     )
     max_grad_norm: float = Field(
         1.0, gt=0, description="Gradient norm clip, of each model separately."
+    )
+    lora: LoraSettings | None = Field(
+        None,
+        description="Train the policy as a LoRA adapter; its frozen reference is then the "
+        "same model with the adapter disabled, not a second copy (null: the cycle's "
+        "cycles.train lora; by hand: off). The value model is trained fully.",
     )

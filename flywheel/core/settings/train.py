@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from flywheel.core.settings.lora import LoraSettings
 from flywheel.core.settings.verifier import VerifierSettings
 
 _FUNCTION = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
@@ -177,6 +178,11 @@ class SftSettings(TrainSettings):
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     max_length: int = Field(256, ge=8, description="Longest tokenized conversation kept.")
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
+    lora: LoraSettings = Field(
+        default_factory=LoraSettings,
+        description="Train a LoRA adapter and publish it beside the merged model "
+        "(flywheel.core.settings.lora); cycles inherit it unless cycles.train.lora is set.",
+    )
 
 
 # The default eval task's name, which the default promotion gate (cycles.gate.metric,

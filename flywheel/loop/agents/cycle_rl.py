@@ -34,14 +34,21 @@ def trains_sft(spec: Spec) -> bool:
 
 
 def rl_stage(
-    spec: Spec, cycle: int, start: Path, out: Path, work: Path, reporter: Reporter
+    spec: Spec,
+    cycle: int,
+    start: Path,
+    out: Path,
+    work: Path,
+    reporter: Reporter,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the cycle's RL stage from the model in ``start``; the final policy goes to ``out``.
-    Returns its metrics, prefixed ``ppo/``."""
+    """Run the cycle's RL stage from the model in ``start``; the final policy goes to ``out``
+    (merged, and its adapter to ``adapter``, when the stage trains LoRA). Returns its metrics,
+    prefixed ``ppo/``."""
     kind, agent, env = rl_kind(spec), agent_settings(spec), agent_environment(spec)
     episodes = env.train_episodes(POOL, env.settings, seed=episode_seed(agent, cycle) + 17)
     if kind == "grpo":
-        return _grpo(spec, agent, env, episodes, start, out, work, reporter)
+        return _grpo(spec, agent, env, episodes, start, out, work, reporter, adapter)
     if kind != "ppo":
         raise ValueError(f"cycles.method {spec.cycles.method!r}: no RL stage {kind!r} here")
     from flywheel.loop.agents.ppo_rollouts import EnvRollouts
@@ -52,14 +59,17 @@ def rl_stage(
     )
     # The agent's turn budget and turn length, as it plays and is evaluated
     turns = {"max_turns": agent.max_turns, "max_new_tokens": agent.max_new_tokens}
-    settings = spec.cycles.ppo.model_copy(update={"seed": spec.cycles.ppo.seed + cycle, **turns})
-    metrics = train_ppo(start, out, work, rollouts, settings, reporter)
+    # An unset cycles.ppo.lora is the cycle's (cycles.train's, else sft's)
+    adapted = spec.cycles.ppo.lora or spec.cycles.train_settings(spec.sft).lora
+    update = {"seed": spec.cycles.ppo.seed + cycle, "lora": adapted, **turns}
+    settings = spec.cycles.ppo.model_copy(update=update)
+    metrics = train_ppo(start, out, work, rollouts, settings, reporter, adapter_dir=adapter)
     return {f"ppo/{k}": v for k, v in metrics.items()}
 
 
 def _grpo(
     spec: Spec, agent: Any, env: Any, episodes: list, start: Path, out: Path, work: Path,
-    reporter: Reporter,
+    reporter: Reporter, adapter: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     """TRL's GRPO with the environment as ``environment_factory``, on
     ``cycles.preference_train``'s settings (steps, lr, beta, num_generations). TRL renders the
@@ -82,6 +92,6 @@ def _grpo(
     steps = settings.steps * settings.micro_batch // settings.num_generations
     metrics = train_grpo_env(
         start, out, env.factory, episodes[: max(steps, 1)], settings, reporter, work,
-        spec.model.attn_implementation,
+        spec.model.attn_implementation, adapter,
     )  # fmt: skip
     return {f"grpo/{k}": v for k, v in metrics.items()}

@@ -45,6 +45,7 @@ from pydantic import Field
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings
 from flywheel.loop.preference import preference_config, tracked_means
+from flywheel.train import lora
 from flywheel.train.finetune import (
     ReportLogs,
     prepare_tokenizer,
@@ -116,6 +117,7 @@ def build_grpo_env_trainer(
     attn_implementation: str = "sdpa",
     callbacks: Sequence[Any] = (),
     reporter: Reporter | None = None,
+    lora_settings: Any = None,
 ) -> tuple[Any, Any]:
     """The GRPOTrainer on the checkpoint in ``model_path`` and the tokenizer to save with it."""
     import datasets
@@ -142,6 +144,7 @@ def build_grpo_env_trainer(
         processing_class=for_trl,
         environment_factory=env_factory,
         callbacks=[ManifestOnSave(), *callbacks],
+        **lora.peft_arguments(model, lora_settings, "cycles.preference_train.lora"),
     )
     trainer.remove_callback(transformers.PrinterCallback)  # ReportLogs reports the logs
     return trainer, tokenizer
@@ -175,11 +178,13 @@ def train_grpo_env(
     reporter: Reporter | None = None,
     work: Path | str | None = None,
     attn_implementation: str = "sdpa",
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
     """GRPO from the checkpoint in ``parent_dir`` on ``episodes`` of ``env_factory``'s
     environment; the model and its tokenizer are saved to ``out_dir``. Trainer checkpoints go
     to ``work`` (default: ``<out_dir>.work`` beside it), and a rerun resumes from them.
-    Returns the metrics, the reward curve included."""
+    Returns the metrics, the reward curve included. With ``settings.lora`` on, ``out_dir``
+    gets the merged model and ``adapter`` (default ``<work>/adapter``) the adapter."""
     from accelerate import PartialState
 
     reporter = reporter or Reporter()
@@ -192,13 +197,21 @@ def train_grpo_env(
     state.wait_for_everyone()
     callback = ReportLogs(reporter)
     trainer, tokenizer = build_grpo_env_trainer(
-        config, Path(parent_dir), env_factory, episodes, attn_implementation, [callback], reporter
-    )
+        config, Path(parent_dir), env_factory, episodes, attn_implementation, [callback], reporter,
+        settings.lora,
+    )  # fmt: skip
     reporter.info(f"GRPO on an environment: {len(episodes)} episodes, {settings.steps} steps")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = grpo_env_metrics(
         trainer.state, output.metrics["train_runtime"], callback, len(episodes)
     )
+    if lora.enabled(settings.lora):
+        adapter = adapter or work / "adapter"
+        numbers = lora.save_trained(
+            trainer, settings.lora, Path(parent_dir), out_dir, adapter, attn_implementation,
+            tokenizer,
+        )  # fmt: skip
+        return metrics | {f"grpo_env/{k}": v for k, v in numbers.items()}
     if state.is_main_process:
         shutil.rmtree(out_dir, ignore_errors=True)
     state.wait_for_everyone()

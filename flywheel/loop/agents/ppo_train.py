@@ -63,8 +63,7 @@ from flywheel.loop.agents.ppo_rollouts import (
     response_values,
     to_batch,
 )
-from flywheel.train import ppo, state
-from flywheel.train.model import load_model
+from flywheel.train import lora, ppo, state
 from flywheel.train.tokenizer import load_tokenizer
 
 POLICY, VALUE = "policy", "value"
@@ -78,8 +77,12 @@ def train_ppo(
     settings: PpoSettings,
     report: Reporter | None = None,
     accelerator: Any = None,
+    adapter_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train; the final policy is in ``out_dir``; returns the run's metrics (every rank)."""
+    """Train; the final policy is in ``out_dir``; returns the run's metrics (every rank).
+    With ``settings.lora`` on (``lora.policy_and_reference``) ``out_dir`` gets the merged
+    policy and ``adapter_dir`` (default ``<out_dir>.adapter``) the adapter. The value model is
+    trained fully: its head starts untrained, and it costs less than a second policy copy."""
     from accelerate import Accelerator
 
     acc = accelerator or Accelerator()
@@ -94,12 +97,15 @@ def train_ppo(
     with state.run_lock(work_dir) if acc.is_main_process else nullcontext():
         resume = state.on_main(acc, lambda: state.find_resumable(work_dir, report.warning))
         source = Path(resume) if resume else Path(parent_dir)
-        policy = load_model(source / POLICY if resume else source).eval()
+        adapted, saved = s.lora if lora.enabled(s.lora) else None, source / POLICY
+        policy, reference = lora.policy_and_reference(
+            Path(parent_dir), saved if resume else None, adapted, "cycles.ppo.lora"
+        )
+        policy, reference = policy.eval(), reference.to(acc.device) if reference else None
         critic = ppo.ValueHead.from_pretrained(source / VALUE if resume else source).eval()
-        reference = load_model(Path(parent_dir)).eval().requires_grad_(False).to(acc.device)
         tokenizer = load_tokenizer(Path(parent_dir))
         opts = [
-            torch.optim.AdamW(policy.parameters(), lr=s.lr),
+            torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=s.lr),
             torch.optim.AdamW(critic.parameters(), lr=s.value_lr),
         ]
         policy, critic, *opts = acc.prepare(policy, critic, *opts)
@@ -116,7 +122,12 @@ def train_ppo(
                 _save(acc, work_dir, it + 1, policy, critic, opts, history, s)
         result = summarize(history, s)
         if acc.is_main_process:
-            _write_out(acc.unwrap_model(policy), tokenizer, Path(out_dir), s, parent_dir, result)
+            model = acc.unwrap_model(policy)
+            if adapted is not None:
+                adapter = adapter_dir or Path(out_dir).with_name(f"{Path(out_dir).name}.adapter")
+                model, numbers = lora.save_and_merge(model, adapted, Path(parent_dir), adapter)
+                result |= numbers
+            _write_out(model, tokenizer, Path(out_dir), s, parent_dir, result)
         acc.wait_for_everyone()
     return result
 
@@ -170,7 +181,8 @@ def score_rollouts(
     old, ref, values = [], [], []
     for rows in torch.arange(len(batch.scores), device=batch.mask.device).split(s.minibatch_size):
         old.append(response_logprobs(policy, batch, rows, s.temperature))
-        ref.append(response_logprobs(reference, batch, rows, s.temperature))
+        with nullcontext() if reference is not None else policy.disable_adapter():
+            ref.append(response_logprobs(reference or policy, batch, rows, s.temperature))
         values.append(response_values(critic, batch, rows))
     old, ref, values = torch.cat(old), torch.cat(ref), torch.cat(values)
     rewards = ppo.token_rewards(batch.scores, old, ref, batch.mask, s.kl_coef)

@@ -291,3 +291,28 @@ cycles:
     assert len(metrics["ppo/history"]) == 1 and metrics["ppo/generated_tokens"] > 0
     record = json.loads((out / "ppo.json").read_text())
     assert record["settings"]["seed"] == 2 and record["settings"]["max_turns"] == 3
+
+
+def test_a_lora_policy_trains_its_adapter_against_the_disabled_adapter(
+    parent: Path, tmp_path: Path
+) -> None:
+    from flywheel.core.settings.lora import LoraSettings
+
+    # A reward that differs between an untrained policy's samples: advantages from the start.
+    source = PromptRollouts(TRAIN_PROMPTS, lambda record, completion: len(completion) % 2)
+    small = {**TOY, "episodes_per_iteration": 8, "minibatch_size": 8}
+    adapted = LoraSettings(enabled=True, r=4, alpha=8, dropout=0.0)
+    settings = PpoSettings(iterations=3, save_every=1, lora=adapted, **small)
+    out, adapter = tmp_path / "out", tmp_path / "adapter"
+    result = train_ppo(parent, out, tmp_path / "work", source, settings, adapter_dir=adapter)
+    # The reference is the policy with its adapter off: the KL is 0 until the adapter moves.
+    assert result["history"][0]["kl"] == pytest.approx(0.0, abs=1e-6) and result["kl"] > 0
+    assert 0 < result["lora/trainable_params"] < result["lora/total_params"]
+    assert (adapter / "adapter_model.safetensors").stat().st_size == result["lora/adapter_bytes"]
+    # A resumable state holds the adapter, not a model.
+    assert (tmp_path / "work" / "step-0000003" / "policy" / "adapter_config.json").exists()
+    merged, start = weights(out), weights(parent)
+    assert merged.keys() == start.keys()  # a plain model: no peft weights left
+    changed = {k for k in start if not torch.equal(merged[k], start[k])}
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert changed and all(k.split(".")[-2] in projections for k in changed)
