@@ -9,8 +9,10 @@ Dagster Pipes, and returns what rank 0 reported. They share the ``gpu`` concurre
 two runs never fight over one accelerator. Every asset's ``deps`` are its declared inputs.
 """
 
+import uuid
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
@@ -47,6 +49,8 @@ def launch_stage(
     command = launch.command(stage, spec, spec_file, args)
     context.log.info("launching: " + " ".join(command))
     env = {RUN_ENV: context.run_id}
+    if stage in launch.TRAINED and launch.train_settings(stage, spec).launcher == "ray":
+        pipes = _cluster_pipes(pipes, spec.product_dir(launch.PRODUCTS[stage]), context.run_id)
     result = pipes.run(context=context, command=command, env=env).get_materialize_result()
     metadata = dict(result.metadata or {})
     metadata["spec_file"] = dg.MetadataValue.path(str(spec_file))
@@ -55,6 +59,22 @@ def launch_stage(
         if value.startswith("/"):  # a directory (not a version): clickable in the UI
             metadata[key] = dg.MetadataValue.path(value)
     return dg.MaterializeResult(metadata=metadata, data_version=result.data_version)
+
+
+def _cluster_pipes(
+    pipes: PipesSubprocessClient, product_dir: Path, run_id: str
+) -> PipesSubprocessClient:
+    """Pipes for a stage on Ray Train, whose rank 0 may run on another node: the context in
+    the environment (forwarded to the workers), the messages in the data dir, which every node
+    must see anyway (the resumable checkpoints are there), not in this machine's temp dir."""
+    messages = product_dir / "ray" / f"pipes-{run_id}-{uuid.uuid4().hex[:6]}.jsonl"
+    messages.parent.mkdir(parents=True, exist_ok=True)
+    return PipesSubprocessClient(
+        env=pipes.env,
+        cwd=pipes.cwd,
+        context_injector=dg.PipesEnvContextInjector(),
+        message_reader=dg.PipesFileMessageReader(str(messages)),
+    )
 
 
 def _raw(value: object) -> object:

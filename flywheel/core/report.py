@@ -3,6 +3,9 @@
 Every rank inherits the Pipes environment from ``accelerate launch``, but Dagster accepts one
 materialization per asset per step: a second report fails the step. So only the main process
 opens Pipes; the others log locally. Without Dagster (a run by hand) the reporter prints.
+Under a launcher that restarts failed workers (``flywheel.train.ray_launch`` sets
+``RESTARTS_ENV``), every attempt's rank 0 writes into one Pipes session, which only the
+attempt that finishes closes; its materialization carries ``restarts``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from collections.abc import Sequence
 from typing import Any
 
 PIPES_ENV = "DAGSTER_PIPES_CONTEXT"
+# Set by a launcher that restarts a stage's processes after a failure (flywheel.train.
+# ray_launch): how many times it did before this start; reported as ``restarts``.
+RESTARTS_ENV = "FLYWHEEL_TRAIN_RESTARTS"
 
 log = logging.getLogger("flywheel.train")
 
@@ -40,8 +46,15 @@ class Reporter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._stack is not None:
-            self._stack.__exit__(*exc)
+        if self._stack is None:
+            return
+        if exc[1] is not None and os.environ.get(RESTARTS_ENV) is not None:
+            # The launcher starts this stage again from its last checkpoint, and the next
+            # attempt's rank 0 reports into the same Pipes session: a "closed" message now
+            # would make Dagster drop (and warn about) everything that attempt says.
+            self._pipes.log.error(f"this attempt failed ({exc[1]!r}); the launcher may restart it")
+            return
+        self._stack.__exit__(*exc)
 
     @property
     def piped(self) -> bool:
@@ -63,6 +76,8 @@ class Reporter:
         """The stage's final report: metadata shown (and plotted) in the UI, and its version."""
         if not self.is_main:
             return
+        if os.environ.get(RESTARTS_ENV):
+            metadata = {**metadata, "restarts": int(os.environ[RESTARTS_ENV])}
         if self._pipes is not None:
             self._pipes.report_asset_materialization(
                 metadata=_pipes_metadata(metadata), data_version=data_version

@@ -13,7 +13,8 @@ import check_references; print(*check_references(load_spec()), sep='\\n')"
 - ``cycles.preference`` fits its settings and the verifier that is its reward;
 - self-consistency can reach ``min_votes`` with ``samples_per_prompt`` samples;
 - cycle 0's built-in prompts are not all evaluation prompts (which are never trained on);
-- ``engine: ray`` has Ray Data installed (found, not imported: importing Ray takes seconds).
+- ``engine: ray`` has Ray Data installed, and ``launcher: ray`` Ray Train (found, not
+  imported: importing Ray takes seconds).
 """
 
 from __future__ import annotations
@@ -51,9 +52,16 @@ def check_references(spec: Spec) -> list[Problem]:
 
 
 def _engine(spec: Spec) -> list[Problem]:
-    if spec.engine != "ray" or importlib.util.find_spec("ray") is not None:
+    if importlib.util.find_spec("ray") is not None:
         return []
-    return [error("engine", "engine: ray needs Ray Data: pip install 'flywheel[ray]'")]
+    problems = []
+    if spec.engine == "ray":
+        problems.append(error("engine", "engine: ray needs Ray Data: pip install 'flywheel[ray]'"))
+    for section in ("pretrain", "sft"):  # a cycle's retraining launches with sft's launcher
+        if getattr(spec, section).launcher == "ray":
+            what = f"{section}.launcher: ray needs Ray Train: pip install 'flywheel[ray]'"
+            problems.append(error(f"{section}.launcher", what))
+    return problems
 
 
 def eval_metrics(spec: Spec) -> list[str]:

@@ -46,7 +46,10 @@ from flywheel.train.trainer import resolve_precision
 
 # Settings that change only bookkeeping, not the trained weights: editing them must not
 # start a new run (and lose the resumable checkpoints of the current one).
-BOOKKEEPING = {"save_every", "keep_checkpoints", "log_every", "num_workers", "accelerate_config"}
+BOOKKEEPING = {
+    "save_every", "keep_checkpoints", "log_every", "num_workers", "accelerate_config",
+    "launcher", "max_restarts",
+}  # fmt: skip
 # Files that Trainer.save_model writes beside the model but a published checkpoint must not
 # hold: training_args.bin is a pickle, and published weights are safetensors only.
 NOT_PUBLISHED = ("training_args.bin",)

@@ -16,7 +16,9 @@ its outputs, so the exact inputs of every run are on disk. ``num_processes > 1``
 ``--multi_gpu``: on CUDA that is one rank per GPU (NCCL); on CPU the entry points build their
 ``Accelerator(cpu=True)``, which gives real gloo ranks (``accelerate launch --cpu`` would
 silently start one process). An ``accelerate_config`` file (FSDP, DeepSpeed, multi-node)
-replaces these flags; see ``configs/accelerate/``.
+replaces these flags; see ``configs/accelerate/``. ``launcher: ray`` runs the same entry as
+``num_processes`` Ray Train workers on the spec's Ray cluster instead, restarted from the last
+checkpoint when one is lost (``python -m flywheel.train.ray_launch STAGE --spec ...``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ PRODUCTS = {
     "play": P.TRAJECTORIES,
 }
 ONE_PROCESS = ("eval", "generate", "play")  # plain python: no accelerate, no ranks
+TRAINED = ("pretrain", "sft", "retrain")  # ranks started by accelerate or Ray Train
 TAKES_INPUTS = ("pretrain", "sft", "eval")  # entries that accept --input PRODUCT=VERSION
 
 
@@ -98,6 +101,8 @@ def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] =
     if stage in ONE_PROCESS:
         return [sys.executable, *entry]
     train = train_settings(stage, spec)
+    if train.launcher == "ray":  # Ray Train workers on the cluster (flywheel.train.ray_launch)
+        return [sys.executable, "-m", "flywheel.train.ray_launch", stage, *entry[2:]]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if train.accelerate_config is not None:
         cmd += ["--config_file", str(train.accelerate_config)]

@@ -52,8 +52,11 @@ from flywheel.train.trainer import (
 )
 
 PRODUCT, DATASET, TOKENIZER = P.PRETRAINED, P.TOKENIZED, P.TOKENIZER
-# Settings that change how a run is watched or stored, never the weights it produces.
-NOT_IN_FINGERPRINT = {"log_every", "save_every", "keep_checkpoints", "num_workers"}
+# Settings that change how a run is watched, stored or launched, never the weights it
+# produces: the same run launched by Ray Train resumes what `accelerate launch` began.
+NOT_IN_FINGERPRINT = {
+    "log_every", "save_every", "keep_checkpoints", "num_workers", "launcher", "max_restarts"
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

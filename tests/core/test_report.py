@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
+from dagster_pipes import PipesContext, encode_env_var
 
-from flywheel.core.report import PIPES_ENV, Reporter, _pipes_metadata
+from flywheel.core.report import PIPES_ENV, RESTARTS_ENV, Reporter, _pipes_metadata
 
 
 def test_without_dagster_it_logs(monkeypatch, caplog) -> None:
@@ -40,3 +42,55 @@ def test_metadata_types() -> None:
     assert out["a"] == 1 and out["b"] == "x"
     assert out["c"] == {"raw_value": [1, 2], "type": "json"}
     assert out["d"] == {"raw_value": "/p", "type": "path"}
+
+
+def _file_pipes(monkeypatch, tmp_path):  # noqa: ANN001, ANN202
+    """A real Pipes session in files, as Dagster's file reader sets one up: its messages."""
+    new_process(monkeypatch)
+    context = {"asset_keys": ["a"], "run_id": "r", "extras": {}, "retry_number": 0}
+    for key in ("code_version_by_asset_key", "provenance_by_asset_key", "partition_key"):
+        context[key] = None
+    for key in ("partition_key_range", "partition_time_window", "job_name"):
+        context[key] = None
+    (tmp_path / "context.json").write_text(json.dumps(context))
+    messages = tmp_path / "messages.jsonl"
+    monkeypatch.setenv(PIPES_ENV, encode_env_var({"path": str(tmp_path / "context.json")}))
+    monkeypatch.setenv("DAGSTER_PIPES_MESSAGES", encode_env_var({"path": str(messages)}))
+
+    def read() -> list:
+        return [json.loads(line) for line in messages.read_text().splitlines()]
+
+    return read
+
+
+def new_process(monkeypatch) -> None:  # noqa: ANN001
+    """Forget this process's Pipes context: dagster_pipes keeps one per process, and each
+    ``Reporter`` below stands for a process of its own (a restart starts new ones)."""
+    monkeypatch.setattr(PipesContext, "_instance", None)
+
+
+def test_a_restarted_attempt_reports_into_the_same_session(monkeypatch, tmp_path) -> None:
+    messages = _file_pipes(monkeypatch, tmp_path)
+    monkeypatch.setenv(RESTARTS_ENV, "0")  # a launcher that restarts: the first attempt
+    with pytest.raises(RuntimeError), Reporter(is_main=True) as rep:
+        rep.info("step 10")
+        raise RuntimeError("a peer died")
+    # no "closed": Dagster would ignore (and warn about) whatever the next attempt reports
+    assert [m["method"] for m in messages()] == ["opened", "log", "log"]
+    assert "a peer died" in messages()[-1]["params"]["message"]
+    monkeypatch.setenv(RESTARTS_ENV, "1")
+    new_process(monkeypatch)
+    with Reporter(is_main=True) as rep:
+        rep.materialization({"final_loss": 1.5}, data_version="v-1")
+    (report,) = [m["params"] for m in messages() if m["method"] == "report_asset_materialization"]
+    assert report["metadata"]["restarts"]["raw_value"] == 1
+    assert [m["method"] for m in messages()][-1] == "closed"
+
+
+def test_without_a_restarting_launcher_a_failure_closes_the_session(monkeypatch, tmp_path) -> None:
+    messages = _file_pipes(monkeypatch, tmp_path)
+    monkeypatch.delenv(RESTARTS_ENV, raising=False)
+    with pytest.raises(RuntimeError), Reporter(is_main=True):
+        raise RuntimeError("boom")
+    (closed,) = [m["params"] for m in messages() if m["method"] == "closed"]
+    assert "boom" in json.dumps(closed["exception"])

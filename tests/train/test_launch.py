@@ -46,6 +46,38 @@ def test_accelerate_config_file_replaces_flags(tmp_path: Path) -> None:
     assert "--multi_gpu" not in argv
 
 
+def test_ray_launcher_runs_the_driver_for_every_training_stage(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "sft.launcher=ray", "sft.num_processes=2")
+    argv = launch.command("sft", spec, Path("/s.yaml"), ["--input", "p=v-1"])
+    driver = [sys.executable, "-m", "flywheel.train.ray_launch", "sft"]
+    assert argv == [*driver, "--spec", "/s.yaml", "--input", "p=v-1"]
+    # a cycle's retraining (and the PPO stage inside it) launches with sft's launcher
+    retrain = launch.command("retrain", spec, Path("/s.yaml"), ["--cycle", "2"])
+    assert retrain[2:4] == ["flywheel.train.ray_launch", "retrain"]
+    assert retrain[-2:] == ["--cycle", "2"]
+    assert "accelerate.commands.launch" in launch.command("pretrain", spec, Path("/s.yaml"))
+
+
+def test_ray_launcher_refuses_an_accelerate_config(tmp_path: Path) -> None:
+    cfg = CONFIGS / "multi_gpu.yaml"
+    with pytest.raises(Exception, match="accelerate_config configures `accelerate launch`"):
+        _spec(tmp_path, "pretrain.launcher=ray", f"pretrain.accelerate_config={cfg}")
+
+
+def test_ray_workers_record_their_starts(tmp_path: Path) -> None:
+    from flywheel.train.ray_launch import forwarded_env, read_attempts, record_attempt
+
+    attempts = tmp_path / "run" / "attempts.jsonl"
+    # a restarted group: rank 1 may record before or after rank 0; only rank 0 numbers
+    assert [record_attempt(attempts, r, f"n{r}") for r in (1, 0, 0, 1)] == [0, 1, 2, 0]
+    starts = read_attempts(attempts)
+    assert [(a["rank"], a["attempt"], a["node"]) for a in starts] == [
+        (1, 0, "n1"), (0, 1, "n0"), (0, 2, "n0"), (1, 0, "n1"),
+    ]  # fmt: skip
+    env = {"DAGSTER_PIPES_CONTEXT": "c", "FLYWHEEL_DAGSTER_RUN_ID": "r", "HF_HUB_OFFLINE": "1"}
+    assert forwarded_env({**env, "PATH": "/bin", "HOME": "/root"}) == env
+
+
 def test_eval_runs_without_accelerate(tmp_path: Path) -> None:
     argv = launch.command("eval", _spec(tmp_path), Path("/s.yaml"))
     assert argv == [sys.executable, "-m", "flywheel.loop.eval", "--spec", "/s.yaml"]

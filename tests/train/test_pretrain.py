@@ -47,6 +47,8 @@ def test_fingerprint_ignores_cadence_but_not_math(packed_inputs: Path) -> None:
     base = fp()
     assert fp("pretrain.log_every=1", "pretrain.save_every=3", "pretrain.num_workers=2") == base
     assert fp("pretrain.keep_checkpoints=5") == base
+    # how the run is launched: Ray Train resumes what accelerate launch began, and back
+    assert fp("pretrain.launcher=ray", "pretrain.max_restarts=5") == base
     assert fp("pretrain.lr=0.01") != base and fp("pretrain.steps=61") != base
     assert fp("model.config.hidden_size=64") != base
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -115,6 +115,24 @@ class TrainSettings(_Model):
     accelerate_config: Path | None = Field(
         None, description="An accelerate config file (multi-GPU, FSDP, DeepSpeed, multi-node)."
     )
+    launcher: Literal["accelerate", "ray"] = Field(
+        "accelerate",
+        description="accelerate: `accelerate launch` on this machine; ray: num_processes Ray "
+        "Train workers on the cluster of ray.address (flywheel.train.ray_launch), restarted "
+        "from the last checkpoint when a worker or its node is lost.",
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="launcher ray: restarts of the workers after one is lost."
+    )
+
+    @model_validator(mode="after")
+    def _one_launcher(self) -> Self:
+        if self.launcher == "ray" and self.accelerate_config is not None:
+            raise ValueError(
+                "accelerate_config configures `accelerate launch`; with launcher: ray the "
+                "workers are Ray Train's (num_processes of them, gloo or NCCL DDP): unset one"
+            )
+        return self
 
 
 class PretrainSettings(TrainSettings):
