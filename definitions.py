@@ -8,7 +8,8 @@ Installed with the ``flywheel`` wheel as the top-level module ``definitions``, s
 file anywhere loads it (``python_module: definitions``; ``flywheel init`` writes one). The
 graph's shape comes from the spec (``flywheel.yaml`` in the working directory, or the file
 ``$FLYWHEEL_SPEC`` names, with ``$FLYWHEEL_SET``'s overrides): one raw asset per source, then
-the curation stages, then the training plane (tokenizer, packed dataset, pre-training, SFT,
+the curation stages (with ``images.sources``, one raw asset per image source and
+``curated_images``), then the training plane (tokenizer, packed dataset, pre-training, SFT,
 evaluation), then the flywheel's cycles (training set, retraining, eval, promotion,
 generation, acceptance; with an ``agent`` section, trajectories and accepted
 trajectories; one dynamic partition per cycle), its sensors and its schedule. A spec
@@ -26,6 +27,7 @@ from assets import (
     build_cycle_assets,
     build_document_assets,
     build_document_checks,
+    build_image_assets,
     build_training_assets,
 )
 from flywheel.core.spec import env_overrides, load_spec, spec_path
@@ -43,6 +45,7 @@ def build_definitions(
     return dg.Definitions(
         assets=[
             *build_document_assets(spec),
+            *build_image_assets(spec),
             *build_training_assets(spec),
             *build_cycle_assets(spec),
             *build_agent_assets(spec),

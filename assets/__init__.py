@@ -4,6 +4,7 @@ from assets.agents import build_agent_assets
 from assets.checks import build_document_checks
 from assets.cycles import build_cycle_assets
 from assets.documents import build_document_assets
+from assets.images import build_image_assets
 from assets.resources import FlywheelResource
 from assets.training import build_training_assets
 
@@ -13,5 +14,6 @@ __all__ = [
     "build_cycle_assets",
     "build_document_assets",
     "build_document_checks",
+    "build_image_assets",
     "build_training_assets",
 ]

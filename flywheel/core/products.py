@@ -54,14 +54,23 @@ ACCEPTED_TRAJECTORIES = "accepted_trajectories"  # aux table: rejected, with rea
 AGENT_PRODUCTS = (TRAJECTORIES, ACCEPTED_TRAJECTORIES)
 # An agent's loop trains on what it played: with an ``agent`` section these are not made.
 GENERATION_PRODUCTS = (GENERATIONS, ACCEPTED)
+# Only when the spec has ``images.sources``: one raw_images_<source> each (a raw product:
+# its stage reads the source's files), curated by one stage (flywheel.data.images.pipeline)
+# that filters (FILTERED_IMAGES, DROPPED_IMAGES: no assets of their own) and deduplicates.
+RAW_IMAGES_PREFIX = f"{RAW_PREFIX}images_"
+FILTERED_IMAGES = "filtered_images"
+DROPPED_IMAGES = "dropped_images"
+CURATED_IMAGES = "curated_images"
+IMAGE_PRODUCTS = (CURATED_IMAGES,)
 
 RAW = "raw_<source>"  # in READS: every source's raw product
+RAW_IMAGES = "raw_images_<source>"  # in READS: every image source's raw product
 CYCLE_PRODUCTS = (
     TRAINING_SET, CYCLE_CHECKPOINT, CYCLE_EVAL, PROMOTED, GENERATIONS, ACCEPTED, *AGENT_PRODUCTS
 )  # fmt: skip
 SHARD_SETS = {
     FILTERED, DROPPED, DEDUPLICATED, TOKENIZED, TRAINING_SET, GENERATIONS, ACCEPTED,
-    *AGENT_PRODUCTS,
+    *AGENT_PRODUCTS, FILTERED_IMAGES, DROPPED_IMAGES, CURATED_IMAGES,
 }  # fmt: skip
 
 # -- the graph ---------------------------------------------------------------------------
@@ -84,6 +93,7 @@ READS: dict[str, tuple[str, ...]] = {
     ACCEPTED: (GENERATIONS, TRAINING_SET),  # never accept what the cycle already trains on
     TRAJECTORIES: (PROMOTED,),  # the champion plays; the environment is the spec's
     ACCEPTED_TRAJECTORIES: (TRAJECTORIES,),  # held-out episodes: the environment's own
+    CURATED_IMAGES: (RAW_IMAGES,),  # filtered, then deduplicated against the image index
 }
 # Edges that order, not feed: cycle 0's training set is the seed data, ``sft.data``, taken
 # once the seed model fine-tuned on it exists; no version of that model is read. Dagster
@@ -114,16 +124,25 @@ def raw(source_name: str) -> str:
     return f"{RAW_PREFIX}{source_name}"
 
 
+def raw_images(source_name: str) -> str:
+    """The raw product of the image source ``source_name`` (``images.sources``)."""
+    return f"{RAW_IMAGES_PREFIX}{source_name}"
+
+
 def is_raw(product: str) -> bool:
     return product.startswith(RAW_PREFIX)
 
 
 def products(spec: Spec) -> list[str]:
     """Every product that is an asset, in graph order (the raw ones first): with an ``agent``
-    section the agent's products replace generation and acceptance."""
+    section the agent's products replace generation and acceptance; the image products only
+    with ``images.sources``."""
     skip = GENERATION_PRODUCTS if spec.agent is not None else AGENT_PRODUCTS
+    if not spec.images.sources:
+        skip = (*skip, *IMAGE_PRODUCTS)
     made = [p for p in READS if p not in skip]
-    return [*(raw(s.name) for s in spec.sources), *made]
+    images = [raw_images(s.name) for s in spec.images.sources]
+    return [*(raw(s.name) for s in spec.sources), *images, *made]
 
 
 def accepted_product(spec: Spec) -> str:
@@ -141,7 +160,12 @@ def inputs(product: str, spec: Spec) -> list[str]:
         raise KeyError(f"unknown product {product!r}; the products are {', '.join(READS)}")
     out: list[str] = []
     for name in READS[product]:
-        out += [raw(s.name) for s in spec.sources] if name == RAW else [name]
+        if name == RAW:
+            out += [raw(s.name) for s in spec.sources]
+        elif name == RAW_IMAGES:
+            out += [raw_images(s.name) for s in spec.images.sources]
+        else:
+            out.append(name)
     return out
 
 

@@ -36,6 +36,7 @@ from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import Engine, RaySettings
 from flywheel.core.settings.filters import FilterSettings
+from flywheel.core.settings.images import ImageSettings
 from flywheel.core.settings.loop import AcceptanceSettings, CycleSettings, GenerationSettings
 from flywheel.core.settings.sources import PythonEnvSource, SourceSpec
 from flywheel.core.settings.train import (
@@ -50,6 +51,8 @@ from flywheel.core.settings.train import (
 DEFAULT_SPEC = "flywheel.yaml"
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # an importable module name
 SPEC_ENV = "FLYWHEEL_SPEC"
+# the kinds of source lists: pydantic adds them to an error's location, a user never writes them
+_UNION_TAGS = ("jsonl", "parquet", "text_files", "python_env", "image_parquet", "webdataset")
 # `flywheel run --set k=v` hands its overrides to the Dagster processes it starts (code server,
 # daemon, run workers) through this variable: a JSON list of "key.path=value" strings.
 OVERRIDES_ENV = "FLYWHEEL_SET"
@@ -151,6 +154,11 @@ class Spec(_Model):
         description="Agent environments (tools + reward) by import path, for offline "
         "collection and online RL (TRL GRPOTrainer environment_factory).",
     )
+    images: ImageSettings = Field(
+        default_factory=ImageSettings,
+        description="Image-text data: sources, decode caps, filters, dedup (no sources: no "
+        "image assets).",
+    )
     agent: AgentSettings | None = Field(
         None,
         description="Agent trajectories as cycle products: the champion plays an environment "
@@ -177,6 +185,19 @@ class Spec(_Model):
         if info.field_name == "sources" and not items:
             raise ValueError("at least one source is required")
         return items
+
+    @model_validator(mode="after")
+    def _distinct_raw_products(self) -> Spec:
+        # raw_<text source> and raw_images_<image source> share one namespace of products
+        texts = {s.name for s in self.sources}
+        clash = sorted(i.name for i in self.images.sources if f"images_{i.name}" in texts)
+        if clash:
+            raise ValueError(
+                f"images.sources: raw_images_{clash[0]} would be both the text source "
+                f"images_{clash[0]}'s raw product and the image source {clash[0]}'s; "
+                "rename one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _agent_environment(self) -> Spec:
@@ -207,6 +228,15 @@ class Spec(_Model):
     @property
     def dedup_index_dir(self) -> Path:
         return self.data_dir / "dedup_index"
+
+    @property
+    def image_store_dir(self) -> Path:
+        """The content-addressed image store: every image once, by id; shards hold ids."""
+        return self.data_dir / "image_store"
+
+    @property
+    def image_dedup_index_dir(self) -> Path:
+        return self.data_dir / "image_dedup_index"
 
     def source(self, name: str) -> Any:
         for s in self.sources:
@@ -331,7 +361,7 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("jsonl", "parquet", "text_files", "python_env") and out.endswith("]"):
+        elif part in _UNION_TAGS and out.endswith("]"):
             continue  # pydantic adds the union tag to the location; the user never wrote it
         else:
             out += f".{part}" if out else str(part)

@@ -14,7 +14,9 @@ run in seconds instead of failing the stage that first uses it, an hour in:
 - ``environments``: each ``environments`` class imports from the spec's directory, its
   settings pass its ``Settings`` model, and every tool has the JSON schema TRL renders;
 - ``samples``: the head of every data file (sources and their globs, SFT files, eval task
-  files, prompt files), parsed by the same reader as its stage.
+  files, prompt files), parsed by the same reader as its stage;
+- ``images``: every ``images.sources`` entry's files exist, and their head decodes through
+  the image ingest's reader and checker.
 
 Every problem is reported at once, each naming the spec key and the file.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from flywheel.core.spec import Spec
 from flywheel.preflight.environments import check_environments
+from flywheel.preflight.images import check_images
 from flywheel.preflight.paths import check_paths
 from flywheel.preflight.problems import Problem
 from flywheel.preflight.references import check_references
@@ -35,9 +38,9 @@ __all__ = ["Problem", "errors", "preflight"]
 
 def preflight(spec: Spec) -> list[Problem]:
     """Every problem in ``spec`` that would stop or silently spoil a run: errors, then
-    warnings, each group in the order paths, references, environments, samples."""
+    warnings, each group in the order paths, references, environments, samples, images."""
     problems = [*check_paths(spec), *check_references(spec), *check_environments(spec)]
-    problems += check_samples(spec)
+    problems += [*check_samples(spec), *check_images(spec)]
     return sorted(problems, key=lambda p: p.level != "error")  # stable: keeps check order
 
 

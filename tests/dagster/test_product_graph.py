@@ -58,12 +58,26 @@ def with_agent(tmp_path: Path) -> Path:
     )
 
 
-@pytest.mark.parametrize("which", ["default", "two_sources", "with_agent"])
+@pytest.fixture
+def with_images(tmp_path: Path) -> Path:
+    return write_spec(
+        tmp_path,
+        """
+        images:
+          sources:
+            - {name: pairs, kind: image_parquet, path: pairs.parquet}
+            - {name: web, kind: webdataset, path: "web-*.tar"}
+        """,
+    )
+
+
+@pytest.mark.parametrize("which", ["default", "two_sources", "with_agent", "with_images"])
 def test_every_asset_depends_on_exactly_its_declared_inputs(which: str, request) -> None:
     path = DEFAULT_SPEC if which == "default" else request.getfixturevalue(which)
     spec = load_spec(path)
     agent_products = set(P.AGENT_PRODUCTS) & set(P.products(spec))
     assert agent_products == (set(P.AGENT_PRODUCTS) if which == "with_agent" else set())
+    assert (P.CURATED_IMAGES in P.products(spec)) == (which == "with_images")
     graph = build_definitions(str(path)).resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == set(P.products(spec))  # one asset per product, and no other

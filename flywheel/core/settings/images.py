@@ -1,7 +1,7 @@
 """Settings of the image-text data plane: sources, decoding limits, filters and image dedup.
 
-Spec-ready (``extra="forbid"``, a default and a reason for every field) but not yet a section
-of ``Spec``; the image stages take them as plain arguments:
+``ImageSettings`` is the spec's ``images`` section (``extra="forbid"``, a default and a reason
+for every field); the library's image stages take its parts as plain arguments:
 
     python -c "from flywheel.core.settings.images import *; print(ImageSettings())"
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from math import comb
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from flywheel.core.settings.filters import C4Settings, FilterSettings
 from flywheel.core.settings.filters import GopherQualitySettings as _GopherQuality
@@ -128,22 +128,6 @@ class ImageDedupSettings(BaseModel):
         return self.bands * sum(comb(widest, i) for i in range(self.radius + 1))
 
 
-class ImageSettings(BaseModel):
-    """The image plane's settings, as a spec section would hold them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    decode: ImageDecodeSettings = Field(
-        default_factory=ImageDecodeSettings, description="Pixel and byte caps."
-    )
-    filters: ImageFilterSettings = Field(
-        default_factory=ImageFilterSettings, description="Resolution, aspect, caption rules."
-    )
-    dedup: ImageDedupSettings = Field(
-        default_factory=ImageDedupSettings, description="Exact and pHash dedup."
-    )
-
-
 class ImageParquetSource(_Source):
     """Parquet files of image-text pairs: image bytes or a path, plus the caption."""
 
@@ -194,3 +178,44 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(ImageSourceSpec)
 def parse_image_source(data: dict[str, Any]) -> ImageParquetSource | WebDatasetSource:
     """Validate a plain mapping (e.g. from YAML) into the matching image source spec."""
     return _ADAPTER.validate_python(data)
+
+
+class ImageSettings(BaseModel):
+    """The spec's ``images`` section: image-text sources and how they are curated. Empty by
+    default: without sources the graph has no image assets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[ImageSourceSpec] = Field(
+        default_factory=list,
+        description="Image-text sources (kind image_parquet or webdataset); one "
+        "raw_images_<name> asset each, all curated into curated_images.",
+    )
+    # an encoded image is up to decode.max_bytes; a batch of them is held at once while
+    # decoding (256 camera JPEGs of ~3 MB: under 1 GB; thumbnails-sized corpora: a few MB)
+    batch_rows: int = Field(256, ge=1, description="Encoded images read and decoded per batch.")
+    decode: ImageDecodeSettings = Field(
+        default_factory=ImageDecodeSettings, description="Pixel and byte caps."
+    )
+    filters: ImageFilterSettings = Field(
+        default_factory=ImageFilterSettings, description="Resolution, aspect, caption rules."
+    )
+    dedup: ImageDedupSettings = Field(
+        default_factory=ImageDedupSettings, description="Exact and pHash dedup."
+    )
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[Any]) -> list[Any]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"image source names must be unique; repeated: {', '.join(dupes)}")
+        return sources
+
+    def source(self, name: str) -> ImageParquetSource | WebDatasetSource:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        known = ", ".join(s.name for s in self.sources) or "none"
+        raise KeyError(f"no image source named {name!r} (images.sources: {known})")

@@ -9,7 +9,9 @@ Sources are Parquet (image bytes, paths or {bytes, path}) and WebDataset tar sha
 decoding, truncated/undecodable/unsupported-mode images quarantined with a reason), stored
 once by the hash of its pixels (``store``), and referenced by ``image_id`` from the shards.
 Dedup (``dedup``, ``phash``) mirrors the text plane's outputs and incremental index; its
-speed and precision/recall are measured by ``bench/image_dedup.py``.
+speed and precision/recall are measured by ``bench/image_dedup.py``. ``pipeline`` runs the
+stages from the spec's ``images`` section (what the Dagster assets call); ``thumbnails``
+renders a few images as an inline markdown gallery (the assets' previews).
 """
 
 from flywheel.core.settings.images import (
@@ -33,11 +35,13 @@ from flywheel.data.images.ingest import (
 from flywheel.data.images.phash import phashes
 from flywheel.data.images.stage import dedup_image_set, filter_image_set
 from flywheel.data.images.store import ImageStore
+from flywheel.data.images.thumbnails import GalleryItem, data_uri, gallery_markdown, thumbnail
 
 __all__ = [
     "IMAGE_RECORD_SCHEMA",
     "QUARANTINE_REASONS",
     "DecodedImage",
+    "GalleryItem",
     "ImageDecodeSettings",
     "ImageDedupIndex",
     "ImageDedupSettings",
@@ -49,13 +53,16 @@ __all__ = [
     "ImageStore",
     "WebDatasetSource",
     "build_image_filters",
+    "data_uri",
     "decode_image",
     "dedup_image_set",
     "deduplicate_images",
     "filter_image_set",
     "filter_images",
+    "gallery_markdown",
     "ingest_images",
     "parse_image_source",
     "phashes",
     "pixel_hash",
+    "thumbnail",
 ]

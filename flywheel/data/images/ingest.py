@@ -63,7 +63,7 @@ from flywheel.data.ingest.records import (
     escape_raw,
     id_string,
 )
-from flywheel.data.ingest.run import QUARANTINE, _QuarantineSpill
+from flywheel.data.ingest.run import QUARANTINE, QuarantineSpill
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ def ingest_images(
     )
     with ShardWriter(root, shard_rows) as writer:
         writer.write(pl.DataFrame(schema=IMAGE_RECORD_SCHEMA))  # the schema, even if all fail
-        spill = _QuarantineSpill(writer.staging)
+        spill = QuarantineSpill(writer.staging)
         try:
             for batch in batches:
                 records, rejected = checker.check_batch(batch)

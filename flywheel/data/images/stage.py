@@ -14,6 +14,7 @@ duplicates and so the clusters (``Catalog.image_cluster``).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,16 @@ def filter_image_set(
     *,
     shard_rows: int = 50_000,
     catalog: Catalog | None = None,
+    inputs: Mapping[str, str] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> tuple[ShardSet, ShardSet, dict[str, Any]]:
-    """Filter every record of ``records`` (one set per source): (kept set, dropped set, stats)."""
+    """Filter every record of ``records`` (one set per source): (kept set, dropped set, stats).
+    ``inputs``: what both sets record they read (default: each set's directory and version);
+    ``meta``: more manifest fields for both (a build key)."""
     filters = build_image_filters(settings)
     decisions: list[pl.DataFrame] = []
-    inputs = {str(r.path.parent): r.version for r in records}
+    inputs = dict(inputs or {str(r.path.parent): r.version for r in records})
+    extra = {"filters": settings.model_dump(mode="json"), **dict(meta or {})}
     with ShardWriter(root, shard_rows) as kept_w, ShardWriter(dropped_root, shard_rows) as drop_w:
         for shardset in records:
             kept_w.write(shardset.scan().head(0).collect())  # the schema, even if all drop
@@ -52,9 +58,9 @@ def filter_image_set(
                 decisions.append(outcome.decisions)
         judged = pl.concat(decisions) if decisions else pl.DataFrame(schema=DECISIONS_SCHEMA)
         stats = _filter_stats(judged)
-        dropped = drop_w.commit(inputs=inputs, filters=settings.model_dump(mode="json"), **stats)
+        dropped = drop_w.commit(inputs=inputs, **extra, **stats)
         kept_w.write_aux("decisions", judged)
-        kept = kept_w.commit(inputs=inputs, filters=settings.model_dump(mode="json"), **stats)
+        kept = kept_w.commit(inputs=inputs, **extra, **stats)
     if catalog is not None:
         catalog.record_image_filter_decisions(judged, kept.version)
     return kept, dropped, stats
@@ -78,9 +84,12 @@ def dedup_image_set(
     *,
     shard_rows: int = 50_000,
     catalog: Catalog | None = None,
+    inputs: Mapping[str, str] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> tuple[ShardSet, pl.DataFrame, dict[str, Any]]:
     """Deduplicate ``records`` against ``index`` (which they join; committed after the set is
-    published): (kept set, duplicates, stats)."""
+    published): (kept set, duplicates, stats). ``inputs``: what the set records it read
+    (default: ``records``' directory and version); ``meta``: more manifest fields."""
     duplicates: list[pl.DataFrame] = []
     totals: Counter[str] = Counter()
     with ShardWriter(root, shard_rows) as writer:
@@ -104,8 +113,9 @@ def dedup_image_set(
         }
         writer.write_aux("duplicates", dupes)
         kept = writer.commit(
-            inputs={str(records.path.parent): records.version},
+            inputs=dict(inputs or {str(records.path.parent): records.version}),
             dedup=index.settings.model_dump(mode="json"),
+            **dict(meta or {}),
             **stats,
         )
         index.commit()

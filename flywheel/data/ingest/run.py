@@ -49,8 +49,9 @@ class IngestResult:
         return self.documents + self.quarantined
 
 
-class _QuarantineSpill:
-    """Quarantine rows streamed to a Parquet file in the writer's staging directory.
+class QuarantineSpill:
+    """Quarantine rows streamed to a Parquet file in the writer's staging directory (the text
+    and the image ingests both use it).
 
     A source that is mostly bad (a wrong ``text_field`` makes every record ``missing_text``)
     would otherwise hold its whole quarantine in memory until the commit.
@@ -114,7 +115,7 @@ def ingest_source(
     )
     with ShardWriter(root, shard_rows) as writer:
         writer.write(empty_documents())  # records the schema even if no record is valid
-        spill = _QuarantineSpill(writer.staging)
+        spill = QuarantineSpill(writer.staging)
         try:
             for batch in batches:
                 documents, rejected = checker.check_batch(batch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import random
+import tarfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -30,3 +32,13 @@ def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     out = io.BytesIO()
     im.save(out, fmt, **kw)
     return out.getvalue()
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar shard of ``(member name, bytes)`` in order, as WebDataset writes them."""
+    with tarfile.open(path, "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import polars as pl
@@ -19,16 +17,7 @@ from flywheel.core.settings.images import (
 from flywheel.data.images import IMAGE_RECORD_SCHEMA, ImageStore, ingest_images
 from flywheel.data.images.decode import decode_image
 from flywheel.data.ingest.readers import SourceReadError
-from tests.data.images.conftest import encode, picture
-
-
-def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, payload in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
+from tests.data.images.conftest import encode, picture, write_tar
 
 
 def _reasons(result) -> dict[str, int]:
@@ -38,7 +27,7 @@ def _reasons(result) -> dict[str, int]:
 def test_webdataset_samples_become_records_and_bad_ones_are_quarantined(tmp_path: Path) -> None:
     good = encode(picture(1))
     jpeg = encode(picture(2), "JPEG")
-    _tar(tmp_path / "shard-0000.tar", [
+    write_tar(tmp_path / "shard-0000.tar", [
         ("s/0001.png", good), ("s/0001.txt", b"a red ball"), ("s/0001.json", b"{}"),
         ("s/0002.jpg", jpeg), ("s/0002.txt", "caf\u00e9 sign".encode()),
         ("s/0003.png", good[: len(good) // 2]), ("s/0003.txt", b"cut short"),
@@ -72,7 +61,7 @@ def test_webdataset_samples_become_records_and_bad_ones_are_quarantined(tmp_path
 
 
 def test_a_tar_cut_short_stops_the_run(tmp_path: Path) -> None:
-    shard = _tar(tmp_path / "a.tar", [(f"{i}.png", encode(picture(i))) for i in range(3)])
+    shard = write_tar(tmp_path / "a.tar", [(f"{i}.png", encode(picture(i))) for i in range(3)])
     shard.write_bytes(shard.read_bytes()[:3000])
     source = WebDatasetSource(name="web", path="a.tar")
     with pytest.raises(SourceReadError, match="a.tar"):
@@ -138,7 +127,7 @@ def test_a_parquet_file_without_the_image_column_is_an_error(tmp_path: Path) -> 
 
 
 def test_oversized_images_are_quarantined_unread(tmp_path: Path) -> None:
-    _tar(tmp_path / "a.tar", [("k.png", encode(picture(1))), ("k.txt", b"big")])
+    write_tar(tmp_path / "a.tar", [("k.png", encode(picture(1))), ("k.txt", b"big")])
     source = WebDatasetSource(name="web", path="a.tar")
     result = ingest_images(
         source, tmp_path / "raw", ImageStore(tmp_path / "s"), base_dir=tmp_path,
