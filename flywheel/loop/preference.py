@@ -46,6 +46,7 @@ from flywheel.train.finetune import (
     stop_on_turn_end,
     trainer_arguments,
     training_precision,
+    use_optimizer,
 )
 from flywheel.train.sft_resume import ManifestOnSave
 
@@ -264,6 +265,7 @@ def train_preference(
     trainer = build_preference_trainer(
         kind, config, model_path, attn_implementation, examples, reward, [callback], settings.lora
     )
+    use_optimizer(trainer, settings)
     reporter.info(f"{kind.upper()}: {len(examples)} examples, {settings.steps} steps")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = preference_metrics(

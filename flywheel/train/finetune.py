@@ -39,6 +39,7 @@ from flywheel.core.report import Reporter
 from flywheel.core.settings.train import SftSettings, TrainSettings
 from flywheel.core.spec import Spec
 from flywheel.train import lora
+from flywheel.train.optim import TrainerOptimizer, train_optimizer_args
 from flywheel.train.sft_data import data_fingerprint
 from flywheel.train.sft_resume import resumable_checkpoint, set_aside
 from flywheel.train.state import run_lock
@@ -172,6 +173,24 @@ def trainer_arguments(
         save_total_limit=settings.keep_checkpoints,
         report_to=[],
         disable_tqdm=True,  # progress goes through the reporter's log lines
+    )
+
+
+def use_optimizer(trainer: Any, settings: TrainSettings) -> None:
+    """Make ``trainer`` (any TRL/transformers Trainer) build ``settings.optimizer`` with
+    ``flywheel.train.optim``, as pre-training does, when ``train()`` creates its optimizer.
+
+    SFTTrainer takes this as its ``optimizer_cls_and_kwargs`` argument, the DPO, GRPO and RLOO
+    trainers do not; Trainer reads the attribute that argument sets only in
+    ``create_optimizer``, so setting it before ``train()`` serves every trainer alike. The
+    optimizer is then still Trainer's own: its state is saved in each checkpoint and loaded on
+    resume as AdamW's was. AdamW stays unfused, as ``optim="adamw_torch"`` built it before.
+    """
+    if trainer.optimizer is not None:
+        raise ValueError("the trainer already has an optimizer; use_optimizer must come first")
+    trainer.optimizer_cls_and_kwargs = (
+        TrainerOptimizer,
+        {"args": train_optimizer_args(settings, fused=False)},
     )
 
 

@@ -42,10 +42,10 @@ from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.shards import ShardSet
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.train import state
+from flywheel.train.optim import build_optimizer, optimizer_metadata, train_optimizer_args
 from flywheel.train.trainer import (
     Position,
     has_fused_adamw,
-    make_optimizer,
     make_scheduler,
     resolve_precision,
     train,
@@ -193,16 +193,17 @@ def _batches(spec: Spec, inputs: Inputs, accelerator: Any, start_batch: int) -> 
 
 def _train(
     spec: Spec, accelerator: Any, reporter: Reporter, inputs: Inputs, work: Path
-) -> tuple[Position, int, Any]:
-    """Resume or start, train to ``pretrain.steps``; returns (position, resumed step, model)."""
+) -> tuple[Position, int, Any, dict[str, Any]]:
+    """Resume or start, train to ``pretrain.steps``; returns (position, resumed step, model,
+    the optimizer's metadata)."""
     from accelerate.utils import set_seed
 
     s = spec.pretrain
     resume = state.on_main(accelerator, lambda: state.find_resumable(work, reporter.warning))
     set_seed(s.seed)
     model = _build(spec, inputs, resume, accelerator.device)
-    fused = has_fused_adamw(accelerator.device)
-    optimizer = make_optimizer(model, s.lr, s.weight_decay, (s.beta1, s.beta2), s.eps, fused)
+    args = train_optimizer_args(s, fused=has_fused_adamw(accelerator.device))
+    optimizer = build_optimizer(model, args)
     scheduler = make_scheduler(optimizer, s.warmup_steps, s.steps, s.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     pos = state.load_position(resume) if resume is not None else Position()
@@ -234,7 +235,8 @@ def _train(
         tokens_per_step=tokens_per_step, log_every=s.log_every, save_every=s.save_every,
         on_log=log, on_save=save,
     )  # fmt: skip
-    return pos, started, accelerator.unwrap_model(model, keep_torch_compile=False)
+    model = accelerator.unwrap_model(model, keep_torch_compile=False)
+    return pos, started, model, optimizer_metadata(s.optimizer, optimizer)
 
 
 def _debug_enabled() -> bool:
@@ -330,8 +332,8 @@ def pretrain(spec: Spec, handed: Mapping[str, Any]) -> dict[str, Any]:
         record = state.on_main(accelerator, lambda: _reusable(spec, work, reporter))
         if record is None:
             with state.run_lock(work) if main else nullcontext():
-                pos, resumed, model = _train(spec, accelerator, reporter, inputs, work)
-                metadata = _metadata(accelerator, precision, pos, resumed, model)
+                pos, resumed, model, optim = _train(spec, accelerator, reporter, inputs, work)
+                metadata = _metadata(accelerator, precision, pos, resumed, model) | optim
                 record = _finish(spec, inputs, work, metadata) if main else None
         else:
             reporter.info(f"{work.name} already trained: reusing {record['version']}")

@@ -52,8 +52,10 @@ from flywheel.train.finetune import (
     stop_on_turn_end,
     trainer_arguments,
     training_precision,
+    use_optimizer,
 )
 from flywheel.train.model import load_model
+from flywheel.train.optim import optimizer_metadata
 from flywheel.train.sft_data import data_fingerprint, load_sft_data
 from flywheel.train.sft_resume import ManifestOnSave
 
@@ -154,9 +156,11 @@ def train_and_save(
     trainer = build_trainer(
         config, run.parent.path, attn_implementation, run.data, callback, adapted, key
     )
+    use_optimizer(trainer, run.settings)
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = train_metrics(trainer.state, output.metrics["train_runtime"], callback)
     metrics |= {"precision": precision, "num_processes": state.num_processes}
+    metrics |= optimizer_metadata(run.settings.optimizer, trainer.optimizer)
     staging = staging or run.staging
     if lora.enabled(adapted):
         adapter = lora.adapter_dir(run.work, "sft")

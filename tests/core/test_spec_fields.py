@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Section (a key prefix, list items and union members spelt without their [...]) -> the
 # files that read its fields. The longest matching prefix decides.
-TRAIN = ("flywheel/train/finetune.py", "flywheel/train/sft.py", "flywheel/train/launch.py")
+# flywheel/train/optim.py reads every training stage's optimizer and its knobs
+OPTIM = "flywheel/train/optim.py"
+TRAIN = ("flywheel/train/finetune.py", "flywheel/train/sft.py", "flywheel/train/launch.py", OPTIM)
 READERS: dict[str, tuple[str, ...]] = {
     "name": ("flywheel/cli.py", "flywheel/core/spec.py"),
     "owners": ("assets/documents.py", "assets/training.py", "assets/cycles.py"),
@@ -74,7 +76,7 @@ READERS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("flywheel/train/tokenizer.py", "assets/training.py"),
     "packing": ("flywheel/train/packing.py",),
     "model": ("flywheel/train/model.py", "flywheel/train/pretrain.py"),
-    "pretrain": ("flywheel/train/pretrain.py", "flywheel/train/launch.py"),
+    "pretrain": ("flywheel/train/pretrain.py", "flywheel/train/launch.py", OPTIM),
     "sft": TRAIN,
     "sft.data": ("flywheel/train/sft_data.py",),
     "eval": ("flywheel/loop/eval/__main__.py", "flywheel/loop/eval/scores.py"),
@@ -103,6 +105,7 @@ READERS: dict[str, tuple[str, ...]] = {
         "flywheel/loop/agents/cycle_rl.py",
         "flywheel/loop/agents/ppo_train.py",
         "flywheel/loop/agents/ppo_rollouts.py",
+        OPTIM,
     ),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
     "cycles.train": TRAIN,

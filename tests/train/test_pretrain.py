@@ -24,8 +24,9 @@ from flywheel.core.spec import load_spec
 from flywheel.train import state
 from flywheel.train.loader import PackedStream, train_files
 from flywheel.train.model import build_model, load_model
+from flywheel.train.optim import OptimizerArgs, build_optimizer
 from flywheel.train.pretrain import read_inputs, work_fingerprint
-from flywheel.train.trainer import Position, make_optimizer, make_scheduler, train
+from flywheel.train.trainer import Position, make_scheduler, train
 from tests.train.conftest import (
     PRODUCT,
     build_inputs,
@@ -65,12 +66,19 @@ def test_rng_state_round_trips() -> None:
     assert first[:2] == again[:2] and torch.equal(first[2], again[2])
 
 
-def _run(accelerator, spec, work: Path, resume: Path | None, steps: int = 8) -> Position:
+# each optimizer at a learning rate that suits it (adafactor's is relative to weight RMS)
+LR = {"adamw": 3e-3, "adafactor": 3e-2, "muon": 3e-3}
+
+
+def _run(
+    accelerator, spec, work: Path, resume: Path | None, steps: int = 8, optimizer: str = "adamw"
+) -> Position:
     """What the entry does, in process: build or load, optionally restore, train, save."""
     shards = read_inputs(spec).dataset
     torch.manual_seed(0)
     model = load_model(resume) if resume else build_model(spec.model, 400, 64)
-    opt = make_optimizer(model, 3e-3, 0.1, (0.9, 0.95), 1e-8)
+    args = OptimizerArgs(optimizer, LR[optimizer], 0.1, (0.9, 0.95), 1e-8)
+    opt = build_optimizer(model, args)
     sched = make_scheduler(opt, 2, steps, 0.1)
     model, opt = accelerator.prepare(model, opt)
     pos = state.load_position(resume) if resume else Position()
@@ -88,17 +96,18 @@ def _run(accelerator, spec, work: Path, resume: Path | None, steps: int = 8) -> 
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor", "muon"])
 def test_save_and_restore_continue_the_same_trajectory(
-    packed_inputs: Path, tmp_path: Path, fresh_accelerator
+    packed_inputs: Path, tmp_path: Path, fresh_accelerator, optimizer: str
 ) -> None:
     spec = load_spec(packed_inputs)
     work = tmp_path / "work"
-    straight = _run(fresh_accelerator(), spec, work, None)
+    straight = _run(fresh_accelerator(), spec, work, None, optimizer=optimizer)
     assert sorted(p.name for p in work.iterdir()) == ["step-0000004", "step-0000008"]
     shutil.rmtree(work / "step-0000008")
     resume = state.find_resumable(work, warn=pytest.fail)
     assert resume == work / "step-0000004"
-    resumed = _run(fresh_accelerator(), spec, work, resume)
+    resumed = _run(fresh_accelerator(), spec, work, resume, optimizer=optimizer)
     assert resumed.step == straight.step == 8 and resumed.batches == 8
     assert resumed.losses == straight.losses  # bit for bit, dropout included
 
@@ -158,6 +167,8 @@ def test_loss_falls_and_a_loadable_checkpoint_is_published(trained) -> None:
     seconds = meta["tokens"] / meta["tokens_per_s"]
     assert seconds == pytest.approx(meta["train_seconds"], abs=1e-3)
     assert meta["num_processes"] == 1 and meta["precision"] == "no"
+    assert meta["optimizer"] == "adamw"  # two fp32 moments per parameter
+    assert meta["optimizer_state_bytes_per_param"] == pytest.approx(8.0, rel=1e-2)
     path = Path(meta["checkpoint"])
     assert path.parent == root / "data" / PRODUCT and path.name == record["version"]
     assert (root / "data" / PRODUCT / CURRENT).read_text() == record["version"]
@@ -178,6 +189,21 @@ def test_loss_falls_and_a_loadable_checkpoint_is_published(trained) -> None:
     (row,) = Catalog.open(spec.catalog).query("SELECT * FROM checkpoints").to_dicts()
     assert row["checkpoint"] == record["version"] and row["stage"] == "pretrain"
     assert json.loads(row["inputs"])["tokenized_dataset"] == inputs.dataset.version
+
+
+@pytest.mark.integration
+def test_muon_run_publishes_and_reports_its_optimizer(tmp_path: Path) -> None:
+    spec_path = build_inputs(tmp_path)
+    sets = ("pretrain.optimizer=muon", "pretrain.steps=8", "pretrain.save_every=4")
+    proc = run_entry(spec_path, *sets, launcher=False)
+    meta = done_record(tmp_path / "data")["metadata"]
+    assert "step 8/8" in proc.stderr and meta["final_loss"] < meta["first_loss"]
+    assert meta["optimizer"] == "muon" and 4 < meta["optimizer_state_bytes_per_param"] < 8
+    saved = torch.load(
+        work_dir(tmp_path / "data") / "step-0000008" / state.STATE / "optimizer.pt",
+        weights_only=True,
+    )
+    assert "momentum_buffer" in saved["state"][0]  # Muon's state is in the resumable checkpoint
 
 
 @pytest.mark.integration

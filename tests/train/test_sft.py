@@ -185,6 +185,8 @@ def test_sft_run_lowers_loss_and_publishes(tmp_path: Path, template: Path) -> No
     assert metrics["steps"] == 40
     assert metrics["final_loss"] < 0.6 * metrics["first_loss"]
     assert metrics["tokens_per_s"] > 0 and metrics["resumed_from_step"] == 0
+    assert metrics["optimizer"] == "adamw"  # built by flywheel.train.optim, through Trainer
+    assert metrics["optimizer_state_bytes_per_param"] == pytest.approx(8.0, rel=1e-2)
     parent = artifacts.read_current(spec.product_dir("pretrained_checkpoint"))
     assert artifact.meta["lineage"]["pretrained_checkpoint"] == parent.version
     assert artifact.meta["lineage"]["examples"] == 400

@@ -9,13 +9,15 @@ Like the other settings models this imports neither torch nor transformers.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from flywheel.core.settings.lora import LoraSettings
+from flywheel.core.settings.train import OptimizerSettings
 
 
-class PpoSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+class PpoSettings(OptimizerSettings):
+    """PPO's settings; ``optimizer`` and its knobs are the training stages' (policy and value
+    model each get one, at ``lr`` and ``value_lr``)."""
 
     iterations: int = Field(20, ge=1, description="Rollout + update rounds.")
     episodes_per_iteration: int = Field(
@@ -25,9 +27,9 @@ class PpoSettings(BaseModel):
         2, ge=1, description="Passes over each iteration's rollouts (PPO reuses them)."
     )
     minibatch_size: int = Field(8, ge=1, description="Rollouts per optimizer step (per process).")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the policy.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate of the policy's optimizer.")
     value_lr: float = Field(
-        1e-3, gt=0, description="AdamW learning rate of the value model (backbone + head)."
+        1e-3, gt=0, description="Learning rate of the value model's (backbone + head)."
     )
     kl_coef: float = Field(
         0.05,

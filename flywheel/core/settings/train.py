@@ -81,23 +81,86 @@ class ModelSettings(_Model):
 
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
+OptimizerName = Literal["adamw", "adafactor", "muon"]
+# The knobs of one optimizer are named after it; setting one while another optimizer is
+# chosen would be silently ignored, so the validator below refuses it instead.
+_KNOB_PREFIXES = {"muon": "muon_", "adafactor": "adafactor_"}
 
 
-class TrainSettings(_Model):
+class OptimizerSettings(_Model):
+    """Which optimizer a stage builds (``flywheel.train.optim.build_optimizer``) and its knobs.
+
+    A knob left null takes the default named in its description: torch's own, except Muon's
+    lr scaling (match_rms_adamw, so that Muon shares AdamW's lr).
+    """
+
+    optimizer: OptimizerName = Field(
+        "adamw",
+        description="adamw: two fp32 moments per parameter (8 bytes); adafactor: factored "
+        "second moments, no momentum (lr is relative to each tensor's RMS: ~1e-2); muon: "
+        "orthogonalised momentum on hidden matrices (4 bytes), AdamW on embeddings, head, "
+        "norms and biases.",
+    )
+    muon_momentum: float | None = Field(None, ge=0, lt=1, description="Muon momentum (0.95).")
+    muon_nesterov: bool | None = Field(None, description="Muon Nesterov momentum (true).")
+    # torch.optim.Muon refuses 100 or more Newton-Schulz steps
+    muon_ns_steps: int | None = Field(
+        None, ge=1, le=99, description="Newton-Schulz iterations orthogonalising the update (5)."
+    )
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] | None = Field(
+        None,
+        description="match_rms_adamw (default): Muon's update RMS matches AdamW's, so it shares "
+        "AdamW's lr and weight decay; original: Keller Jordan's scaling, lr ~0.02.",
+    )
+    adafactor_beta2_decay: float | None = Field(
+        None, le=0, description="Adafactor: second-moment decay 1 - step**beta2_decay (-0.8)."
+    )
+    adafactor_d: float | None = Field(
+        None, ge=1, description="Adafactor: an update's RMS is clipped to this (1.0)."
+    )
+
+    @model_validator(mode="after")
+    def _knobs_of_the_optimizer(self) -> OptimizerSettings:
+        foreign = [
+            name
+            for optimizer, prefix in _KNOB_PREFIXES.items()
+            if optimizer != self.optimizer
+            for name in type(self).model_fields
+            if name.startswith(prefix) and getattr(self, name) is not None
+        ]
+        if foreign:
+            raise ValueError(
+                f"{', '.join(foreign)} set, but optimizer is {self.optimizer!r}: these knobs "
+                "belong to another optimizer and would be ignored; choose that optimizer or "
+                "remove them"
+            )
+        return self
+
+
+class TrainSettings(OptimizerSettings):
     """Optimisation settings shared by pre-training and SFT."""
 
     steps: int = Field(200, gt=0, description="Optimizer steps to train.")
     micro_batch: int = Field(8, gt=0, description="Sequences per process per forward pass.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(
+        1e-3, gt=0, description="Peak learning rate (adafactor's is relative to weight RMS)."
+    )
+    muon_adamw_lr: float | None = Field(
+        None,
+        gt=0,
+        description="Peak lr of muon's AdamW part: embeddings, head, norms, biases (null: lr).",
+    )
     min_lr_ratio: float = Field(
         0.1, ge=0, le=1, description="Cosine decay ends at lr * min_lr_ratio."
     )
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps from 0 to lr.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay.")
-    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    weight_decay: float = Field(
+        0.1, ge=0, description="Decoupled weight decay (of matrices; every optimizer)."
+    )
+    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1 (also muon's AdamW part).")
     beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2; 0.95 is stabler for LMs.")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon (adafactor has its own).")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 turns it off.")
     precision: Precision = Field(
         "auto", description="auto: bf16 on CUDA that has it, else fp16 on CUDA, fp32 on CPU."
@@ -191,9 +254,11 @@ class SftData(AdditionTask):
 
 class SftSettings(TrainSettings):
     steps: int = Field(100, gt=0, description="Optimizer steps to train.")
-    lr: float = Field(3e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr: float = Field(
+        3e-4, gt=0, description="Peak learning rate (adafactor's is relative to weight RMS)."
+    )
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps from 0 to lr.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of matrices.")
     max_length: int = Field(256, ge=8, description="Longest tokenized conversation kept.")
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
     lora: LoraSettings = Field(

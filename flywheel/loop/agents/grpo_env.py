@@ -52,6 +52,7 @@ from flywheel.train.finetune import (
     resume_point,
     stop_on_turn_end,
     training_precision,
+    use_optimizer,
 )
 from flywheel.train.sft_resume import ManifestOnSave
 
@@ -200,6 +201,7 @@ def train_grpo_env(
         config, Path(parent_dir), env_factory, episodes, attn_implementation, [callback], reporter,
         settings.lora,
     )  # fmt: skip
+    use_optimizer(trainer, settings)
     reporter.info(f"GRPO on an environment: {len(episodes)} episodes, {settings.steps} steps")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = grpo_env_metrics(

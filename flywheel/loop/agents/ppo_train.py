@@ -64,6 +64,7 @@ from flywheel.loop.agents.ppo_rollouts import (
     to_batch,
 )
 from flywheel.train import lora, ppo, state
+from flywheel.train.optim import build_optimizer, optimizer_args
 from flywheel.train.tokenizer import load_tokenizer
 
 POLICY, VALUE = "policy", "value"
@@ -104,10 +105,9 @@ def train_ppo(
         policy, reference = policy.eval(), reference.to(acc.device) if reference else None
         critic = ppo.ValueHead.from_pretrained(source / VALUE if resume else source).eval()
         tokenizer = load_tokenizer(Path(parent_dir))
-        opts = [
-            torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=s.lr),
-            torch.optim.AdamW(critic.parameters(), lr=s.value_lr),
-        ]
+        # weight decay 0.01: torch AdamW's default, which PPO's optimizers used before
+        args = [optimizer_args(s, lr=lr, weight_decay=0.01) for lr in (s.lr, s.value_lr)]
+        opts = [build_optimizer(m, a) for m, a in zip((policy, critic), args, strict=True)]
         policy, critic, *opts = acc.prepare(policy, critic, *opts)
         start, history = 0, []
         if resume:

@@ -231,6 +231,27 @@ def test_resuming_with_other_settings_is_refused(parent: Path, tmp_path: Path) -
         train_ppo(parent, tmp_path / "out", tmp_path / "work", source, more)
 
 
+def test_muon_resumes_to_the_same_weights(parent: Path, tmp_path: Path) -> None:
+    # Muon (hidden matrices) + AdamW (embeddings, norms, the value head) for both models:
+    # one iteration, then a rerun with two resumes from the saved state; it ends where a
+    # straight two-iteration run does only if both parts of both optimizers were restored.
+    source = PromptRollouts(TRAIN_PROMPTS, starts_with_digit)
+    small = {**TOY, "episodes_per_iteration": 4, "minibatch_size": 2, "optimizer": "muon"}
+    for n in (1, 2):
+        train_ppo(
+            parent, tmp_path / "cut", tmp_path / "cw", source, PpoSettings(iterations=n, **small)
+        )
+    train_ppo(
+        parent, tmp_path / "whole", tmp_path / "ww", source, PpoSettings(iterations=2, **small)
+    )
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(
+        torch.equal(a[k], v) for k, v in weights(parent).items()
+    )
+    saved = torch.load(tmp_path / "cw/step-0000001/policy_optimizer.pt", weights_only=True)
+    assert "momentum_buffer" in saved["state"][0] and len(saved["param_groups"]) == 3
+
+
 EASY = Settings(min_n=4, max_n=16, held_out=2)
 
 
