@@ -37,10 +37,7 @@ tokenizer and ``ppo.json``: settings and metrics) is written to ``out`` by rank 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import shutil
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -49,9 +46,9 @@ from typing import Any
 import torch
 import yaml
 
-from flywheel.core.artifacts import atomic_write_json
 from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.rl import PpoSettings
+from flywheel.loop.agents import ppo_state
 from flywheel.loop.agents.hf_policy import TransformersPolicy
 from flywheel.loop.agents.ppo_rollouts import (
     EnvRollouts,
@@ -67,7 +64,7 @@ from flywheel.train import lora, ppo, state
 from flywheel.train.optim import build_optimizer, optimizer_args
 from flywheel.train.tokenizer import load_tokenizer
 
-POLICY, VALUE = "policy", "value"
+POLICY, VALUE = ppo_state.POLICY, ppo_state.VALUE
 
 
 def train_ppo(
@@ -111,7 +108,7 @@ def train_ppo(
         policy, critic, *opts = acc.prepare(policy, critic, *opts)
         start, history = 0, []
         if resume:
-            start, history = _restore(acc, Path(resume), opts, s)
+            start, history = ppo_state.restore(acc, Path(resume), opts, s)
             report.info(f"resuming PPO from {resume} (iteration {start})")
         models = (policy, critic, reference)
         for it in range(start, s.iterations):
@@ -119,7 +116,7 @@ def train_ppo(
             history.append(metrics)
             report.info(f"ppo iteration {it + 1}/{s.iterations}: " + _brief(metrics))
             if (it + 1) % s.save_every == 0 or it + 1 == s.iterations:
-                _save(acc, work_dir, it + 1, policy, critic, opts, history, s)
+                ppo_state.save(acc, work_dir, it + 1, policy, critic, opts, history, s)
         result = summarize(history, s)
         if acc.is_main_process:
             model = acc.unwrap_model(policy)
@@ -127,7 +124,7 @@ def train_ppo(
                 adapter = adapter_dir or Path(out_dir).with_name(f"{Path(out_dir).name}.adapter")
                 model, numbers = lora.save_and_merge(model, adapted, Path(parent_dir), adapter)
                 result |= numbers
-            _write_out(model, tokenizer, Path(out_dir), s, parent_dir, result)
+            ppo_state.write_out(model, tokenizer, Path(out_dir), s, parent_dir, result)
         acc.wait_for_everyone()
     return result
 
@@ -279,87 +276,6 @@ def summarize(history: list[dict[str, float]], s: PpoSettings) -> dict[str, Any]
 def _brief(metrics: dict[str, float]) -> str:
     keys = ("reward", "kl", "policy_loss", "value_loss", "clipfrac", "approx_kl")
     return ", ".join(f"{k}={metrics[k]:.4f}" for k in (*keys, "explained_variance"))
-
-
-def _save(
-    acc: Any,
-    work: Path,
-    it: int,
-    policy: Any,
-    critic: Any,
-    opts: list[Any],
-    history: list[dict[str, float]],
-    settings: PpoSettings,
-) -> None:
-    """The resumable state after ``it`` iterations, visible only once complete."""
-    from flywheel.core import artifacts
-
-    final = state.step_dir(work, it)
-    staging = work / f".staging-{final.name}"
-    if acc.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-    acc.wait_for_everyone()
-    torch.save(state.rng_state(), staging / f"rng-{acc.process_index}.pt")
-    if acc.is_main_process:
-        acc.unwrap_model(policy).save_pretrained(staging / POLICY)
-        acc.unwrap_model(critic).save_pretrained(staging / VALUE)
-        for name, opt in zip((POLICY, VALUE), opts, strict=True):
-            torch.save(opt.state_dict(), staging / f"{name}_optimizer.pt")
-        record = {"iteration": it, "world_size": acc.num_processes, "history": history}
-        record["settings"] = settings.model_dump()
-        atomic_write_json(staging / "ppo_state.json", record)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        artifacts.finalize(staging, final, step=it)
-        for old in sorted(work.glob("step-*"))[: -settings.keep_states]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-# what a rerun may change and still continue the same run
-RESUMABLE_CHANGES = {"iterations", "save_every", "keep_states"}
-
-
-def _restore(
-    acc: Any, path: Path, opts: list[Any], settings: PpoSettings
-) -> tuple[int, list[dict[str, float]]]:
-    """Optimizers and this rank's RNG from a saved state; its iteration and metrics so far.
-    (The weights were loaded from it before ``prepare``.)"""
-    record = json.loads((path / "ppo_state.json").read_text())
-    now, then = settings.model_dump(), record["settings"]
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and now[k] != then.get(k))
-    if changed:
-        was = ", ".join(f"{k}: {then.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(
-            f"{path} was trained with other settings ({was}); resuming would not continue that "
-            "run: restore them, or use another work directory"
-        )
-    if record["world_size"] != acc.num_processes:
-        raise ValueError(
-            f"{path} was written by {record['world_size']} processes, this run has "
-            f"{acc.num_processes}: each rank's rollouts would differ from the interrupted run's"
-        )
-    for name, opt in zip((POLICY, VALUE), opts, strict=True):
-        opt.load_state_dict(torch.load(path / f"{name}_optimizer.pt", weights_only=True))
-    state.set_rng_state(torch.load(path / f"rng-{acc.process_index}.pt", weights_only=True))
-    return int(record["iteration"]), list(record["history"])
-
-
-def _write_out(
-    model: Any, tokenizer: Any, out: Path, s: PpoSettings, parent: Path, result: dict[str, Any]
-) -> None:
-    """The final policy as a Hugging Face checkpoint, replacing ``out`` in one rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".staging-{out.name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    record = {"stage": "ppo", "parent": str(parent), "settings": s.model_dump(), "metrics": result}
-    atomic_write_json(staging / "ppo.json", record)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
 
 
 # -- the command line --------------------------------------------------------------------
