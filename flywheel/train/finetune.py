@@ -287,7 +287,7 @@ def publish_run(
         (staging / name).unlink(missing_ok=True)
     # The manifest and catalog keep plain values; the markdown table is for the UI only.
     scalars = {k: v for k, v in metrics.items() if k != "loss_table"}
-    adapter = publish_adapters(spec, run, scalars)
+    adapter = lora.publish_adapters(spec, run, scalars)
     lineage = run.lineage | ({"adapter": adapter.version} if adapter else {})
     built = keys.key_meta(run.root, run.build_key)
     artifact = artifacts.publish(
@@ -324,45 +324,6 @@ def publish_run(
     ]:
         shutil.rmtree(path, ignore_errors=True)
     return {"version": artifact.version, "metadata": metadata}
-
-
-def publish_adapters(
-    spec: Spec, run: FineTune, metrics: dict[str, Any]
-) -> artifacts.Artifact | None:
-    """Publish the adapters the run's LoRA stages saved (``lora.adapter_dir``), one directory
-    per stage in training order, under ``run.adapter_root``, and record them in the catalog as
-    a child of the checkpoint they adapt; None when no stage trained one."""
-    saved = run.work / lora.ADAPTERS
-    stages = sorted(
-        (d for d in saved.glob("*") if (d / lora.ADAPTER_FILES[1]).exists()),
-        key=lambda d: (d / lora.ADAPTER_FILES[1]).stat().st_mtime_ns,
-    )
-    if not stages:
-        return None
-    staging = artifacts.staging_dir(run.adapter_root)
-    order = []
-    for stage in stages:
-        shutil.copytree(stage, staging / stage.name)
-        base = json.loads((stage / lora.ADAPTS).read_text())["base"]
-        # The first stage adapts the parent; a later one, the merge of the stages before it.
-        adapts = run.parent.version if base == str(run.parent.path) else "the stages before"
-        order.append({"stage": stage.name, "adapts": adapts})
-    lineage = {**run.lineage, "base_checkpoint": run.parent.version, "adapter_stages": order}
-    numbers = {k: v for k, v in metrics.items() if k.startswith("lora/") or "/lora/" in k}
-    stage = f"{run.stage}_adapter"
-    artifact = artifacts.publish(
-        run.adapter_root,
-        staging,
-        inputs=run.inputs,
-        stage=stage,
-        fingerprint=run.fingerprint,
-        spec=spec.resolved(),
-        lineage=lineage,
-        metrics=numbers,
-    )
-    record = (artifact.version, stage, artifact.path, run.parent.version, lineage, numbers)
-    Catalog.open(spec.catalog).record_checkpoint(*record, spec.fingerprint())
-    return artifact
 
 
 # Trains a run on every rank: its metrics and the directory its model was saved to.

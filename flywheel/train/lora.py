@@ -17,14 +17,18 @@ own, with lineage to the checkpoint they adapt and the data they were trained on
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from flywheel.core import artifacts
 from flywheel.core.artifacts import atomic_write_json
+from flywheel.core.catalog import Catalog
 from flywheel.core.settings.lora import LoraSettings
+from flywheel.core.spec import Spec
 
 ADAPTERS = "adapters"  # in a run's work dir: one adapter directory per LoRA stage
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -208,3 +212,54 @@ def save_and_merge(model: Any, settings: LoraSettings, base: Path, adapter: Path
     keep_adapter_files(adapter, base)
     metrics = adapter_metrics(model, adapter, settings)
     return model.merge_and_unload(), metrics
+
+
+class AdaptedRun(Protocol):
+    """What publishing a run's adapters reads of it (``flywheel.train.finetune.FineTune``)."""
+
+    stage: str
+    work: Path
+    adapter_root: Path
+    parent: Any  # artifacts.Artifact: .path, .version
+    lineage: dict[str, Any]
+    inputs: dict[str, str]
+    fingerprint: str
+
+
+def publish_adapters(
+    spec: Spec, run: AdaptedRun, metrics: dict[str, Any]
+) -> artifacts.Artifact | None:
+    """Publish the adapters the run's LoRA stages saved (``lora.adapter_dir``), one directory
+    per stage in training order, under ``run.adapter_root``, and record them in the catalog as
+    a child of the checkpoint they adapt; None when no stage trained one."""
+    saved = run.work / ADAPTERS
+    stages = sorted(
+        (d for d in saved.glob("*") if (d / ADAPTER_FILES[1]).exists()),
+        key=lambda d: (d / ADAPTER_FILES[1]).stat().st_mtime_ns,
+    )
+    if not stages:
+        return None
+    staging = artifacts.staging_dir(run.adapter_root)
+    order = []
+    for stage in stages:
+        shutil.copytree(stage, staging / stage.name)
+        base = json.loads((stage / ADAPTS).read_text())["base"]
+        # The first stage adapts the parent; a later one, the merge of the stages before it.
+        adapts = run.parent.version if base == str(run.parent.path) else "the stages before"
+        order.append({"stage": stage.name, "adapts": adapts})
+    lineage = {**run.lineage, "base_checkpoint": run.parent.version, "adapter_stages": order}
+    numbers = {k: v for k, v in metrics.items() if k.startswith("lora/") or "/lora/" in k}
+    stage = f"{run.stage}_adapter"
+    artifact = artifacts.publish(
+        run.adapter_root,
+        staging,
+        inputs=run.inputs,
+        stage=stage,
+        fingerprint=run.fingerprint,
+        spec=spec.resolved(),
+        lineage=lineage,
+        metrics=numbers,
+    )
+    record = (artifact.version, stage, artifact.path, run.parent.version, lineage, numbers)
+    Catalog.open(spec.catalog).record_checkpoint(*record, spec.fingerprint())
+    return artifact
