@@ -1,4 +1,5 @@
-"""Pre-training on two Ray nodes (``pretrain.launcher: ray``) and surviving a killed worker.
+"""Pre-training, SFT, a cycle's retraining and a PPO cycle on two Ray nodes (``launcher: ray``),
+and pre-training surviving a killed worker.
 
     .venv/bin/python -m pytest -q tests/train/test_ray_launch_multinode.py
 
@@ -7,11 +8,14 @@ one-CPU nodes, so the two Ray Train workers (one CPU each) run on different node
 raylet of its own, joined by a gloo process group. The driver is ``launch.command``'s, run
 as a subprocess exactly as ``flywheel train`` and the Dagster asset run it. The kill test
 goes through Dagster (the asset's Pipes run), so one 2-worker reference run serves both.
+A cycle's retraining and its PPO stage launch with ``sft``'s launcher (``cycles.train``
+over ``sft``): ``flywheel.loop.retrain`` on the two workers, from a tiny published champion.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -200,3 +204,125 @@ def test_multinode_sft_runs_on_two_ray_workers(
     meta = json.loads(done.read_text())["metadata"]
     assert meta["num_processes"] == 2 and meta["steps"] == 4 and meta["resumed_from_step"] == 0
     assert "restarts=0" in proc.stderr
+
+
+# -- a flywheel cycle: retraining (SFT) and PPO, launched as the cycle asset launches them --
+CYCLE_SPEC = """
+name: cycle-multinode
+data_dir: data
+catalog: catalog.duckdb
+sft: {micro_batch: 4, log_every: 1, max_length: 64, launcher: ray, num_processes: 2}
+cycles:
+  train: {steps: 4, lr: 0.003, warmup_steps: 0, save_every: 2}
+"""
+# PPO in the agent's environment from the champion (no SFT first): 2 iterations of 4
+# episodes, 2 per rank; a state after each iteration.
+PPO_CYCLE = """
+environments: [{name: guess, class_path: "flywheel.envs.guess:NumberGuess",
+                settings: {min_n: 2, max_n: 16, held_out: 4}}]
+agent: {environment: guess, max_turns: 2, max_new_tokens: 6}
+"""
+PPO = ["cycles.method=ppo", "cycles.ppo.iterations=2", "cycles.ppo.episodes_per_iteration=4"]
+PPO += ["cycles.ppo.minibatch_size=2", "cycles.ppo.save_every=1"]
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A published random-init chat model (ChatML tokenizer): the cycle's parent."""
+    from flywheel.core import artifacts
+    from flywheel.core.settings.train import ModelSettings
+    from flywheel.data.arithmetic import addition_examples
+    from flywheel.train.model import build_model
+    from flywheel.train.tokenizer import train_tokenizer
+    from tests.loop.agents.conftest import tool_texts
+    from tests.train.test_preference import TINY
+
+    root = tmp_path_factory.mktemp("champion") / "sft_checkpoint"
+    staging = artifacts.staging_dir(root)
+    texts = [
+        f"<|im_start|>user\n{p['prompt']}<|im_end|>\n<|im_start|>assistant\n{p['answer']}<|im_end|>\n"
+        for p in addition_examples(200, 1, 3, 5, seed=99)
+    ]
+    tok = train_tokenizer(texts + tool_texts(), vocab_size=400, min_frequency=2, out_dir=staging)
+    special = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+    special["pad_token_id"] = tok.pad_token_id
+    # 512 positions: an agent's turns (prompt, calls, tool replies) outgrow SFT's 64
+    build_model(ModelSettings(config=TINY), len(tok), 512, special, seed=0).save_pretrained(staging)
+    return artifacts.publish(root, staging, stage="sft")
+
+
+def run_cycle(
+    cluster: Any, champion: Any, directory: Path, body: str = "", *overrides: str
+) -> tuple[Any, subprocess.CompletedProcess[str]]:
+    """Cycle 1's retraining from ``champion`` on the cluster's two workers, launched as the
+    ``cycle_checkpoint`` asset launches it (``launch.command``): its spec and the run."""
+    from flywheel.core.spec import load_spec
+    from flywheel.train import launch
+    from tests.conftest import write_spec
+    from tests.train.test_retrain import write_training_set
+
+    directory.mkdir()
+    path = write_spec(directory, CYCLE_SPEC + body)
+    spec = load_spec(path, [*overrides, f"ray.address={cluster.address}"])
+    write_training_set(spec, 1)
+    extra = ["--cycle", "1", "--parent", str(champion.path)]
+    argv = launch.command("retrain", spec, launch.write_run_spec(spec, "retrain"), extra)
+    assert argv[2:4] == ["flywheel.train.ray_launch", "retrain"]  # sft's launcher
+    proc = subprocess.run(
+        argv, cwd=directory, env=entry_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return spec, proc
+
+
+def published_on_two_nodes(spec: Any, proc: subprocess.CompletedProcess[str]) -> Any:
+    """Cycle 1's one published checkpoint, after checking both ranks ran, on two nodes."""
+    from flywheel.core import artifacts
+    from flywheel.loop.cycles import checkpoint_root
+
+    (launched,) = (spec.data_dir / "cycle_checkpoint" / "ray").glob(f"*/{ATTEMPTS}")
+    starts = read_attempts(launched)
+    assert sorted((a["rank"], a["attempt"]) for a in starts) == [(0, 1), (1, 0)]
+    assert len({a["node"] for a in starts}) == 2, "both workers ran on one node"
+    assert "restarts=0" in proc.stderr  # rank 0's materialization
+    root = checkpoint_root(spec, 1)
+    assert len(list(root.glob("v-*"))) == 1  # one publication, by rank 0
+    artifact = artifacts.read_current(root)
+    assert artifact.meta["stage"] == "cycle" and artifact.meta["lineage"]["cycle"] == 1
+    return artifact
+
+
+@pytest.mark.integration
+def test_multinode_cycle_retraining_runs_on_two_ray_workers(
+    cluster: Any, champion: Any, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec, proc = run_cycle(cluster, champion, tmp_path / "cycle")
+    artifact = published_on_two_nodes(spec, proc)
+    metrics = artifact.meta["metrics"]
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 4
+    assert metrics["resumed_from_step"] == 0 and math.isfinite(metrics["final_loss"])
+    assert artifact.meta["lineage"]["parent_checkpoint"] == champion.version
+    assert proc.stderr.count("step 4/4: loss=") == 1  # rank 0 alone logs
+    AutoModelForCausalLM.from_pretrained(artifact.path, local_files_only=True)
+
+
+@pytest.mark.integration
+def test_multinode_ppo_cycle_runs_on_two_ray_workers(
+    cluster: Any, champion: Any, tmp_path: Path
+) -> None:
+    spec, proc = run_cycle(cluster, champion, tmp_path / "ppo", PPO_CYCLE, *PPO)
+    artifact = published_on_two_nodes(spec, proc)
+    metrics = artifact.meta["metrics"]
+    assert metrics["method"] == "ppo" and metrics["ppo/num_processes"] == 2
+    assert metrics["ppo/iterations"] == 2 and metrics["ppo/rollouts"] == 8
+    history = metrics["ppo/history"]
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert [step for step, _ in metrics["ppo/reward_curve"]] == [1, 2]
+    for key in ("reward", "kl", "policy_loss", "value_loss", "explained_variance"):
+        assert all(math.isfinite(h[key]) for h in history), key
+    assert all(h["generated_tokens"] > 0 for h in history)
+    assert proc.stderr.count("ppo iteration 2/2: ") == 1  # rank 0 alone logs
+    record = json.loads((artifact.path / "ppo.json").read_text())
+    assert record["settings"]["iterations"] == 2 and record["metrics"]["num_processes"] == 2

@@ -21,7 +21,8 @@ sum of log π − log π_ref over generated tokens), ``policy_loss``, ``value_lo
 and ``value_clipfrac`` (share of tokens whose clipped term was active), ``approx_kl``
 (KL(π_old‖π) after each step), ``explained_variance`` (1 − Var(R − V) / Var(R) of the value
 model on the rollout), ``logprob_drift`` (mean |sampling logprob − recomputed|: near 0 unless
-the forward pass here differs from generation's) and ``generated_tokens``; ``reward_curve``.
+the forward pass here differs from generation's) and ``generated_tokens``; ``reward_curve``;
+``num_processes`` (the ranks that played and trained).
 
 Dropout is off in every model (eval mode throughout): with it the ratio π/π_old would be noise
 before the first step, and the clip would act on that noise.
@@ -81,9 +82,7 @@ def train_ppo(
     With ``settings.lora`` on (``lora.policy_and_reference``) ``out_dir`` gets the merged
     policy and ``adapter_dir`` (default ``<out_dir>.adapter``) the adapter. The value model is
     trained fully: its head starts untrained, and it costs less than a second policy copy."""
-    from accelerate import Accelerator
-
-    acc = accelerator or Accelerator()
+    acc = accelerator or _accelerator()
     report = report or Reporter(acc.is_main_process)
     s, world = settings, acc.num_processes
     if s.episodes_per_iteration % world:
@@ -117,7 +116,7 @@ def train_ppo(
             report.info(f"ppo iteration {it + 1}/{s.iterations}: " + _brief(metrics))
             if (it + 1) % s.save_every == 0 or it + 1 == s.iterations:
                 ppo_state.save(acc, work_dir, it + 1, policy, critic, opts, history, s)
-        result = summarize(history, s)
+        result = summarize(history, s) | {"num_processes": world}  # ranks that played
         if acc.is_main_process:
             model = acc.unwrap_model(policy)
             if adapted is not None:
@@ -127,6 +126,16 @@ def train_ppo(
             ppo_state.write_out(model, tokenizer, Path(out_dir), s, parent_dir, result)
         acc.wait_for_everyone()
     return result
+
+
+def _accelerator() -> Any:
+    """This process's Accelerator: one rank of the launched group, on GPU or CPU."""
+    from accelerate import Accelerator
+
+    # cpu=True on a CPU machine: under `accelerate launch --multi_gpu` or Ray Train's gloo
+    # group that is what makes the ranks real (MULTI_CPU); without it every process believes
+    # it is alone, plays all the episodes and takes rank 0's lock on the shared work dir.
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def _seed(s: PpoSettings, it: int, rank: int) -> int:
@@ -312,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         source = prompt_rollouts(args.prompts, args.reward)
     work = args.work or args.out.with_name(args.out.name + ".work")
-    from accelerate import Accelerator
-
-    acc = Accelerator()
+    acc = _accelerator()
     with Reporter(acc.is_main_process) as report:
         result = train_ppo(args.parent, args.out, work, source, settings, report, acc)
         metadata = {k: v for k, v in result.items() if k != "history"}
