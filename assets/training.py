@@ -168,7 +168,9 @@ def build_training_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         {"pytorch"},
         "Held-out perplexity and task accuracy of the SFT checkpoint (and its parent's).",
     )
-    return [tokenizer, tokenized_dataset, pretrained_checkpoint, sft_checkpoint, eval_scores]
+    made = [tokenizer, tokenized_dataset, pretrained_checkpoint, sft_checkpoint, eval_scores]
+    products = set(P.products(spec))  # a vision loop has no packed dataset or pre-training
+    return [a for a in made if a.key.to_user_string() in products]
 
 
 _PACK_KEYS = [

@@ -95,6 +95,15 @@ READS: dict[str, tuple[str, ...]] = {
     ACCEPTED_TRAJECTORIES: (TRAJECTORIES,),  # held-out episodes: the environment's own
     CURATED_IMAGES: (RAW_IMAGES,),  # filtered, then deduplicated against the image index
 }
+# With a ``vision`` section (flywheel.loop.vision) the loop's model is a VLM: the seed SFT
+# builds it with the tokenizer and trains it on the curated images (no text pre-training, so
+# no tokenized dataset or pre-trained checkpoint), and evals score held-out images.
+VISION_READS: dict[str, tuple[str, ...]] = {
+    SFT: (TOKENIZER, CURATED_IMAGES),
+    EVAL: (SFT,),
+    CYCLE_EVAL: (CYCLE_CHECKPOINT,),
+}
+VISION_SKIPS = (TOKENIZED, PRETRAINED)
 # Edges that order, not feed: cycle 0's training set is the seed data, ``sft.data``, taken
 # once the seed model fine-tuned on it exists; no version of that model is read. Dagster
 # deps (so the lineage runs from raw documents to the loop), never stage inputs.
@@ -136,10 +145,12 @@ def is_raw(product: str) -> bool:
 def products(spec: Spec) -> list[str]:
     """Every product that is an asset, in graph order (the raw ones first): with an ``agent``
     section the agent's products replace generation and acceptance; the image products only
-    with ``images.sources``."""
+    with ``images.sources``; with ``vision``, no tokenized dataset or pre-training."""
     skip = GENERATION_PRODUCTS if spec.agent is not None else AGENT_PRODUCTS
     if not spec.images.sources:
         skip = (*skip, *IMAGE_PRODUCTS)
+    if spec.vision is not None:
+        skip = (*skip, *VISION_SKIPS)
     made = [p for p in READS if p not in skip]
     images = [raw_images(s.name) for s in spec.images.sources]
     return [*(raw(s.name) for s in spec.sources), *images, *made]
@@ -158,8 +169,11 @@ def inputs(product: str, spec: Spec) -> list[str]:
         return []
     if product not in READS:
         raise KeyError(f"unknown product {product!r}; the products are {', '.join(READS)}")
+    reads = READS[product]
+    if spec.vision is not None:
+        reads = VISION_READS.get(product, reads)
     out: list[str] = []
-    for name in READS[product]:
+    for name in reads:
         if name == RAW:
             out += [raw(s.name) for s in spec.sources]
         elif name == RAW_IMAGES:

@@ -47,6 +47,7 @@ from flywheel.core.settings.train import (
     SftSettings,
     TokenizerSettings,
 )
+from flywheel.core.settings.vision import VisionSettings
 
 DEFAULT_SPEC = "flywheel.yaml"
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # an importable module name
@@ -164,6 +165,11 @@ class Spec(_Model):
         description="Agent trajectories as cycle products: the champion plays an environment "
         "each cycle (null: no agent products).",
     )
+    vision: VisionSettings | None = Field(
+        None,
+        description="The loop's model is a VLM on the visual counting task: seed SFT on the "
+        "curated images, held-out accuracy, sampled answers to new images (null: text).",
+    )
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @field_validator("plugins")
@@ -218,6 +224,24 @@ class Spec(_Model):
             raise ValueError(
                 f"cycles.method: {self.cycles.method!r} trains in the agent's environment; "
                 "add an `agent` section, or use cycles.preference for single-turn RL"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _vision_loop(self) -> Spec:
+        if self.vision is None:
+            return self
+        if self.agent is not None:
+            raise ValueError("a spec has either a `vision` or an `agent` section, not both")
+        if not self.images.sources:
+            raise ValueError(
+                "vision: the seed VLM trains on curated images; add images.sources (e.g. "
+                "{name: shapes, kind: visual_counting})"
+            )
+        if self.cycles.preference != "none":
+            raise ValueError(
+                f"cycles.preference: {self.cycles.preference!r} is not wired for the vision "
+                "loop (it retrains by SFT on accepted answers); use none"
             )
         return self
 

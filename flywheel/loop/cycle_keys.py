@@ -54,6 +54,10 @@ def seed_fingerprint(spec: Spec) -> str:
     fingerprint SFT checkpoints record as their ``data_fingerprint``."""
     from flywheel.train.sft_data import data_fingerprint, load_sft_data
 
+    if spec.vision is not None:  # the seed VLM's data: the current curated images
+        from flywheel.loop.vision.data import seed_data
+
+        return f"sha256:{data_fingerprint(seed_data(spec))}"
     return f"sha256:{data_fingerprint(load_sft_data(spec.sft.data))}"
 
 

@@ -220,14 +220,20 @@ class NothingToTrain(RuntimeError):
 def _seed_rows(spec: Spec) -> tuple[pl.DataFrame, str]:
     from flywheel.train.sft_data import load_sft_data
 
-    data = load_sft_data(spec.sft.data)
+    if spec.vision is not None:  # conversations about the curated images
+        from flywheel.loop.vision.data import seed_data, seed_prompt_id, seed_question
+
+        data, ids, last_user = seed_data(spec), seed_prompt_id, seed_question
+    else:
+        data = load_sft_data(spec.sft.data)
+        ids, last_user = chat.conversation_id, chat.last_user
     rows = []
     for example in data.examples:
         messages = example["messages"]  # every turn, the system turn too: trained as is
         rows.append(
             {
-                "prompt_id": chat.conversation_id(messages[:-1]),
-                "prompt": chat.last_user(messages),
+                "prompt_id": ids(messages[:-1]),
+                "prompt": last_user(messages),
                 "response": messages[-1]["content"],
                 "messages": chat.dumps(messages),
                 "origin": "seed",

@@ -20,7 +20,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from flywheel.core.settings.images import ImageParquetSource, ImageSettings, WebDatasetSource
+from flywheel.core.settings.images import (
+    ImageParquetSource,
+    ImageSettings,
+    VisualCountingSource,
+    WebDatasetSource,
+)
 from flywheel.core.spec import Spec
 from flywheel.data.images.ingest import ImageRecordChecker
 from flywheel.data.images.sources import read_image_batches
@@ -40,6 +45,8 @@ def check_images(spec: Spec) -> list[Problem]:
         store = ImageStore(Path(scratch))
         for i, source in enumerate(spec.images.sources):
             key = f"images.sources[{i}]"
+            if isinstance(source, VisualCountingSource):  # rendered: no files to check
+                continue
             try:
                 files = resolve_files(source.name, source.path, spec.base_dir)
             except FileNotFoundError as exc:  # a missing file, a directory, a glob matching none

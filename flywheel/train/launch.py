@@ -45,6 +45,13 @@ STAGES = {
     "generate": "flywheel.loop.generate",
     "play": "flywheel.loop.agents.play",
 }
+# With a ``vision`` section these stages train, answer with and score a VLM instead
+# (flywheel.loop.vision); eval branches inside flywheel.loop.eval, as agents do.
+VISION_STAGES = {
+    "sft": "flywheel.loop.vision.seed",
+    "retrain": "flywheel.loop.vision.retrain",
+    "generate": "flywheel.loop.vision.generate",
+}
 PRODUCTS = {
     "pretrain": P.PRETRAINED,
     "sft": P.SFT,
@@ -97,6 +104,8 @@ def command(stage: str, spec: Spec, spec_file: Path, extra_args: Sequence[str] =
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     module = STAGES[stage]
+    if spec.vision is not None:
+        module = VISION_STAGES.get(stage, module)
     entry = ["-m", module, "--spec", str(spec_file), *map(str, extra_args)]
     if stage in ONE_PROCESS:
         return [sys.executable, *entry]

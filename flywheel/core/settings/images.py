@@ -171,11 +171,34 @@ class WebDatasetSource(_Source):
     )
 
 
-ImageSourceSpec = Annotated[ImageParquetSource | WebDatasetSource, Field(discriminator="kind")]
+class VisualCountingSource(_Source):
+    """Built in: rendered images of the visual counting task (``flywheel.data.visual``), the
+    shape count as caption. Needs no files: a demo or a test has an image corpus offline."""
+
+    kind: Literal["visual_counting"] = Field(
+        default="visual_counting", description="Discriminator: rendered counting images."
+    )
+    count: int = Field(2000, ge=1, description="Images to render (the same seed, the same ones).")
+    min_objects: int = Field(1, ge=1, description="Fewest shapes in an image.")
+    max_objects: int = Field(3, ge=1, description="Most shapes (at most (size / 8) ** 2).")
+    size: int = Field(32, ge=8, description="Image side in px, a multiple of 8.")
+    seed: int = Field(7, description="Rendering seed (far from the held-out eval seed).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects ({self.min_objects}) must be <= max_objects ({self.max_objects})"
+            )
+        return self
+
+
+AnyImageSource = ImageParquetSource | WebDatasetSource | VisualCountingSource
+ImageSourceSpec = Annotated[AnyImageSource, Field(discriminator="kind")]
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ImageSourceSpec)
 
 
-def parse_image_source(data: dict[str, Any]) -> ImageParquetSource | WebDatasetSource:
+def parse_image_source(data: dict[str, Any]) -> AnyImageSource:
     """Validate a plain mapping (e.g. from YAML) into the matching image source spec."""
     return _ADAPTER.validate_python(data)
 
@@ -188,7 +211,7 @@ class ImageSettings(BaseModel):
 
     sources: list[ImageSourceSpec] = Field(
         default_factory=list,
-        description="Image-text sources (kind image_parquet or webdataset); one "
+        description="Image-text sources (kind image_parquet, webdataset or visual_counting); one "
         "raw_images_<name> asset each, all curated into curated_images.",
     )
     # an encoded image is up to decode.max_bytes; a batch of them is held at once while
@@ -213,7 +236,7 @@ class ImageSettings(BaseModel):
             raise ValueError(f"image source names must be unique; repeated: {', '.join(dupes)}")
         return sources
 
-    def source(self, name: str) -> ImageParquetSource | WebDatasetSource:
+    def source(self, name: str) -> AnyImageSource:
         for s in self.sources:
             if s.name == name:
                 return s

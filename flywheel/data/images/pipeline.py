@@ -37,6 +37,7 @@ import polars as pl
 from flywheel.core import keys
 from flywheel.core import products as P
 from flywheel.core.catalog import Catalog
+from flywheel.core.settings.images import VisualCountingSource
 from flywheel.core.shards import ShardSet
 from flywheel.core.spec import Spec
 from flywheel.data.images.dedup import ImageDedupIndex
@@ -64,11 +65,14 @@ class ImageStageResult(StageResult):
 def image_ingest_key(spec: Spec, source_name: str) -> dict[str, str]:
     """What decides an image source's raw set: its settings, the decode caps, its files."""
     source = spec.images.source(source_name)
+    sections = {"source": source, "decode": spec.images.decode}
+    if isinstance(source, VisualCountingSource):  # no files: the renderer's code decides
+        code = {"renderer": keys.module_digest("flywheel.data.visual:render_shapes")}
+        return keys.make_key(spec=sections, code=code)
     h = hashlib.sha256()
     for path in resolve_files(source.name, source.path, spec.base_dir):
         with open(path, "rb") as f:  # streamed: tar shards can be gigabytes
             h.update(f"{path}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
-    sections = {"source": source, "decode": spec.images.decode}
     return keys.make_key(spec=sections, data={"source files": "sha256:" + h.hexdigest()})
 
 

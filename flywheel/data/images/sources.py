@@ -19,6 +19,7 @@ tar cut short) stops the run with ``SourceReadError``: how much was lost is unkn
 
 from __future__ import annotations
 
+import io
 import itertools
 import tarfile
 import zlib
@@ -30,7 +31,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.core.settings.images import ImageParquetSource, WebDatasetSource
+from flywheel.core.settings.images import (
+    AnyImageSource,
+    ImageParquetSource,
+    VisualCountingSource,
+    WebDatasetSource,
+)
 from flywheel.data.ingest.files import ReadStats, path_str
 from flywheel.data.ingest.readers import SourceReadError, batched, resolve_files
 from flywheel.data.ingest.records import INVALID_UTF8, MISSING, RAW_PREFIX_BYTES, TOO_LARGE
@@ -54,7 +60,7 @@ class RawImageRecord:
 
 
 def read_image_batches(
-    source: ImageParquetSource | WebDatasetSource,
+    source: AnyImageSource,
     *,
     base_dir: Path,
     batch_rows: int = 256,
@@ -64,6 +70,8 @@ def read_image_batches(
     """The source's records in batches of at most ``batch_rows``; input paths are resolved
     now, so a missing path fails here, before anything is written."""
     stats = stats if stats is not None else ReadStats()
+    if isinstance(source, VisualCountingSource):  # rendered, no files
+        return batched(_iter_visual(source, stats), batch_rows)  # type: ignore[arg-type]
     base_dir = Path(base_dir).absolute()
     files = resolve_files(source.name, source.path, base_dir)
     if isinstance(source, ImageParquetSource):
@@ -73,6 +81,24 @@ def read_image_batches(
     else:
         raise TypeError(f"not an image source spec: {source!r}")
     return batched(records, batch_rows)  # type: ignore[arg-type]
+
+
+# --- the built-in visual counting task ---------------------------------------------------------
+def _iter_visual(spec: VisualCountingSource, stats: ReadStats) -> Iterator[RawImageRecord]:
+    """``spec.count`` rendered task images as PNG, each captioned with its shape count; the
+    id is the task's ``image_id`` (what held-out images are recognised by downstream)."""
+    from flywheel.data.visual import shape_examples
+
+    locator = f"visual_counting:{spec.name}"
+    examples = shape_examples(spec.count, spec.min_objects, spec.max_objects, spec.size, spec.seed)
+    for row, example in enumerate(examples):
+        buffer = io.BytesIO()
+        example["image"].save(buffer, format="PNG")
+        rec = RawImageRecord(locator, row, f"{locator}:{row}", id_value=example["id"])
+        rec.data, rec.text = buffer.getvalue(), example["answer"]
+        stats.bytes_read += len(rec.data)
+        yield rec
+    stats.files += 1
 
 
 # --- Parquet ---------------------------------------------------------------------------------

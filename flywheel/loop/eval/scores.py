@@ -199,7 +199,6 @@ def evaluate(
     """
     reporter = reporter or Reporter()
     evaluated = handed[check_eval_inputs(spec, stage, cycle, handed)]
-    dataset = handed[TOKENIZED]
     stage = stage if cycle is None else "cycle"
     root = spec.product_dir(PRODUCT) if cycle is None else eval_root(spec, cycle)
     key = eval_key(spec, handed, stage, cycle)
@@ -210,11 +209,14 @@ def evaluate(
         metrics = {k: v for k, v in scores.items() if k not in ("stage", "cycle")}
         return _reported(reporter, found, metrics, stage, cycle, reused=True)
     reporter.info(f"evaluating {stage} checkpoint {evaluated.version}")
-    model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
-    metrics: dict[str, Any] = perplexity_metrics(spec, model, dataset, reporter)
-    if stage == "sft" and "perplexity" in metrics:
-        metrics.update(parent_perplexity(spec, handed[P.PRETRAINED], dataset, reporter))
-    scores = score_tasks(spec, model, tokenizer, metrics, reporter)
+    if spec.vision is not None:  # a VLM: held-out accuracy at both ends of the visual task
+        from flywheel.loop.vision.evaluate import vision_metrics
+
+        metrics: dict[str, Any] = vision_metrics(spec, evaluated.path)
+        scores: list[TaskScore] = []
+        reporter.info(", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+    else:
+        metrics, scores = _text_scores(spec, handed, evaluated, stage, reporter)
     if spec.agent is not None:  # the agent's held-out episodes, played greedily
         from flywheel.loop.agents.cycle import evaluate_held_out
 
@@ -244,6 +246,18 @@ def evaluate(
     return _reported(reporter, report, metrics, stage, cycle, reused=False)
 
 
+def _text_scores(
+    spec: Spec, handed: Mapping[str, Any], evaluated: Any, stage: str, reporter: Reporter
+) -> tuple[dict[str, Any], list[TaskScore]]:
+    """Held-out perplexity (and the parent's, for SFT) and the eval tasks of a text model."""
+    dataset = handed[TOKENIZED]
+    model, tokenizer = load_for_eval(evaluated.path, spec.model.attn_implementation)
+    metrics: dict[str, Any] = perplexity_metrics(spec, model, dataset, reporter)
+    if stage == "sft" and "perplexity" in metrics:
+        metrics.update(parent_perplexity(spec, handed[P.PRETRAINED], dataset, reporter))
+    return metrics, score_tasks(spec, model, tokenizer, metrics, reporter)
+
+
 def eval_key(
     spec: Spec, handed: Mapping[str, Any], stage: str, cycle: int | None
 ) -> dict[str, str]:
@@ -260,6 +274,9 @@ def eval_key(
         sections |= {"agent": spec.agent.model_dump(mode="json", exclude={"accept"})}
         sections |= {"environment": entry.model_dump(mode="json")}
         code = {"environment": keys.module_digest(entry.class_path)}
+    if spec.vision is not None:  # the held-out images: the task's settings and renderer
+        sections |= {"vision": spec.vision.model_dump(mode="json")}
+        code = {"renderer": keys.module_digest("flywheel.data.visual:render_shapes")}
     return keys.make_key(P.versions(handed), sections, files, code=code, stage=stage, cycle=cycle)
 
 
