@@ -76,6 +76,8 @@ def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.core.shards.Bu
     """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
     metadata: dict = dict(result.metadata)
     metadata["accepted_rows"] = result.manifest["accepted"]  # what the sensor sums
+    if "samples" in metadata:  # the vision loop's thumbnails of accepted answers
+        metadata["samples"] = dg.MetadataValue.md(metadata["samples"])
     metadata["path"] = dg.MetadataValue.path(str(result.path))
     return metadata
 
@@ -194,6 +196,9 @@ def build_cycle_assets(spec: Spec) -> list[dg.AssetsDefinition]:
         from flywheel.loop.cycles import cycle_inputs
 
         spec, cycle = flywheel.spec(), _cycle(context)
+        if spec.vision is not None:  # a VLM's answers: judged per image, thumbnails shown
+            from flywheel.loop.vision.accept import accept_answers as accept_generations
+            from flywheel.loop.vision.accept import answer_checks as accepted_checks
         result = accept_generations(spec, cycle, cycle_inputs(spec, P.ACCEPTED, cycle))
         return dg.MaterializeResult(
             metadata=accepted_metadata(result),

@@ -45,6 +45,8 @@ def _count_new(context: dg.SensorEvaluationContext, spec: Spec, cursor: dict) ->
     """
     from flywheel.loop.accept import accepted_checks
 
+    if spec.vision is not None:  # answers about images: checked by image, not prompt text
+        from flywheel.loop.vision.accept import answer_checks as accepted_checks
     agent = spec.agent is not None  # accepted trajectories, counted in episodes
     result = context.instance.fetch_materializations(
         dg.AssetKey(P.accepted_product(spec)),
