@@ -67,7 +67,7 @@ def report_rows(spec: Spec) -> list[dict[str, Any]]:
         except (artifacts.ArtifactError, FileNotFoundError):
             scores = {}
         for key, value in scores.items():
-            if key.startswith(("accuracy/", "perplexity", "env/")) and isinstance(
+            if key.startswith(("accuracy/", "perplexity", "env/", "vision/")) and isinstance(
                 value, int | float
             ):
                 row[key] = value
@@ -329,6 +329,6 @@ def lineage_lines(facts: dict[str, Any]) -> list[str]:
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """The accuracy and held-out episode columns of the printed table (perplexity is in
+    """The accuracy, held-out episode and image columns of the printed table (perplexity in
     --json)."""
-    return sorted({k for r in rows for k in r if k.startswith(("accuracy/", "env/"))})
+    return sorted({k for r in rows for k in r if k.startswith(("accuracy/", "env/", "vision/"))})

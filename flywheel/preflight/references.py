@@ -67,6 +67,8 @@ def _engine(spec: Spec) -> list[Problem]:
 def eval_metrics(spec: Spec) -> list[str]:
     """The metrics a cycle's eval (``flywheel.loop.eval.scores``) produces, that a gate can
     name: ``accuracy/<task>`` per eval task, and held-out perplexity when there is a split."""
+    if spec.vision is not None:  # a VLM: held-out images (flywheel.loop.vision.evaluate)
+        return ["vision/easy/accuracy", "vision/hard/accuracy"]
     metrics = [f"accuracy/{task.name}" for task in spec.eval.tasks]
     if spec.packing.heldout_fraction > 0:
         metrics += list(LOWER_IS_BETTER)
