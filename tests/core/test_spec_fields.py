@@ -98,6 +98,13 @@ READERS: dict[str, tuple[str, ...]] = {
     "plugins": ("flywheel/loop/plugins.py",),
     "environments": ("flywheel/envs/load.py",),
     "agent": ("flywheel/loop/agents/cycle.py",),
+    "vision": (
+        "flywheel/loop/vision/data.py",
+        "flywheel/loop/vision/seed.py",
+        "flywheel/loop/vision/generate.py",
+        "flywheel/loop/vision/accept.py",
+    ),
+    "vision.tower": ("flywheel/train/vlm/model.py",),  # handed whole to VisionTower
     "cycles": ("sensors/cycles.py", "flywheel/loop/cycles.py", "flywheel/loop/promotion.py"),
     "cycles.preference": ("flywheel/loop/retrain.py",),
     "cycles.method": ("flywheel/loop/retrain.py", "flywheel/loop/agents/cycle_rl.py"),
