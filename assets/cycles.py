@@ -76,8 +76,8 @@ def accepted_metadata(result) -> dict:  # noqa: ANN001 - flywheel.core.shards.Bu
     """What the UI shows (and plots per cycle) for one cycle's accepted generations."""
     metadata: dict = dict(result.metadata)
     metadata["accepted_rows"] = result.manifest["accepted"]  # what the sensor sums
-    if "samples" in metadata:  # the vision loop's thumbnails of accepted answers
-        metadata["samples"] = dg.MetadataValue.md(metadata["samples"])
+    if "preview" in metadata:  # the vision loop's thumbnails of accepted answers
+        metadata["preview"] = dg.MetadataValue.md(metadata["preview"])
     metadata["path"] = dg.MetadataValue.path(str(result.path))
     return metadata
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -51,7 +52,9 @@ TINY = [
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
-def test_two_vision_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
+def test_two_vision_cycles_turn_through_the_sensor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec_file = tmp_path / "flywheel.yaml"
     shutil.copy(ROOT / "examples" / "vision" / "flywheel.yaml", spec_file)
     home = tmp_path / "dagster_home"
@@ -80,6 +83,13 @@ def test_two_vision_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
     decisions = Catalog.open(spec.catalog).decisions()
     assert [d.cycle for d in decisions] == [0, 1]
     assert {d.metric for d in decisions} == {"vision/hard/accuracy"}
+    # what the UI shows: thumbnails of the accepted answers in the asset's metadata
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # the instance flywheel run wrote to
+    with dg.DagsterInstance.get() as instance:
+        key = dg.AssetKey("accepted_generations")
+        records = instance.fetch_materializations(key, limit=10).records
+        previews = [r.asset_materialization.metadata["preview"].value for r in records]
+    assert previews and all("data:image/png;base64," in p for p in previews)
     report_env = {**env, "FLYWHEEL_SPEC": str(spec_file)}
     report = subprocess.run(
         [str(BIN / "flywheel"), "report"], cwd=tmp_path, env=report_env, capture_output=True,

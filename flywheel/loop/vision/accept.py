@@ -25,6 +25,7 @@ import polars as pl
 
 from flywheel.core import keys
 from flywheel.core import products as P
+from flywheel.core.catalog import Catalog
 from flywheel.core.shards import Built, ShardSet, ShardWriter, has_current, read_current
 from flywheel.core.spec import Spec
 from flywheel.data.images.pipeline import gallery
@@ -100,14 +101,28 @@ def accept_answers(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:
             **keys.key_meta(root, key),
             spec_fingerprint=spec.fingerprint(),
         )
+    _record(spec, cycle, df, shards)
     return Built(shards, _metadata(shards, store))
 
 
-def _metadata(shards: ShardSet, store: ImageStore) -> dict[str, Any]:
-    m = shards.manifest
-    rows = shards.read(["image_id", "response", "generation_id"]).rename(
-        {"response": "text", "generation_id": "id"}
+def _record(spec: Spec, cycle: int, judged: pl.DataFrame, shards: ShardSet) -> None:
+    """Each answer's verdict in the catalog, as text acceptance records them:
+    ``flywheel lineage <generation_id>`` says who answered, why it was kept or not."""
+    accepted = pl.col("reason").is_null()
+    status = pl.when(accepted).then(pl.lit("accepted")).otherwise(pl.lit("rejected"))
+    decisions = judged.select(
+        "generation_id", "prompt_id", "checkpoint", status.alias("status"), "reason"
     )
+    catalog = Catalog.open(spec.catalog)
+    catalog.record_generations(cycle, decisions, shards.version)
+    catalog.record_materialization(
+        P.ACCEPTED, shards.version, spec.fingerprint(), _metadata(shards, None)
+    )
+
+
+def _metadata(shards: ShardSet, store: ImageStore | None) -> dict[str, Any]:
+    """The counts, and (with ``store``) a ``preview`` of accepted answers as thumbnails."""
+    m = shards.manifest
     meta: dict[str, Any] = {
         "cycle": m["cycle"],
         "accepted": m["accepted"],
@@ -116,7 +131,10 @@ def _metadata(shards: ShardSet, store: ImageStore) -> dict[str, Any]:
     meta |= {f"rejected/{r}": c for r, c in m["reasons"].items()}
     if m.get("accept_rate") is not None:
         meta["accept_rate"] = m["accept_rate"]
-    meta["samples"] = gallery(rows, store, title="accepted answers")  # markdown thumbnails
+    if store is not None:  # markdown thumbnails, as the image assets' previews
+        rows = shards.read(["image_id", "response", "generation_id"])
+        rows = rows.rename({"response": "text", "generation_id": "id"})
+        meta["preview"] = gallery(rows, store, title="accepted answers")
     return meta
 
 

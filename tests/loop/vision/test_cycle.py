@@ -9,11 +9,13 @@ import polars as pl
 import pytest
 
 from flywheel.core import products as P
+from flywheel.core.catalog import Catalog
 from flywheel.core.report import Reporter
 from flywheel.core.spec import load_spec
 from flywheel.data.images.thumbnails import SAMPLES
 from flywheel.loop import cycles
 from flywheel.loop.promotion import promote
+from flywheel.loop.report import generation_lineage
 from tests.loop.vision.conftest import vision_spec
 from tests.loop.vision.test_seed import _curate
 
@@ -45,8 +47,10 @@ def test_a_vision_cycle_accepts_verified_answers_and_retrains(
         built = accept_answers(spec, 0, cycles.cycle_inputs(spec, P.ACCEPTED, 0))
         generated = built.manifest["accepted"] + built.manifest["rejected"]
         assert generated == 6 * 2  # images_per_cycle x samples_per_image
-        shown = built.metadata["samples"].count("data:image/png;base64")
+        shown = built.metadata["preview"].count("data:image/png;base64")
         assert shown == min(built.manifest["accepted"], SAMPLES)  # thumbnails of accepted rows
+        sql = "SELECT status FROM generations WHERE cycle = 0"  # what flywheel lineage reads
+        assert Catalog.open(spec.catalog).query(sql).height == generated
         checks = {c.name: c.passed for c in answer_checks(spec, 0)}
         assert checks["no_eval_prompts"] and checks["no_duplicates"]
         accepted = built.shardset.read()
@@ -54,6 +58,9 @@ def test_a_vision_cycle_accepts_verified_answers_and_retrains(
         one = cycles.build_training_set(spec, 1, cycles.cycle_inputs(spec, P.TRAINING_SET, 1))
         new = one.read().filter(pl.col("origin") == "generation")
         assert set(new["generation_id"]) == set(accepted["generation_id"])
+        traced = generation_lineage(spec, accepted["generation_id"][0])  # flywheel lineage
+        assert traced["generation"]["status"] == "accepted"
+        assert [u["cycle"] for u in traced["in_training_sets"]] == [1]
         assert all('"image_id"' in m for m in new["messages"])  # the image travels with it
         done = run_vision_retrain(
             spec, reporter, 1, cycles.cycle_inputs(spec, P.CYCLE_CHECKPOINT, 1)
