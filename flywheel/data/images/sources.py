@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.core.settings.images import (
@@ -38,7 +37,7 @@ from flywheel.core.settings.images import (
     WebDatasetSource,
 )
 from flywheel.data.ingest.files import ReadStats, path_str
-from flywheel.data.ingest.readers import SourceReadError, batched, resolve_files
+from flywheel.data.ingest.readers import SourceReadError, batched, parquet_files, resolve_files
 from flywheel.data.ingest.records import INVALID_UTF8, MISSING, RAW_PREFIX_BYTES, TOO_LARGE
 
 MISSING_IMAGE = "missing_image"
@@ -105,21 +104,10 @@ def _iter_visual(spec: VisualCountingSource, stats: ReadStats) -> Iterator[RawIm
 def _iter_parquet(
     spec: ImageParquetSource, files: list[Path], batch_rows: int, max_bytes: int, stats: ReadStats
 ) -> Iterator[RawImageRecord]:
-    for path in files:
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
-            raise SourceReadError(
-                f"source {spec.name!r}: {path} is not readable Parquet: {e}"
-            ) from e
-        try:
-            yield from _parquet_rows(spec, pf, path, batch_rows, max_bytes)
-        except (OSError, pa.ArrowException) as e:
-            raise SourceReadError(f"source {spec.name!r}: cannot read {path}: {e}") from e
-        finally:
-            pf.close()
-        stats.files += 1
-        stats.bytes_read += path.stat().st_size
+    def rows(pf: pq.ParquetFile, path: Path) -> Iterator[RawImageRecord]:
+        return _parquet_rows(spec, pf, path, batch_rows, max_bytes)
+
+    return parquet_files(spec.name, files, stats, rows)
 
 
 def _parquet_rows(

@@ -19,9 +19,9 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +49,8 @@ from flywheel.data.ingest.records import (
 _GLOB_CHARS = frozenset("*?[")
 JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}  # fmt: skip
+
+T = TypeVar("T")
 
 
 class SourceReadError(RuntimeError):
@@ -244,24 +246,37 @@ def _parse_line(
 # --- Parquet ----------------------------------------------------------------------------------
 
 
-def _iter_parquet(
-    spec: ParquetSource, files: list[Path], base_dir: Path, batch_rows: int, stats: ReadStats
-) -> Iterator[RawRecord]:
+def parquet_files(
+    name: str,
+    files: list[Path],
+    stats: ReadStats,
+    rows: Callable[[pq.ParquetFile, Path], Iterator[T]],
+) -> Iterator[T]:
+    """``rows(file, path)`` of each Parquet file in turn, counted in ``stats``; a file that is
+    not Parquet or cannot be read is a ``SourceReadError`` naming source ``name`` and the file
+    (the image plane's Parquet sources read their files the same way)."""
     for path in files:
         try:
             pf = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-Parquet files
-            raise SourceReadError(
-                f"source {spec.name!r}: {path} is not readable Parquet: {e}"
-            ) from e
+            raise SourceReadError(f"source {name!r}: {path} is not readable Parquet: {e}") from e
         try:
-            yield from _parquet_rows(spec, pf, path, base_dir, batch_rows)
+            yield from rows(pf, path)
         except (OSError, pa.ArrowException) as e:
-            raise SourceReadError(f"source {spec.name!r}: cannot read {path}: {e}") from e
+            raise SourceReadError(f"source {name!r}: cannot read {path}: {e}") from e
         finally:
             pf.close()
         stats.files += 1
         stats.bytes_read += path.stat().st_size
+
+
+def _iter_parquet(
+    spec: ParquetSource, files: list[Path], base_dir: Path, batch_rows: int, stats: ReadStats
+) -> Iterator[RawRecord]:
+    def rows(pf: pq.ParquetFile, path: Path) -> Iterator[RawRecord]:
+        return _parquet_rows(spec, pf, path, base_dir, batch_rows)
+
+    return parquet_files(spec.name, files, stats, rows)
 
 
 def _parquet_rows(
