@@ -238,10 +238,11 @@ class Spec(_Model):
                 "vision: the seed VLM trains on curated images; add images.sources (e.g. "
                 "{name: shapes, kind: visual_counting})"
             )
-        if self.cycles.preference != "none":
+        if self.cycles.preference not in ("none", "dpo"):
             raise ValueError(
                 f"cycles.preference: {self.cycles.preference!r} is not wired for the vision "
-                "loop (it retrains by SFT on accepted answers); use none"
+                "loop (it retrains by SFT on accepted answers, then optionally DPO on "
+                "accepted/rejected answers to the same image); use none or dpo"
             )
         return self
 

@@ -118,10 +118,13 @@ def origin_counts(training_set: shards.ShardSet) -> dict[str, int]:
     return {f"origin/{o}": found.get(o, 0) for o in sorted({"seed", "generation", *found})}
 
 
-def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceData:
-    """DPO examples from the accepted sets of cycles before ``cycle`` among ``handed``
-    (``accepted_generations/<k>``): newest cycles first (their completions come from the model
-    closest to the one being trained)."""
+def pair_rows(
+    handed: Mapping[str, Any], cycle: int, limit: int, extra: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame | None, str]:
+    """The preference pairs of the accepted sets of cycles before ``cycle`` among ``handed``
+    (``accepted_generations/<k>``), newest cycles first (their completions come from the model
+    closest to the one being trained), at most ``limit``, with the ``extra`` columns (the
+    vision loop's ``image_id``); and where they came from. None: no set has pairs."""
     frames, sources = [], []
     for k in range(cycle):
         accepted = handed.get(P.of_cycle(P.ACCEPTED, k))
@@ -129,15 +132,15 @@ def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceD
             continue
         if PAIRS in accepted.manifest.get("aux", []):
             pairs = _with_messages(accepted.aux(PAIRS))
-            pairs = pairs.select("prompt_id", "prompt", "messages", "chosen", "rejected")
+            pairs = pairs.select("prompt_id", "prompt", "messages", "chosen", "rejected", *extra)
             frames.append(pairs.with_columns(pl.lit(k).alias("from_cycle")))
             sources.append(f"{k}:{accepted.version}")
     if not frames:
-        return PreferenceData("dpo")
+        return None, ""
     usable = pl.col("chosen").str.strip_chars() != pl.col("rejected").str.strip_chars()
     pairs = (
         pl.concat(frames)
-        .drop_nulls(["prompt", "chosen", "rejected"])
+        .drop_nulls(["prompt", "chosen", "rejected", *extra])
         .filter(usable)
         .sort(
             ["from_cycle", "prompt_id", "chosen", "rejected"],
@@ -145,11 +148,19 @@ def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceD
         )
         .head(limit)
     )
+    return pairs, "accepted pairs of cycles " + ", ".join(sources)
+
+
+def load_pairs(handed: Mapping[str, Any], cycle: int, limit: int) -> PreferenceData:
+    """DPO examples from the pairs of the accepted sets before ``cycle`` (``pair_rows``)."""
+    pairs, source = pair_rows(handed, cycle, limit)
+    if pairs is None:
+        return PreferenceData("dpo")
     examples = [
         preference.dpo_example(_conversation(r), r["chosen"], r["rejected"])
         for r in pairs.iter_rows(named=True)
     ]
-    return PreferenceData("dpo", examples, "accepted pairs of cycles " + ", ".join(sources))
+    return PreferenceData("dpo", examples, source)
 
 
 def load_prompts(handed: Mapping[str, Any], cycle: int, kind: str, limit: int) -> PreferenceData:
@@ -281,7 +292,7 @@ def cycle_run(
     return run, pref
 
 
-def _finished_sft(path: Path) -> dict[str, Any] | None:
+def finished_sft(path: Path) -> dict[str, Any] | None:
     """The metrics of this run's SFT model if it was saved completely, else None."""
     try:
         return artifacts.verify(path, deep=False).meta["metrics"]
@@ -307,7 +318,7 @@ def train_cycle(
             metrics |= {"preference": pref.kind, "preference/skipped": reason}
         return metrics, staging
     sft_model = run.work / INTERMEDIATE
-    metrics = _finished_sft(sft_model)
+    metrics = finished_sft(sft_model)
     if metrics is None:
         metrics, _ = train_and_save(run, reporter, attn, sft_model)
         if reporter.is_main:  # marks the SFT stage complete: a rerun goes on from here
@@ -334,7 +345,7 @@ def _train_agent_cycle(spec: Spec, reporter: Reporter, run: FineTune) -> tuple[d
     start, metrics = run.parent.path, {}
     if trains_sft(spec):
         start = run.work / INTERMEDIATE
-        metrics = _finished_sft(start)
+        metrics = finished_sft(start)
         if metrics is None:
             metrics, _ = train_and_save(run, reporter, spec.model.attn_implementation, start)
             if reporter.is_main:  # marks the SFT stage complete: a rerun goes on from here

@@ -163,9 +163,12 @@ def _preference(spec: Spec) -> list[Problem]:
         problems.append(error("cycles.preference_train", f"invalid: {_first(exc)}"))
     except ValueError as exc:
         problems.append(error("cycles.preference_train", str(exc)))
-    if kind == "dpo" and spec.generation.samples_per_prompt < 2:
+    samples = ("generation.samples_per_prompt", spec.generation.samples_per_prompt)
+    if spec.vision is not None:  # a VLM answers each image this many times
+        samples = ("vision.samples_per_image", spec.vision.samples_per_image)
+    if kind == "dpo" and samples[1] < 2:
         why = "dpo pairs an accepted and a rejected completion of one prompt"
-        problems.append(error("generation.samples_per_prompt", f"is 1, but {why}: no pairs"))
+        problems.append(error(samples[0], f"is 1, but {why}: no pairs"))
     verifier = spec.acceptance.verifier.kind
     if kind != "dpo" and verifier not in preference.REWARDS:
         why = f"{kind} rewards with the acceptance verifier, and kind {verifier!r} cannot be one"

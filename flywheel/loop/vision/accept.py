@@ -12,7 +12,9 @@ answers per image (``over_max_per_image``). Text dedup on (prompt, response) wou
 every row asks the same question and many answers are the same number; the image is the
 prompt. Accepted rows keep ``image_id``, so training sets read the pixels back, and the
 metadata carries a thumbnail gallery of accepted answers for the UI. Rejected rows are the
-aux table ``rejected`` with their reason.
+aux table ``rejected`` with their reason; aux ``preference_pairs`` pairs each accepted answer
+with each distinct answer the verifier refused for the same image and question (the text
+loop's pairs plus ``image_id``: ``cycles.preference: dpo`` trains on them).
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ from flywheel.core.spec import Spec
 from flywheel.data.images.pipeline import gallery
 from flywheel.data.images.store import ImageStore
 from flywheel.data.visual import image_id
-from flywheel.loop.accept import CheckOutcome
+from flywheel.loop.accept import PAIR_SCHEMA, UNJUDGED, CheckOutcome
 from flywheel.loop.cycles import accepted_root, check_cycle_inputs
 from flywheel.loop.vision.data import heldout, vision_settings
 from flywheel.loop.visual_task import score
 
 COLUMNS = ["generation_id", "prompt_id", "prompt", "response", "messages", "image_id"]
+GATES = ("eval_image", "duplicate", "over_max_per_image")  # refusals that judge no answer
+VISION_PAIRS = {**PAIR_SCHEMA, "image_id": pl.String}
 
 
 def _judge(
@@ -87,15 +91,18 @@ def accept_answers(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:
     accepted = df.filter(pl.col("reason").is_null()).rename({"completion": "response"})
     rejected = df.filter(pl.col("reason").is_not_null())
     reasons = dict(sorted(Counter(rejected["reason"].to_list()).items()))
+    pairs = preference_pairs(df, cycle)
     n = df.height
     with ShardWriter(root) as writer:
         writer.write(accepted.select(COLUMNS))
         writer.write_aux("rejected", rejected)
+        writer.write_aux("preference_pairs", pairs)
         shards = writer.commit(
             inputs=P.versions(handed),
             cycle=cycle,
             accepted=accepted.height,
             rejected=rejected.height,
+            preference_pairs=pairs.height,
             reasons=reasons,
             accept_rate=accepted.height / n if n else None,
             **keys.key_meta(root, key),
@@ -103,6 +110,38 @@ def accept_answers(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Built:
         )
     _record(spec, cycle, df, shards)
     return Built(shards, _metadata(shards, store))
+
+
+def preference_pairs(judged: pl.DataFrame, cycle: int) -> pl.DataFrame:
+    """(accepted answer, verifier-refused answer) pairs of one image and question, distinct
+    texts. As in the text loop only the verifier's verdict makes a rejected side: a duplicate
+    or an answer over the per-image cap is not a worse answer."""
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    losers: dict[str, dict[str, str]] = {}  # per prompt: stripped text -> generation_id
+    for row in judged.iter_rows(named=True):
+        reason, text = row["reason"], row["completion"].strip()
+        if reason is None:
+            chosen.setdefault(row["prompt_id"], []).append(row)
+        elif reason not in GATES and not reason.startswith(UNJUDGED):
+            losers.setdefault(row["prompt_id"], {}).setdefault(text, row["generation_id"])
+    pairs = [
+        {
+            "prompt_id": win["prompt_id"],
+            "prompt": win["prompt"],
+            "messages": win["messages"],
+            "chosen": win["completion"],
+            "rejected": text,
+            "chosen_generation_id": win["generation_id"],
+            "rejected_generation_id": gid,
+            "cycle": cycle,
+            "image_id": win["image_id"],
+        }
+        for pid, winners in chosen.items()
+        for win in winners
+        for text, gid in losers.get(pid, {}).items()
+        if text != win["completion"].strip()
+    ]
+    return pl.DataFrame(pairs, schema=VISION_PAIRS)
 
 
 def _record(spec: Spec, cycle: int, judged: pl.DataFrame, shards: ShardSet) -> None:
@@ -129,6 +168,8 @@ def _metadata(shards: ShardSet, store: ImageStore | None) -> dict[str, Any]:
         "rejected": m["rejected"],
     }
     meta |= {f"rejected/{r}": c for r, c in m["reasons"].items()}
+    if "preference_pairs" in m:  # sets written before pairs were have none
+        meta["preference_pairs"] = m["preference_pairs"]
     if m.get("accept_rate") is not None:
         meta["accept_rate"] = m["accept_rate"]
     if store is not None:  # markdown thumbnails, as the image assets' previews
