@@ -112,6 +112,7 @@ READERS: dict[str, tuple[str, ...]] = {
         "flywheel/loop/agents/cycle_rl.py",
         "flywheel/loop/agents/ppo_train.py",
         "flywheel/loop/agents/ppo_rollouts.py",
+        "flywheel/loop/agents/ppo_state.py",
         OPTIM,
     ),
     # overrides: test_overrides_reach_the_effective_settings, then their readers
