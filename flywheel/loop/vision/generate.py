@@ -57,40 +57,12 @@ def sample_answers(
     seed: int,
 ) -> list[list[str]]:
     """``n`` sampled answers per problem (seeded), in order."""
-    from flywheel.train.tokenizer import stop_token_ids
-    from flywheel.train.vlm.generate import _conversation
+    from flywheel.train.vlm.generate import completions
 
     torch.manual_seed(seed)
-    model.eval()
-    tok, out = processor.tokenizer, []
-    for lo in range(0, len(problems), 32):
-        batch = problems[lo : lo + 32]
-        texts = [
-            processor.apply_chat_template(_conversation(p), add_generation_prompt=True)
-            for p in batch
-        ]
-        inputs = processor(
-            images=[p["image"] for p in batch],
-            text=texts,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            add_special_tokens=False,
-        )
-        generated = model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=True,
-            temperature=temperature,
-            num_return_sequences=n,
-            eos_token_id=stop_token_ids(tok),
-            pad_token_id=tok.pad_token_id,
-        )
-        texts = tok.batch_decode(
-            generated[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        out += [texts[i * n : (i + 1) * n] for i in range(len(batch))]
-    return out
+    return completions(
+        model, processor, problems, max_new_tokens, n=n, do_sample=True, temperature=temperature
+    )
 
 
 def _rows(

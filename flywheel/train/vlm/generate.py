@@ -31,17 +31,20 @@ def _conversation(problem: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def answer(
+def completions(
     model: Any,
     processor: Any,
     problems: list[dict[str, Any]],
     max_new_tokens: int = 8,
     batch_size: int = 32,
-) -> list[str]:
-    """The greedy completion of each problem, in order."""
+    n: int = 1,
+    **sampling: Any,
+) -> list[list[str]]:
+    """``n`` completions of each problem, in order: greedy unless ``sampling`` says otherwise
+    (``do_sample=True, temperature=...``, passed to ``generate``)."""
     model.eval()
     tokenizer = processor.tokenizer
-    out: list[str] = []
+    out: list[list[str]] = []
     for start in range(0, len(problems), batch_size):
         batch = problems[start : start + batch_size]
         texts = [
@@ -59,13 +62,27 @@ def answer(
         generated = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            num_return_sequences=n,
             eos_token_id=stop_token_ids(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
+            **({"do_sample": False} | sampling),
         )
         new = generated[:, inputs["input_ids"].shape[1] :]
-        out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+        decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+        out += [decoded[i * n : (i + 1) * n] for i in range(len(batch))]
     return out
+
+
+def answer(
+    model: Any,
+    processor: Any,
+    problems: list[dict[str, Any]],
+    max_new_tokens: int = 8,
+    batch_size: int = 32,
+) -> list[str]:
+    """The greedy completion of each problem, in order."""
+    done = completions(model, processor, problems, max_new_tokens, batch_size)
+    return [texts[0] for texts in done]
 
 
 @torch.no_grad()
