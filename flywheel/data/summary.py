@@ -72,10 +72,11 @@ def _artifact_detail(product: str, path: Path, meta: dict[str, Any]) -> str:
         shown = {k: round(v, 4) for k, v in scores.items() if "perplexity" in k or "accuracy" in k}
         return f"{meta.get('stage')} {meta.get('checkpoint')}: {shown}"
     m = meta.get("metrics", {})
-    return (
-        f"{m.get('steps')} steps, loss {_num(m.get('first_loss'))} -> "
-        f"{_num(m.get('final_loss'))}, {_num(m.get('tokens_per_s'), 0)} tokens/s"
-    )
+    loss = f"{_num(m.get('first_loss'))} -> {_num(m.get('final_loss'))}"
+    line = f"{m.get('steps')} steps, loss {loss}"
+    # the VLM stages report examples, not a token rate
+    rate = m.get("tokens_per_s")
+    return line if rate is None else f"{line}, {_num(rate, 0)} tokens/s"
 
 
 def _num(value: Any, digits: int = 3) -> str:
