@@ -10,6 +10,8 @@ asset calls one ``flywheel.data.stages`` function, handing it the inputs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dagster as dg
 
 from assets._materialize import materialize_result
@@ -25,13 +27,17 @@ def raw_asset_key(source_name: str) -> dg.AssetKey:
     return dg.AssetKey(P.raw(source_name))
 
 
-def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
-    description = (
-        source.description or f"Raw documents of the {source.kind} source {source.name!r}."
-    )
+def raw_source_asset(
+    key: dg.AssetKey,
+    source,  # noqa: ANN001
+    owners: list[str],
+    description: str,
+    ingest: Callable[[Spec, str], dict],
+) -> dg.AssetsDefinition:
+    """The ingest asset of one source (text or image): ``ingest(spec, source name)``'s result."""
 
     @dg.asset(
-        key=raw_asset_key(source.name),
+        key=key,
         group_name=INGEST,
         kinds={"python", "parquet"},
         owners=owners,
@@ -39,9 +45,18 @@ def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:
         tags={"source_kind": source.kind},
     )
     def _raw(flywheel: FlywheelResource) -> dg.MaterializeResult:
-        return materialize_result(pipeline.run_ingest(flywheel.spec(), source.name))
+        return materialize_result(ingest(flywheel.spec(), source.name))
 
     return _raw
+
+
+def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:  # noqa: ANN001
+    description = (
+        source.description or f"Raw documents of the {source.kind} source {source.name!r}."
+    )
+    return raw_source_asset(
+        raw_asset_key(source.name), source, owners, description, pipeline.run_ingest
+    )
 
 
 def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:

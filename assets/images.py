@@ -12,7 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets._materialize import materialize_result
-from assets.documents import CURATE, INGEST
+from assets.documents import CURATE, raw_source_asset
 from assets.resources import FlywheelResource
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
@@ -23,19 +23,8 @@ def build_raw_image_asset(source, owners: list[str]) -> dg.AssetsDefinition:  # 
     description = source.description or (
         f"Image-text records of the {source.kind} source {source.name!r}; images in the store."
     )
-
-    @dg.asset(
-        key=dg.AssetKey(P.raw_images(source.name)),
-        group_name=INGEST,
-        kinds={"python", "parquet"},
-        owners=owners,
-        description=description,
-        tags={"source_kind": source.kind},
-    )
-    def _raw(flywheel: FlywheelResource) -> dg.MaterializeResult:
-        return materialize_result(pipeline.run_image_ingest(flywheel.spec(), source.name))
-
-    return _raw
+    key = dg.AssetKey(P.raw_images(source.name))
+    return raw_source_asset(key, source, owners, description, pipeline.run_image_ingest)
 
 
 def build_image_assets(spec: Spec) -> list[dg.AssetsDefinition]:
