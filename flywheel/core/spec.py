@@ -12,7 +12,6 @@ the spec file's directory, so a spec means the same thing from any working direc
 from __future__ import annotations
 
 import argparse
-import difflib
 import hashlib
 import json
 import os
@@ -48,19 +47,15 @@ from flywheel.core.settings.train import (
     TokenizerSettings,
 )
 from flywheel.core.settings.vision import VisionSettings
+from flywheel.core.spec_input import SpecError, apply_override, format_errors, kind_of
 
 DEFAULT_SPEC = "flywheel.yaml"
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")  # an importable module name
 SPEC_ENV = "FLYWHEEL_SPEC"
 # the kinds of source lists: pydantic adds them to an error's location, a user never writes them
-_UNION_TAGS = ("jsonl", "parquet", "text_files", "python_env", "image_parquet", "webdataset")
 # `flywheel run --set k=v` hands its overrides to the Dagster processes it starts (code server,
 # daemon, run workers) through this variable: a JSON list of "key.path=value" strings.
 OVERRIDES_ENV = "FLYWHEEL_SET"
-
-
-class SpecError(ValueError):
-    """A spec that cannot be used; the message is meant for the user as it is."""
 
 
 class _Model(BaseModel):
@@ -331,9 +326,9 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise SpecError(f"{path}: the top level must be a mapping of keys, got {_kind(raw)}")
+        raise SpecError(f"{path}: the top level must be a mapping of keys, got {kind_of(raw)}")
     for item in overrides or []:
-        _apply_override(raw, item, path)
+        apply_override(raw, item, path)
     return parse_spec(raw, path)
 
 
@@ -341,7 +336,7 @@ def parse_spec(raw: dict[str, Any], path: Path) -> Spec:
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(format_errors(exc, path)) from None
+        raise SpecError(format_errors(exc, path, Spec)) from None
     base = path.parent
     spec.data_dir = (base / spec.data_dir).resolve()
     spec.catalog = (base / spec.catalog).resolve()
@@ -365,71 +360,3 @@ def _resolve_paths(spec: Spec, base: Path) -> None:
     for verifier in (spec.acceptance.verifier, *(task.verifier for task in spec.eval.tasks)):
         if verifier.reward_model is not None:
             verifier.reward_model = (base / verifier.reward_model).resolve()
-
-
-def format_errors(exc: ValidationError, path: Path) -> str:
-    lines = [f"{path}: invalid spec ({exc.error_count()} problem(s))"]
-    for err in exc.errors():
-        loc = _key_path(err["loc"])
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key{_suggest(err['loc'])}")
-            continue
-        msg = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
-    return "\n".join(lines)
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in _UNION_TAGS and out.endswith("]"):
-            continue  # pydantic adds the union tag to the location; the user never wrote it
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-def _suggest(loc: tuple[Any, ...]) -> str:
-    """'did you mean ...' for a misspelt key, from the fields of the model that owns it."""
-    model: Any = Spec
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        ann = getattr(field, "annotation", None)
-        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-    if model is None:
-        return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _apply_override(raw: dict[str, Any], item: str, path: Path) -> None:
-    """Apply ``a.b.c=value``; the value is parsed as YAML, so types come out right."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise SpecError(f"{path}: override {item!r} must look like key.path=value")
-    parts = key.split(".")
-    node: Any = raw
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict):
-            node = node.setdefault(part, {})
-        else:
-            raise SpecError(f"{path}: override {key!r}: {part!r} is not a mapping or list index")
-    last = parts[-1]
-    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-        node[int(last)] = yaml.safe_load(value)
-    elif isinstance(node, dict):
-        node[last] = yaml.safe_load(value)
-    else:
-        raise SpecError(f"{path}: override {key!r}: cannot set {last!r} here")
-
-
-def _kind(obj: Any) -> str:
-    return type(obj).__name__
