@@ -1,9 +1,9 @@
 """The document plane: raw corpora -> quality-filtered documents -> deduplicated shards.
 
 One ``raw_<source>`` asset per source declared in the spec (an asset factory); the spec's
-other sections parameterize the rest. With ``engine: ray`` the filter and dedup steps join
-the spec's Ray cluster through dagster-ray's resource (``ray_cluster``) and the stages run
-their work there; their logs and metadata reach the asset as with the local engine. Each
+other sections parameterize the rest. With ``engine: ray`` the ingest, filter and dedup
+steps join the spec's Ray cluster through dagster-ray's resource (``ray_cluster``) and the
+stages run their work there; their logs and metadata reach the asset as with the local engine. Each
 asset calls one ``flywheel.data.stages`` function, handing it the inputs
 ``flywheel.core.products`` declares; its ``deps`` are those same inputs.
 """
@@ -33,8 +33,10 @@ def raw_source_asset(
     owners: list[str],
     description: str,
     ingest: Callable[[Spec, str], dict],
+    resources: frozenset[str] = frozenset({"flywheel"}),
 ) -> dg.AssetsDefinition:
-    """The ingest asset of one source (text or image): ``ingest(spec, source name)``'s result."""
+    """The ingest asset of one source (text or image): ``ingest(spec, source name)``'s result
+    (``resources``: ``ray_cluster`` too where the ingest runs on Ray)."""
 
     @dg.asset(
         key=key,
@@ -43,28 +45,39 @@ def raw_source_asset(
         owners=owners,
         description=description,
         tags={"source_kind": source.kind},
+        required_resource_keys=set(resources),
     )
-    def _raw(flywheel: FlywheelResource) -> dg.MaterializeResult:
+    def _raw(context) -> dg.MaterializeResult:  # noqa: ANN001 (see build_document_assets)
+        flywheel: FlywheelResource = context.resources.flywheel
         return materialize_result(ingest(flywheel.spec(), source.name))
 
     return _raw
 
 
-def build_raw_asset(source, owners: list[str]) -> dg.AssetsDefinition:  # noqa: ANN001
+def build_raw_asset(
+    source,  # noqa: ANN001
+    owners: list[str],
+    resources: frozenset[str] = frozenset({"flywheel"}),
+) -> dg.AssetsDefinition:
     description = (
         source.description or f"Raw documents of the {source.kind} source {source.name!r}."
     )
     return raw_source_asset(
-        raw_asset_key(source.name), source, owners, description, pipeline.run_ingest
+        raw_asset_key(source.name), source, owners, description, pipeline.run_ingest, resources
     )
 
 
 def build_document_assets(spec: Spec) -> list[dg.AssetsDefinition]:
-    raw = [build_raw_asset(s, spec.owners) for s in spec.sources]
     # The Ray cluster is a resource of these steps only with engine: ray (dagster-ray's
     # resource starts or joins it when a step starts): the keys are chosen here, so the steps
-    # take a bare context (Dagster refuses a string annotation of it, which __future__ makes)
-    resources = {"flywheel", "ray_cluster"} if spec.engine == "ray" else {"flywheel"}
+    # take a bare context (Dagster refuses a string annotation of it, which __future__ makes).
+    # The built-in python_env source is read where the step runs, so it needs no cluster.
+    resources = frozenset({"flywheel", "ray_cluster"} if spec.engine == "ray" else {"flywheel"})
+    local = frozenset({"flywheel"})
+    raw = [
+        build_raw_asset(s, spec.owners, local if s.kind == "python_env" else resources)
+        for s in spec.sources
+    ]
 
     @dg.asset(
         name=P.FILTERED,

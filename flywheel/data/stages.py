@@ -94,6 +94,7 @@ def run_ingest(spec: Spec, source_name: str) -> StageResult:
         shard_rows=spec.ingest.shard_rows,
         max_doc_bytes=spec.ingest.max_doc_bytes,
         meta=keys.key_meta(root, key),
+        ray=spec.ray if spec.engine == "ray" else None,  # read by Ray tasks: the same set
     )
     shards = result.shardset
     rows = [

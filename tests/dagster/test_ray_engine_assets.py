@@ -1,5 +1,6 @@
-"""The document plane with ``engine: ray`` through Dagster: the filter and dedup steps join a
-Ray cluster through dagster-ray's resource, and the graph's data equals the local engine's.
+"""The document plane with ``engine: ray`` through Dagster: the ingest, filter and dedup steps
+join a Ray cluster through dagster-ray's resource, and the graph's data (the raw documents
+and their quarantine included) equals the local engine's.
 
     .venv/bin/python -m pytest -q tests/dagster/test_ray_engine_assets.py
 """
@@ -36,7 +37,8 @@ def _outputs(spec_file: Path, overrides: list[str]) -> tuple:
     dropped = read_current(spec.product_dir("dropped_documents")).read()
     catalog = Catalog.open(spec.catalog)
     dupes = catalog.query("SELECT doc_id, duplicate_of, method FROM duplicates ORDER BY doc_id")
-    return kept, dropped.sort("id"), dupes
+    raw = read_current(spec.product_dir("raw_corpus"))
+    return kept, dropped.sort("id"), dupes, raw.read(), raw.aux("quarantine")
 
 
 @pytest.mark.integration
@@ -55,3 +57,8 @@ def test_the_data_group_on_ray_equals_the_local_engine(small_spec: Path) -> None
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.equals(theirs)
     assert got[0].height > 0 and got[2].height == 2  # the planted exact and near copies
+    assert got[4].height == 2  # the corpus's bad records, quarantined by Ray tasks
+    assert (
+        read_current(load_spec(small_spec, RAY).product_dir("raw_corpus")).manifest["engine"]
+        == "ray"
+    )

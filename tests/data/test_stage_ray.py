@@ -1,6 +1,7 @@
-"""The dedup stage on ``engine: ray`` publishes what ``engine: local`` does: the same
-deduplicated rows and the same duplicates in the catalog, first against an empty index and
-then, after the corpus grows, against the index the first run left.
+"""The document stages on ``engine: ray`` publish what ``engine: local`` does: the same raw
+documents and quarantine (the corpus has bad records), the same deduplicated rows and the
+same duplicates in the catalog, first against an empty index and then, after the corpus
+grows, against the index the first run left.
 
     .venv/bin/python -m pytest -q tests/data/test_stage_ray.py
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from flywheel.core import products as P
@@ -27,17 +27,19 @@ ENGINES = {
 }
 
 
-def run_stages(spec) -> stages.StageResult:
-    stages.run_ingest(spec, "corpus")
+def run_stages(spec) -> tuple[stages.StageResult, stages.StageResult]:
+    raw = stages.run_ingest(spec, "corpus")
     stages.run_filters(spec, P.resolve_inputs(spec, P.FILTERED))
-    return stages.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
+    return raw, stages.run_dedup(spec, P.resolve_inputs(spec, P.DEDUPLICATED))
 
 
-def published(spec, result: stages.StageResult) -> tuple[pl.DataFrame, pl.DataFrame]:
+def published(spec, results: tuple[stages.StageResult, stages.StageResult]) -> tuple:
+    raw, result = results
     duplicates = Catalog.open(spec.catalog).query(
         "SELECT doc_id, duplicate_of, method, similarity FROM duplicates ORDER BY doc_id"
     )
-    return result.shardset.read().sort("id"), duplicates
+    quarantine = raw.shardset.aux("quarantine")
+    return result.shardset.read().sort("id"), duplicates, raw.shardset.read(), quarantine
 
 
 def test_engine_ray_publishes_what_engine_local_does(small_spec: Path, corpus_jsonl: Path) -> None:
@@ -55,9 +57,9 @@ def test_engine_ray_publishes_what_engine_local_does(small_spec: Path, corpus_js
     finally:
         ray.shutdown()
     for runs in (first, grown):
-        rows, duplicates = runs["ray"]
-        assert rows.equals(runs["local"][0])
-        assert duplicates.equals(runs["local"][1])
+        for mine, theirs in zip(runs["ray"], runs["local"], strict=True):
+            assert mine.equals(theirs)
+    assert first["ray"][3]["reason"].to_list() == ["invalid_json", "empty_text"]
     assert first["ray"][1]["method"].to_list() == ["exact", "minhash"]  # exact0, near1
     # the grown corpus met the first run's index: copies of doc28, doc29 and doc2, and a
     # near copy of doc1 (the stage gives documents ids of its own: counted by method)

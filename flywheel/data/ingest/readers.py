@@ -149,6 +149,27 @@ def read_batches(
     return batched(records, batch_rows)
 
 
+def file_records(
+    source: SourceSpec,
+    path: Path,
+    *,
+    base_dir: Path,
+    batch_rows: int = 2000,
+    max_doc_bytes: int = 1_000_000,
+    stats: ReadStats,
+) -> Iterator[RawRecord]:
+    """The records of one of ``source``'s files (``source_files``), exactly as
+    ``read_batches`` reads them there: how a Ray task reads its file (``engine: ray``)."""
+    base_dir = Path(base_dir).absolute()
+    if isinstance(source, JsonlSource):
+        return _iter_jsonl(source, [path], base_dir, line_cap(max_doc_bytes), stats)
+    if isinstance(source, ParquetSource):
+        return _iter_parquet(source, [path], base_dir, batch_rows, stats)
+    if isinstance(source, TextFilesSource):
+        return _iter_text_files(_resolve(source.path, base_dir), [path], max_doc_bytes, stats)
+    raise TypeError(f"source {source.name!r} ({source.kind}) is not read file by file")
+
+
 # --- JSON Lines -----------------------------------------------------------------------------
 
 

@@ -133,13 +133,19 @@ class RecordChecker:
     """Validates records of one source and sorts them into documents and quarantine rows.
 
     Holds the ids seen so far (as 64-bit ints, to find duplicates): the one piece of state that
-    grows with the input, about 70 bytes per record that has an id.
+    grows with the input, about 70 bytes per record that has an id. With ``track_ids=False``
+    (a Ray task's checker, which sees one file) repeated ids are left to the step's checker,
+    which ``admit``s the task's records in the source's order; each document with an id then
+    carries its ``raw`` bytes, for the quarantine row a repeat becomes there.
     """
 
-    def __init__(self, source: str, *, max_doc_bytes: int, require_id: bool = False):
+    def __init__(
+        self, source: str, *, max_doc_bytes: int, require_id: bool = False, track_ids: bool = True
+    ):
         self.source = source
         self.max_doc_bytes = max_doc_bytes
         self.require_id = require_id
+        self.track_ids = track_ids
         self.documents = 0
         self.text_bytes = 0
         self.quarantine_by_reason: Counter[str] = Counter()
@@ -151,7 +157,8 @@ class RecordChecker:
 
     def check_batch(self, batch: list[RawRecord]) -> tuple[pl.DataFrame, pl.DataFrame]:
         """``(documents, quarantine rows)`` for one batch, in DOCUMENT/QUARANTINE_SCHEMA."""
-        docs: dict[str, list[Any]] = {k: [] for k in DOCUMENT_SCHEMA}
+        doc_schema = DOCUMENT_SCHEMA if self.track_ids else {**DOCUMENT_SCHEMA, "raw": pl.String}
+        docs: dict[str, list[Any]] = {k: [] for k in doc_schema}
         bad: dict[str, list[Any]] = {k: [] for k in QUARANTINE_SCHEMA}
         for rec in batch:
             problem = self._check(rec, docs)
@@ -164,9 +171,31 @@ class RecordChecker:
                 ):  # fmt: skip
                     bad[key].append(value)
         return (
-            pl.DataFrame(docs, schema=DOCUMENT_SCHEMA),
+            pl.DataFrame(docs, schema=doc_schema),
             pl.DataFrame(bad, schema=QUARANTINE_SCHEMA),
         )
+
+    def admit(self, checked: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """``(documents, quarantine rows)`` of records a ``track_ids=False`` checker judged:
+        ``checked`` holds them in the source's order, documents (null ``reason``, ``raw`` when
+        they have an id) and quarantine rows together. A repeated id is found here, as
+        ``check_batch`` finds it, and every count is kept as ``check_batch`` keeps it."""
+        reason, detail = checked["reason"].to_list(), checked["detail"].to_list()
+        rows = zip(reason, checked["id"], checked["source_id"], strict=True)
+        for i, (why, doc_id, source_id) in enumerate(rows):
+            if why is None and source_id is not None:
+                problem = self._repeat(doc_id, source_id)
+                if problem is not None:
+                    reason[i], detail[i] = problem
+        checked = checked.with_columns(
+            pl.Series("reason", reason, pl.String), pl.Series("detail", detail, pl.String)
+        )
+        documents = checked.filter(pl.col("reason").is_null()).select(list(DOCUMENT_SCHEMA))
+        rejected = checked.filter(pl.col("reason").is_not_null()).select(list(QUARANTINE_SCHEMA))
+        self.documents += documents.height
+        self.text_bytes += int(documents["text"].str.len_bytes().sum() or 0)
+        self.quarantine_by_reason.update(rejected["reason"].to_list())
+        return documents, rejected
 
     def _check(self, rec: RawRecord, docs: dict[str, list[Any]]) -> tuple[str, str] | None:
         """Append ``rec`` to ``docs`` and return None, or return ``(reason, detail)``."""
@@ -185,18 +214,27 @@ class RecordChecker:
                 return BAD_ID, why or "unusable id"
             key = f"id:{source_id}"
         doc_id = document_id(self.source, key)
-        if source_id is not None:
-            fingerprint = int(doc_id[-16:], 16)
-            if fingerprint in self._seen:
-                return DUPLICATE_ID, f"id {source_id[:100]!r} was already seen in this source"
-            self._seen.add(fingerprint)
+        if source_id is not None and self.track_ids:
+            problem = self._repeat(doc_id, source_id)
+            if problem is not None:
+                return problem
         for key, value in (
             ("id", doc_id), ("text", rec.text), ("source", self.source),
             ("source_id", source_id), ("path", rec.path), ("offset", rec.offset),
         ):  # fmt: skip
             docs[key].append(value)
+        if not self.track_ids:
+            docs["raw"].append(None if source_id is None else escape_raw(_record_bytes(rec)))
         self.documents += 1
         self.text_bytes += size
+        return None
+
+    def _repeat(self, doc_id: str, source_id: str) -> tuple[str, str] | None:
+        """``duplicate_id`` when a record with this id was kept before, else remember it."""
+        fingerprint = int(doc_id[-16:], 16)
+        if fingerprint in self._seen:
+            return DUPLICATE_ID, f"id {source_id[:100]!r} was already seen in this source"
+        self._seen.add(fingerprint)
         return None
 
     def _check_text(self, text: Any) -> tuple[tuple[str, str] | None, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,12 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 
+from flywheel.core.settings.engine import RaySettings
 from flywheel.core.settings.sources import SourceSpec
 from flywheel.core.shards import ShardSet, ShardWriter
 from flywheel.data.documents import QUARANTINE_SCHEMA, empty_documents
 from flywheel.data.ingest.files import ReadStats
-from flywheel.data.ingest.readers import read_batches
+from flywheel.data.ingest.readers import read_batches, source_files
 from flywheel.data.ingest.records import RecordChecker
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def ingest_source(
     shard_rows: int = 50_000,
     max_doc_bytes: int = 1_000_000,
     meta: Mapping[str, Any] | None = None,
+    ray: RaySettings | None = None,
 ) -> IngestResult:
     """Read ``source`` and commit its documents as a new version of the shard set at ``root``.
 
@@ -99,7 +101,10 @@ def ingest_source(
     records being checked plus ``shard_rows`` documents buffered by the writer. Raises
     ``FileNotFoundError`` when no input matches (before anything is written) and
     ``SourceReadError`` when an input file is unreadable as a whole. ``meta``: more fields
-    for the manifest (the stage's build key).
+    for the manifest (the stage's build key). ``ray``: read and check the files in Ray tasks
+    on that cluster (``engine: ray``; the same version results), else in this process. The
+    built-in ``python_env`` source reads this machine's installation, so it is always read
+    here.
     """
     limits = {"batch_rows": batch_rows, "shard_rows": shard_rows, "max_doc_bytes": max_doc_bytes}
     for arg, value in limits.items():
@@ -107,24 +112,28 @@ def ingest_source(
             raise ValueError(f"{arg} must be >= 1, got {value}")
     started = time.perf_counter()
     stats = ReadStats()
-    batches = read_batches(
-        source, base_dir=base_dir, batch_rows=batch_rows, max_doc_bytes=max_doc_bytes, stats=stats
-    )
     checker = RecordChecker(
         source.name, max_doc_bytes=max_doc_bytes, require_id=getattr(source, "require_id", False)
+    )
+    read = {"base_dir": base_dir, "batch_rows": batch_rows, "max_doc_bytes": max_doc_bytes}
+    on_ray = ray is not None and source.kind != "python_env"
+    outcomes = (
+        _on_ray(source, checker, stats, ray, read)
+        if on_ray
+        else _here(source, checker, stats, read)
     )
     with ShardWriter(root, shard_rows) as writer:
         writer.write(empty_documents())  # records the schema even if no record is valid
         spill = QuarantineSpill(writer.staging)
         try:
-            for batch in batches:
-                documents, rejected = checker.check_batch(batch)
+            for documents, rejected in outcomes:
                 writer.write(documents)
                 spill.write(rejected)
             writer.write_aux(QUARANTINE, spill.finish())
         finally:
             spill.close()
         metadata = _metadata(source, checker, stats, time.perf_counter() - started)
+        metadata["engine"] = "ray" if on_ray else "local"
         shardset = writer.commit(**metadata, limits=limits, **dict(meta or {}))
     result = IngestResult(
         shardset=shardset,
@@ -143,6 +152,31 @@ def ingest_source(
         result.bytes_read / 1e6, result.seconds, shardset.path,
     )  # fmt: skip
     return result
+
+
+def _here(
+    source: SourceSpec, checker: RecordChecker, stats: ReadStats, read: dict[str, Any]
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """(documents, quarantine rows) per batch, read and checked in this process. Input paths
+    are resolved now, so a missing path fails before anything is written."""
+    batches = read_batches(source, stats=stats, **read)
+    return (checker.check_batch(batch) for batch in batches)
+
+
+def _on_ray(
+    source: SourceSpec,
+    checker: RecordChecker,
+    stats: ReadStats,
+    ray: RaySettings,
+    read: dict[str, Any],
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """The same, from Ray tasks reading the files (``flywheel.data.ingest.ray_ingest``)."""
+    from flywheel.data.dedup.ray_engine import connect
+    from flywheel.data.ingest.ray_ingest import checked_batches
+
+    files = source_files(source, read["base_dir"])  # FileNotFoundError before writing
+    connect(ray)
+    return checked_batches(source, files, checker, stats, **read)
 
 
 def _metadata(
