@@ -222,6 +222,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from flywheel.data.dedup.cli import register as register_dedup
+    from flywheel.data.dedup.compact import register as register_dedup_compact
 
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     pg.set_defaults(func=_postgres)
 
     register_dedup(sub)
+    register_dedup_compact(sub)
     return parser
 
 

@@ -55,6 +55,18 @@ class DedupSettings(BaseModel):
         8, ge=1, description="Earlier bucket members (besides the first) each doc is compared to."
     )
 
+    # the persistent index's lookup files (band keys, exact hashes, ids) are hash-partitioned
+    # this many ways, so a batch reads only the partitions it touches; a band partition holds
+    # ~16 x 17 B x docs / P (about 260 MB per partition at 10^9 docs and P = 1,024)
+    index_partitions: int = Field(
+        32, ge=1, le=65536, description="Hash partitions of the on-disk index; fixed when made."
+    )
+    # every index commit adds a file to each partition it touches; reads open them all, so
+    # once a partition has this many files the commit merges them into one
+    compact_files: int = Field(
+        16, ge=2, description="Files an index partition may hold before a commit merges them."
+    )
+
     @model_validator(mode="after")
     def _check_bands(self) -> Self:
         if (self.bands is None) != (self.rows is None):

@@ -1,7 +1,7 @@
 """``flywheel dedup``: deduplicate a JSONL(.gz) or Parquet corpus of {id, text} records.
 
     flywheel dedup INPUT --output DIR [--threshold T] [--strict] [--index DIR] [--num-perm N]
-                   [--batch-size N] [--engine local|ray] [--address ADDR]
+                   [--index-partitions P] [--batch-size N] [--engine local|ray] [--address ADDR]
 
 Writes, into DIR:
   * kept.parquet: the kept records, every input column;
@@ -89,6 +89,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--index", type=Path, help="persistent index directory to dedup against")
     p.add_argument("--num-perm", type=int, help="MinHash permutations (default 128)")
+    p.add_argument(
+        "--index-partitions", type=int, help="hash partitions of a new --index (default 32)"
+    )
     p.add_argument("--batch-size", type=int, default=10_000, help="records per batch")
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="where dedup runs")
     p.add_argument("--address", help='Ray cluster for --engine ray ("auto", "ray://host:port")')
@@ -126,7 +129,11 @@ def _fail(message: str, code: int) -> int:
 
 
 def _settings(args: argparse.Namespace) -> DedupSettings:
-    overrides = {"threshold": args.threshold, "num_perm": args.num_perm}
+    overrides = {
+        "threshold": args.threshold,
+        "num_perm": args.num_perm,
+        "index_partitions": args.index_partitions,
+    }
     try:
         return DedupSettings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:

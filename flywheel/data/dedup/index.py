@@ -93,7 +93,7 @@ class DedupIndex:
         self._bucketed = 0
         self._committed = 0
         self._parts: list[dict[str, Any]] = []
-        self.partitions = partitions.PARTITIONS  # of the lookup files; the index's own once made
+        self.partitions = s.index_partitions  # of the lookup files, fixed once the index is made
 
     # -- persistence ---------------------------------------------------------------------
     @classmethod
@@ -107,7 +107,7 @@ class DedupIndex:
             store.write_manifest(index.path, index.fingerprint(), [])
             return index
         store.check_fingerprint(index.path, manifest, index.fingerprint())
-        index.partitions = manifest.get("partitions", partitions.PARTITIONS)
+        partitions.check_count(index.path, manifest, index.partitions)
         for entry in manifest["parts"]:
             part = store.read_part(index.path, entry, index.settings.num_perm)
             index._append(part["id"], {k: v for k, v in part.items() if k != "id"})
@@ -145,6 +145,7 @@ class DedupIndex:
         entry = partitions.write(self.path, entry, c, columns, layout)
         fingerprint = self.fingerprint()
         parts = [*partitions.backfill(self.path, {**fingerprint, "parts": self._parts}), entry]
+        parts = partitions.compact(self.path, parts, self.settings.compact_files)
         store.write_manifest(self.path, fingerprint, parts)
         self._parts, self._committed = parts, len(self)
         store.remove_orphans(self.path, parts)

@@ -9,16 +9,26 @@ too, so either engine continues an index built by the other).
 
 ``order`` is a document's arrival order in the index (its part's first order + its row), so
 the signature, sketch and decision of a document are found in the one part whose order range
-holds it (``read_rows``). P (``partitions`` in the manifest) is fixed when the index is made.
-A part's manifest entry lists the partitions it wrote a file into, per family; a file no
-entry names is an orphan of a crashed writer (``remove_orphans``). A bucket (band, key) lies
-whole in one band partition, so candidate pairs are found partition by partition.
+holds it (``read_rows``). P (``partitions`` in the manifest, ``dedup.index_partitions`` when
+the index is made) is fixed for the index's life: opening it with another P is an error
+(``check_count``). A part's manifest entry lists the partitions it has a file in, per family;
+a file no entry names is an orphan of a crashed writer (``remove_orphans``). A bucket
+(band, key) lies whole in one band partition, so candidate pairs are found partition by
+partition.
+
+Compaction (``compact``). Every commit adds a file to each partition it touches, and a read
+opens them all; once a partition has ``dedup.compact_files`` files, the commit merges them
+into one ``merged-<hex>.parquet`` (their rows in the same order), which the earliest of those
+parts then names (``merged`` in its entry) while the others drop the partition: the same rows,
+read in the same order, so the same answers. The merged file is written before the manifest
+names it and the old files are deleted after, so a crash at any point leaves a readable index.
 
     python -c "from flywheel.data.dedup.partitions import *; print(PARTITIONS, FAMILIES)"
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,7 @@ from flywheel.core.shards import atomic_write_parquet
 from flywheel.data.dedup import lsh, store
 from flywheel.data.dedup.minhash import exact_hash
 
-PARTITIONS = 32  # per family; a batch of one document touches ~12 of the 32 band partitions
+PARTITIONS = 32  # per family (the default); a one-document batch touches ~12 of 32 band ones
 FAMILIES = ("band", "exact", "ids")
 _SCHEMAS = {
     "band": {"order": pl.Int64, "band": pl.Int16, "key": pl.UInt64},
@@ -51,6 +61,24 @@ def of(hashes: np.ndarray, partitions: int) -> np.ndarray:
 
 def file(path: Path, family: str, p: int, part_file: str) -> Path:
     return Path(path) / f"{family}={p}" / part_file
+
+
+def entry_file(path: Path, entry: dict[str, Any], family: str, p: int) -> Path:
+    """The file of partition ``p`` of ``family`` a part's entry names: its own, or the merged
+    one compaction left it."""
+    merged = entry.get("merged", {}).get(f"{family}={p}")
+    return file(path, family, p, merged or entry["file"])
+
+
+def check_count(path: Path, manifest: dict[str, Any], wanted: int) -> None:
+    """ValueError when the index at ``path`` is partitioned other than ``wanted`` ways."""
+    have = manifest.get("partitions", wanted)
+    if have != wanted:
+        raise ValueError(
+            f"dedup index {path} is partitioned {have} ways and the settings ask for {wanted} "
+            f"(dedup.index_partitions): set dedup.index_partitions: {have} to continue it, or "
+            "use a new index directory"
+        )
 
 
 def write(
@@ -91,7 +119,7 @@ def write(
 
 def read(path: Path, parts: list[dict[str, Any]], family: str, p: int) -> pl.DataFrame:
     """Every row of partition ``p`` of ``family``, over all ``parts``."""
-    files = [file(path, family, p, e["file"]) for e in parts if p in e[family]]
+    files = [entry_file(path, e, family, p) for e in parts if p in e[family]]
     if not files:
         return pl.DataFrame(schema=_SCHEMAS[family])
     return pl.concat([pl.read_parquet(f) for f in files])
@@ -172,10 +200,45 @@ def backfill(path: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def remove_orphans(path: Path, parts: list[dict[str, Any]]) -> None:
-    """Delete partition files no manifest entry names (see ``store.remove_orphans``)."""
-    named = {(f, p, e["file"]) for e in parts for f in FAMILIES for p in e.get(f, ())}
+    """Delete partition files no manifest entry names (see ``store.remove_orphans``): those
+    of crashed writers, and those a compaction merged."""
+    named = {entry_file(path, e, f, p) for e in parts for f in FAMILIES for p in e.get(f, ())}
     for family in FAMILIES:
         for f in Path(path).glob(f"{family}=*/*.parquet"):
-            p = int(f.parent.name.split("=", 1)[1])
-            if (family, p, f.name) not in named:
+            if f not in named:
                 f.unlink(missing_ok=True)
+
+
+def compact(path: Path, parts: list[dict[str, Any]], min_files: int) -> list[dict[str, Any]]:
+    """The entries after merging each partition that has ``min_files`` files or more into one
+    (written here; the caller writes the manifest, then ``remove_orphans``). Returns
+    ``parts`` itself when no partition has that many."""
+    holders: dict[tuple[str, int], list[int]] = {}
+    for k, entry in enumerate(parts):
+        for family in FAMILIES:
+            for p in entry.get(family, ()):
+                holders.setdefault((family, p), []).append(k)
+    todo = {fp: ks for fp, ks in holders.items() if len(ks) >= min_files}
+    if not todo:
+        return parts
+    out = [{**e, **{f: list(e[f]) for f in FAMILIES}, "merged": dict(e.get("merged", {}))}
+           for e in parts]  # fmt: skip
+    for (family, p), ks in sorted(todo.items()):
+        rows = read(path, [parts[k] for k in ks], family, p)
+        name = f"merged-{uuid.uuid4().hex[:12]}.parquet"
+        atomic_write_parquet(rows, file(path, family, p, name))
+        out[ks[0]]["merged"][f"{family}={p}"] = name
+        for k in ks[1:]:
+            out[k][family].remove(p)
+            out[k]["merged"].pop(f"{family}={p}", None)
+    return [e if e["merged"] else {k: v for k, v in e.items() if k != "merged"} for e in out]
+
+
+def partition_files(parts: list[dict[str, Any]]) -> dict[str, int]:
+    """{family: the most files any of its partitions has}: what ``compact`` brings down."""
+    counts: dict[tuple[str, int], int] = {}
+    for entry in parts:
+        for family in FAMILIES:
+            for p in entry.get(family, ()):
+                counts[family, p] = counts.get((family, p), 0) + 1
+    return {f: max((n for (g, _), n in counts.items() if g == f), default=0) for f in FAMILIES}

@@ -22,7 +22,9 @@ built by either engine is continued by the other. Nothing old is loaded. A batch
 
 The batch is then written as a part with its partition files, visible only after ``commit``
 names it in the manifest (until then a later ``add`` already sees it; a crash leaves orphans
-the next commit deletes). The index directory must be readable by every node (one machine,
+the next commit deletes). Every ``add`` adds a file to each partition it touches, so the
+commit merges a partition's files once there are ``dedup.compact_files`` of them
+(``partitions.compact``). The index directory must be readable by every node (one machine,
 or a shared filesystem): tasks read it directly. One writer at a time.
 """
 
@@ -62,7 +64,7 @@ class RayDedupIndex:
     def __init__(self, path: Path, settings: DedupSettings, manifest: dict[str, Any]) -> None:
         self.path, self.settings = Path(path), settings
         self.bands, self.rows = settings.resolve_bands()
-        self.partitions = manifest.get("partitions", partitions.PARTITIONS)
+        self.partitions = manifest.get("partitions", settings.index_partitions)
         self._fingerprint = {**DedupIndex(settings).fingerprint(), "partitions": self.partitions}
         self._parts: list[dict[str, Any]] = list(manifest["parts"])
         self._pending: list[dict[str, Any]] = []  # written by add, named by the next commit
@@ -86,6 +88,7 @@ class RayDedupIndex:
             store.write_manifest(path, fingerprint, [])
             return cls(path, settings, {**fingerprint, "parts": []})
         store.check_fingerprint(path, manifest, fingerprint)
+        partitions.check_count(path, manifest, settings.index_partitions)
         if "partitions" not in manifest or any(
             f not in e for e in manifest["parts"] for f in partitions.FAMILIES
         ):
@@ -106,7 +109,9 @@ class RayDedupIndex:
         """Name the parts written since the last commit in the manifest (atomically)."""
         if not self._pending:
             return
-        parts = self._parts + self._pending
+        parts = partitions.compact(
+            self.path, self._parts + self._pending, self.settings.compact_files
+        )
         store.write_manifest(self.path, self._fingerprint, parts)
         self._parts, self._pending = parts, []
         store.remove_orphans(self.path, parts)

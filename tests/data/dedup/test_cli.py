@@ -274,3 +274,19 @@ def test_read_error_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(inputs, "open_jsonl", lambda path: (io.BytesIO(), FailingStream()))
     assert main(["dedup", str(src), "--output", str(tmp_path / "o")]) == 1
     assert capsys.readouterr().err == f"flywheel dedup: cannot read {src}: Input/output error\n"
+
+
+def test_index_partitions_are_set_once_and_compaction_is_a_verb(
+    docs: list[str], tmp_path: Path, capsys
+) -> None:
+    from flywheel.data.dedup import store
+
+    corpus = write_jsonl(tmp_path / "c.jsonl", records(docs[:10], lambda i: f"d{i}"))
+    index, out = tmp_path / "ix", tmp_path / "out"
+    args = ["dedup", str(corpus), "--index", str(index), "--index-partitions", "4"]
+    assert main([*args, "--output", str(out)]) == 0
+    assert store.read_manifest(index)["partitions"] == 4
+    assert main(["dedup", str(corpus), "--output", str(out / "again"), "--index", str(index)]) == 2
+    assert "partitioned 4 ways and the settings ask for 32" in capsys.readouterr().err
+    assert main(["dedup-compact", str(tmp_path / "none")]) == 2
+    assert "no dedup index at" in capsys.readouterr().err

@@ -161,3 +161,61 @@ def test_the_cli_with_an_index_on_ray(cluster, tmp_path: Path) -> None:
         assert outputs["ray", k][2] == outputs["local", k][2]
     assert outputs["ray", 1][1].height > 10  # the second input met the first in the index
     assert outputs["ray", 2][1].equals(outputs["ray", 1][1])
+
+
+def test_the_index_partition_count_follows_the_settings(cluster, tmp_path: Path) -> None:
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    corpus = planted_corpus(variants=30, seed=8)
+    s8 = DedupSettings(index_partitions=8)
+    local = run(DedupIndex, tmp_path / "local", corpus, s8)
+    on_ray = run(RayDedupIndex, tmp_path / "ray", corpus, s8)
+    for a, b in zip(local, on_ray, strict=True):
+        assert b.keep.tolist() == a.keep.tolist()
+        assert b.duplicates.to_dicts() == a.duplicates.to_dicts()
+    assert on_ray[0].stats["partitions_total"] == 8
+    for name in ("local", "ray"):
+        assert store.read_manifest(tmp_path / name)["partitions"] == 8
+        dirs = {p.name for p in (tmp_path / name).glob("*=*")}
+        assert dirs == {f"{f}={p}" for f in ("band", "exact", "ids") for p in range(8)}
+    for index_class in (DedupIndex, RayDedupIndex):  # a continuation at another count
+        with pytest.raises(ValueError, match="partitioned 8 ways and the settings ask for 32"):
+            index_class.open(tmp_path / "ray", DedupSettings())
+
+
+def test_compaction_merges_partition_files_and_answers_the_same(cluster, tmp_path: Path) -> None:
+    import shutil
+
+    from flywheel.data.dedup.partitions import FAMILIES, entry_file, partition_files
+    from flywheel.data.dedup.ray_index import RayDedupIndex
+
+    ids, texts = planted_corpus(variants=40, seed=9)
+    built = (ids[:-15], texts[:-15])  # 4 batches, so 4 commits (CUTS)
+    loose, auto, manual = tmp_path / "loose", tmp_path / "auto", tmp_path / "manual"
+    run(RayDedupIndex, loose, built, DedupSettings(compact_files=1000))
+    run(DedupIndex, auto, built, DedupSettings(compact_files=2))  # compacts as it commits
+    shutil.copytree(loose, manual)
+    assert main(["dedup-compact", str(manual)]) == 0
+
+    def files(path: Path) -> dict[str, int]:
+        return partition_files(store.read_manifest(path)["parts"])
+
+    assert files(loose)["band"] == 4
+    assert files(auto) == files(manual) == {"band": 1, "exact": 1, "ids": 1}
+    for path in (auto, manual):  # the files merged away are gone; only named ones are left
+        parts = store.read_manifest(path)["parts"]
+        named = {entry_file(path, e, f, p) for e in parts for f in FAMILIES for p in e[f]}
+        assert set(path.glob("*=*/*.parquet")) == named
+        assert any(p.name.startswith("merged-") for p in named)
+    probe = (ids[-15:], texts[-15:])
+    answers = [
+        RayDedupIndex.open(path, DedupSettings()).add(*probe) for path in (loose, auto, manual)
+    ]
+    expected = DedupIndex().add(ids, texts)
+    assert expected.duplicates.filter(pl.col("id").is_in(probe[0])).height > 3
+    for got in answers:
+        assert got.keep.tolist() == expected.keep[-15:].tolist()
+        assert (
+            got.duplicates.to_dicts()
+            == expected.duplicates.filter(pl.col("id").is_in(probe[0])).to_dicts()
+        )
