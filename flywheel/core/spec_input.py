@@ -11,14 +11,13 @@ path as the user wrote it (union tags dropped) and a "did you mean" for a misspe
 from __future__ import annotations
 
 import difflib
+import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
-
-# the tags of the spec's tagged unions (source kinds), which pydantic adds to error locations
-_UNION_TAGS = ("jsonl", "parquet", "text_files", "python_env", "image_parquet", "webdataset")
 
 
 class SpecError(ValueError):
@@ -28,10 +27,11 @@ class SpecError(ValueError):
 def format_errors(exc: ValidationError, path: Path, root: type[BaseModel]) -> str:
     """One line per problem: the key path as the user wrote it, what is wrong, what was given."""
     lines = [f"{path}: invalid spec ({exc.error_count()} problem(s))"]
+    tags = union_tags(root)
     for err in exc.errors():
-        loc = _key_path(err["loc"])
+        loc = _key_path(err["loc"], tags)
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key{_suggest(err['loc'], root)}")
+            lines.append(f"  {loc}: unknown key{_suggest(err['loc'], root, tags)}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
@@ -40,22 +40,66 @@ def format_errors(exc: ValidationError, path: Path, root: type[BaseModel]) -> st
     return "\n".join(lines)
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+@functools.cache
+def union_tags(root: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    """The tags of ``root``'s tagged unions (a source's ``kind``: ``jsonl``,
+    ``visual_counting``, ...), each with the model it selects. Pydantic adds the tag to an error's
+    location (``sources[0].jsonl.path``); read from the validator's own schema, so a kind added
+    to any union is known here without being listed."""
+    tags: dict[str, type[BaseModel] | None] = {}
+    definitions: dict[str, Any] = {}
+    unions: list[dict[str, Any]] = []
+    stack: list[Any] = [root.__pydantic_core_schema__]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "ref" in node:
+                definitions[node["ref"]] = node
+            if node.get("type") == "tagged-union":
+                unions.append(node)
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+    for union in unions:
+        for tag, choice in union["choices"].items():
+            tags[str(tag)] = _model_of(choice, definitions)
+    return tags
+
+
+def _model_of(schema: dict[str, Any], definitions: dict[str, Any]) -> type[BaseModel] | None:
+    """The model class a union choice validates (through references and validators)."""
+    for _ in range(16):  # a choice is a model under a few wrappers (model_validator, ref)
+        if schema.get("type") == "definition-ref":
+            schema = definitions.get(schema["schema_ref"], {})
+        elif isinstance(schema.get("cls"), type) and issubclass(schema["cls"], BaseModel):
+            return schema["cls"]
+        elif isinstance(schema.get("schema"), dict):
+            schema = schema["schema"]
+        else:
+            return None
+    return None
+
+
+def _key_path(loc: tuple[Any, ...], tags: Mapping[str, Any]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in _UNION_TAGS and out.endswith("]"):
+        elif part in tags and out.endswith("]"):
             continue  # pydantic adds the union tag to the location; the user never wrote it
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
 
 
-def _suggest(loc: tuple[Any, ...], root: type[BaseModel]) -> str:
-    """'did you mean ...' for a misspelt key, from the fields of the model that owns it."""
+def _suggest(loc: tuple[Any, ...], root: type[BaseModel], tags: Mapping[str, Any]) -> str:
+    """'did you mean ...' for a misspelt key, from the fields of the model that owns it (in a
+    list of tagged kinds, the model of the entry's kind)."""
     model: Any = root
-    for part in loc[:-1]:
+    for i, part in enumerate(loc[:-1]):
+        if i and isinstance(loc[i - 1], int) and part in tags:
+            model = tags[part]
+            continue
         if isinstance(part, int) or model is None:
             continue
         field = getattr(model, "model_fields", {}).get(part)

@@ -58,6 +58,64 @@ def test_error_inside_a_source_list(tmp_path: Path) -> None:
         load_spec(write_spec(tmp_path, body))
 
 
+# One entry of each kind of a tagged union (text and image sources), with a misspelt key and
+# a bad value: pydantic puts the kind in the error's location, the user never wrote it there.
+TAGGED = {
+    "jsonl": ("sources", "{name: a, kind: jsonl, path: a.jsonl, text_feild: t, id_field: 3}"),
+    "parquet": ("sources", "{name: a, kind: parquet, path: '', id_feild: i}"),
+    "text_files": ("sources", "{name: a, kind: text_files, path: d, glb: '*', glob: ''}"),
+    "python_env": ("sources", "{name: a, kind: python_env, max_doc: 1, max_docs: 0}"),
+    "image_parquet": (
+        "images.sources",
+        "{name: a, kind: image_parquet, path: a.pq, image_feild: i, image_field: ''}",
+    ),
+    "webdataset": (
+        "images.sources",
+        "{name: a, kind: webdataset, path: a.tar, text_extension: [t], image_extensions: []}",
+    ),
+    "visual_counting": ("images.sources", "{name: a, kind: visual_counting, cont: 1, count: 0}"),
+}
+MISSPELT = {
+    "jsonl": ("text_feild", "text_field", "id_field"),
+    "parquet": ("id_feild", "id_field", "path"),
+    "text_files": ("glb", "glob", "glob"),
+    "python_env": ("max_doc", "max_docs", "max_docs"),
+    "image_parquet": ("image_feild", "image_field", "image_field"),
+    "webdataset": ("text_extension", "text_extensions", "image_extensions"),
+    "visual_counting": ("cont", "count", "count"),
+}
+
+
+def test_every_tagged_union_kind_is_covered() -> None:
+    from flywheel.core.spec_input import union_tags
+
+    assert set(union_tags(Spec)) == set(TAGGED) == set(MISSPELT)
+
+
+@pytest.mark.parametrize("kind", sorted(TAGGED))
+def test_an_error_inside_any_kind_of_source_names_the_key_as_written(
+    tmp_path: Path, kind: str
+) -> None:
+    section, entry = TAGGED[kind]
+    body = f"sources: [{entry}]\n" if section == "sources" else f"images: {{sources: [{entry}]}}\n"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, body))
+    msg = str(err.value)
+    wrong, right, bad = MISSPELT[kind]
+    assert f"  {section}[0].{wrong}: unknown key (did you mean {right!r}?)" in msg, msg
+    assert f"  {section}[0].{bad}: " in msg, msg
+    assert f"[0].{kind}" not in msg, msg
+
+
+def test_sft_data_kinds_are_one_model_with_no_tag_in_the_path(tmp_path: Path) -> None:
+    # sft.data's kinds (jsonl, python, ...) share one model: no union tag to drop there
+    body = "sft: {data: {kind: python, functon: m:f, num_examples: 0}}\n"
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, body))
+    assert "  sft.data.functon: unknown key (did you mean 'function'?)" in str(err.value)
+    assert "  sft.data.num_examples: " in str(err.value)
+
+
 def test_unknown_source_kind(tmp_path: Path) -> None:
     body = "sources:\n  - name: a\n    kind: csv\n"
     with pytest.raises(SpecError, match=r"sources\[0\].*csv"):
