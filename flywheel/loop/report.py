@@ -107,7 +107,11 @@ def _method(spec: Spec, cycle: int) -> str | None:
         meta = promotion.candidate(spec, cycle).meta
     except (artifacts.ArtifactError, FileNotFoundError):
         return None
-    return "seed sft" if cycle == 0 else str(meta.get("method", "sft"))
+    if cycle == 0:
+        return "seed sft"
+    # The run records it in its lineage (a cycle's metrics also name an agent's RL method)
+    method = meta.get("lineage", {}).get("method") or meta.get("metrics", {}).get("method")
+    return str(method or "sft")
 
 
 def report_footer(spec: Spec, history: bool = False) -> list[str]:

@@ -242,6 +242,22 @@ def test_report_before_any_cycle_is_empty(spec) -> None:
     assert report_rows(spec) == []
 
 
+def test_the_reports_method_is_the_one_the_checkpoint_records(spec) -> None:
+    # Regression: the column read a top-level "method" no checkpoint has, so every cycle
+    # showed "sft", a DPO or PPO cycle too; retraining records it in the lineage.
+    _publish_model(spec.product_dir("sft_checkpoint"), "seed")
+    _run_cycle(spec, 0, 0.1)
+    for cycle, method in [(1, "sft+dpo"), (2, None)]:
+        _accept(spec, cycle - 1, 2)
+        _build(spec, cycle)
+        root = cycles.checkpoint_root(spec, cycle)
+        staging = artifacts.staging_dir(root)
+        (staging / "model.safetensors").write_bytes(b"m")
+        lineage = {"cycle": cycle} | ({"method": method} if method else {})
+        artifacts.publish(root, staging, stage="cycle", lineage=lineage)
+    assert [r["method"] for r in report_rows(spec)] == ["seed sft", "sft+dpo", "sft"]
+
+
 def test_a_later_success_resolves_a_failure_and_history_stays(spec) -> None:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     runs.record_failure(spec, "1", "run-a", "vLLM is not installed", t0)
