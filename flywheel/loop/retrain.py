@@ -49,7 +49,7 @@ from flywheel.core.records import Loaded, quarantined
 from flywheel.core.report import Reporter
 from flywheel.core.spec import Spec, add_spec_arguments, load_spec
 from flywheel.loop import preference
-from flywheel.loop.agents.cycle_rl import rl_kind, rl_stage, trains_sft
+from flywheel.loop.agents.cycle_rl import check_rl_settings, rl_kind, rl_stage, trains_sft
 from flywheel.loop.cycles import check_cycle_inputs, checkpoint_root, cycle_inputs
 from flywheel.train import lora
 from flywheel.train.finetune import INTERMEDIATE, FineTune, run_finetune, shaping
@@ -270,6 +270,7 @@ def cycle_run(
     training_set = handed[P.TRAINING_SET]
     data = load_training_set(training_set, cycle)
     pref = preference_data(spec, cycle, handed)
+    check_rl_settings(spec)  # before SFT spends time
     origins = origin_counts(training_set)
     about = {
         P.TRAINING_SET: training_set.version,

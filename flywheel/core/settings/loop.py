@@ -328,7 +328,7 @@ class CycleSettings(_Model):
         description="How an agent cycle (a spec with an `agent` section) trains the champion: "
         "sft on the accepted trajectories (rejection sampling), then or instead ppo (compact "
         "PPO with a value model, `cycles.ppo`) or grpo (TRL GRPO with the environment as "
-        "environment_factory, `cycles.grpo`), online in the agent's environment.",
+        "environment_factory, on `cycles.preference_train`), online in the agent's environment.",
     )
     ppo: PpoSettings = Field(
         default_factory=PpoSettings, description="The PPO stage of cycles.method ppo/sft+ppo."

@@ -13,6 +13,7 @@ in. The stage resumes from its own states under ``work`` (a rerun after kill -9 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,16 @@ def rl_kind(spec: Spec) -> str | None:
 
 def trains_sft(spec: Spec) -> bool:
     return spec.cycles.method.startswith("sft")
+
+
+def check_rl_settings(spec: Spec) -> None:
+    """Refuse settings the RL stage would refuse only after the cycle's SFT, naming the keys:
+    GRPO's groups must fill its steps (``cycles.preference_train``, as for a preference run)."""
+    if rl_kind(spec) == "grpo":
+        from flywheel.loop.preference import check_settings
+
+        settings = spec.cycles.preference_settings(spec.sft)
+        check_settings("grpo", settings, settings.num_processes)
 
 
 def rl_stage(
@@ -89,9 +100,12 @@ def _grpo(
     if agent.system_prompt is not None:
         system = {"role": "system", "content": agent.system_prompt}
         episodes = [e | {"prompt": [system, *e["prompt"]]} for e in episodes]
-    steps = settings.steps * settings.micro_batch // settings.num_generations
+    # A step scores micro_batch x grad_accum x processes completions, num_generations of each
+    # episode: so many new episodes a step (fewer would be played again).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = settings.micro_batch * settings.grad_accum * world // settings.num_generations
     metrics = train_grpo_env(
-        start, out, env.factory, episodes[: max(steps, 1)], settings, reporter, work,
-        spec.model.attn_implementation, adapter,
+        start, out, env.factory, episodes[: max(settings.steps * per_step, 1)], settings,
+        reporter, work, spec.model.attn_implementation, adapter,
     )  # fmt: skip
     return {f"grpo/{k}": v for k, v in metrics.items()}
