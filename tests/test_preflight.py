@@ -18,6 +18,7 @@ from flywheel.cli import main
 from flywheel.core.spec import Spec, load_spec
 from flywheel.preflight import Problem, errors, preflight
 from flywheel.preflight.paths import KINDS, READ_WHEN, path_fields
+from flywheel.preflight.references import check_references
 from tests.conftest import write_spec
 
 
@@ -180,6 +181,23 @@ def test_preference_method_is_checked_against_its_settings(tmp_path: Path) -> No
     unused = "cycles: {preference_train: {steps: 7}}\n"
     (problem,) = preflight(load_spec(write_spec(tmp_path, unused)))
     assert problem.level == "warning" and "cycles.preference is 'none'" in problem.message
+
+
+def test_an_agents_grpo_method_is_checked_against_the_preference_settings(
+    tmp_path: Path,
+) -> None:
+    # cycles.method grpo trains with cycles.preference_train: checked, not "set but not read"
+    agent = """
+    environments: [{name: guess, class_path: "flywheel.envs.guess:NumberGuess"}]
+    agent: {environment: guess}
+    sft: {micro_batch: 4}
+    cycles: {method: sft+grpo, preference_train: {num_generations: %d}}
+    """
+    found = _by_key(check_references(load_spec(write_spec(tmp_path, agent % 3))))
+    assert "not a multiple of num_generations (3)" in found["cycles.preference_train"].message
+    assert found["cycles.preference_train"].level == "error"
+    fine = check_references(load_spec(write_spec(tmp_path, agent % 2)))
+    assert "cycles.preference_train" not in _by_key(fine)
 
 
 def test_lora_target_modules_are_checked_against_the_llama(tmp_path: Path) -> None:

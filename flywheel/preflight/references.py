@@ -10,7 +10,8 @@ import check_references; print(*check_references(load_spec()), sep='\\n')"
 - ``cycles.gate.metric`` is a metric a cycle's eval produces (``eval_metrics``), and its
   ``mode`` points the right way;
 - ``eval.tasks`` names are distinct (each is a metric key);
-- ``cycles.preference`` fits its settings and the verifier that is its reward;
+- ``cycles.preference`` fits its settings and the verifier that is its reward (an agent's
+  ``cycles.method`` grpo: its settings);
 - self-consistency can reach ``min_votes`` with ``samples_per_prompt`` samples;
 - cycle 0's built-in prompts are not all evaluation prompts (which are never trained on);
 - ``engine: ray`` has Ray Data installed, and ``launcher: ray`` Ray Train (found, not
@@ -148,6 +149,8 @@ def _first(exc: ValidationError) -> str:
 
 def _preference(spec: Spec) -> list[Problem]:
     kind = spec.cycles.preference
+    if spec.agent is not None and spec.cycles.method.endswith("grpo"):
+        return _agent_grpo(spec)  # an agent's GRPO reads cycles.preference_train too
     if kind == "none":
         if spec.cycles.preference_train != PreferenceTrain():
             why = "cycles.preference is 'none'"
@@ -175,6 +178,20 @@ def _preference(spec: Spec) -> list[Problem]:
         usable = ", ".join(preference.REWARDS)
         problems.append(error("acceptance.verifier.kind", f"{why} (use {usable})"))
     return problems
+
+
+def _agent_grpo(spec: Spec) -> list[Problem]:
+    """``cycles.method`` grpo / sft+grpo: the environment is the reward, the preference
+    stage's settings are GRPO's (``flywheel.loop.agents.cycle_rl``)."""
+    from flywheel.loop.agents.cycle_rl import check_rl_settings
+
+    try:
+        check_rl_settings(spec)
+    except ValidationError as exc:
+        return [error("cycles.preference_train", f"invalid: {_first(exc)}")]
+    except ValueError as exc:
+        return [error("cycles.preference_train", str(exc))]
+    return []
 
 
 def _eval_prompt_overlap(spec: Spec) -> list[Problem]:
