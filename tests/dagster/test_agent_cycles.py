@@ -3,7 +3,8 @@ of ``examples/agent/flywheel.yaml`` materializes the graph (prose -> tokenizer -
 -> seed SFT on teacher-played NumberGuess episodes), and a real ``dagster-daemon`` turns the
 loop: cycle 0's champion plays episodes (``trajectories``, out of process through Pipes),
 the solved ones are accepted, the sensor counts them and starts cycle 1, which fine-tunes on
-them, is evaluated on held-out episodes and decided on their success rate.
+them, then trains on with PPO in the environment (``cycles.method: sft+ppo``), is evaluated on
+held-out episodes and decided on their success rate.
 
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/dagster/test_agent_cycles.py -s
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from flywheel.core.artifacts import read_current as read_checkpoint
 from flywheel.core.shards import read_current
 from flywheel.core.spec import load_spec
 from flywheel.loop import cycles
@@ -47,6 +49,10 @@ TINY = [
     "cycles.max_cycles=1",
     "cycles.seed_replay=50",
     "cycles.train.steps=6",
+    # cycle 1 also runs PPO in the environment after its SFT: one iteration of 4 episodes
+    "cycles.method=sft+ppo",
+    'cycles.ppo={"iterations": 1, "episodes_per_iteration": 4, "minibatch_size": 4, '
+    '"ppo_epochs": 1, "save_every": 1}',
 ]
 
 
@@ -90,11 +96,20 @@ def test_two_agent_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
     )
     rows = {r["cycle"]: r for r in json.loads(report.stdout)["cycles"]}
     assert set(rows) == {0, 1}
-    assert rows[1]["method"] == "sft" and rows[0]["method"] == "seed sft"
+    assert rows[1]["method"] == "sft+ppo" and rows[0]["method"] == "seed sft"
     for row in rows.values():
         assert 0.0 <= row["env/guess/success"] <= 1.0 and row["env/guess/mean_turns"] >= 1
         assert row["promoted"] is not None
     assert rows[0]["accepted"] == accepted.num_rows
+    # cycle 1's checkpoint: SFT, then PPO from that SFT model with the agent's turn budget
+    checkpoint = read_checkpoint(cycles.checkpoint_root(spec, 1))
+    metrics = checkpoint.meta["metrics"]
+    assert metrics["method"] == "sft+ppo" and checkpoint.meta["lineage"]["method"] == "sft+ppo"
+    assert metrics["steps"] == 6 and len(metrics["ppo/history"]) == 1
+    assert metrics["ppo/generated_tokens"] > 0
+    ppo = json.loads((checkpoint.path / "ppo.json").read_text())["settings"]
+    assert (ppo["seed"], ppo["episodes_per_iteration"]) == (1, 4)
+    assert ppo["max_turns"] == spec.agent.max_turns
 
     # lineage: an accepted episode -> the checkpoint that played it -> the set that trained on it
     episode = accepted.read()["episode_id"][0]
