@@ -105,19 +105,28 @@ def build(args: argparse.Namespace, directory: Path) -> tuple[Any, Any]:
     return tok, model.eval()
 
 
-def run(args: argparse.Namespace, tok: Any, model: Any, episodes: list[dict], batched: bool):
-    """Collect ``episodes``; seconds taken and the rows."""
+PATHS = {  # name: (one collect call for all episodes, KV caches kept between turns)
+    "batched": (True, True),
+    "sequential": (False, True),
+    "batched_nocache": (True, False),
+    "sequential_nocache": (False, False),
+}
+
+
+def run(args: argparse.Namespace, tok: Any, model: Any, episodes: list[dict], path: str):
+    """Collect ``episodes`` the ``path`` way; wall seconds, CPU seconds and the rows."""
+    batched, cache = PATHS[path]
     policy = TransformersPolicy(
-        model, tok, args.max_new_tokens, args.temperature, seed=args.seed
+        model, tok, args.max_new_tokens, args.temperature, seed=args.seed, cache=cache
     )  # one policy per path: the same seeds for the same calls
     settings = CollectSettings(max_turns=args.max_turns, episode_timeout_s=3600.0)
 
     def once(batch: list[dict]) -> pl.DataFrame:
         return collect(policy, tok, lambda: NumberGuess(ENV), batch, "guess", settings=settings)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     frame = once(episodes) if batched else pl.concat([once([e]) for e in episodes])
-    return time.perf_counter() - started, frame
+    return time.perf_counter() - started, time.process_time() - cpu, frame
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,19 +137,19 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok, model = build(args, Path(tmp))
     episodes = train_episodes(args.episodes, ENV, seed=args.seed)
-    run(args, tok, model, episodes[:2], batched=True)  # warm-up: first-call costs untimed
-    results = {name: run(args, tok, model, episodes, name == "batched")
-               for name in ("batched", "sequential")}  # fmt: skip
+    for path in ("batched", "batched_nocache"):
+        run(args, tok, model, episodes[:2], path)  # warm-up: first-call costs untimed
+    results = {path: run(args, tok, model, episodes, path) for path in PATHS}
     report(args, tok, model, results, time.perf_counter() - t0)
 
 
-def report(args, tok, model, results: dict[str, tuple[float, pl.DataFrame]], total_s) -> None:
+def report(args, tok, model, results: dict[str, tuple[float, float, pl.DataFrame]], total_s):
     stats = {}
-    for name, (seconds, frame) in results.items():
+    for name, (seconds, cpu, frame) in results.items():
         generated = sum(sum(m) for m in frame["completion_mask"].to_list())
         turns = int(frame["num_turns"].sum())
-        stats[name] = (seconds, frame.height / seconds, generated / seconds, turns, generated)
-    prompt = sum(len(p) for p in results["batched"][1]["prompt_ids"].to_list()) / args.episodes
+        stats[name] = (seconds, frame.height / seconds, generated / seconds, turns, generated, cpu)
+    prompt = sum(len(p) for p in results["batched"][2]["prompt_ids"].to_list()) / args.episodes
     print(
         f"model: llama {args.layers}x{args.hidden}, {args.heads} heads, "
         f"{count_parameters(model) / 1e6:.2f}M parameters, vocab {len(tok)}, fp32, "
@@ -151,17 +160,23 @@ def report(args, tok, model, results: dict[str, tuple[float, pl.DataFrame]], tot
         f"{args.max_turns} turns x {args.max_new_tokens} tokens, temperature "
         f"{args.temperature}, prompts {prompt:.0f} tokens on average"
     )
-    print(f"{'path':<12}{'seconds':>10}{'episodes/s':>12}{'tokens/s':>11}{'turns':>8}{'tokens':>9}")
-    for name, (seconds, eps, tps, turns, generated) in stats.items():
-        print(f"{name:<12}{seconds:>10.2f}{eps:>12.2f}{tps:>11.0f}{turns:>8}{generated:>9}")
-    (b_s, b_eps, b_tps, *_), (s_s, s_eps, s_tps, *_) = stats["batched"], stats["sequential"]
+    print(f"{'path':<20}{'seconds':>9}{'episodes/s':>12}{'tokens/s':>10}{'turns':>7}"
+          f"{'tokens':>8}{'cpu_s':>8}")  # fmt: skip
+    for name, (seconds, eps, tps, turns, generated, cpu) in stats.items():
+        print(f"{name:<20}{seconds:>9.2f}{eps:>12.2f}{tps:>10.0f}{turns:>7}{generated:>8}"
+              f"{cpu:>8.2f}")  # fmt: skip
+    b, q = stats["batched"], stats["sequential"]
+    bn, qn = stats["batched_nocache"], stats["sequential_nocache"]
     print(
         f"episodes={args.episodes} max_turns={args.max_turns} "
         f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} "
-        f"batched_s={b_s:.2f} sequential_s={s_s:.2f} "
-        f"batched_eps_s={b_eps:.3f} sequential_eps_s={s_eps:.3f} "
-        f"batched_tok_s={b_tps:.0f} sequential_tok_s={s_tps:.0f} "
-        f"ratio={b_eps / s_eps:.2f} tok_ratio={b_tps / s_tps:.2f} total_s={total_s:.0f}"
+        f"batched_s={b[0]:.2f} sequential_s={q[0]:.2f} "
+        f"batched_nocache_s={bn[0]:.2f} sequential_nocache_s={qn[0]:.2f} "
+        f"batched_eps_s={b[1]:.3f} sequential_eps_s={q[1]:.3f} "
+        f"batched_tok_s={b[2]:.0f} sequential_tok_s={q[2]:.0f} tok_ratio={b[2] / q[2]:.2f} "
+        f"cpu_ratio={q[5] / b[5]:.2f} ratio_nocache={bn[1] / qn[1]:.2f} "
+        f"ratio_vs_sequential_nocache={b[1] / qn[1]:.2f} cache_speedup={b[1] / bn[1]:.2f} "
+        f"total_s={total_s:.0f} ratio={b[1] / q[1]:.2f}"
     )
 
 

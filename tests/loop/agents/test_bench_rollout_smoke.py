@@ -1,5 +1,5 @@
-"""bench/rollout.py on a tiny model: it runs both paths on the same episodes, they take the
-same number of turns, and the last line has the keys it documents."""
+"""bench/rollout.py on a tiny model: it runs its four paths on the same episodes, they take
+the same number of turns, and the last line has the keys it documents."""
 
 from __future__ import annotations
 
@@ -31,9 +31,11 @@ def test_rollout_bench_smoke_prints_key_values() -> None:
     assert pairs["episodes"] == "3" and pairs["max_turns"] == "2"
     assert float(pairs["batched_eps_s"]) > 0 and float(pairs["sequential_eps_s"]) > 0
     assert float(pairs["batched_tok_s"]) > 0 and float(pairs["ratio"]) > 0
+    assert float(pairs["ratio_vs_sequential_nocache"]) > 0 and float(pairs["cpu_ratio"]) > 0
     rows = {
         line.split()[0]: line.split()
         for line in lines
         if line.startswith(("batched", "sequential"))
     }
-    assert rows["batched"][4] == rows["sequential"][4] == "6"  # turns: 3 episodes x 2
+    assert len(rows) == 4  # with and without the KV cache kept between turns
+    assert {row[4] for row in rows.values()} == {"6"}  # turns: 3 episodes x 2, on every path
