@@ -9,25 +9,46 @@ shape (``flywheel.yaml``'s ``model`` section: Llama, hidden 128, 4 layers, 4 hea
 random weights, seeded. Throughput does not depend on the weights; a random model writes no
 call and only rarely ``<|im_end|>``, so nearly every turn generates ``--max-new-tokens``
 tokens and is answered with the collector's no-call error turn, and every episode runs
-``--max-turns`` turns: both paths do the same work (the table counts the tokens each made).
+``--max-turns`` turns: all paths do the same work (the table counts the tokens each made).
 
-Two paths collect the same ``--episodes`` NumberGuess episodes (``max_n`` 64) with
+Four paths collect the same ``--episodes`` NumberGuess episodes (``max_n`` 64) with
 ``flywheel.loop.agents.collect`` and ``TransformersPolicy`` at the same sampling:
 
-- batched: one ``collect`` call; each turn is one left-padded ``generate`` for every live
-  episode (what the trajectories asset runs);
-- sequential: ``collect`` called once per episode, so each turn is a ``generate`` of one.
+- batched: one ``collect`` call; each turn is one batched sampling loop over every live
+  episode, which keeps each episode's KV cache between turns and so runs through the model
+  only what the collector appended since the last turn (what the trajectories asset runs);
+- sequential: ``collect`` called once per episode, so each turn is a loop of batch one (the
+  same policy class: it keeps its one episode's cache too);
+- batched_nocache, sequential_nocache: the same with ``cache=False``, every turn prefilling
+  every context whole (what the policy did with ``generate`` before it kept caches).
 
-Both run after one untimed warm-up collection. The table gives episodes/s and generated
-(mask 1) tokens/s of each; the last line is key=value pairs, ``ratio`` = batched episodes/s
-over sequential episodes/s.
+All run after an untimed warm-up collection. The table gives wall seconds, episodes/s,
+generated (mask 1) tokens/s and the process's CPU seconds of each path (on a shared machine
+the CPU seconds move less with other jobs than the wall seconds do). The last line is
+key=value pairs: ``ratio`` = batched over sequential episodes/s, both with the cache (the goal
+is >= 5); ``cpu_ratio`` the same in CPU seconds; ``ratio_nocache`` both without the cache;
+``ratio_vs_sequential_nocache`` batched with the cache over sequential without;
+``cache_speedup`` batched with the cache over without.
 
-What bounds ``ratio`` on a CPU: the collector hands the policy every context whole each turn
-(no KV cache is kept between turns), so each turn's prefill is the same compute on both paths,
-and a batch-1 decode step of this 1M-parameter model already costs only ~2 ms (one thread)
-against ~17 ms for a batch of 64. Measured on this project's shared 2-core machine (load 3-4
-from other jobs): ratio 2.9 with torch's 2 threads and 2.0 with ``--threads 1`` at the
-defaults; 4.3 with ``--max-turns 7`` (2 threads), where decode is a larger share.
+Why the cache moves ``ratio``: without it every turn re-prefills every whole context, the same
+compute per episode on both paths, and for the batched path that was over half its time (its
+no-cache row). With it the ~170-token opening is prefilled once and each later turn feeds ~30
+tokens (the last sampled token, the no-call error turn, the next assistant header). The
+sequential path gains nearly nothing: a batch-1 step costs ~1.5 ms of CPU, mostly fixed
+per-forward overhead, and prefilling 200 tokens at batch one costs a few such steps. What
+bounds ``ratio`` now is the batch-64 decode step, ~19 ms of CPU, a third of it attention
+reading the whole KV cache (64 rows x 170-400 slots x 4 layers, out of the CPU's caches,
+where one episode's cache fits in them).
+
+Measured on this project's shared 2-core machine, at the defaults, with ``--threads 1`` at
+load 6-9 from other jobs (three runs): ratio 6.89, 5.21, 4.99 (cpu_ratio 5.34, 4.65, 5.13);
+ratio_nocache 2.6, 2.3, 2.9; ratio_vs_sequential_nocache 5.9, 3.7, 4.4; cache_speedup
+1.5-2.3; batched 2.9-4.4 s, sequential 19-22 s. Before the cache (``generate`` every turn)
+the same measurement gave ratio 2.35 (batched 9.7 s, sequential 22.9 s). With torch's default
+2 threads at load 7-8 every path ran 15-20x slower than on one thread (threads contending
+with other jobs for 2 cores), so those numbers mostly measure the contention: ratio 4.25,
+cpu_ratio 5.18, batched 57.5 s, sequential 244.6 s; the earlier 2-thread figure, at load
+3-4, was ratio 2.9 without the cache.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 ``toolcalls`` is the convention the model calls tools with (Hermes/Qwen ``<tool_call>`` JSON,
 the format TRL 1.16's Qwen response schema parses) and its parser; ``collect`` runs a batch of
 episodes against ``flywheel.envs`` environments with a pluggable policy, one policy call per
-turn for every live episode; ``hf_policy`` is the in-process transformers policy (left-padded
-batched ``generate`` that keeps token ids and sampling logprobs); ``trajectories`` is the
+turn for every live episode; ``hf_policy`` is the in-process transformers policy (a batched
+sampling loop that keeps token ids and sampling logprobs, and each live episode's KV cache
+between turns through ``prefix_cache``); ``trajectories`` is the
 Parquet schema they are stored in; ``accept`` filters a trajectory frame into accepted and
 rejected-with-reason rows. ``ppo_train`` is the compact PPO stage (a policy and a separate
 value model from a parent checkpoint, KL to a frozen reference, resumable), on rollouts from
