@@ -41,19 +41,14 @@ reading the whole KV cache (64 rows x 170-400 slots x 4 layers, out of the CPU's
 where one episode's cache fits in them).
 
 Measured on this project's shared 2-core machine, at the defaults, with ``--threads 1`` at
-load 4-7 from other jobs (three runs): ratio 4.44, 4.25, 3.56 (cpu_ratio 4.27, 3.68 in the
-last two); ratio_nocache 2.2, 3.1; ratio_vs_sequential_nocache 5.7, 5.4; cache_speedup
-1.7-2.7; batched 3.5-5.7 s, sequential 12.6-25 s. Before the cache (``generate`` every turn)
-the same measurement gave ratio 2.35 (batched 9.7 s, sequential 22.9 s). So the goal of 5 is
-not reached against a sequential path that keeps its cache too; it is against the no-cache
-one-at-a-time collection. The next 15%: ``torch.multinomial`` (what ``generate`` samples
-with) spends ~2 ms of CPU a step on a batch of 64 (exponential noise over the whole
-vocabulary); drawing by inverting the cumulative distribution costs 0.13 ms and gave ratio
-6.89, 5.21, 4.99 (cpu_ratio 5.34, 4.65, 5.13), but changes which tokens a seed draws. With
-torch's default 2 threads at load 7-8 every path ran 15-20x slower than on one thread
-(threads contending with other jobs for 2 cores), so those numbers mostly measure the
-contention: ratio 4.25, cpu_ratio 5.18, batched 57.5 s, sequential 244.6 s (with the inverse
-CDF draw); the earlier 2-thread figure, at load 3-4, was ratio 2.9 without the cache.
+load 6-9 from other jobs (three runs): ratio 6.89, 5.21, 4.99 (cpu_ratio 5.34, 4.65, 5.13);
+ratio_nocache 2.6, 2.3, 2.9; ratio_vs_sequential_nocache 5.9, 3.7, 4.4; cache_speedup
+1.5-2.3; batched 2.9-4.4 s, sequential 19-22 s. Before the cache (``generate`` every turn)
+the same measurement gave ratio 2.35 (batched 9.7 s, sequential 22.9 s). With torch's default
+2 threads at load 7-8 every path ran 15-20x slower than on one thread (threads contending
+with other jobs for 2 cores), so those numbers mostly measure the contention: ratio 4.25,
+cpu_ratio 5.18, batched 57.5 s, sequential 244.6 s; the earlier 2-thread figure, at load
+3-4, was ratio 2.9 without the cache.
 """
 
 from __future__ import annotations

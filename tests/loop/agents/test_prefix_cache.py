@@ -13,7 +13,7 @@ import torch
 
 from flywheel.envs.guess import NumberGuess, Settings, train_episodes
 from flywheel.loop.agents.collect import CollectSettings, Context, collect
-from flywheel.loop.agents.hf_policy import TransformersPolicy, truncate
+from flywheel.loop.agents.hf_policy import TransformersPolicy, draw, truncate
 from flywheel.loop.agents.prefix_cache import match
 from tests.loop.eval.conftest import TINY_LLAMA
 
@@ -149,3 +149,12 @@ def test_truncate_keeps_what_generate_keeps(top_k: int, top_p: float) -> None:
     if top_p < 1:
         expected = TopPLogitsWarper(top_p)(None, expected)
     assert torch.equal(truncate(logits, top_k, top_p).isinf(), expected.isinf())
+
+
+def test_draw_samples_the_given_probabilities() -> None:
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.25, 0.0, 0.75]])
+    generator = torch.Generator().manual_seed(0)
+    drawn = torch.stack([draw(probs, generator) for _ in range(4000)])
+    counts = torch.stack([(drawn == i).float().mean(dim=0) for i in range(4)], dim=1)
+    close(counts, probs, atol=0.03, rtol=0)  # 4000 draws: a standard error under 0.008
+    assert bool((counts[probs == 0] == 0).all())  # never a token of probability 0
