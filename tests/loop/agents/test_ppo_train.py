@@ -326,8 +326,11 @@ def test_a_lora_policy_trains_its_adapter_against_the_disabled_adapter(
     settings = PpoSettings(iterations=3, save_every=1, lora=adapted, **small)
     out, adapter = tmp_path / "out", tmp_path / "adapter"
     result = train_ppo(parent, out, tmp_path / "work", source, settings, adapter_dir=adapter)
-    # The reference is the policy with its adapter off: the KL is 0 until the adapter moves.
-    assert result["history"][0]["kl"] == pytest.approx(0.0, abs=1e-6) and result["kl"] > 0
+    # The reference is the policy with its adapter off: the KL is 0 until the adapter moves,
+    # then not. The logged KL is the sampled estimate mean(logp - ref_logp) over 8 rollouts,
+    # which can fall below 0 by chance, so its size is what shows the adapter moved.
+    assert result["history"][0]["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(result["kl"]) > 1e-4
     assert 0 < result["lora/trainable_params"] < result["lora/total_params"]
     assert (adapter / "adapter_model.safetensors").stat().st_size == result["lora/adapter_bytes"]
     # A resumable state holds the adapter, not a model.
