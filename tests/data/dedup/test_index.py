@@ -147,6 +147,21 @@ def test_incompatible_settings_are_refused(tmp_path: Path, field: str, value) ->
         DedupIndex.open(tmp_path / "ix", DedupSettings(**{field: value}))
 
 
+def test_an_index_of_an_older_hash_scheme_is_refused(docs: list[str], tmp_path: Path) -> None:
+    """Signatures of another scheme must not be mixed with this one's: a clear error."""
+    ids, texts = _corpus(docs)
+    index = DedupIndex.open(tmp_path / "ix")
+    index.add(ids, texts)
+    index.commit()
+    manifest = store.read_manifest(tmp_path / "ix")
+    assert manifest["hash_scheme"] == "flywheel-minhash-v2"
+    store.write_manifest(
+        tmp_path / "ix", {**manifest, "hash_scheme": "flywheel-minhash-v1"}, manifest["parts"]
+    )
+    with pytest.raises(ValueError, match="flywheel-minhash-v1.*delete the index directory"):
+        DedupIndex.open(tmp_path / "ix")
+
+
 def test_crash_before_commit_leaves_the_old_index(docs: list[str], tmp_path: Path) -> None:
     ids, texts = _corpus(docs)
     index = DedupIndex.open(tmp_path / "ix")

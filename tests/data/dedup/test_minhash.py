@@ -14,6 +14,7 @@ from flywheel.data.dedup.minhash import _B, _K, _R, EMPTY, splitmix64
 from .conftest import mutate, prose
 
 M64 = (1 << 64) - 1
+M32 = (1 << 32) - 1
 
 
 def test_shingles_are_a_set_of_word_ngrams() -> None:
@@ -66,10 +67,10 @@ def _shingle(words: tuple[str, ...]) -> int:
 def reference(text: str, num_perm: int, sketch: int) -> tuple[list[int], list[int]]:
     """Signature and bottom-m sketch straight from the definitions, over ``shingles(text)``."""
     xs = sorted({_shingle(s) for s in shingles(text, 5)})
-    ab = [int(v) for v in splitmix64(1, 2 * num_perm)]
+    ab = [int(v) >> 32 for v in splitmix64(1, 2 * num_perm)]
     sig = [
-        min((((a * x + b) & M64) >> 32 for x in xs), default=int(EMPTY))
-        for a, b in zip(ab[:num_perm], ab[num_perm:], strict=True)
+        min(((a * x + b) & M32 for x in xs), default=int(EMPTY))
+        for a, b in zip([a | 1 for a in ab[:num_perm]], ab[num_perm:], strict=True)
     ]
     return sig, xs[:sketch]
 
@@ -129,6 +130,25 @@ def test_signature_agreement_estimates_exact_jaccard() -> None:
     assert abs(error.mean()) < 0.01  # unbiased
     assert np.abs(error).mean() < 0.03  # sd at k=128 is <= sqrt(.25/128) = 0.044
     assert np.abs(error).max() < 0.2
+
+
+def test_permutations_are_independent_enough() -> None:
+    """The 32-bit multiply-add permutations are fixed bijections of already-hashed shingles;
+    were they correlated with each other, the agreement estimate would spread wider than the
+    binomial sqrt(J (1 - J) / k) of k independent permutations. 400 pairs at J = 0.8."""
+    rng = np.random.default_rng(0)
+    k, size, inter = 128, 90, 80  # |A| = |B| = 90, |A & B| = 80: J = 80 / 100
+    hasher = MinHasher(num_perm=k, ngram=1)
+    a_texts, b_texts = [], []
+    for _ in range(400):
+        words = [f"w{v}" for v in rng.choice(10**9, 2 * size - inter, replace=False)]
+        a_texts.append(" ".join(words[:size]))
+        b_texts.append(" ".join(words[:inter] + words[size:]))
+    estimate = (hasher.signatures(a_texts) == hasher.signatures(b_texts)).mean(axis=1)
+    j = inter / (2 * size - inter)
+    binomial = np.sqrt(j * (1 - j) / k)
+    assert abs(estimate.mean() - j) < 0.01
+    assert 0.85 * binomial < estimate.std() < 1.15 * binomial, (estimate.std(), binomial)
 
 
 def test_signatures_do_not_depend_on_the_process() -> None:
