@@ -72,8 +72,13 @@ def test_duplicate_check_catches_an_engine_that_stops_normalizing(
 ) -> None:
     # The engine's bug: every normalization it owns becomes the identity. The code of the
     # functions is replaced, not the names, so whoever holds a reference gets the bug too.
+    # The local engine normalizes on bytes (MinHasher.normalized): there the bug is that it
+    # stops lower-casing (its whitespace rule is what its word hashes split on); the variants
+    # below differ in case, so it keeps them all just the same.
     identity = lambda self, texts: list(texts)  # noqa: E731
     monkeypatch.setattr(minhash.MinHasher.normalize, "__code__", identity.__code__)
+    no_lower = lambda self, texts: _pack(t.encode("utf-8", "surrogatepass") for t in texts)  # noqa: E731, F821
+    monkeypatch.setattr(minhash.MinHasher.normalized, "__code__", no_lower.__code__)
     monkeypatch.setattr(minhash.normalize, "__code__", (lambda text, lowercase=True: text).__code__)
     shards = _deduplicated(tmp_path / "broken")
     assert shards.num_rows == len(CORPUS)  # the broken engine kept every variant

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from flywheel.core.settings.dedup import DedupSettings
-from flywheel.data.dedup import lsh, partitions, store, verify
+from flywheel.data.dedup import lsh, partitions, store, textbytes, verify
 from flywheel.data.dedup.minhash import HASH_SCHEME, MinHasher
 from flywheel.data.dedup.results import (
     EXACT,
@@ -184,8 +184,8 @@ class DedupIndex:
     def _process(self, texts: list[str], n0: int) -> tuple[dict[str, np.ndarray], dict]:
         """Decide every new document (orders n0, n0 + 1, ...): the columns to append."""
         s, m = self.settings, len(texts)
-        norms = self.hasher.normalize(texts)
-        exact = self.hasher.exact_hashes(norms)
+        nz = self.hasher.normalized(texts)  # the normalized texts as one byte buffer
+        exact = textbytes.exact_hashes(nz)
         parent = np.full(m, -1, dtype=np.int64)
         method = np.zeros(m, dtype=np.int8)
         similarity = np.zeros(m, dtype=np.float64)
@@ -193,7 +193,7 @@ class DedupIndex:
             self._exact_parents(exact, n0, parent, method, similarity)
         fresh = method != EXACT
         started = time.perf_counter()
-        sk = self.hasher.sketches([norms[j] for j in np.flatnonzero(fresh)])
+        sk = self.hasher.sketches_of(nz.take(np.flatnonzero(fresh)))
         sig_seconds = time.perf_counter() - started
         sig = np.empty((m, s.num_perm), dtype=np.uint32)
         sig[fresh] = sk.sig
@@ -203,7 +203,7 @@ class DedupIndex:
         for j in np.flatnonzero(~fresh):  # an exact copy has its original's signature
             p = parent[j]
             sig[j] = self._cols["sig"].values[p] if p < n0 else sig[p - n0]
-        in_lsh = fresh & np.fromiter((bool(t) for t in norms), dtype=np.bool_, count=m)
+        in_lsh = fresh & (nz.n_words > 0)
         stats = {
             "signature_seconds": round(sig_seconds, 6),
             "candidate_pairs": 0,

@@ -45,10 +45,12 @@ Speed (bench/dedup.py, 192 MB of real documentation, one core): ~27 MB/s for sig
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from flywheel.data.dedup import textbytes
 
 HASH_SCHEME = "flywheel-minhash-v2"  # v1: 64-bit multiply-add-shift permutations
 EMPTY = np.uint32(0xFFFFFFFF)  # signature value of a document without shingles
@@ -151,25 +153,32 @@ class MinHasher:
     def exact_hashes(self, norms: Sequence[str]) -> np.ndarray:
         return np.fromiter((exact_hash(s) for s in norms), dtype=np.uint64, count=len(norms))
 
+    def normalized(self, texts: Sequence[str]) -> textbytes.Normalized:
+        """The texts lower-cased (optional, ``str.lower``) and whitespace-normalized as bytes:
+        what ``normalize`` gives, without a Python string per word (``textbytes``)."""
+        low = self.lowercase
+        return _pack((t.lower() if low else t).encode("utf-8", "surrogatepass") for t in texts)
+
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """Signatures only (no sketches), shape (len(texts), num_perm), uint32."""
-        norms = self.normalize(texts)
-        return self._batches(norms, sketch_size=0).sig
+        return self.sketches_of(self.normalized(texts), sketch_size=0).sig
 
     def sketches(self, norms: Sequence[str]) -> Sketches:
         """Signatures and bottom-m sketches of already-normalized texts."""
-        return self._batches(norms, self.sketch_size)
+        return self.sketches_of(_pack(s.encode("utf-8", "surrogatepass") for s in norms))
 
-    def _batches(self, norms: Sequence[str], sketch_size: int) -> Sketches:
-        """Run the pipeline on sub-batches of ~4 MiB of text (bounding the temporaries)."""
-        parts, start, size = [], 0, 0
-        for i, s in enumerate(norms):
-            size += len(s) + 1
-            if size >= _SUB_BATCH_BYTES:
-                parts.append(self._sub_batch(norms[start : i + 1], sketch_size))
-                start, size = i + 1, 0
-        if start < len(norms) or not parts:
-            parts.append(self._sub_batch(norms[start:], sketch_size))
+    def sketches_of(self, nz: textbytes.Normalized, sketch_size: int | None = None) -> Sketches:
+        """Signatures and (``sketch_size``, default the hasher's) bottom-m sketches of a
+        normalized batch, in sub-batches of ~4 MiB of text (bounding the temporaries)."""
+        m = self.sketch_size if sketch_size is None else sketch_size
+        n = nz.lengths.size
+        bounds = [0]
+        if n:  # cut after the text in which each multiple of the sub-batch size falls
+            ends = np.cumsum(nz.lengths + 1)
+            marks = np.arange(_SUB_BATCH_BYTES, ends[-1], _SUB_BATCH_BYTES)
+            bounds += [c for c in np.unique(np.searchsorted(ends, marks) + 1).tolist() if c < n]
+        bounds.append(n)
+        parts = [self._sub_batch(nz, lo, hi, m) for lo, hi in zip(bounds, bounds[1:], strict=False)]
         if len(parts) == 1:
             return parts[0]
         return Sketches(
@@ -179,14 +188,15 @@ class MinHasher:
         )
 
     # -- the vectorized pipeline: bytes -> word hashes -> shingle hashes -> min-permutations --
-    def _sub_batch(self, norms: Sequence[str], sketch_size: int) -> Sketches:
-        n = len(norms)
-        n_words = np.fromiter((s.count(" ") + 1 if s else 0 for s in norms), np.int64, count=n)
+    def _sub_batch(self, nz: textbytes.Normalized, lo: int, hi: int, sketch_size: int):
+        """Sketches of texts lo..hi-1 of ``nz``."""
+        n, n_words = hi - lo, nz.n_words[lo:hi]
         if n_words.sum() == 0:
             empty = np.full((n, self.num_perm), EMPTY, dtype=np.uint32)
             return Sketches(empty, np.empty(0, np.uint32), np.zeros(n, np.int64))
-        buf = " ".join(s for s in norms if s).encode("utf-8", "surrogatepass")
-        words = _word_hashes(np.frombuffer(buf, dtype=np.uint8))
+        full = lo + np.flatnonzero(n_words)  # the buffer holds them, joined by single spaces
+        first, last = full[0], full[-1]
+        words = _word_hashes(nz.buf[nz.starts[first] : nz.starts[last] + nz.lengths[last]])
         assert words.size == n_words.sum(), "word split disagrees with str.split"
         x, counts = _shingle_hashes(words, n_words, self.ngram)
         offsets = np.zeros(n, dtype=np.int64)
@@ -246,6 +256,20 @@ class MinHasher:
             mins = np.minimum.reduceat(blk, starts, axis=1).T
             np.minimum(acc[first:last], mins, out=acc[first:last])
         sig[docs] = acc
+
+
+def _pack(encoded: Iterable[bytes]) -> textbytes.Normalized:
+    """``textbytes.normalize_bytes`` over batches of ~4 MiB (bounding its temporaries)."""
+    parts, batch, size = [], [], 0
+    for b in encoded:
+        batch.append(b)
+        size += len(b)
+        if size >= _SUB_BATCH_BYTES:
+            parts.append(textbytes.normalize_bytes(batch))
+            batch, size = [], 0
+    if batch or not parts:
+        parts.append(textbytes.normalize_bytes(batch))
+    return textbytes.concat(parts)
 
 
 _powers = np.ones(1, dtype=np.uint64)  # B^i, grown on demand (module cache)
