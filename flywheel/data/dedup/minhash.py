@@ -7,6 +7,11 @@ these sets): the text is lower-cased (optional) and split with ``str.split()``; 
 are the SET of word n-grams; a document of 1 <= m < n words is one shingle of all its words;
 an empty document has no shingles (its signature is all 0xFFFFFFFF and it never matches).
 
+The local engine never splits a text in Python: ``MinHasher.normalized`` lower-cases each text
+(``str.lower``) and normalizes whitespace on the UTF-8 bytes of the whole batch
+(``flywheel.data.dedup.textbytes``, byte for byte ``normalize``); ``sketches`` of normalized
+strings (the Ray engine's path) packs them the same way, so both hash the same bytes.
+
 Hash scheme (``HASH_SCHEME`` is recorded in index manifests; bump it on any change):
 
 * word hash: over the UTF-8 bytes c_0..c_{L-1} of a word, h = fmix64(sum_i c_i * B^i + L * K)
@@ -38,8 +43,9 @@ with plain elementwise ``np.minimum`` over the padding axis, which has no per-do
 Bottom-m sketches (``sketch_size`` > 0: the m smallest distinct shingle hashes x of each doc,
 used by ``flywheel.data.dedup.verify``) come from one sort of (doc << 32 | x) per sub-batch.
 
-Speed (bench/dedup.py, 192 MB of real documentation, one core): ~27 MB/s for signatures,
-~22 MB/s with sketches; datasketch's per-shingle ``MinHash.update`` loop does ~1.1 MB/s.
+Speed (bench/dedup.py, 233 MB of real documentation, one thread, on a loaded 2-core machine):
+~27 MB/s for signatures from raw text, 1.5x ``MinHash.bulk`` on our precomputed shingle hashes;
+datasketch's per-shingle ``MinHash.update`` loop does ~1 MB/s.
 """
 
 from __future__ import annotations
@@ -59,8 +65,8 @@ _M64 = (1 << 64) - 1
 _LONG = 64  # docs with more shingles use reduceat; fewer are padded to a size class
 _CLASSES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)  # padding waste <= 1/3, ~15% typical
 _BLOCK = 1024  # short docs per permutation block: 1024 x 128 x 4 B = 512 KiB, in L2
-_LONG_BLOCK = 4096  # shingles per block of long docs: 128 x 4096 x 4 B = 2 MiB (measured
-# fastest: fewer reduceat calls, and the block still fits in L2)
+_LONG_BLOCK = 8192  # shingles per block of long docs: 128 x 8192 x 4 B = 4 MiB (of 2K..16K,
+# measured fastest: fewer reduceat calls outweigh spilling from L2 to L3)
 _SUB_BATCH_BYTES = 4 << 20  # text per vectorized pass, bounding the per-byte temporaries
 _WORD_WINDOW = 1 << 20  # bytes per word-hash pass: power tables of 2^20 x 8 B = 8 MiB each
 
