@@ -8,9 +8,9 @@ settings)`` then ``add`` / ``commit`` to deduplicate batches against everything 
 (``engine: ray``; imported only then, so the local engine never loads Ray).
 
 Why our own engine and not datasketch's (``bench/dedup.py``, both on the same 167,529-document
-corpus in one run, one thread): end to end from raw text we are ~4x faster (ratio 3.95) than
+corpus in one run, one thread): end to end from raw text we are 3.2-4x faster (two runs) than
 ``MinHash.bulk`` + ``MinHashLSH`` even when it is handed our shingle hashes for free, signatures
-alone ~1.5x faster (sig_ratio 1.54), and verifying candidates by exact Jaccard on a sketch lifts
+alone 1.5-1.8x faster, and verifying candidates by exact Jaccard on a sketch lifts
 precision/recall to 0.9995/0.9977 against datasketch's 0.9640/0.9835. Add to that what
 datasketch has no notion of: an incremental, persistent index with versioned commits.
 """
