@@ -5,7 +5,7 @@
 Ray's own multi-node harness (``ray.cluster_utils.Cluster``): a head without CPUs (so every
 task runs on a worker) and two one-CPU workers, each a raylet with its own object store. While
 the dedup runs, one worker is killed without warning: the tasks it was running and the blocks
-it held are lost, Ray Data retries the tasks and Ray rebuilds the blocks from lineage on the
+it held are lost, Ray retries the tasks and rebuilds the lost objects from lineage on the
 surviving node, and the decisions are still exactly the local engine's (nothing lost, nothing
 duplicated).
 """

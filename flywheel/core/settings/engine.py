@@ -3,7 +3,7 @@
     python -c "from flywheel.core.settings.engine import *; print(RaySettings(address='auto'))"
 
 ``engine: local`` (the default) runs every stage in the calling process and never imports Ray.
-``engine: ray`` runs deduplication as Ray Data stages (``flywheel.data.dedup.ray_engine``) on
+``engine: ray`` runs deduplication as Ray tasks (``flywheel.data.dedup.ray_engine``) on
 the cluster ``ray.address`` names, or on one it starts on this machine when the address is
 null. Results are the same on both engines; only where the work happens changes.
 """

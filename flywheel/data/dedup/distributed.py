@@ -6,9 +6,9 @@ hash partition of a shuffle. Pure pyarrow/numpy/polars, no Ray, so each step is 
 Every step reads and writes tables of the one schema ``ROW`` (columns a step does not use are
 null), so that two step outputs can be concatenated and shuffled together: that is how a join
 is done without a join operator. The rows of both sides carry the same ``key``; the shuffle puts
-each key's rows in one partition (``part`` = key mod partitions), and the step matches them
-there. ``tag`` says which side a row is on: ``DATA`` rows describe document ``pos``, ``QUERY``
-rows ask about document ``key``.
+each key's rows in one partition (key mod partitions, ``task_steps.split``), and the step
+matches them there. ``tag`` says which side a row is on: ``DATA`` rows describe document
+``pos``, ``QUERY`` rows ask about document ``key``.
 
 The decisions are the local engine's (``flywheel.data.dedup.index``), step by step: the first
 occurrence of an id is the one processed; a document's exact parent is the earliest document
@@ -73,13 +73,6 @@ def side(table: pa.Table, tag: int) -> pa.Table:
     return table.filter(pc.equal(table.column("tag"), tag))
 
 
-def with_part(table: pa.Table, partitions: int) -> pa.Table:
-    """``table`` plus ``part``, the hash partition of its ``key`` (keys are hashes or
-    positions, both spread evenly by a modulus)."""
-    part = col(table, "key").view(np.uint64) % np.uint64(partitions)
-    return table.append_column("part", pa.array(part.astype(np.int64)))
-
-
 def uint32s(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, lengths) of a large_binary column of packed uint32s; null rows are empty."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
@@ -125,7 +118,7 @@ def first_occurrences(part: pa.Table) -> pa.Table:
     again gets its first occurrence's decision, as in the local engine)."""
     frame = pl.DataFrame({"id": pl.from_arrow(part.column("id")), "pos": col(part, "pos")})
     first = frame.select(pl.col("pos").min().over("id"))["pos"].to_numpy()
-    return part.drop(["part"]).set_column(3, "other", pa.array(first))
+    return _without_part(part).set_column(3, "other", pa.array(first))
 
 
 def exact_parents(part: pa.Table, exact: bool) -> pa.Table:
@@ -254,9 +247,9 @@ def jump(part: pa.Table) -> pa.Table:
     target = _lookup(data, col(queries, "other"))
     ptr, new = col(queries, "other"), col(target, "other")
     moved = (new != ptr).astype(np.int8)
-    out = queries.drop(["part"]).set_column(3, "other", pa.array(new))
+    out = _without_part(queries).set_column(3, "other", pa.array(new))
     out = out.set_column(2, "tag", pa.array(moved)).set_column(8, "dup_of", target.column("id"))
-    kept = data.filter(pa.array(col(data, "other") == col(data, "pos"))).drop(["part"])
+    kept = _without_part(data.filter(pa.array(col(data, "other") == col(data, "pos"))))
     kept = kept.set_column(2, "tag", pa.array(np.zeros(kept.num_rows, np.int8)))
     return pa.concat_tables([out.set_column(1, "key", pa.array(col(out, "pos"))), kept])
 

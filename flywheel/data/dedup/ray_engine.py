@@ -1,36 +1,40 @@
 """Deduplication on a Ray cluster (``engine: ray``): the local engine's decisions, computed by
-Ray Data stages spread over the cluster's nodes.
+plain Ray tasks spread over the cluster's nodes.
 
     flywheel dedup INPUT --output DIR --engine ray [--address ADDR]
     python -c "from flywheel.data.dedup.ray_engine import deduplicate_ray as d; \\
 print(d(['a', 'b'], ['x y z', 'x y z']).duplicates)"
 
 The only module that imports Ray (inside its functions: ``engine: local`` never loads it).
-The stages (each step's work is in ``flywheel.data.dedup.distributed``; a shuffle is
-``groupby(part).map_groups`` over ``ray.partitions`` hash partitions of the rows' key, so a
-task holds one partition and no process holds all ids, band keys or edges):
+Each task runs a step of ``flywheel.data.dedup.task_steps`` and returns its output already
+split for the next stage's tasks (``ray.partitions`` hash partitions of the rows' key, or the
+input block of a document), so a shuffle is one round of tasks, a task holds one partition,
+and no process holds all ids, band keys or edges. The stages, submitted at once (each task
+starts when its inputs exist; only pointer jumping waits, for its count of moved pointers):
 
-  1. signatures: ``map_batches`` over the input blocks (MinHasher: hashes, signature, sketch);
-  2. first occurrences: shuffle by id (a repeated id gets its first occurrence's decision);
-  3. exact parents: shuffle by exact hash;
-  4. LSH: a map to one (band, key) row per band, a shuffle by band key, candidate pairs per
-     bucket (``lsh.candidate_pairs``, as the local engine);
-  5. verification: two shuffles join each pair with its documents' signatures and sketches
-     (by doc, then by candidate), and ``verify.decide`` judges it;
-  6. parents: a shuffle by doc takes its earliest verified candidate;
-  7. roots: pointer-jumping rounds, each a shuffle by pointer, until no pointer moves;
-  8. repeated ids: a shuffle by first occurrence copies its decision.
+  1. sign, per input block: exact hash, signature, sketch and band keys of each document;
+     signatures and sketches stay in that block's object, the rest goes on without them;
+  2. firsts, by id: a repeated id gets its first occurrence's decision;
+  3. exact, by exact hash: each document's exact parent;
+  4. bands, per block: the band rows of the documents that enter LSH, by band key;
+  5. pairs, by band key: candidate pairs per bucket (``lsh.candidate_pairs``, as locally);
+  6. attach then verify, per block: a pair fetches its doc's signature and sketch in doc's
+     block, then is judged (``verify.decide``) in its other document's block;
+  7. parents, by document: the earliest verified candidate;
+  8. jump, by pointer: pointer-jumping rounds until no pointer moves;
+  9. final, by document: the removed documents, and the repeats of removed first occurrences.
 
-Fault tolerance. The shuffles are sort-based (``SORT_SHUFFLE_PULL_BASED``): plain tasks, which
-Ray Data retries without limit and whose lost outputs Ray rebuilds from lineage when a node
-dies. The default hash shuffle keeps partitions in actors, whose state dies with their node.
+Why plain tasks rather than Ray Data's ``groupby``: a Ray Data shuffle costs a second or two
+of planning, sampling and a barrier on two cores whatever its size, and this pipeline needs
+ten of them; a round of tasks costs milliseconds each. Fault tolerance is Ray's for tasks: a
+task whose worker or node dies is retried, and its lost outputs are rebuilt from lineage
+(the input blocks stay referenced until the end, so signing can be redone).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,10 +44,12 @@ import pyarrow as pa
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
 from flywheel.data.dedup import distributed as d
+from flywheel.data.dedup import task_steps as t
 from flywheel.data.dedup.results import DUPLICATES_SCHEMA, DedupResult, _as_strings
 
 RESULT_COLUMNS = ["pos", "id", "dup_of", "method", "sim"]
 _METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)
+_RETRIES = 8  # per task, for lost workers and nodes
 
 
 class RayUnavailable(RuntimeError):
@@ -124,92 +130,112 @@ def counts(keep: np.ndarray, gone: pa.Table) -> dict[str, int]:
 def dedup_blocks(
     blocks: Iterable[pa.Table], settings: DedupSettings, ray_settings: RaySettings
 ) -> pa.Table:
-    """The removed documents (``RESULT_COLUMNS``, by position) of blocks (pos, id, text):
-    each block goes to the object store as it comes, so the caller holds one at a time."""
+    """The removed documents (``RESULT_COLUMNS``, by position) of blocks (pos, id, text), in
+    increasing positions: each block goes to the object store, and its signature task is
+    submitted, as it comes, so the caller holds one at a time while the first ones run."""
     connect(ray_settings)
     import ray
 
-    refs = [ray.put(block) for block in blocks]
-    if not refs:
+    P, s = ray_settings.partitions, settings
+    # the inputs stay referenced until the end: a lost signature object is rebuilt from them
+    inputs, signed, starts, last = [], [], [], -1
+    for block in blocks:
+        if not block.num_rows:
+            continue
+        pos = block.column("pos").to_numpy()
+        if pos[0] <= last or np.any(np.diff(pos) <= 0):
+            raise ValueError("dedup_blocks needs blocks of increasing positions, in order")
+        starts.append(int(pos[0]))
+        last = int(pos[-1])
+        inputs.append(ray.put(block))
+        signed.append(_submit(t.sign, P + 2, [[inputs[-1]]], settings=s, partitions=P))
+    if not inputs:
         return d.rows(0).select(RESULT_COLUMNS)
-    with _data_context():
-        ds = ray.data.from_arrow_refs(refs)
-        gone = _decide(ds, settings, ray_settings.partitions)
-        tables = [ray.get(ref) for ref in gone.to_arrow_refs()]
-    tables = [t.select(RESULT_COLUMNS) for t in tables if t.num_rows]
+    gone = _decide(signed, np.array(starts, np.int64), s, P)
+    tables = [tb.select(RESULT_COLUMNS) for tb in ray.get(gone) if tb.num_rows]
     empty = d.rows(0).select(RESULT_COLUMNS)
     return pa.concat_tables(tables).sort_by("pos") if tables else empty
 
 
-@contextlib.contextmanager
-def _data_context() -> Iterator[None]:
-    """Task-based shuffles (see the module docstring), no progress bars nor a log line per
-    stage (a run has a dozen); restored after."""
-    from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
-
-    ctx = DataContext.get_current()
-    log = logging.getLogger("ray.data")
-    saved = ctx.shuffle_strategy, ctx.enable_progress_bars, log.level
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    ctx.enable_progress_bars = False
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        ctx.shuffle_strategy, ctx.enable_progress_bars, level = saved
-        log.setLevel(level)
+def _apply(fn: Any, sizes: tuple[int, ...], kwargs: dict[str, Any], *tables: Any) -> Any:
+    """Body of every task: ``fn`` over its arguments regrouped (Ray resolves only top-level
+    object refs, so the groups travel flat)."""
+    groups, at = [], 0
+    for n in sizes:
+        groups.append(list(tables[at : at + n]))
+        at += n
+    out = fn(*groups, **kwargs)
+    return out[0] if len(out) == 1 else out
 
 
-def _map(ds: Any, fn: Any, **kwargs: Any) -> Any:
-    return ds.map_batches(fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs)
+@functools.cache
+def _remote() -> Any:
+    import ray
+
+    # plain tasks: retried when their worker or node dies, and their lost outputs rebuilt
+    # from lineage (the bound keeps a task that kills its worker every time from looping)
+    return ray.remote(max_retries=_RETRIES)(_apply)
 
 
-def _shuffle(ds: Any, fn: Any, partitions: int, **kwargs: Any) -> Any:
-    """``fn`` over each hash partition of the rows' ``key``, materialized (in the object
-    store, spread over the nodes) since every result is read by two later stages."""
-    keyed = _map(ds, d.with_part, partitions=partitions)
-    grouped = keyed.groupby("part").map_groups(fn, batch_format="pyarrow", fn_kwargs=kwargs)
-    return grouped.materialize()
+def _submit(fn: Any, num_returns: int, groups: list[list[Any]], **kwargs: Any) -> list[Any]:
+    """Submit ``fn(*groups, **kwargs)`` as a task; its ``num_returns`` output refs."""
+    flat = [ref for group in groups for ref in group]
+    sizes = tuple(len(group) for group in groups)
+    task = _remote().options(num_returns=num_returns, name=f"dedup.{fn.__name__}")
+    out = task.remote(fn, sizes, kwargs, *flat)
+    return out if num_returns > 1 else [out]
 
 
-def _decide(ds: Any, s: DedupSettings, partitions: int) -> Any:
-    """The removed documents, with the local engine's parents and roots."""
-    firsts = _shuffle(_map(ds, d.signatures, settings=s), d.first_occurrences, partitions)
-    unique = _map(firsts, d.first_rows)
-    if s.exact:
-        decided = _shuffle(unique, d.exact_parents, partitions, exact=True)
-    else:
-        decided = _map(unique, d.exact_parents, exact=False).materialize()
-    verified = _near_duplicates(decided, s, partitions) if s.minhash else None
-    parents_in = decided if verified is None else decided.union(verified)
-    state = _roots(_shuffle(parents_in, d.choose_parents, partitions), partitions)
-    gone = _map(state, d.removed).materialize()
-    repeats = _map(firsts, d.repeats).materialize()
-    if repeats.count() and gone.count():
-        aliases = _shuffle(gone.union(repeats), d.alias_decisions, partitions)
-        gone = gone.union(aliases)
-    return gone
+def _decide(signed: list[list[Any]], starts: np.ndarray, s: DedupSettings, P: int) -> list[Any]:
+    """Submit every stage (each task starts when its inputs exist; only pointer jumping waits
+    for a count); the refs of the removed documents, one per partition."""
+    import ray
+
+    B = len(signed)
+    firsts = [_submit(t.firsts, 2 * P, [_column(signed, p)], partitions=P) for p in range(P)]
+    lsh = starts if s.minhash else None
+    n_exact = P + (B if s.minhash else 0)
+    exact = [
+        _submit(t.exact, n_exact, [_column(firsts, p)], exact=s.exact, partitions=P, starts=lsh)
+        for p in range(P)
+    ]
+    found = _near_duplicates(signed, exact, starts, s, P) if s.minhash else []
+    state = [
+        _submit(t.parents, P, [_column(exact, p) + _column(found, p)], partitions=P)
+        for p in range(P)
+    ]
+    while True:  # pointer jumping: a round per shuffle by target, until no pointer moves
+        jumped = [_submit(t.jump, P + 1, [_column(state, p)], partitions=P) for p in range(P)]
+        state = [refs[:P] for refs in jumped]
+        if not sum(ray.get([refs[P] for refs in jumped])):
+            break
+    repeats = [refs[P:] for refs in firsts]
+    return [_submit(t.final, 1, [_column(state, p), _column(repeats, p)])[0] for p in range(P)]
 
 
-def _near_duplicates(decided: Any, s: DedupSettings, partitions: int) -> Any | None:
-    """Verified pairs (doc, other, sim) keyed by doc, or None when there are none."""
-    bands, rows = s.resolve_bands()
-    docs = _map(decided, d.lsh_documents).materialize()
-    if docs.count() == 0:
-        return None
-    buckets = _map(docs, d.band_rows, bands=bands, rows_per_band=rows, num_perm=s.num_perm)
-    pairs = _shuffle(buckets, d.bucket_pairs, partitions, window=s.bucket_window)
-    if pairs.count() == 0:
-        return None
-    attached = _shuffle(pairs.union(docs), d.attach_doc, partitions)
-    return _shuffle(attached.union(docs), d.verify_pairs, partitions, settings=s)
+def _near_duplicates(
+    signed: list[list[Any]], exact: list[list[Any]], starts: np.ndarray, s: DedupSettings, P: int
+) -> list[list[Any]]:
+    """Verified pairs (QUERY keyed by doc): per task, its ``P`` pieces for ``parents``."""
+    B = len(signed)
+    eligible = [refs[P:] for refs in exact]
+    bands = [
+        _submit(t.bands, P, [[signed[b][P + 1]], _column(eligible, b)], partitions=P)
+        for b in range(B)
+    ]
+    window = s.bucket_window
+    pairs = [
+        _submit(t.pairs, B, [_column(bands, p)], window=window, starts=starts) for p in range(P)
+    ]
+    attached = [
+        _submit(t.attach, B, [[signed[b][P]], _column(pairs, b)], starts=starts) for b in range(B)
+    ]
+    return [
+        _submit(t.verify, P, [[signed[b][P]], _column(attached, b)], settings=s, partitions=P)
+        for b in range(B)
+    ]
 
 
-def _roots(state: Any, partitions: int) -> Any:
-    """Pointer jumping until no pointer moves: every removed document then points at its
-    root, and carries the root's id in ``dup_of``."""
-    while True:
-        state = _shuffle(_map(state, d.jump_inputs), d.jump, partitions)
-        if not state.sum("tag"):
-            return state
+def _column(outputs: list[list[Any]], i: int) -> list[Any]:
+    """The ``i``-th output of every task of a stage: what the ``i``-th next task reads."""
+    return [refs[i] for refs in outputs]
