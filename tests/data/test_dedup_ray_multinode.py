@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 
+import psutil
 import pytest
 
 from flywheel.core.settings.dedup import DedupSettings
@@ -42,6 +43,19 @@ def cluster():
     cluster.shutdown()
 
 
+def running_dedup_task(node) -> bool:
+    """Whether a worker of ``node`` is executing a dedup task now (Ray titles a worker
+    process ``ray::<task name>`` while it runs one)."""
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    for worker in raylet.children(recursive=True):
+        try:
+            if worker.cmdline()[:1] and worker.cmdline()[0].startswith("ray::dedup."):
+                return True
+        except psutil.Error:  # a worker that ended while we looked
+            pass
+    return False
+
+
 def test_a_killed_worker_node_loses_nothing(cluster) -> None:
     from flywheel.data.dedup.ray_engine import deduplicate_ray
 
@@ -58,7 +72,12 @@ def test_a_killed_worker_node_loses_nothing(cluster) -> None:
 
     job = threading.Thread(target=run)
     job.start()
-    time.sleep(4.0)  # into the shuffles: the run takes ~14 s unharmed, ~40 s with the kill
+    # kill when the node is running a task (its first is one of the first stage's: most of
+    # the run is still ahead); a time would race with the machine's speed (~2 s unharmed)
+    deadline = time.monotonic() + 120
+    while not running_dedup_task(workers[0]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert time.monotonic() < deadline, "no dedup task ever ran on the worker node"
     assert job.is_alive(), "the run ended before a node could be killed: make it longer"
     harness.remove_node(workers[0], allow_graceful=False)  # SIGKILL of its raylet and workers
     job.join(timeout=240)

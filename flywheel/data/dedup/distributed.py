@@ -163,10 +163,10 @@ def bucket_pairs(part: pa.Table, window: int) -> pa.Table:
     return rows(doc.size, pos=doc, key=doc, tag=np.full(doc.size, QUERY), other=pairs["other"])
 
 
-def attach_doc(part: pa.Table) -> pa.Table:
-    """One doc partition: each distinct pair (doc, other) gets doc's signature and sketch,
-    and is keyed by other for ``verify_pairs``."""
-    data, pairs = side(part, DATA), side(part, QUERY)
+def attach_doc(data: pa.Table, pairs: pa.Table) -> pa.Table:
+    """Pairs (doc, other) of one set of docs, and those docs (DATA, with signature and
+    sketch): each distinct pair gets doc's signature and sketch, keyed by other for
+    ``verify_pairs``."""
     doc, other = col(pairs, "pos"), col(pairs, "other")
     order = np.lexsort((other, doc))
     doc, other = doc[order], other[order]
@@ -179,10 +179,10 @@ def attach_doc(part: pa.Table) -> pa.Table:
     return rows(n, pos=doc, key=other, tag=tag, other=other, **_columns(payload))
 
 
-def verify_pairs(part: pa.Table, settings: DedupSettings) -> pa.Table:
-    """One partition of candidates ``other``: verified pairs (doc, other, sim), keyed by doc."""
+def verify_pairs(data: pa.Table, pairs: pa.Table, settings: DedupSettings) -> pa.Table:
+    """Attached pairs of one set of candidates ``other``, and those candidates (DATA): the
+    verified pairs (doc, other, sim), keyed by doc."""
     s = settings
-    data, pairs = side(part, DATA), side(part, QUERY)
     theirs = _lookup(data, col(pairs, "other"))
     sig_a = uint32s(pairs.column("sig"))[0].reshape(-1, s.num_perm)
     sig_b = uint32s(theirs.column("sig"))[0].reshape(-1, s.num_perm)

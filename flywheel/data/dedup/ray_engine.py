@@ -148,7 +148,7 @@ def dedup_blocks(
         starts.append(int(pos[0]))
         last = int(pos[-1])
         inputs.append(ray.put(block))
-        signed.append(_submit(t.sign, P + 2, [[inputs[-1]]], settings=s, partitions=P))
+        signed.append(_submit(t.sign, 3, [[inputs[-1]]], settings=s, partitions=P))
     if not inputs:
         return d.rows(0).select(RESULT_COLUMNS)
     gone = _decide(signed, np.array(starts, np.int64), s, P)
@@ -191,47 +191,42 @@ def _decide(signed: list[list[Any]], starts: np.ndarray, s: DedupSettings, P: in
     for a count); the refs of the removed documents, one per partition."""
     import ray
 
-    B = len(signed)
-    firsts = [_submit(t.firsts, 2 * P, [_column(signed, p)], partitions=P) for p in range(P)]
+    ids = _column(signed, 0)
+    firsts = [_submit(t.firsts, 2, [ids], i=p, partitions=P) for p in range(P)]
     lsh = starts if s.minhash else None
-    n_exact = P + (B if s.minhash else 0)
+    firsts_out = _column(firsts, 0)
     exact = [
-        _submit(t.exact, n_exact, [_column(firsts, p)], exact=s.exact, partitions=P, starts=lsh)
+        _submit(t.exact, 1 + s.minhash, [firsts_out], i=p, exact=s.exact, partitions=P, starts=lsh)
         for p in range(P)
     ]
-    found = _near_duplicates(signed, exact, starts, s, P) if s.minhash else []
-    state = [
-        _submit(t.parents, P, [_column(exact, p) + _column(found, p)], partitions=P)
-        for p in range(P)
-    ]
+    verified = _near_duplicates(signed, _column(exact, 1), starts, s, P) if s.minhash else []
+    decided = _column(exact, 0)
+    state = [_submit(t.parents, 1, [decided, verified], i=p, partitions=P)[0] for p in range(P)]
     while True:  # pointer jumping: a round per shuffle by target, until no pointer moves
-        jumped = [_submit(t.jump, P + 1, [_column(state, p)], partitions=P) for p in range(P)]
-        state = [refs[:P] for refs in jumped]
-        if not sum(ray.get([refs[P] for refs in jumped])):
+        jumped = [_submit(t.jump, 2, [state], i=p, partitions=P) for p in range(P)]
+        state = _column(jumped, 0)
+        if not sum(ray.get(_column(jumped, 1))):
             break
-    repeats = [refs[P:] for refs in firsts]
-    return [_submit(t.final, 1, [_column(state, p), _column(repeats, p)])[0] for p in range(P)]
+    repeats = _column(firsts, 1)
+    return [_submit(t.final, 1, [state, repeats], i=p)[0] for p in range(P)]
 
 
 def _near_duplicates(
-    signed: list[list[Any]], exact: list[list[Any]], starts: np.ndarray, s: DedupSettings, P: int
-) -> list[list[Any]]:
-    """Verified pairs (QUERY keyed by doc): per task, its ``P`` pieces for ``parents``."""
+    signed: list[list[Any]], eligible: list[Any], starts: np.ndarray, s: DedupSettings, P: int
+) -> list[Any]:
+    """Verified pairs (QUERY keyed by doc), one routed output per block."""
     B = len(signed)
-    eligible = [refs[P:] for refs in exact]
+    payload, band_rows = _column(signed, 1), _column(signed, 2)
     bands = [
-        _submit(t.bands, P, [[signed[b][P + 1]], _column(eligible, b)], partitions=P)
-        for b in range(B)
+        _submit(t.bands, 1, [[band_rows[b]], eligible], i=b, partitions=P)[0] for b in range(B)
     ]
     window = s.bucket_window
-    pairs = [
-        _submit(t.pairs, B, [_column(bands, p)], window=window, starts=starts) for p in range(P)
-    ]
+    pairs = [_submit(t.pairs, 1, [bands], i=p, window=window, starts=starts)[0] for p in range(P)]
     attached = [
-        _submit(t.attach, B, [[signed[b][P]], _column(pairs, b)], starts=starts) for b in range(B)
+        _submit(t.attach, 1, [[payload[b]], pairs], i=b, starts=starts)[0] for b in range(B)
     ]
     return [
-        _submit(t.verify, P, [[signed[b][P]], _column(attached, b)], settings=s, partitions=P)
+        _submit(t.verify, 1, [[payload[b]], attached], i=b, settings=s, partitions=P)[0]
         for b in range(B)
     ]
 
