@@ -151,7 +151,7 @@ def dedup_blocks(
         signed.append(_submit(t.sign, 3, [[inputs[-1]]], settings=s, partitions=P))
     if not inputs:
         return d.rows(0).select(RESULT_COLUMNS)
-    gone = _decide(signed, np.array(starts, np.int64), s, P)
+    gone = t.run_stages(signed, np.array(starts, np.int64), s, P, _submit, ray.get)
     tables = [tb.select(RESULT_COLUMNS) for tb in ray.get(gone) if tb.num_rows]
     empty = d.rows(0).select(RESULT_COLUMNS)
     return pa.concat_tables(tables).sort_by("pos") if tables else empty
@@ -184,53 +184,3 @@ def _submit(fn: Any, num_returns: int, groups: list[list[Any]], **kwargs: Any) -
     task = _remote().options(num_returns=num_returns, name=f"dedup.{fn.__name__}")
     out = task.remote(fn, sizes, kwargs, *flat)
     return out if num_returns > 1 else [out]
-
-
-def _decide(signed: list[list[Any]], starts: np.ndarray, s: DedupSettings, P: int) -> list[Any]:
-    """Submit every stage (each task starts when its inputs exist; only pointer jumping waits
-    for a count); the refs of the removed documents, one per partition."""
-    import ray
-
-    ids = _column(signed, 0)
-    firsts = [_submit(t.firsts, 2, [ids], i=p, partitions=P) for p in range(P)]
-    lsh = starts if s.minhash else None
-    firsts_out = _column(firsts, 0)
-    exact = [
-        _submit(t.exact, 1 + s.minhash, [firsts_out], i=p, exact=s.exact, partitions=P, starts=lsh)
-        for p in range(P)
-    ]
-    verified = _near_duplicates(signed, _column(exact, 1), starts, s, P) if s.minhash else []
-    decided = _column(exact, 0)
-    state = [_submit(t.parents, 1, [decided, verified], i=p, partitions=P)[0] for p in range(P)]
-    while True:  # pointer jumping: a round per shuffle by target, until no pointer moves
-        jumped = [_submit(t.jump, 2, [state], i=p, partitions=P) for p in range(P)]
-        state = _column(jumped, 0)
-        if not sum(ray.get(_column(jumped, 1))):
-            break
-    repeats = _column(firsts, 1)
-    return [_submit(t.final, 1, [state, repeats], i=p)[0] for p in range(P)]
-
-
-def _near_duplicates(
-    signed: list[list[Any]], eligible: list[Any], starts: np.ndarray, s: DedupSettings, P: int
-) -> list[Any]:
-    """Verified pairs (QUERY keyed by doc), one routed output per block."""
-    B = len(signed)
-    payload, band_rows = _column(signed, 1), _column(signed, 2)
-    bands = [
-        _submit(t.bands, 1, [[band_rows[b]], eligible], i=b, partitions=P)[0] for b in range(B)
-    ]
-    window = s.bucket_window
-    pairs = [_submit(t.pairs, 1, [bands], i=p, window=window, starts=starts)[0] for p in range(P)]
-    attached = [
-        _submit(t.attach, 1, [[payload[b]], pairs], i=b, starts=starts)[0] for b in range(B)
-    ]
-    return [
-        _submit(t.verify, 1, [[payload[b]], attached], i=b, settings=s, partitions=P)[0]
-        for b in range(B)
-    ]
-
-
-def _column(outputs: list[list[Any]], i: int) -> list[Any]:
-    """The ``i``-th output of every task of a stage: what the ``i``-th next task reads."""
-    return [refs[i] for refs in outputs]

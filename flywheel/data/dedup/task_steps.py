@@ -27,6 +27,7 @@ objects of ``sign``) and its own destination index ``i``, and returns a list of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -37,6 +38,8 @@ from flywheel.data.dedup import distributed as d
 from flywheel.data.dedup.distributed import DATA, col, rows
 
 _BAND_COLUMNS = ["pos", "key", "band"]
+# submit(fn, num_returns, groups, **kwargs): fn(*groups, **kwargs) as a task; its outputs
+Submit = Callable[..., list[Any]]
 
 
 class Routed(NamedTuple):
@@ -187,3 +190,74 @@ def final(state: list[Routed], repeated: list[Routed], i: int) -> list[pa.Table]
     if gone.num_rows and queries.num_rows:
         gone = pa.concat_tables([gone, d.alias_decisions(pa.concat_tables([gone, queries]))])
     return [gone]
+
+
+# -- the graph: which task reads which outputs --------------------------------------------
+def run_stages(
+    signed: list[list[Any]],
+    starts: np.ndarray,
+    s: DedupSettings,
+    P: int,
+    submit: Submit,
+    get: Callable[[list[Any]], list[Any]],
+) -> list[Any]:
+    """Every stage after ``sign`` (``signed``: each block's three outputs), submitted at once
+    through ``submit``; only pointer jumping waits, through ``get``, for its count of moved
+    pointers. The removed documents, one output per partition."""
+    ids = _column(signed, 0)
+    first = [submit(firsts, 2, [ids], i=p, partitions=P) for p in range(P)]
+    lsh = starts if s.minhash else None
+    unique = _column(first, 0)
+    decided = [
+        submit(exact, 1 + s.minhash, [unique], i=p, exact=s.exact, partitions=P, starts=lsh)
+        for p in range(P)
+    ]
+    verified = []
+    if s.minhash:
+        verified = _near_duplicates(signed, _column(decided, 1), starts, s, P, submit)
+    docs = _column(decided, 0)
+    state = [submit(parents, 1, [docs, verified], i=p, partitions=P)[0] for p in range(P)]
+    while True:  # pointer jumping: a round per shuffle by target, until no pointer moves
+        jumped = [submit(jump, 2, [state], i=p, partitions=P) for p in range(P)]
+        state = _column(jumped, 0)
+        if not sum(get(_column(jumped, 1))):
+            break
+    repeats = _column(first, 1)
+    return [submit(final, 1, [state, repeats], i=p)[0] for p in range(P)]
+
+
+def _near_duplicates(
+    signed: list[list[Any]],
+    eligible: list[Any],
+    starts: np.ndarray,
+    s: DedupSettings,
+    P: int,
+    submit: Submit,
+) -> list[Any]:
+    """Verified pairs (QUERY keyed by doc), one routed output per block."""
+    B, window = len(signed), s.bucket_window
+    payload, band_rows = _column(signed, 1), _column(signed, 2)
+    keyed = [submit(bands, 1, [[band_rows[b]], eligible], i=b, partitions=P)[0] for b in range(B)]
+    found = [submit(pairs, 1, [keyed], i=p, window=window, starts=starts)[0] for p in range(P)]
+    sent = [submit(attach, 1, [[payload[b]], found], i=b, starts=starts)[0] for b in range(B)]
+    return [
+        submit(verify, 1, [[payload[b]], sent], i=b, settings=s, partitions=P)[0] for b in range(B)
+    ]
+
+
+def _column(outputs: list[list[Any]], i: int) -> list[Any]:
+    """The ``i``-th output of every task of a stage: what the ``i``-th next task reads."""
+    return [refs[i] for refs in outputs]
+
+
+def run_here(blocks: list[pa.Table], settings: DedupSettings, partitions: int) -> pa.Table:
+    """The whole task graph in this process, task after task (what Ray runs, without Ray):
+    the removed documents of blocks (pos, id, text) in increasing positions."""
+
+    def call(fn: Any, num_returns: int, groups: list[list[Any]], **kwargs: Any) -> list[Any]:
+        return fn(*groups, **kwargs)
+
+    signed = [sign([b], settings, partitions) for b in blocks if b.num_rows]
+    starts = np.array([b.column("pos")[0].as_py() for b in blocks if b.num_rows], np.int64)
+    gone = run_stages(signed, starts, settings, partitions, call, lambda xs: xs)
+    return pa.concat_tables(gone).sort_by("pos")

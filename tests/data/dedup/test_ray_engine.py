@@ -77,6 +77,17 @@ def test_corner_cases(cluster) -> None:
     same_decisions([1, 2], ["one two three", "four five six"], DedupSettings(), partitions=1)
 
 
+def test_blocks_out_of_order_are_refused(cluster) -> None:
+    import pyarrow as pa
+
+    from flywheel.data.dedup.ray_engine import dedup_blocks
+
+    # the pair joins find a document's block from the blocks' first positions
+    blocks = [pa.table({"pos": [p], "id": [str(p)], "text": ["x y z"]}) for p in (5, 2)]
+    with pytest.raises(ValueError, match="increasing positions"):
+        dedup_blocks(blocks, DedupSettings(), RaySettings())
+
+
 def test_the_local_engine_never_imports_ray() -> None:
     code = textwrap.dedent(
         """
