@@ -9,8 +9,9 @@ The only module that imports Ray (inside its functions: ``engine: local`` never 
 Each task runs a step of ``flywheel.data.dedup.task_steps`` and returns its output already
 split for the next stage's tasks (``ray.partitions`` hash partitions of the rows' key, or the
 input block of a document), so a shuffle is one round of tasks, a task holds one partition,
-and no process holds all ids, band keys or edges. The stages, submitted at once (each task
-starts when its inputs exist; only pointer jumping waits, for its count of moved pointers):
+and no process holds all ids, band keys or edges. The stages (``task_steps.run_stages``),
+submitted at once: each task starts when its inputs exist; two waits, for a few bytes each
+(which blocks each block's pairs point to, and each pointer-jumping round's moved count):
 
   1. sign, per input block: exact hash, signature, sketch and band keys of each document;
      signatures and sketches stay in that block's object, the rest goes on without them;
@@ -18,8 +19,8 @@ starts when its inputs exist; only pointer jumping waits, for its count of moved
   3. exact, by exact hash: each document's exact parent;
   4. bands, per block: the band rows of the documents that enter LSH, by band key;
   5. pairs, by band key: candidate pairs per bucket (``lsh.candidate_pairs``, as locally);
-  6. attach then verify, per block: a pair fetches its doc's signature and sketch in doc's
-     block, then is judged (``verify.decide``) in its other document's block;
+  6. verify, per block: its pairs judged (``verify.decide``) with the signatures and sketches
+     of its block and of the blocks their candidates are in, read in place;
   7. parents, by document: the earliest verified candidate;
   8. jump, by pointer: pointer-jumping rounds until no pointer moves;
   9. final, by document: the removed documents, and the repeats of removed first occurrences.

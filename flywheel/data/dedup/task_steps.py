@@ -7,11 +7,10 @@ pyarrow/numpy, no Ray (``ray_engine`` submits these), so a whole run can be repl
 Two ways to route a row to its next task:
 - by hash partition (``split``): ``key`` mod ``partitions``, for the shuffles by id, exact
   hash, band key and document (every row of one key meets in one task);
-- by input block (``split_blocks``): the task of the block holding a document, for the two
-  joins that need signatures and sketches. Those stay where the signature task left them
-  (one object per block), and only candidate pairs travel to them: no shuffle carries a
-  document's signature or sketch except the one side of a candidate pair that ``attach``
-  sends to its other side's block.
+- by input block (``split_blocks``): the task of the block holding a document, for the
+  verification of its candidate pairs. Signatures and sketches stay where the signature task
+  left them (one object per block) and no shuffle carries them: ``verify`` is handed its
+  block's object and those of the blocks its pairs point to (read in place, zero-copy).
 
 A task returns each routed output as ONE object, a ``Routed`` (its rows sorted by destination
 and where each destination's rows start), and the task of destination ``i`` reads its slice
@@ -40,6 +39,7 @@ from flywheel.data.dedup.distributed import DATA, col, rows
 _BAND_COLUMNS = ["pos", "key", "band"]
 # submit(fn, num_returns, groups, **kwargs): fn(*groups, **kwargs) as a task; its outputs
 Submit = Callable[..., list[Any]]
+_VERIFY_CHUNK = 4096  # candidate pairs judged at once: ~10 MB of signatures and sketches
 
 
 class Routed(NamedTuple):
@@ -136,34 +136,40 @@ def bands(band_rows: list[pa.Table], eligible: list[Routed], i: int, partitions:
     return [split(table.filter(pa.array(keep)), partitions)]
 
 
-def pairs(bands: list[Routed], i: int, window: int, starts: np.ndarray) -> list[Routed]:
+def pairs(bands: list[Routed], i: int, window: int, starts: np.ndarray) -> list[Any]:
     """Band-key partition ``i`` (every bucket whole): candidate pairs (QUERY keyed by doc), by
-    the block of doc for ``attach``."""
+    the block of doc for ``verify``; then which blocks each block's pairs point to (rows of
+    (doc's block, other's block)), so that ``verify`` is handed just those blocks."""
     table = gather(bands, i)
     found = d.bucket_pairs(table, window) if table.num_rows else rows(0)
-    return [split_blocks(found, starts)]
-
-
-def attach(payload: list[pa.Table], found: list[Routed], i: int, starts: np.ndarray) -> list:
-    """Block ``i``: each pair whose doc is in it gets doc's signature and sketch, and goes to
-    the block of its other document for ``verify``."""
-    queries = gather(found, i)
-    attached = d.attach_doc(payload[0], queries) if queries.num_rows else rows(0)
-    return [split_blocks(attached, starts)]
+    at = np.searchsorted(starts, [col(found, "pos"), col(found, "other")], side="right") - 1
+    return [split_blocks(found, starts), np.unique(at.T, axis=0).reshape(-1, 2)]
 
 
 def verify(
-    payload: list[pa.Table],
-    attached: list[Routed],
+    payloads: list[pa.Table],
+    found: list[Routed],
     i: int,
     settings: DedupSettings,
     partitions: int,
 ) -> list[Routed]:
-    """Block ``i``: the pairs whose other document is in it, judged; verified pairs (QUERY
-    keyed by doc) split for ``parents``."""
-    queries = gather(attached, i)
-    verified = d.verify_pairs(payload[0], queries, settings) if queries.num_rows else rows(0)
-    return [split(verified, partitions)]
+    """Block ``i`` (its signatures first in ``payloads``, then those of every block its pairs'
+    other documents are in): its candidate pairs judged ``_VERIFY_CHUNK`` at a time, so the
+    signatures and sketches copied out for them stay bounded however many pairs point at a
+    block; verified pairs (QUERY keyed by doc) split for ``parents``."""
+    queries = gather(found, i)
+    doc, other = col(queries, "pos"), col(queries, "other")
+    order = np.lexsort((other, doc))
+    doc, other = doc[order], other[order]
+    distinct = np.ones(order.size, np.bool_)
+    distinct[1:] = (doc[1:] != doc[:-1]) | (other[1:] != other[:-1])
+    queries = queries.take(pa.array(order[distinct]))
+    others = pa.concat_tables(payloads[1:]) if len(payloads) > 1 else rows(0)
+    verified, chunk = [rows(0)], _VERIFY_CHUNK
+    for a in range(0, queries.num_rows, chunk):
+        attached = d.attach_doc(payloads[0], queries.slice(a, chunk))
+        verified.append(d.verify_pairs(others, attached, settings))
+    return [split(pa.concat_tables(verified), partitions)]
 
 
 def parents(decided: list[Routed], verified: list[Routed], i: int, partitions: int) -> list:
@@ -214,7 +220,7 @@ def run_stages(
     ]
     verified = []
     if s.minhash:
-        verified = _near_duplicates(signed, _column(decided, 1), starts, s, P, submit)
+        verified = _near_duplicates(signed, _column(decided, 1), starts, s, P, submit, get)
     docs = _column(decided, 0)
     state = [submit(parents, 1, [docs, verified], i=p, partitions=P)[0] for p in range(P)]
     while True:  # pointer jumping: a round per shuffle by target, until no pointer moves
@@ -233,16 +239,22 @@ def _near_duplicates(
     s: DedupSettings,
     P: int,
     submit: Submit,
+    get: Callable[[list[Any]], list[Any]],
 ) -> list[Any]:
     """Verified pairs (QUERY keyed by doc), one routed output per block."""
     B, window = len(signed), s.bucket_window
     payload, band_rows = _column(signed, 1), _column(signed, 2)
     keyed = [submit(bands, 1, [[band_rows[b]], eligible], i=b, partitions=P)[0] for b in range(B)]
-    found = [submit(pairs, 1, [keyed], i=p, window=window, starts=starts)[0] for p in range(P)]
-    sent = [submit(attach, 1, [[payload[b]], found], i=b, starts=starts)[0] for b in range(B)]
-    return [
-        submit(verify, 1, [[payload[b]], sent], i=b, settings=s, partitions=P)[0] for b in range(B)
-    ]
+    found = [submit(pairs, 2, [keyed], i=p, window=window, starts=starts) for p in range(P)]
+    # a barrier for a few bytes: which blocks each block's pairs point to
+    links = np.concatenate([np.zeros((0, 2), np.int64), *get(_column(found, 1))])
+    routed = _column(found, 0)
+    out = []
+    for b in range(B):
+        needed = [payload[o] for o in np.unique(links[links[:, 0] == b, 1])]
+        groups = [[payload[b], *needed], routed]
+        out.append(submit(verify, 1, groups, i=b, settings=s, partitions=P)[0])
+    return out
 
 
 def _column(outputs: list[list[Any]], i: int) -> list[Any]:
