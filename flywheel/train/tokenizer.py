@@ -19,7 +19,7 @@ must learn to write: the assistant content and its closing ``<|im_end|>``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -135,9 +135,14 @@ RESPONSE_TEMPLATE: dict[str, Any] = {
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: Path
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int,
+    out_dir: Path,
+    added_tokens: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
-    """Train byte-level BPE on ``texts`` and save it to ``out_dir``; same input, same output."""
+    """Train byte-level BPE on ``texts`` and save it to ``out_dir``; same input, same output.
+    ``added_tokens`` (``tokenizer.added_tokens``) become one token each, after the tool tags."""
     bpe = Tokenizer(models.BPE())
     # No normalizer: text is encoded exactly as written, so decode(encode(x)) == x. Digits
     # are split one per token (as Llama and DeepSeek do): merged digit strings ("00", "123")
@@ -157,12 +162,18 @@ def train_tokenizer(
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TAGS])
+    bpe.add_tokens(_added([*TOOL_TAGS, *added_tokens]))
     tok = _wrap(bpe)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(out_dir)
     return tok
+
+
+def _added(tokens: Iterable[str]) -> list[AddedToken]:
+    # Matched in the raw text before pre-tokenization, longest first (so a listed string that
+    # starts with <tool_call> wins over the tag), and not special, so decoding keeps them.
+    return [AddedToken(t, special=False, normalized=False) for t in dict.fromkeys(tokens)]
 
 
 def _wrap(bpe: Tokenizer) -> PreTrainedTokenizerFast:
@@ -220,12 +231,15 @@ def build_tokenizer(spec: Spec, inputs: Mapping[str, ShardSet]) -> artifacts.Art
     built_from = {}  # a copied tokenizer was built from no product
     if settings.path is not None:
         tok = load_tokenizer(settings.path)
+        tok.add_tokens(_added(settings.added_tokens))  # those it has already are skipped
         tok.save_pretrained(staging)
         docs = 0
     else:
         built_from = {INPUT: shards.version}
         counted = _Counted(islice(_texts(shards), settings.max_docs))
-        tok = train_tokenizer(counted, settings.vocab_size, settings.min_frequency, staging)
+        tok = train_tokenizer(
+            counted, settings.vocab_size, settings.min_frequency, staging, settings.added_tokens
+        )
         docs = counted.n
     meta = {
         **key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from flywheel.core import products as P
 from flywheel.core.artifacts import ArtifactError
 from flywheel.core.shards import read_current
-from flywheel.core.spec import Spec, load_spec
+from flywheel.core.spec import Spec, SpecError, load_spec
 from flywheel.data import stages as pipeline
 from flywheel.train.tokenizer import (
     CHAT_TEMPLATE,
@@ -198,3 +199,55 @@ def test_tool_call_tags_are_one_token_each_and_survive_decoding(
     ids = tok.encode(text, add_special_tokens=False)
     assert [tok.convert_tokens_to_ids(t) for t in TOOL_TAGS] == [ids[0], ids[-1]]
     assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+CALL_PREFIX = '<tool_call>\n{"name": "guess", "arguments": {"number": '
+CALL_SUFFIX = "}}\n</tool_call>"
+
+
+def test_added_tokens_are_one_token_each_longest_first(tmp_path: Path) -> None:
+    """``tokenizer.added_tokens``: a listed string is one id wherever it occurs, preferred over
+    the shorter ``<tool_call>`` tag it starts with, and decodes back (so a policy's decoded
+    turn still parses); the assistant mask still ends on ``<|im_end|>``."""
+    tok = train_tokenizer(prose(20), 400, 2, tmp_path, [CALL_PREFIX, CALL_SUFFIX])
+    assert len(tok) == 400 + len(TOOL_TAGS) + 2
+    text = f"{CALL_PREFIX}17{CALL_SUFFIX}"
+    ids = tok.encode(text, add_special_tokens=False)
+    digits = tok.convert_tokens_to_ids(["1", "7"])
+    assert ids == [
+        tok.convert_tokens_to_ids(CALL_PREFIX),
+        *digits,
+        tok.convert_tokens_to_ids(CALL_SUFFIX),
+    ]
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.encode("<tool_call>", add_special_tokens=False) == [
+        tok.convert_tokens_to_ids("<tool_call>")
+    ]  # the tag alone is still its own token
+    messages = [{"role": "user", "content": "go"}, {"role": "assistant", "content": text}]
+    out = tok.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    learnt = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert learnt == [*ids, tok.convert_tokens_to_ids(IM_END)]
+
+
+def test_build_adds_the_spec_added_tokens_to_a_trained_or_local_tokenizer(
+    small_spec: Path,
+) -> None:
+    spec = _materialized(small_spec, f"tokenizer.added_tokens={json.dumps([CALL_SUFFIX])}")
+    trained = build_tokenizer(spec, P.resolve_inputs(spec, P.TOKENIZER))
+    assert trained.meta["vocab_size"] == VOCAB + len(TOOL_TAGS) + 1
+    assert len(load_tokenizer(trained.path).encode(CALL_SUFFIX, add_special_tokens=False)) == 1
+    local = load_spec(
+        small_spec,
+        [f"tokenizer.path={trained.path}", f"tokenizer.added_tokens={json.dumps([CALL_PREFIX])}"],
+    )
+    copied = load_tokenizer(build_tokenizer(local, P.resolve_inputs(local, P.TOKENIZER)).path)
+    assert len(copied) == VOCAB + len(TOOL_TAGS) + 2
+    assert len(copied.encode(CALL_PREFIX + CALL_SUFFIX, add_special_tokens=False)) == 2
+
+
+@pytest.mark.parametrize("bad", [["  "], ["ab", "ab"]])
+def test_added_tokens_blank_or_repeated_is_an_error(small_spec: Path, bad: list[str]) -> None:
+    with pytest.raises(SpecError, match="added_tokens"):
+        load_spec(small_spec, [f"tokenizer.added_tokens={json.dumps(bad)}"])

@@ -31,6 +31,23 @@ class TokenizerSettings(_Model):
     max_docs: int = Field(
         100_000, gt=0, description="Documents streamed into BPE training; bounds its time."
     )
+    added_tokens: list[str] = Field(
+        default_factory=list,
+        description="Strings that become one token each (not special: decoding keeps them), "
+        "e.g. the fixed text of a tool call an agent writes every turn, which BPE splits into "
+        "~20 tokens the model must generate one by one.",
+    )
+
+    @field_validator("added_tokens")
+    @classmethod
+    def _added(cls, tokens: list[str]) -> list[str]:
+        blank = [t for t in tokens if not t.strip()]
+        if blank:
+            raise ValueError(f"added_tokens must not be empty or whitespace only: {blank!r}")
+        repeated = sorted({t for t in tokens if tokens.count(t) > 1})
+        if repeated:
+            raise ValueError(f"added_tokens lists {repeated!r} more than once")
+        return tokens
 
 
 class PackingSettings(_Model):
