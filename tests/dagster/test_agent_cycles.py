@@ -84,7 +84,13 @@ def test_two_agent_cycles_turn_through_the_sensor(tmp_path: Path) -> None:
     training = read_current(cycles.training_set_root(spec, 1)).read()
     episodes = training.filter(pl.col("origin") == "trajectory")
     assert set(episodes["generation_id"]) == set(accepted.read()["episode_id"])
-    assert any(m["role"] == "tool" for m in json.loads(episodes["messages"][0]))
+    # each conversation holds every turn the model played, up to its last, with the tool's
+    # replies between them (an episode solved at the first guess has none to hold)
+    turns = dict(accepted.read().select("episode_id", "num_turns").iter_rows())
+    for episode_id, raw in episodes.select("generation_id", "messages").iter_rows():
+        roles = [m["role"] for m in json.loads(raw)]
+        assert roles.count("assistant") == turns[episode_id] and roles[-1] == "assistant"
+        assert roles.count("tool") >= turns[episode_id] - 1, roles
 
     report = subprocess.run(
         [str(BIN / "flywheel"), "report", "--spec", str(spec_file), "--json"],
