@@ -199,18 +199,14 @@ class TransformersPolicy:
 
 def truncate(logits: Any, top_k: int, top_p: float) -> Any:
     """``logits`` with the tokens outside the top ``top_k`` (0: off), then outside the
-    smallest set holding ``top_p`` of the probability, set to -inf (``generate``'s
-    ``TopKLogitsWarper`` and ``TopPLogitsWarper``)."""
-    import torch
+    smallest set holding ``top_p`` of the probability, set to -inf: ``generate``'s own
+    ``TopKLogitsWarper`` and ``TopPLogitsWarper``, in its order."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_k > 0:
+        logits = TopKLogitsWarper(top_k)(None, logits)
     if top_p < 1.0:
-        ascending, order = torch.sort(logits, dim=-1)
-        tail = ascending.softmax(dim=-1).cumsum(dim=-1) <= 1 - top_p
-        tail[:, -1] = False  # the most likely token always stays
-        logits = logits.masked_fill(tail.scatter(1, order, tail), float("-inf"))
+        logits = TopPLogitsWarper(top_p)(None, logits)
     return logits
 
 
