@@ -31,6 +31,12 @@ from flywheel.core.spec import (
 )
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``$FLYWHEEL_SET``'s overrides, then the command line's (a later one wins): so that
+    ``FLYWHEEL_SET='["agent.seed=1"]' make demo`` runs what ``flywheel run --set`` would."""
+    return [*env_overrides(), *args.overrides]
+
+
 def _check(args: argparse.Namespace) -> int:
     if args.explain:
         from flywheel.core.explain import explain
@@ -39,7 +45,7 @@ def _check(args: argparse.Namespace) -> int:
         return 0
     from flywheel.preflight import errors, preflight
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, _overrides(args))
     problems = preflight(spec)
     for problem in problems:
         print(problem)
@@ -73,16 +79,18 @@ def _run(args: argparse.Namespace) -> int:
     from flywheel.project.runner import run
 
     spec_file = spec_path(args.spec)
-    load_spec(spec_file, args.overrides)  # a spec error stops here, before any process starts
-    return run(spec_file, args.overrides, timeout_s=args.timeout, skip_base=args.skip_base)
+    overrides = _overrides(args)
+    load_spec(spec_file, overrides)  # a spec error stops here, before any process starts
+    return run(spec_file, overrides, timeout_s=args.timeout, skip_base=args.skip_base)
 
 
 def _ui(args: argparse.Namespace) -> int:
     from flywheel.project.runner import ui
 
     spec_file = spec_path(args.spec)
-    load_spec(spec_file, args.overrides)
-    return ui(spec_file, args.overrides, host=args.host, port=args.port)
+    overrides = _overrides(args)
+    load_spec(spec_file, overrides)
+    return ui(spec_file, overrides, host=args.host, port=args.port)
 
 
 def _read_spec(args: argparse.Namespace) -> Any:
@@ -152,7 +160,7 @@ def _train(args: argparse.Namespace) -> int:
     """Run one training-plane stage by hand, exactly as its Dagster asset does."""
     from flywheel.core import products as P
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, _overrides(args))
     if args.stage == "tokenizer":
         from flywheel.train.tokenizer import build_tokenizer
 

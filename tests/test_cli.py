@@ -35,6 +35,29 @@ def test_check_with_overrides_and_explain(tmp_path: Path, capsys) -> None:
     assert "dedup.threshold = 0.8  #" in out and "ingest.batch_rows = 2000  #" in out
 
 
+def test_run_and_check_take_flywheel_set_then_the_command_line(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``FLYWHEEL_SET=... make demo`` must run what ``flywheel run --set`` runs, not drop it."""
+    from flywheel.project import runner
+
+    spec = write_spec(tmp_path, "name: ok\n")
+    monkeypatch.setenv("FLYWHEEL_SET", json.dumps(["name=from-env", "dedup.threshold=0.9"]))
+    assert main(["check", str(spec)]) == 0
+    assert "spec 'from-env' is valid" in capsys.readouterr().out
+    assert main(["check", str(spec), "name=from-args"]) == 0  # the command line wins
+    assert "spec 'from-args' is valid" in capsys.readouterr().out
+
+    handed: list[list[str]] = []
+    monkeypatch.setattr(runner, "run", lambda _f, overrides, **_: handed.append(overrides) or 0)
+    assert main(["run", "--spec", str(spec), "--set", "pretrain.steps=7"]) == 0
+    assert handed == [["name=from-env", "dedup.threshold=0.9", "pretrain.steps=7"]]
+
+    monkeypatch.setenv("FLYWHEEL_SET", json.dumps(["dedup.threshold=2"]))
+    assert main(["run", "--spec", str(spec)]) == 2  # a bad one stops before any process
+    assert "dedup.threshold" in capsys.readouterr().err and len(handed) == 1
+
+
 def test_summary_and_lineage(small_spec: Path, capsys: pytest.CaptureFixture) -> None:
     spec = load_spec(small_spec)
     assert main(["summary", "--spec", str(small_spec)]) == 0
