@@ -65,7 +65,11 @@ TOOL_TAGS = ["<tool_call>", "</tool_call>"]
 # are written after its content as the ``<tool_call>\n{json}\n</tool_call>`` blocks the model
 # itself writes, unless the content already holds them (the collector keeps the model's raw
 # text as content); ``tool`` turns render like any other role. Without tools or tool_calls
-# the rendering, and so every SFT assistant mask, is what it always was.
+# the rendering, and so every SFT assistant mask, is what it always was. ``list_tools=False``
+# (a template variable: ``apply_chat_template(..., list_tools=False)``, or GRPOConfig's
+# ``chat_template_kwargs``) leaves the listing out and renders the messages as if no tools were
+# given: what the collector renders for an agent with its own system prompt, which the seed
+# model was trained on (flywheel.loop.agents.grpo_env).
 TOOLS_INTRO = "You may call these tools:\n<tools>\n"
 TOOLS_OUTRO = (
     "</tools>\nTo call one, write\n"
@@ -82,7 +86,7 @@ def _literal(text: str) -> str:
 
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(first=0) -%}"
-    "{%- if tools -%}"
+    "{%- if tools and (list_tools is not defined or list_tools) -%}"
     "{{ '<|im_start|>system\\n' }}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{{ messages[0]['content'] + '\\n\\n' }}{%- set ns.first = 1 -%}"

@@ -22,6 +22,11 @@ from flywheel.core.spec import Spec
 from flywheel.loop.agents.cycle import agent_environment, agent_settings, episode_seed
 
 POOL = 4096  # episodes drawn per cycle for RL to sample its rollouts from
+# Room for one tool turn as the template renders it between two model turns: NumberGuess's
+# "higher than 17; 3 left" is 16 tokens with the example's tokenizer, an error reply ~32. TRL
+# stops an episode whose next tool turn would overrun the completion budget, so a budget of
+# max_new_tokens x max_turns (64 in the example) cut episodes after 3-4 of their 7 guesses.
+TOOL_TURN_TOKENS = 32
 
 
 def rl_kind(spec: Spec) -> str | None:
@@ -83,23 +88,16 @@ def _grpo(
     reporter: Reporter, adapter: Path | None,
 ) -> dict[str, Any]:  # fmt: skip
     """TRL's GRPO with the environment as ``environment_factory``, on
-    ``cycles.preference_train``'s settings (steps, lr, beta, num_generations). TRL renders the
-    tools itself (their JSON schemas after the agent's system turn), so the prompt differs from
-    the collector's by that listing."""
-    from flywheel.loop.agents.grpo_env import EnvRLSettings, train_grpo_env
+    ``cycles.preference_train``'s settings (steps, lr, beta, num_generations). Its prompts are
+    the collector's token for token: with the agent's own system prompt TRL is told not to
+    list the tools (``list_tools``), as the collector never does then; without one, the
+    template's listing is the collector's system turn word for word. A turn may generate
+    ``agent.max_new_tokens`` as in collection, and the episode's completion (model turns and
+    the tool turns between them) has room for ``agent.max_turns`` of both."""
+    from flywheel.loop.agents.grpo_env import train_grpo_env
 
     base = spec.cycles.preference_settings(spec.sft).model_dump()
-    settings = EnvRLSettings.model_validate(
-        base
-        | {
-            "max_new_tokens": agent.max_new_tokens * agent.max_turns,
-            "max_tool_calling_iterations": agent.max_turns,
-            "temperature": max(agent.temperature, 1e-3),
-        }
-    )
-    if agent.system_prompt is not None:
-        system = {"role": "system", "content": agent.system_prompt}
-        episodes = [e | {"prompt": [system, *e["prompt"]]} for e in episodes]
+    settings, episodes = grpo_inputs(agent, base, episodes)
     # A step scores micro_batch x grad_accum x processes completions, num_generations of each
     # episode: so many new episodes a step (fewer would be played again).
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -109,3 +107,24 @@ def _grpo(
         reporter, work, spec.model.attn_implementation, adapter,
     )  # fmt: skip
     return {f"grpo/{k}": v for k, v in metrics.items()}
+
+
+def grpo_inputs(agent: Any, base: dict[str, Any], episodes: list[dict]) -> tuple[Any, list[dict]]:
+    """GRPO's settings (``base``: the preference run's, with the agent's turn budget) and its
+    episode rows (the agent's system turn first, when it has one)."""
+    from flywheel.loop.agents.grpo_env import EnvRLSettings
+
+    settings = EnvRLSettings.model_validate(
+        base
+        | {
+            "max_new_tokens": agent.max_turns * (agent.max_new_tokens + TOOL_TURN_TOKENS),
+            "turn_tokens": agent.max_new_tokens,
+            "list_tools": agent.system_prompt is None,
+            "max_tool_calling_iterations": agent.max_turns,
+            "temperature": max(agent.temperature, 1e-3),
+        }
+    )
+    if agent.system_prompt is not None:
+        system = {"role": "system", "content": agent.system_prompt}
+        episodes = [e | {"prompt": [system, *e["prompt"]]} for e in episodes]
+    return settings, episodes

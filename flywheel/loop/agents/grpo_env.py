@@ -80,11 +80,28 @@ class EnvRLSettings(PreferenceSettings):
     max_tool_calling_iterations: int = Field(
         8, ge=1, description="Rounds of tool calls per episode before TRL stops it."
     )
+    turn_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="Tokens one model turn may generate (the collector's max_new_tokens); "
+        "null: a turn may fill the whole max_new_tokens.",
+    )
+    list_tools: bool = Field(
+        True,
+        description="Open the prompt with the tools' JSON-schema listing (false: render the "
+        "episode's own messages only, as the collector does for an agent with its own "
+        "system prompt).",
+    )
 
 
-def tool_tokenizer(tokenizer: Any, reporter: Reporter | None = None) -> tuple[Any, Any]:
+def tool_tokenizer(
+    tokenizer: Any, reporter: Reporter | None = None, list_tools: bool = True
+) -> tuple[Any, Any]:
     """``tokenizer`` made ready for TRL's tool loop, and the copy TRL is given (module
-    docstring): ``(to_save, for_trl)``."""
+    docstring): ``(to_save, for_trl)``. A template that renders like ours, with and without
+    tools, is an earlier version of ours (e.g. from before ``list_tools``) and gets the current
+    one. ``list_tools=False``: the template must then render a conversation offered tools as
+    it renders it without them."""
     from trl.chat_template_utils import supports_tool_calling
 
     from flywheel.train.tokenizer import CHAT_TEMPLATE, IM_END, RESPONSE_TEMPLATE
@@ -94,6 +111,13 @@ def tool_tokenizer(tokenizer: Any, reporter: Reporter | None = None) -> tuple[An
         if reporter is not None:
             reporter.info("the tokenizer's chat template cannot render tool calls: using ours")
         tokenizer.chat_template = CHAT_TEMPLATE
+    elif tokenizer.chat_template != CHAT_TEMPLATE and _renders_like(tokenizer, CHAT_TEMPLATE):
+        tokenizer.chat_template = CHAT_TEMPLATE
+    if not list_tools and not _hides_listing(tokenizer, tokenizer.chat_template):
+        raise ValueError(
+            "the checkpoint's chat template ignores list_tools=False: GRPO would show the model "
+            "a tools listing the collector never renders (use flywheel's CHAT_TEMPLATE)"
+        )
     if tokenizer.chat_template == CHAT_TEMPLATE and tokenizer.response_template is None:
         tokenizer.response_template = RESPONSE_TEMPLATE
     for_trl = copy.deepcopy(tokenizer)
@@ -101,13 +125,48 @@ def tool_tokenizer(tokenizer: Any, reporter: Reporter | None = None) -> tuple[An
     return tokenizer, for_trl
 
 
+# A conversation with every kind of turn, to compare renderings of it.
+_PROBE = [
+    {"role": "system", "content": "Play."},
+    {"role": "user", "content": "Go."},
+    {"role": "assistant", "content": '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'},
+    {"role": "tool", "name": "f", "content": "ok"},
+]
+_PROBE_TOOL = {"type": "function", "function": {"name": "f", "description": "F.", "parameters": {}}}
+
+
+def _renders(tokenizer: Any, template: str, **kwargs: Any) -> str:
+    return tokenizer.apply_chat_template(
+        _PROBE, chat_template=template, add_generation_prompt=True, tokenize=False, **kwargs
+    )
+
+
+def _renders_like(tokenizer: Any, template: str) -> bool:
+    """Whether the tokenizer's template renders the probe as ``template`` does, offered tools
+    (listed) or not."""
+    own, tools = tokenizer.chat_template, {"tools": [_PROBE_TOOL]}
+    same = _renders(tokenizer, own) == _renders(tokenizer, template)
+    return same and _renders(tokenizer, own, **tools) == _renders(tokenizer, template, **tools)
+
+
+def _hides_listing(tokenizer: Any, template: str) -> bool:
+    """Whether ``template`` renders the probe offered tools with ``list_tools=False`` exactly
+    as it renders it without tools."""
+    hidden = _renders(tokenizer, template, tools=[_PROBE_TOOL], list_tools=False)
+    return hidden == _renders(tokenizer, template)
+
+
 def grpo_env_config(settings: EnvRLSettings, work: Path | str, mixed_precision: str = "no") -> Any:
     """TRL's GRPOConfig for ``settings``, checkpointing into ``work``: the preference stage's
-    GRPO config, with the environment's tool-calling rounds."""
-    rounds = settings.max_tool_calling_iterations
-    return preference_config(
-        "grpo", settings, work, mixed_precision, max_tool_calling_iterations=rounds
-    )
+    GRPO config, with the environment's tool-calling rounds. TRL hands ``chat_template_kwargs``
+    to every ``apply_chat_template`` call (the prompt and each tool turn), and
+    ``generation_kwargs`` override its per-call generation settings (each turn is one call)."""
+    extra: dict[str, Any] = {"max_tool_calling_iterations": settings.max_tool_calling_iterations}
+    if not settings.list_tools:
+        extra["chat_template_kwargs"] = {"list_tools": False}
+    if settings.turn_tokens is not None:
+        extra["generation_kwargs"] = {"max_new_tokens": settings.turn_tokens}
+    return preference_config("grpo", settings, work, mixed_precision, **extra)
 
 
 def build_grpo_env_trainer(
@@ -135,7 +194,8 @@ def build_grpo_env_trainer(
         raise ValueError(f"episodes {missing[:5]} have no 'prompt' (TRL renders it)")
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-    tokenizer, for_trl = tool_tokenizer(load_tokenizer(model_path), reporter)
+    listing = (config.chat_template_kwargs or {}).get("list_tools", True)
+    tokenizer, for_trl = tool_tokenizer(load_tokenizer(model_path), reporter, listing)
     model = load_model(model_path, attn_implementation)
     stop_on_turn_end(model, tokenizer)  # a turn ends at <|im_end|> (or EOS)
     trainer = trl.GRPOTrainer(
