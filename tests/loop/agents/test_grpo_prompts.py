@@ -30,7 +30,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 GUESS = Settings(min_n=4, max_n=64, held_out=8)
 SYSTEM = "Call guess(number) as <tool_call> JSON."
 # CHAT_TEMPLATE as it was before list_tools: it lists the tools whenever it is given them
-OLD_TEMPLATE = CHAT_TEMPLATE.replace("if tools and (list_tools is not defined or list_tools)", "if tools")
+LISTING_SWITCH = "if tools and (list_tools is not defined or list_tools)"
+OLD_TEMPLATE = CHAT_TEMPLATE.replace(LISTING_SWITCH, "if tools")
 
 
 def guess() -> NumberGuess:
