@@ -11,6 +11,13 @@ environment per generation, renders the prompt with the environment's public met
 results as tool turns (masked out of the loss: ``tool_mask`` 0), generate again, until the model
 answers without a call or ``max_tool_calling_iterations``. The environment's ``get_reward()``
 scores the whole episode, and GRPO pushes up the episodes that beat their group's mean.
+``list_tools=False`` renders the prompt without the tools listing (TRL passes
+``chat_template_kwargs`` to every rendering), as the collector does for an agent with its own
+system prompt, and ``turn_tokens`` caps each turn as the collector's ``max_new_tokens`` does:
+the model plays GRPO's episodes in the format it learned and is evaluated in. Unlike the
+collector, TRL ends an episode only when a turn makes no call (or at the budget), so a model
+that calls again after the environment is done plays on against ``error:`` replies; the reward
+is the environment's either way.
 
 What TRL requires of the tokenizer, and how ours meets it (``tool_tokenizer``):
 
