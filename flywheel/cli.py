@@ -8,6 +8,7 @@ flywheel summary [--spec SPEC] [--json]                  what the data plane hol
 flywheel lineage KEY [--spec SPEC] [--json]              a checkpoint, cycle, id, version or path
 flywheel report [--spec SPEC] [--json] [--history]       the per-cycle table; why it is stuck
 flywheel dedup INPUT --output DIR [--threshold T] [--strict]  dedup any JSONL/Parquet
+flywheel dedup-repartition INDEX --partitions N          a dedup index's partitions, N ways
 flywheel train STAGE [--spec SPEC] [--set key=value ...]  tokenizer|pack|pretrain|sft|eval
 flywheel checkpoint VERSION [--spec SPEC] [--json]       what a checkpoint was trained from
 flywheel postgres start|stop|status|url [--dir D] [--port P]  a PostgreSQL for Dagster's storage
@@ -231,6 +232,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from flywheel.data.dedup.cli import register as register_dedup
     from flywheel.data.dedup.compact import register as register_dedup_compact
+    from flywheel.data.dedup.repartition import register as register_dedup_repartition
 
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -304,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_dedup(sub)
     register_dedup_compact(sub)
+    register_dedup_repartition(sub)
     return parser
 
 

@@ -76,9 +76,45 @@ def check_count(path: Path, manifest: dict[str, Any], wanted: int) -> None:
     if have != wanted:
         raise ValueError(
             f"dedup index {path} is partitioned {have} ways and the settings ask for {wanted} "
-            f"(dedup.index_partitions): set dedup.index_partitions: {have} to continue it, or "
+            f"(dedup.index_partitions): set dedup.index_partitions: {have} to continue it, "
+            f"rewrite it with `flywheel dedup-repartition {path} --partitions {wanted}`, or "
             "use a new index directory"
         )
+
+
+def frames(
+    first: int, columns: dict[str, Any], bands: int, rows: int, partitions: int
+) -> dict[str, pl.DataFrame]:
+    """{family: its lookup rows, with their partition ``p``} of the documents ``columns``
+    (``store.write_part``'s columns; id, exact, lsh and sig are read) at orders first,
+    first + 1, ... in a ``partitions``-way index."""
+    n = len(columns["id"])
+    order = np.arange(first, first + n, dtype=np.int64)
+    lsh_docs = np.flatnonzero(np.asarray(columns["lsh"], dtype=np.bool_))
+    keys = lsh.band_keys(np.asarray(columns["sig"])[lsh_docs], bands, rows)
+    out = {
+        "band": lsh.bucket_frame(order[lsh_docs], keys),
+        "exact": pl.DataFrame({"exact": np.asarray(columns["exact"], np.uint64), "order": order}),
+        "ids": pl.DataFrame({"id": pl.Series(columns["id"], dtype=pl.String), "order": order}),
+    }
+    hashes = {
+        "band": out["band"]["key"].to_numpy(),
+        "exact": out["exact"]["exact"].to_numpy(),
+        "ids": id_hashes(list(columns["id"])),
+    }
+    return {
+        f: frame.with_columns(pl.Series("p", of(hashes[f], partitions))) for f, frame in out.items()
+    }
+
+
+def write_split(path: Path, frame: pl.DataFrame, family: str, name: str) -> list[int]:
+    """Write ``frame``'s rows (of ``family``, with a ``p`` column) as one file ``name`` in
+    each partition they fall in, in their order; return those partitions, sorted."""
+    written = []
+    for (p,), rows_p in frame.partition_by("p", as_dict=True, maintain_order=True).items():
+        atomic_write_parquet(rows_p.drop("p"), file(path, family, p, name))
+        written.append(int(p))
+    return sorted(written)
 
 
 def write(
@@ -91,29 +127,9 @@ def write(
     """Write the partition files of one part (``columns`` as ``store.write_part`` takes them,
     its documents having orders first, first + 1, ...) for ``layout`` = (bands, rows, P);
     return its manifest entry, naming them."""
-    bands, rows, partitions = layout
-    n = len(columns["id"])
-    order = np.arange(first, first + n, dtype=np.int64)
-    lsh_docs = np.flatnonzero(np.asarray(columns["lsh"], dtype=np.bool_))
-    keys = lsh.band_keys(np.asarray(columns["sig"])[lsh_docs], bands, rows)
-    frames = {
-        "band": lsh.bucket_frame(order[lsh_docs], keys),
-        "exact": pl.DataFrame({"exact": np.asarray(columns["exact"], np.uint64), "order": order}),
-        "ids": pl.DataFrame({"id": pl.Series(columns["id"], dtype=pl.String), "order": order}),
-    }
-    hashes = {
-        "band": frames["band"]["key"].to_numpy(),
-        "exact": frames["exact"]["exact"].to_numpy(),
-        "ids": id_hashes(list(columns["id"])),
-    }
     written = dict(entry)
-    for family, frame in frames.items():
-        frame = frame.with_columns(pl.Series("p", of(hashes[family], partitions)))
-        ps = []
-        for (p,), rows_p in frame.partition_by("p", as_dict=True, maintain_order=True).items():
-            atomic_write_parquet(rows_p.drop("p"), file(path, family, p, entry["file"]))
-            ps.append(int(p))
-        written[family] = sorted(ps)
+    for family, frame in frames(first, columns, *layout).items():
+        written[family] = write_split(path, frame, family, entry["file"])
     return written
 
 
