@@ -43,7 +43,7 @@ from flywheel.data.dedup.minhash import exact_hash
 
 PARTITIONS = 32  # per family (the default); a one-document batch touches ~12 of 32 band ones
 FAMILIES = ("band", "exact", "ids")
-_SCHEMAS = {
+SCHEMAS = {
     "band": {"order": pl.Int64, "band": pl.Int16, "key": pl.UInt64},
     "exact": {"exact": pl.UInt64, "order": pl.Int64},
     "ids": {"id": pl.String, "order": pl.Int64},
@@ -137,8 +137,18 @@ def read(path: Path, parts: list[dict[str, Any]], family: str, p: int) -> pl.Dat
     """Every row of partition ``p`` of ``family``, over all ``parts``."""
     files = [entry_file(path, e, family, p) for e in parts if p in e[family]]
     if not files:
-        return pl.DataFrame(schema=_SCHEMAS[family])
+        return pl.DataFrame(schema=SCHEMAS[family])
     return pl.concat([pl.read_parquet(f) for f in files])
+
+
+def scan(path: Path, parts: list[dict[str, Any]], family: str, ps: Iterable[int]) -> pl.LazyFrame:
+    """The rows of partitions ``ps`` of ``family`` over all ``parts``, as one lazy scan of
+    their files (one query for many partitions, not a read and a frame per file)."""
+    wanted = set(ps)
+    files = [entry_file(path, e, family, p) for e in parts for p in e[family] if p in wanted]
+    if not files:
+        return pl.LazyFrame(schema=SCHEMAS[family])
+    return pl.scan_parquet(files, schema=SCHEMAS[family])
 
 
 def first_orders(
@@ -151,12 +161,15 @@ def first_orders(
     if not values or not parts:
         return {}
     hashes = id_hashes(values) if family == "ids" else np.asarray(values, dtype=np.uint64)
-    wanted = pl.DataFrame({column: pl.Series(values, dtype=_SCHEMAS[family][column])})
-    found = [
-        read(path, parts, family, int(p)).join(wanted, on=column, how="semi")
-        for p in np.unique(of(hashes, partitions))
-    ]
-    table = pl.concat(found).group_by(column).agg(pl.col("order").min())
+    wanted = pl.LazyFrame({column: pl.Series(values, dtype=SCHEMAS[family][column])})
+    touched = np.unique(of(hashes, partitions)).tolist()
+    table = (
+        scan(path, parts, family, touched)
+        .join(wanted, on=column, how="semi")
+        .group_by(column)
+        .agg(pl.col("order").min())
+        .collect()
+    )
     return dict(zip(table[column].to_list(), table["order"].to_list(), strict=True))
 
 

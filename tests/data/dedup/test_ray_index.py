@@ -219,3 +219,40 @@ def test_compaction_merges_partition_files_and_answers_the_same(cluster, tmp_pat
             got.duplicates.to_dicts()
             == expected.duplicates.filter(pl.col("id").is_in(probe[0])).to_dicts()
         )
+
+
+@pytest.mark.parametrize("spill", [1 << 30, 20], ids=["held", "spilled"])
+def test_one_run_of_many_batches_holds_or_spills_its_rows(
+    cluster, tmp_path: Path, monkeypatch, spill: int
+) -> None:
+    """Many adds, one commit (as ``flywheel dedup --index`` runs): the batches' lookup rows
+    are held in memory, or written every ``spill`` documents, and found by later batches;
+    a crash before the commit leaves the old index, and the commit leaves only named files."""
+    from flywheel.data.dedup import ray_index
+    from flywheel.data.dedup.partitions import FAMILIES, entry_file
+
+    monkeypatch.setattr(ray_index, "SPILL_DOCS", spill)
+    ids, texts = planted_corpus(variants=60, seed=11)
+    first = DedupIndex.open(tmp_path / "ix")
+    first.add(ids[:30], texts[:30])
+    first.commit()
+    before = store.read_manifest(tmp_path / "ix")
+    crashed = ray_index.RayDedupIndex.open(tmp_path / "ix")
+    for a in range(30, len(ids), 9):
+        crashed.add(ids[a : a + 9], texts[a : a + 9])
+    del crashed  # no commit: as if killed
+    assert store.read_manifest(tmp_path / "ix") == before
+    index, got = ray_index.RayDedupIndex.open(tmp_path / "ix"), []
+    for a in range(30, len(ids), 9):
+        got.append(index.add(ids[a : a + 9], texts[a : a + 9]))
+    index.commit()
+    whole = DedupIndex().add(ids, texts)
+    assert np.concatenate([r.keep for r in got]).tolist() == whole.keep[30:].tolist()
+    later = pl.concat([r.duplicates for r in got])
+    assert later.equals(whole.duplicates.filter(pl.col("id").is_in(ids[30:])))
+    assert (later["method"] == "minhash").sum() > 10  # batches met earlier batches of the run
+    parts = store.read_manifest(tmp_path / "ix")["parts"]
+    named = {entry_file(tmp_path / "ix", e, f, p) for e in parts for f in FAMILIES for p in e[f]}
+    assert set((tmp_path / "ix").glob("*=*/*.parquet")) == named
+    assert {e["file"] for e in parts} == {f.name for f in (tmp_path / "ix").glob("part-*")}
+    assert len(DedupIndex.open(tmp_path / "ix")) == len(set(ids))
