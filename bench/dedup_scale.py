@@ -18,14 +18,20 @@ Each configuration runs in a fresh subprocess, which reads the Parquet in 2,000-
 Reported per run: wall seconds (for Ray, from the cluster being up: ``ray.init``'s few
 seconds are reported apart, as ``init``), the driver's peak RSS, and, over the Ray worker processes,
 the largest peak RSS (``VmHWM``, which also counts the object store's shared pages a worker
-has read) and the largest anonymous (private) RSS, sampled every 0.25 s (``RssAnon`` has no
-high-water mark of its own).
+has read), the largest anonymous RSS and the largest USS (private pages, which also counts
+object-store pages only that worker has touched), sampled every 0.25 s (neither has a
+high-water mark of its own); and the CPU seconds of each kind of process of the cluster
+(the driver without the sampling thread, ``raylet``, ``gcs_server``, the workers, other Ray
+processes), from the cluster being up to the result: on a loaded machine wall-time ratios
+mislead, CPU seconds do not.
 Every run's removed set is checked equal to the local engine's on the same corpus.
 
 The last line is key=value pairs: ``ratio`` = ray 1-worker seconds / ray 2-worker seconds on
-the largest corpus (goal >= 1.7 on 2 cores), ``rss_growth`` = the largest worker peak RSS on
+the largest corpus (goal >= 1.7 on 2 cores), ``cpu_ratio`` = the speedup the CPU seconds
+allow on 2 free cores (``cpu_bound_ratio``), ``rss_growth`` = the largest worker peak RSS on
 the largest corpus / on the 1x corpus with 2 workers (goal <= 1.3), ``anon_growth`` the same
-for the private memory, and the local engine's MB/s on the largest corpus.
+for the anonymous memory, ``uss_growth`` for the USS, and the local engine's MB/s on the
+largest corpus.
 """
 
 from __future__ import annotations
@@ -61,36 +67,51 @@ def blocks():
         pos += t.num_rows
 start = time.perf_counter()
 init = 0.0
-peaks = {"VmHWM": 0, "RssAnon": 0}
+peaks = {"VmHWM": 0, "RssAnon": 0, "USS": 0}
+cpu_s = {}
 if engine == "local":
     from flywheel.data.dedup import deduplicate
     table = pq.read_table(path, columns=["id", "text"])
     result = deduplicate(table["id"].to_pylist(), table["text"].to_pylist(), settings)
     removed = np.flatnonzero(~result.keep).tolist()
 else:
-    import threading
+    import os, threading
     import psutil, ray
     from flywheel.data.dedup.ray_engine import dedup_blocks
-    def workers_memory():  # {field: bytes} of every Ray worker process now, the max of each
-        now = {"VmHWM": 0, "RssAnon": 0}
-        for p in psutil.process_iter(["cmdline"]):
-            if (p.info["cmdline"] or [""])[0].startswith("ray::"):
-                try:
+    me = psutil.Process()
+    def kind(p):  # this cluster's processes are all this process's descendants
+        cmd = p.cmdline() or [""]
+        if cmd[0].startswith("ray::"):
+            return "workers"
+        name = os.path.basename(cmd[0])
+        return name if name in ("raylet", "gcs_server") else "other"
+    cpu, sampler_cpu = {}, [0.0]  # pid -> (kind, CPU-s at the last sample); the sampler's own
+    def sample_once():  # CPU seconds of every process, and the workers' memory, now
+        for p in me.children(recursive=True):
+            try:
+                k = kind(p)
+                t = p.cpu_times()
+                cpu[p.pid] = (k, t.user + t.system)
+                if k == "workers":
+                    peaks["USS"] = max(peaks["USS"], p.memory_full_info().uss)
                     for line in open(f"/proc/{p.pid}/status"):
                         key = line.split(":")[0]
-                        if key in now:
-                            now[key] = max(now[key], int(line.split()[1]) * 1024)
-                except OSError:
-                    pass
-        return now
+                        if key in ("VmHWM", "RssAnon"):
+                            peaks[key] = max(peaks[key], int(line.split()[1]) * 1024)
+            except (OSError, psutil.Error):
+                pass
     stop = threading.Event()
-    def sample():  # RssAnon has no high-water mark: sample it
+    def sample():  # RssAnon and USS have no high-water mark: sample them
         while not stop.wait(0.25):
-            for key, value in workers_memory().items():
-                peaks[key] = max(peaks[key], value)
+            sample_once()
+        sampler_cpu[0] = time.thread_time()
     ray.init(address="local", num_cpus=workers, include_dashboard=False,
              object_store_memory=1 << 30, log_to_driver=False)
     init = time.perf_counter() - start
+    peaks["USS"] = 0
+    sample_once()
+    before = dict(cpu)
+    driver0 = sum(me.cpu_times()[:2])
     start = time.perf_counter()  # the engine's time: a cluster is normally up already
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -98,15 +119,18 @@ else:
     removed = sorted(gone.column("pos").to_pylist())
     stop.set()
     sampler.join()
-    for key, value in workers_memory().items():
-        peaks[key] = max(peaks[key], value)
+    sample_once()
+    # the engine's CPU seconds per process kind (the driver's without the sampler thread)
+    cpu_s = {"driver": sum(me.cpu_times()[:2]) - driver0 - sampler_cpu[0]}
+    for pid, (k, t) in cpu.items():
+        cpu_s[k] = cpu_s.get(k, 0.0) + t - before.get(pid, (k, 0.0))[1]
     ray.shutdown()
 seconds = time.perf_counter() - start
 # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would report the parent's (the corpus)
 driver = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
 print(json.dumps({"seconds": seconds, "init": init, "driver_rss": driver,
                   "worker_rss": peaks["VmHWM"], "worker_anon": peaks["RssAnon"],
-                  "removed": removed}))
+                  "worker_uss": peaks["USS"], "cpu_s": cpu_s, "removed": removed}))
 """
 
 
@@ -191,14 +215,27 @@ def main(argv: list[str] | None = None) -> None:
     ratio = top["ray1"]["seconds"] / top["ray2"]["seconds"]
     growth = top["ray2"]["worker_rss"] / one["ray2"]["worker_rss"]
     anon = top["ray2"]["worker_anon"] / one["ray2"]["worker_anon"]
+    uss = top["ray2"]["worker_uss"] / one["ray2"]["worker_uss"]
     print(f"(all runs in {time.perf_counter() - started:.0f} s; removed sets equal everywhere)")
     print(
         f"scales={'/'.join(str(r['scale']) for r in rows)} base_mb={args.base_mb} "
         f"partitions={args.partitions} local_mb_s={top['mb'] / top['local']['seconds']:.2f} "
         f"ray1_s={top['ray1']['seconds']:.1f} ray2_s={top['ray2']['seconds']:.1f} "
-        f"ratio={ratio:.2f} rss_growth={growth:.2f} anon_growth={anon:.2f} "
+        f"ratio={ratio:.2f} cpu_ratio={cpu_bound_ratio(top):.2f} rss_growth={growth:.2f} "
+        f"anon_growth={anon:.2f} uss_growth={uss:.2f} "
         f"worker_rss_mb={top['ray2']['worker_rss'] / 2**20:.0f}"
     )
+
+
+def cpu_bound_ratio(row: dict) -> float:
+    """The 1-vs-2-worker speedup the CPU seconds allow on 2 free cores: a run takes at least
+    its busiest worker's share (the workers' CPU-s / their number) and at least all its
+    processes' CPU-s / 2 (serial waits between stages are not counted: an upper bound)."""
+
+    def floor(r: dict, n: int) -> float:
+        return max(r["cpu_s"].get("workers", 0.0) / n, sum(r["cpu_s"].values()) / 2)
+
+    return floor(row["ray1"], 1) / floor(row["ray2"], 2)
 
 
 def _line(row: dict) -> str:
@@ -207,8 +244,10 @@ def _line(row: dict) -> str:
         r = row[name]
         worker = ""
         if r["worker_rss"]:
-            mb = r["worker_rss"] / 2**20, r["worker_anon"] / 2**20
-            worker = f" worker {mb[0]:.0f} MB ({mb[1]:.0f} private)"
+            mb = r["worker_rss"] / 2**20, r["worker_anon"] / 2**20, r["worker_uss"] / 2**20
+            worker = f" worker {mb[0]:.0f} MB ({mb[1]:.0f} anon, {mb[2]:.0f} USS)"
+            cpu = " ".join(f"{k} {v:.1f}" for k, v in sorted(r["cpu_s"].items()))
+            worker += f" CPU-s: {cpu}"
         parts.append(
             f"{name} {r['seconds']:7.1f} s driver {r['driver_rss'] / 2**20:5.0f} MB{worker}"
         )
