@@ -21,6 +21,8 @@ chain of length L is resolved in log2(L) + 1 rounds; no process ever holds all e
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -75,7 +77,9 @@ def side(table: pa.Table, tag: int) -> pa.Table:
 
 def uint32s(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(values, lengths) of a large_binary column of packed uint32s; null rows are empty."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = column
+    if isinstance(column, pa.ChunkedArray):  # one chunk (a block's own column): no copy
+        arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
     data = arr.buffers()[2]
     raw = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
@@ -163,48 +167,58 @@ def bucket_pairs(part: pa.Table, window: int) -> pa.Table:
     return rows(doc.size, pos=doc, key=doc, tag=np.full(doc.size, QUERY), other=pairs["other"])
 
 
-def attach_doc(data: pa.Table, pairs: pa.Table) -> pa.Table:
-    """Pairs (doc, other) of one set of docs, and those docs (DATA, with signature and
-    sketch): each distinct pair gets doc's signature and sketch, keyed by other for
-    ``verify_pairs``."""
-    doc, other = col(pairs, "pos"), col(pairs, "other")
-    order = np.lexsort((other, doc))
-    doc, other = doc[order], other[order]
-    distinct = np.ones(doc.size, np.bool_)
-    distinct[1:] = (doc[1:] != doc[:-1]) | (other[1:] != other[:-1])
-    doc, other = doc[distinct], other[distinct]
-    payload = _lookup(data, doc).select(["sig", "sketch"])
-    tag = np.full(doc.size, QUERY)
+class Payload(NamedTuple):
+    """A signed block's signatures and sketches as numpy views of its object (zero-copy)."""
+
+    pos: np.ndarray  # the block's positions, increasing
+    sig: np.ndarray  # (rows, num_perm) uint32
+    values: np.ndarray  # the sketches concatenated, uint32
+    offsets: np.ndarray  # where row r's sketch starts in values
+    lengths: np.ndarray
+
+
+def payload(table: pa.Table, num_perm: int) -> Payload:
+    """The ``Payload`` of a signed block's DATA rows (``task_steps.sign``'s second output)."""
+    values, lengths = uint32s(table.column("sketch"))
+    sig = uint32s(table.column("sig"))[0].reshape(-1, num_perm)
+    return Payload(col(table, "pos"), sig, values, np.cumsum(lengths) - lengths, lengths)
+
+
+def pair_side(blocks: list[Payload], positions: np.ndarray) -> verify.Side:
+    """Signatures and sketches of documents ``positions`` (each in one of ``blocks``, whose
+    positions increase from block to block), in that order: each block's rows are copied
+    out of its views. (A take over the blocks as one chunked table first concatenates every
+    chunk: the blocks' whole signatures and sketches, once per batch of pairs.)"""
+    starts = np.array([b.pos[0] if b.pos.size else -1 for b in blocks], np.int64)
+    block = np.searchsorted(starts, positions, side="right") - 1
+    order = np.argsort(block, kind="stable")
+    bounds = np.searchsorted(block[order], np.arange(len(blocks) + 1))
+    sigs, values, lengths = [np.zeros((0, blocks[0].sig.shape[1]), np.uint32)], [], []
+    for k, b in enumerate(blocks):
+        at = order[bounds[k] : bounds[k + 1]]
+        if at.size:
+            rows = _index(b.pos, positions[at])
+            sigs.append(b.sig[rows])
+            v, n = verify.ragged_take(b.values, b.offsets, b.lengths, rows)
+            values.append(v)
+            lengths.append(n)
+    values = np.concatenate(values) if values else np.zeros(0, np.uint32)
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    back = np.empty_like(order)  # from block order back to the order of positions
+    back[order] = np.arange(order.size)
+    sketches = verify.ragged_take(values, np.cumsum(lengths) - lengths, lengths, back)
+    return np.concatenate(sigs)[back], sketches
+
+
+def verify_pairs(
+    doc: np.ndarray, other: np.ndarray, mine: verify.Side, theirs: verify.Side, s: DedupSettings
+) -> pa.Table:
+    """Candidate pairs (doc, other) with each side's signatures and sketches: the verified
+    pairs (doc, other, sim) as QUERY rows keyed by doc."""
+    sim, ok = verify.judge(mine, theirs, s)
+    doc = doc[ok]
     n = doc.size
-    return rows(n, pos=doc, key=other, tag=tag, other=other, **_columns(payload))
-
-
-def verify_pairs(data: pa.Table, pairs: pa.Table, settings: DedupSettings) -> pa.Table:
-    """Attached pairs of one set of candidates ``other``, and those candidates (DATA): the
-    verified pairs (doc, other, sim), keyed by doc."""
-    s = settings
-    theirs = _lookup(data, col(pairs, "other"))
-    sig_a = uint32s(pairs.column("sig"))[0].reshape(-1, s.num_perm)
-    sig_b = uint32s(theirs.column("sig"))[0].reshape(-1, s.num_perm)
-    agree = lsh.agreeing_rows(sig_a, sig_b)
-    a, b = uint32s(pairs.column("sketch")), uint32s(theirs.column("sketch"))
-    a_off, b_off = np.cumsum(a[1]) - a[1], np.cumsum(b[1]) - b[1]
-
-    def sketch_sims(u: np.ndarray) -> np.ndarray:
-        a_side = verify.ragged_take(a[0], a_off, a[1], u)
-        b_side = verify.ragged_take(b[0], b_off, b[1], u)
-        return verify.sketch_jaccard(a_side, b_side, s.sketch_size)
-
-    sim, ok = verify.decide(agree, s.num_perm, s.threshold, s.verify, sketch_sims)
-    doc = col(pairs, "pos")[ok]
-    return rows(
-        doc.size,
-        pos=doc,
-        key=doc,
-        tag=np.full(doc.size, QUERY),
-        other=col(pairs, "other")[ok],
-        sim=sim[ok],
-    )
+    return rows(n, pos=doc, key=doc, tag=np.full(n, QUERY), other=other[ok], sim=sim[ok])
 
 
 def choose_parents(part: pa.Table) -> pa.Table:

@@ -270,7 +270,9 @@ class RayDedupIndex:
 
         inside = np.flatnonzero(other >= n0)
         if inside.size:
-            sim[inside], ok[inside] = _judge(side(doc[inside]), side(other[inside]), self.settings)
+            sim[inside], ok[inside] = verify.judge(
+                side(doc[inside]), side(other[inside]), self.settings, _SKETCH_BLOCK
+            )
         outside = np.flatnonzero(other < n0)
         which = np.searchsorted(partitions.starts(parts), other[outside], side="right") - 1
         task, pending = _remote(_judge_old), []
@@ -373,19 +375,5 @@ def _judge_old(path: Path, entry: dict, rows: np.ndarray, doc_side, settings: De
     at = partitions.part_rows(path, entry, rows, ["sig", "sketch"])
     sig = np.ascontiguousarray(at["sig"].to_numpy(), dtype=np.uint32)
     sk = store.list_arrays(at["sketch"])
-    return _judge(doc_side, (sig, (sk["sk_values"], sk["sk_len"])), settings)
-
-
-def _judge(a, b, s: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
-    """(similarity, accepted) of pairs given each side's (signatures, (sketch values,
-    lengths)), by the one rule of both engines (``verify.decide``)."""
-    (a_sig, (av, al)), (b_sig, (bv, bl)) = a, b
-    agree = lsh.agreeing_rows(a_sig, b_sig)
-    a_off, b_off = np.cumsum(al) - al, np.cumsum(bl) - bl
-
-    def sketch_sims(u: np.ndarray) -> np.ndarray:
-        a_side = verify.ragged_take(av, a_off, al, u)
-        b_side = verify.ragged_take(bv, b_off, bl, u)
-        return verify.sketch_jaccard(a_side, b_side, s.sketch_size)
-
-    return verify.decide(agree, s.num_perm, s.threshold, s.verify, sketch_sims, _SKETCH_BLOCK)
+    theirs = (sig, (sk["sk_values"], sk["sk_len"]))
+    return verify.judge(doc_side, theirs, settings, _SKETCH_BLOCK)

@@ -154,21 +154,24 @@ def verify(
     partitions: int,
 ) -> list[Routed]:
     """Block ``i`` (its signatures first in ``payloads``, then those of every block its pairs'
-    other documents are in): its candidate pairs judged ``_VERIFY_CHUNK`` at a time, so the
-    signatures and sketches copied out for them stay bounded however many pairs point at a
-    block; verified pairs (QUERY keyed by doc) split for ``parents``."""
+    other documents are in): its distinct candidate pairs judged ``_VERIFY_CHUNK`` at a time,
+    each side's signatures and sketches copied out of the blocks' objects for just those
+    pairs, so what a task holds stays bounded however many pairs and blocks a block has;
+    verified pairs (QUERY keyed by doc) split for ``parents``."""
     queries = gather(found, i)
     doc, other = col(queries, "pos"), col(queries, "other")
     order = np.lexsort((other, doc))
     doc, other = doc[order], other[order]
     distinct = np.ones(order.size, np.bool_)
     distinct[1:] = (doc[1:] != doc[:-1]) | (other[1:] != other[:-1])
-    queries = queries.take(pa.array(order[distinct]))
-    others = pa.concat_tables(payloads[1:]) if len(payloads) > 1 else rows(0)
+    doc, other = doc[distinct], other[distinct]
+    mine = [d.payload(payloads[0], settings.num_perm)]
+    theirs = [d.payload(p, settings.num_perm) for p in payloads[1:]]
     verified, chunk = [rows(0)], _VERIFY_CHUNK
-    for a in range(0, queries.num_rows, chunk):
-        attached = d.attach_doc(payloads[0], queries.slice(a, chunk))
-        verified.append(d.verify_pairs(others, attached, settings))
+    for a in range(0, doc.size, chunk):
+        pair = doc[a : a + chunk], other[a : a + chunk]
+        sides = d.pair_side(mine, pair[0]), d.pair_side(theirs, pair[1])
+        verified.append(d.verify_pairs(*pair, *sides, settings))
     return [split(pa.concat_tables(verified), partitions)]
 
 

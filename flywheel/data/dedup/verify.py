@@ -32,7 +32,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flywheel.data.dedup.lsh import min_agreements
+from flywheel.core.settings.dedup import DedupSettings
+from flywheel.data.dedup.lsh import agreeing_rows, min_agreements
+
+# one side of a set of pairs: signatures (pairs, num_perm) and sketches (values, lengths)
+Side = tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 Z = 4.5  # signature decisions outside t +- Z * sigma_t; a wrong one has probability ~3e-6
 
@@ -68,6 +72,21 @@ def decide(
     ok[agree < lo] = False
     ok[agree >= hi] = True
     return sim, ok
+
+
+def judge(a: Side, b: Side, s: DedupSettings, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(similarity, accepted) of pairs given each side's signatures and sketches, row by row,
+    by ``decide``: what the Ray engine's tasks run on in-batch and indexed pairs alike."""
+    (a_sig, (av, al)), (b_sig, (bv, bl)) = a, b
+    a_off, b_off = np.cumsum(al) - al, np.cumsum(bl) - bl
+
+    def sketch_sims(u: np.ndarray) -> np.ndarray:
+        a_side = ragged_take(av, a_off, al, u)
+        b_side = ragged_take(bv, b_off, bl, u)
+        return sketch_jaccard(a_side, b_side, s.sketch_size)
+
+    agree = agreeing_rows(a_sig, b_sig)
+    return decide(agree, s.num_perm, s.threshold, s.verify, sketch_sims, block)
 
 
 def ragged_take(
