@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flywheel.core.settings.dedup import DedupSettings
-from flywheel.data.dedup import lsh, verify
+from flywheel.data.dedup import lsh, textbytes, verify
 from flywheel.data.dedup.minhash import MinHasher, exact_hash
 
 DATA, QUERY = 0, 1
@@ -100,8 +100,8 @@ def signatures(table: pa.Table, settings: DedupSettings) -> pa.Table:
     document; ``key`` is a hash of the id, for the shuffle that finds first occurrences."""
     s = settings
     hasher = MinHasher(s.num_perm, s.ngram, s.lowercase, s.seed, s.sketch_size)
-    norms = hasher.normalize(table.column("text").to_pylist())
-    sk = hasher.sketches(norms)
+    nz = hasher.normalized(table.column("text").to_pylist())  # as the local engine: bytes
+    sk = hasher.sketches_of(nz)
     ids = table.column("id").to_pylist()
     n = len(ids)
     id_hash = np.fromiter((exact_hash(i) for i in ids), np.uint64, count=n)
@@ -110,8 +110,8 @@ def signatures(table: pa.Table, settings: DedupSettings) -> pa.Table:
         pos=table.column("pos"),
         key=id_hash.view(np.int64),
         id=table.column("id"),
-        exact=hasher.exact_hashes(norms).view(np.int64),
-        full=np.fromiter((bool(t) for t in norms), np.bool_, count=n),
+        exact=textbytes.exact_hashes(nz).view(np.int64),
+        full=nz.n_words > 0,
         sig=packed(sk.sig.reshape(-1), np.full(n, s.num_perm)),
         sketch=packed(sk.values, sk.lengths),
     )

@@ -7,10 +7,11 @@ these sets): the text is lower-cased (optional) and split with ``str.split()``; 
 are the SET of word n-grams; a document of 1 <= m < n words is one shingle of all its words;
 an empty document has no shingles (its signature is all 0xFFFFFFFF and it never matches).
 
-The local engine never splits a text in Python: ``MinHasher.normalized`` lower-cases each text
+Neither engine splits a text in Python: ``MinHasher.normalized`` lower-cases each text
 (``str.lower``) and normalizes whitespace on the UTF-8 bytes of the whole batch
-(``flywheel.data.dedup.textbytes``, byte for byte ``normalize``); ``sketches`` of normalized
-strings (the Ray engine's path) packs them the same way, so both hash the same bytes.
+(``flywheel.data.dedup.textbytes``, byte for byte ``normalize``); ``sketches`` of strings
+already normalized in Python (``MinHasher.normalize``, the reference the tests compare
+against) packs them the same way, so both hash the same bytes.
 
 Hash scheme (``HASH_SCHEME`` is recorded in index manifests; bump it on any change):
 
@@ -155,9 +156,6 @@ class MinHasher:
     def normalize(self, texts: Sequence[str]) -> list[str]:
         low = self.lowercase
         return [" ".join((t.lower() if low else t).split()) for t in texts]
-
-    def exact_hashes(self, norms: Sequence[str]) -> np.ndarray:
-        return np.fromiter((exact_hash(s) for s in norms), dtype=np.uint64, count=len(norms))
 
     def normalized(self, texts: Sequence[str]) -> textbytes.Normalized:
         """The texts lower-cased (optional, ``str.lower``) and whitespace-normalized as bytes:

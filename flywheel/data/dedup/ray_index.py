@@ -50,7 +50,7 @@ import polars as pl
 
 from flywheel.core.settings.dedup import DedupSettings
 from flywheel.core.settings.engine import RaySettings
-from flywheel.data.dedup import lsh, partitions, store, verify
+from flywheel.data.dedup import lsh, partitions, store, textbytes, verify
 from flywheel.data.dedup.index import _SKETCH_BLOCK, DedupIndex
 from flywheel.data.dedup.minhash import MinHasher
 from flywheel.data.dedup.pending import SPILL_DOCS, PendingRows, group_of, unwritten
@@ -345,11 +345,9 @@ def _signatures(texts: list[str], s: DedupSettings):
 
 def _sketch_chunk(texts: list[str], s: DedupSettings):
     hasher = MinHasher(s.num_perm, s.ngram, s.lowercase, s.seed, s.sketch_size)
-    norms = hasher.normalize(texts)
-    sk = hasher.sketches(norms)
-    full = np.fromiter((bool(t) for t in norms), dtype=np.bool_, count=len(norms))
-    sig = sk.sig.reshape(len(norms), s.num_perm)
-    return hasher.exact_hashes(norms), full, sig, sk.values, sk.lengths
+    nz = hasher.normalized(texts)  # as the local engine: whitespace normalized as bytes
+    sk = hasher.sketches_of(nz)
+    return textbytes.exact_hashes(nz), nz.n_words > 0, sk.sig, sk.values, sk.lengths
 
 
 def _band_tasks() -> int:
