@@ -8,7 +8,8 @@ print(d(['a', 'b'], ['x y z', 'x y z']).duplicates)"
 The only module that imports Ray (inside its functions: ``engine: local`` never loads it).
 Each task runs a step of ``flywheel.data.dedup.task_steps`` and returns its output already
 split for the next stage's tasks (``ray.partitions`` hash partitions of the rows' key, or the
-input block of a document), so a shuffle is one round of tasks, a task holds one partition,
+input block of a document), so a shuffle is one round of tasks, a task holds one partition
+at a time (a keyed stage runs as two tasks per cluster CPU, each over a range of partitions),
 and no process holds all ids, band keys or edges. The stages (``task_steps.run_stages``),
 submitted at once: each task starts when its inputs exist; two waits, for a few bytes each
 (which blocks each block's pairs point to, and each pointer-jumping round's moved count):
@@ -51,6 +52,7 @@ from flywheel.data.dedup.results import DUPLICATES_SCHEMA, DedupResult, _as_stri
 RESULT_COLUMNS = ["pos", "id", "dup_of", "method", "sim"]
 _METHOD_NAMES = np.array([None, "exact", "minhash"], dtype=object)
 _RETRIES = 8  # per task, for lost workers and nodes
+_TASKS_PER_CPU = 2  # tasks per keyed stage, per CPU of the cluster (at most ray.partitions)
 
 
 class RayUnavailable(RuntimeError):
@@ -152,7 +154,10 @@ def dedup_blocks(
         signed.append(_submit(t.sign, 3, [[inputs[-1]]], settings=s, partitions=P))
     if not inputs:
         return d.rows(0).select(RESULT_COLUMNS)
-    gone = t.run_stages(signed, np.array(starts, np.int64), s, P, _submit, ray.get)
+    # two tasks per CPU: fewer tasks read fewer objects, two per CPU keep every CPU busy
+    # while a stage's slowest task finishes
+    tasks = _TASKS_PER_CPU * max(1, int(ray.cluster_resources().get("CPU", 1)))
+    gone = t.run_stages(signed, np.array(starts, np.int64), s, P, _submit, ray.get, tasks)
     tables = [tb.select(RESULT_COLUMNS) for tb in ray.get(gone) if tb.num_rows]
     empty = d.rows(0).select(RESULT_COLUMNS)
     return pa.concat_tables(tables).sort_by("pos") if tables else empty
@@ -182,6 +187,7 @@ def _submit(fn: Any, num_returns: int, groups: list[list[Any]], **kwargs: Any) -
     """Submit ``fn(*groups, **kwargs)`` as a task; its ``num_returns`` output refs."""
     flat = [ref for group in groups for ref in group]
     sizes = tuple(len(group) for group in groups)
-    task = _remote().options(num_returns=num_returns, name=f"dedup.{fn.__name__}")
+    name = kwargs.get("step", fn).__name__  # task_steps.each runs a step over partitions
+    task = _remote().options(num_returns=num_returns, name=f"dedup.{name}")
     out = task.remote(fn, sizes, kwargs, *flat)
     return out if num_returns > 1 else [out]

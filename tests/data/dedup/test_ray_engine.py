@@ -56,6 +56,8 @@ def test_planted_cases_are_decided_as_locally(cluster) -> None:
     assert ids.count("doc3") == 2 and "doc3" not in dupes
     assert local.stats["minhash_removed"] > 20 and local.stats["exact_removed"] > 10
     same_decisions(ids, texts, DedupSettings())
+    # more partitions than the 2-CPU cluster's 4 tasks per stage: tasks of 2 and 3 partitions
+    same_decisions(ids, texts, DedupSettings(), partitions=10)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from flywheel.data.dedup.task_steps import gather, run_here, split
 from .conftest import planted_corpus
 
 
-def removed_here(ids, texts, settings, partitions, block_rows) -> list[tuple]:
+def removed_here(ids, texts, settings, partitions, block_rows, tasks=None) -> list[tuple]:
     blocks = [
         pa.table(
             {
@@ -28,22 +28,24 @@ def removed_here(ids, texts, settings, partitions, block_rows) -> list[tuple]:
         )
         for a in range(0, len(ids), block_rows)
     ]
-    gone = run_here(blocks, settings, partitions)
+    gone = run_here(blocks, settings, partitions, tasks)
     return list(zip(*(gone.column(c).to_pylist() for c in ("id", "dup_of", "sim")), strict=True))
 
 
 @pytest.mark.parametrize(
-    ("settings", "partitions", "block_rows"),
+    ("settings", "partitions", "block_rows", "tasks"),
     [
-        (DedupSettings(), 3, 16),
-        (DedupSettings(), 1, 1000),
-        (DedupSettings(exact=False, verify="signature", threshold=0.7), 5, 7),
-        (DedupSettings(minhash=False), 2, 16),
+        (DedupSettings(), 3, 16, None),
+        (DedupSettings(), 1, 1000, None),
+        (DedupSettings(exact=False, verify="signature", threshold=0.7), 5, 7, None),
+        (DedupSettings(minhash=False), 2, 16, None),
+        (DedupSettings(), 7, 16, 3),  # tasks of 2, 2 and 3 partitions
+        (DedupSettings(exact=False), 5, 9, 1),
     ],
-    ids=["default", "one-partition-one-block", "no-exact", "exact-only"],
+    ids=["default", "one-partition-one-block", "no-exact", "exact-only", "grouped", "one-task"],
 )
 def test_the_task_graph_decides_as_the_local_engine(
-    settings, partitions, block_rows, monkeypatch
+    settings, partitions, block_rows, tasks, monkeypatch
 ) -> None:
     if block_rows == 7:  # and verification in chunks smaller than a block's pairs
         monkeypatch.setattr(task_steps, "_VERIFY_CHUNK", 3)
@@ -51,7 +53,7 @@ def test_the_task_graph_decides_as_the_local_engine(
     local = deduplicate(ids, texts, settings)
     expected = [(r["id"], r["duplicate_of"], r["similarity"]) for r in local.duplicates.to_dicts()]
     assert len(expected) > 10
-    assert removed_here(ids, texts, settings, partitions, block_rows) == expected
+    assert removed_here(ids, texts, settings, partitions, block_rows, tasks) == expected
 
 
 def test_a_routed_output_gives_each_destination_its_rows() -> None:
@@ -63,3 +65,19 @@ def test_a_routed_output_gives_each_destination_its_rows() -> None:
         ["a", "b"],
     ]
     assert gather([routed, routed], 1).column("key").to_pylist() == [7, 4, 7, 4]
+
+
+def test_a_task_over_several_partitions_routes_as_their_separate_tasks() -> None:
+    keys = np.arange(40, dtype=np.int64) * 7919
+    routed = [split(pa.table({"key": keys[:25]}), 4), split(pa.table({"key": keys[25:]}), 4)]
+
+    def step(inputs, i):  # a keyed step: re-split its partition's rows, and count them
+        part = gather(inputs, i)
+        return [split(pa.table({"key": pa.array(part.column("key")) + 1}), 3), part.num_rows]
+
+    merged = task_steps.each(routed, step=step, parts=range(1, 4))
+    separate = [step(routed, i) for i in range(1, 4)]
+    for dest in range(3):
+        want = sorted(k for out in separate for k in out[0].piece(dest).column("key").to_pylist())
+        assert sorted(merged[0].piece(dest).column("key").to_pylist()) == want
+    assert merged[1] == sum(out[1] for out in separate) > 0
