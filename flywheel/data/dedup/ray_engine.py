@@ -139,7 +139,10 @@ def dedup_blocks(
     connect(ray_settings)
     import ray
 
-    P, s = ray_settings.partitions, settings
+    # the LSH layout chosen here, once: its optimizer imports scipy (~0.3 CPU-s), which every
+    # worker process would otherwise do again
+    bands, rows = settings.resolve_bands()
+    P, s = ray_settings.partitions, settings.model_copy(update={"bands": bands, "rows": rows})
     # the inputs stay referenced until the end: a lost signature object is rebuilt from them
     inputs, signed, starts, last = [], [], [], -1
     for block in blocks:
