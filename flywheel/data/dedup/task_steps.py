@@ -21,7 +21,9 @@ that a node pulls whole objects to read its slices: right on one machine and a f
 hundreds of nodes, a map task should return one object per group of destinations.
 
 Every step takes groups of inputs (lists of ``Routed``, or of whole tables for the block
-objects of ``sign``) and its own destination index ``i``, and returns a list of outputs.
+objects of ``sign``) and its own destination index ``i``, and returns a list of outputs. A
+keyed stage's P partitions run in fewer tasks (``each``: a range of partitions, one at a
+time, outputs merged), since every task reads every output of the stage before.
 """
 
 from __future__ import annotations
