@@ -117,6 +117,27 @@ def write_split(path: Path, frame: pl.DataFrame, family: str, name: str) -> list
     return sorted(written)
 
 
+def write_merged(
+    path: Path, entries: list[dict[str, Any]], frames_of: dict[str, pl.DataFrame]
+) -> list[dict[str, Any]]:
+    """Write each family's rows (``frames_of``, with a ``p`` column) for the parts
+    ``entries`` as ONE file per partition, named ``merged-<hex>.parquet`` as compaction names
+    them (``compact``): the first entry names those files as merged ones and the others no
+    partition file. Returns the entries (the manifest names them next)."""
+    head = {k: v for k, v in entries[0].items() if k != "merged"} | {"merged": {}}
+    name = f"merged-{uuid.uuid4().hex[:12]}.parquet"
+    for family in FAMILIES:
+        head[family] = write_split(path, frames_of[family], family, name)
+        head["merged"].update({f"{family}={p}": name for p in head[family]})
+    if not head["merged"]:
+        del head["merged"]
+    rest = [
+        {**{k: v for k, v in e.items() if k != "merged"}, **{f: [] for f in FAMILIES}}
+        for e in entries[1:]
+    ]
+    return [head, *rest]
+
+
 def write(
     path: Path,
     entry: dict[str, Any],

@@ -15,7 +15,6 @@ them as compaction names a merged file. The disk layout and the answers are unch
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +69,10 @@ class PendingRows:
         first naming the files as merged ones. Nothing is held after."""
         if not entries:
             return entries
-        head: dict[str, Any] = {**entries[0], "merged": {}}
-        name = f"merged-{uuid.uuid4().hex[:12]}.parquet"
-        for family in partitions.FAMILIES:
-            head[family] = partitions.write_split(path, self._all(family), family, name)
-            head["merged"].update({f"{family}={p}": name for p in head[family]})
-        if not head["merged"]:
-            del head["merged"]
+        written = partitions.write_merged(path, entries, {f: self._all(f) for f in self.frames})
         self.frames = {f: [] for f in partitions.FAMILIES}
         self.docs = 0
-        return [head, *entries[1:]]
+        return written
 
 
 def unwritten(entry: dict[str, Any]) -> dict[str, Any]:

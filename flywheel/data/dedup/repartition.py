@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +91,9 @@ def _rewrite_group(
         columns = _lookup_columns(path, entry)
         for family, frame in partitions.frames(first, columns, *layout).items():
             rows[family].append(frame)
-    plain = {k: v for k, v in group[0][1].items() if k not in (*partitions.FAMILIES, "merged")}
-    head: dict[str, Any] = {**plain, "merged": {}}
-    name = f"merged-{uuid.uuid4().hex[:12]}.parquet"
-    for family, frames in rows.items():
-        head[family] = partitions.write_split(path, pl.concat(frames), family, name)
-        head["merged"].update({f"{family}={p}": name for p in head[family]})
-    if not head["merged"]:
-        del head["merged"]
-    rest = [
-        {**{k: v for k, v in e.items() if k != "merged"}, **{f: [] for f in partitions.FAMILIES}}
-        for _, e in group[1:]
-    ]
-    return [head, *rest], sum(len(head[f]) for f in partitions.FAMILIES)
+    frames_of = {family: pl.concat(frames) for family, frames in rows.items()}
+    entries = partitions.write_merged(path, [entry for _, entry in group], frames_of)
+    return entries, sum(len(entries[0][f]) for f in partitions.FAMILIES)
 
 
 def _lookup_columns(path: Path, entry: dict[str, Any]) -> dict[str, Any]:
