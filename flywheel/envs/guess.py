@@ -9,6 +9,8 @@ bisection needs at most floor(log2 N) + 1 = ceil(log2(N + 1)) <= K, so an optima
 wins, while a policy that does not use the replies (always 1, out of range, repeats) wins only
 when its guess happens to be the secret. Reward is 1.0 only for a correct guess within the
 budget; an out-of-range, repeated or malformed guess spends a turn, so it cannot buy time.
+Each guess also gets a step reward (``step_rewards``): ``mistake_reward`` for one the replies
+so far already ruled out (outside the range they allow, repeated, malformed), 0.0 otherwise.
 
 ``held_out_episodes`` is a fixed set (from ``seed``); ``train_episodes`` never draws one of its
 (n, secret) pairs. Episodes are TRL dataset rows: ``{"prompt": [...], "n": N, "secret": s}``.
@@ -36,6 +38,9 @@ class Settings(BaseModel):
     max_n: int = Field(1024, ge=2, description="Largest range (hardest episodes).")
     held_out: int = Field(32, ge=0, description="Episodes in the fixed held-out set.")
     seed: int = Field(0, description="Seed of the held-out set.")
+    mistake_reward: float = Field(
+        -1.0, le=0, description="Step reward of a guess the replies so far already ruled out."
+    )
 
     @model_validator(mode="after")
     def _range(self) -> Settings:
@@ -101,6 +106,7 @@ class NumberGuess(ToolEnvironment):
         self.settings = settings or Settings()
         self.n, self.secret, self.solved = 0, 0, False
         self._seen: set[int] = set()
+        self._low, self._high = 1, 0  # the secret's range the replies so far allow
 
     def reset(self, n: int, secret: int, **_row: Any) -> str:
         """Start an episode; TRL also passes the row's other fields (``prompt``), ignored."""
@@ -108,6 +114,7 @@ class NumberGuess(ToolEnvironment):
         if not 1 <= secret <= n:
             raise ValueError(f"secret {secret} is not in [1, {n}]")
         self.n, self.secret, self.solved, self._seen = n, secret, False, set()
+        self._low, self._high = 1, n
         self._start(budget(n))
         return f"\nIt is from 1 to {n}; {self.max_turns} guesses."
 
@@ -121,6 +128,7 @@ class NumberGuess(ToolEnvironment):
         Returns:
             "higher" if the secret is larger, "lower" if smaller, "correct" if found.
         """
+        self._judge(self.settings.mistake_reward)  # until the guess proves consistent
         if isinstance(number, bool) or not isinstance(number, int | str):
             return f"error: {number!r} is not an integer (turn spent)"
         try:
@@ -128,6 +136,8 @@ class NumberGuess(ToolEnvironment):
         except ValueError:
             return f"error: {number!r} is not an integer (turn spent)"
         left = f"{self.max_turns - self.turns} left"
+        if self._low <= value <= self._high:  # a guessed number is outside it already
+            self._judge(0.0)
         if not 1 <= value <= self.n:
             return f"error: {value} is outside 1..{self.n} (turn spent); {left}"
         if value in self._seen:
@@ -136,6 +146,10 @@ class NumberGuess(ToolEnvironment):
         if value == self.secret:
             self.solved = self.done = True
             return "correct"
+        if self.secret > value:
+            self._low = max(self._low, value + 1)
+        else:
+            self._high = min(self._high, value - 1)
         # The reply names the guess it answers: a small model need not look back for it.
         return f"{'higher' if self.secret > value else 'lower'} than {value}; {left}"
 

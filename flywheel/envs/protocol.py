@@ -16,6 +16,12 @@ What TRL does with an instance (``trl/trainer/grpo_trainer.py``), and so what we
   any public method would be offered to the model as a tool;
 - ``get_reward()`` takes no argument and returns a float, called once per finished rollout.
 
+Optional, for loops that drive the environment themselves: ``step_rewards``, a list attribute
+with one float per tool call so far, the environment's judgement of that step (0.0 neutral,
+negative a mistake: a guess the replies already ruled out). The collector sums each model
+turn's entries into the trajectory's ``step_rewards``; acceptance can reject a trajectory with
+a mistake in it (``min_step_reward``) and PPO adds them to the return. TRL ignores it.
+
 TRL stops calling tools when the model stops or at ``max_tool_calling_iterations``; an
 episode's own end (``done``: finished, ``truncated``: out of turns) is for loops that drive
 the environment themselves (offline collection). ``ToolEnvironment`` keeps that bookkeeping,
@@ -57,7 +63,8 @@ def tool_methods(env: object) -> list[Callable[..., Any]]:
 
 
 class ToolEnvironment:
-    """Turn bookkeeping shared by the environments: a turn budget, ``done``, ``truncated``.
+    """Turn bookkeeping shared by the environments: a turn budget, ``done``, ``truncated``,
+    and ``step_rewards`` (one 0.0 per tool call; a tool sets its own with ``_judge``).
 
     Subclasses call ``_start(max_turns)`` in ``reset``, set ``done = True`` when the episode
     ends on its own, and decorate each tool with ``tool``. No public methods here: TRL would
@@ -68,9 +75,15 @@ class ToolEnvironment:
     truncated: bool = False
     turns: int = 0
     max_turns: int = 0
+    step_rewards: list[float]
 
     def _start(self, max_turns: int) -> None:
         self.done, self.truncated, self.turns, self.max_turns = False, False, 0, max_turns
+        self.step_rewards = []
+
+    def _judge(self, reward: float) -> None:
+        """The current tool call's step reward (it starts at 0.0)."""
+        self.step_rewards[-1] = float(reward)
 
     @property
     def over(self) -> bool:
@@ -92,6 +105,9 @@ def tool(method: Callable[..., Any]) -> Callable[..., str]:
         if self.over:
             return OVER
         self.turns += 1
+        if not hasattr(self, "step_rewards"):  # a call before any reset
+            self.step_rewards = []
+        self.step_rewards.append(0.0)
         try:
             out = method(self, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the model's call must never crash the rollout

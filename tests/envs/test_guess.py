@@ -80,6 +80,21 @@ def test_repeats_and_bad_guesses_spend_turns() -> None:
     assert env.get_reward() == 0.0
 
 
+def test_a_guess_the_replies_ruled_out_is_judged_a_mistake() -> None:
+    env = NumberGuess(Settings(mistake_reward=-0.5))
+    env.reset(n=16, secret=11)
+    env.guess(8)  # higher: 9..16 left
+    env.guess(4)  # ruled out by the reply, though in 1..16
+    env.guess(13)  # lower: 9..12 left
+    env.guess(8)  # repeated
+    env.guess("x")  # malformed
+    env.guess(17)  # outside 1..16
+    assert env.step_rewards == [0.0, -0.5, 0.0, -0.5, -0.5]  # the 5th guess ended it
+    assert env.truncated
+    env.reset(n=16, secret=11)  # a new episode starts with none
+    assert env.step_rewards == [] and env.guess(11) == "correct" and env.step_rewards == [0.0]
+
+
 def test_a_string_integer_counts_as_a_guess() -> None:
     env = NumberGuess()
     env.reset(n=4, secret=3)

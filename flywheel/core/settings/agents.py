@@ -66,6 +66,12 @@ class AgentAcceptSettings(BaseModel):
         "(zero_group_variance): GRPO's advantage is zero there.",
     )
     dedup: bool = Field(True, description="Reject a trajectory repeated in the cycle.")
+    min_step_reward: float | None = Field(
+        None,
+        description="Reject a trajectory with a model turn the environment judged below this "
+        "(low_step_reward; its step_rewards, e.g. NumberGuess's mistake_reward for a guess the "
+        "replies ruled out); null: off.",
+    )
 
 
 class AgentSettings(BaseModel):

@@ -15,6 +15,9 @@ gets the first reason that applies, in this order:
   standard deviation at most ``min_group_std``; GRPO's advantage is zero there, so it teaches
   nothing (off when ``min_group_std`` is None). Computed over the whole group as collected;
 - ``low_reward``: reward below ``min_reward`` (off when None);
+- ``low_step_reward``: a model turn the environment judged below ``min_step_reward`` (its
+  ``step_rewards`` entry, less ``reward`` on the last turn): a solved episode that got there
+  through a mistake, e.g. a guess the replies had ruled out (off when None);
 - ``duplicate``: an earlier surviving row has the same ``trajectory_hash``.
 """
 
@@ -34,6 +37,7 @@ class AcceptSettings:
     require_completed: bool = True  # a truncated episode did not finish its task
     dedup: bool = True  # the same trajectory twice would weigh it twice
     min_group_std: float | None = None  # GRPO: drop groups whose rewards all agree
+    min_step_reward: float | None = None  # drop episodes with a turn judged below it
 
 
 def accept_trajectories(
@@ -53,6 +57,9 @@ def accept_trajectories(
         reason = reason.when(std <= settings.min_group_std).then(pl.lit("zero_group_variance"))
     if settings.min_reward is not None:
         reason = reason.when(pl.col("reward") < settings.min_reward).then(pl.lit("low_reward"))
+    if settings.min_step_reward is not None:
+        worst = _worst_step(pl.col("step_rewards"), pl.col("reward"))
+        reason = reason.when(worst < settings.min_step_reward).then(pl.lit("low_step_reward"))
     marked = frame.with_columns(reason.otherwise(None).cast(pl.String).alias("reason"))
     if settings.dedup:
         # Among the rows still in, the first of each hash stays; the others are duplicates.
@@ -63,3 +70,10 @@ def accept_trajectories(
     accepted = marked.filter(pl.col("reason").is_null()).drop("reason")
     rejected = marked.filter(pl.col("reason").is_not_null())
     return accepted, rejected
+
+
+def _worst_step(steps: pl.Expr, reward: pl.Expr) -> pl.Expr:
+    """The lowest of the environment's per-turn judgements: ``step_rewards`` with ``reward``
+    taken back off the last entry (an episode without turns has none: +inf)."""
+    judged = pl.concat_list(steps.list.head(steps.list.len() - 1), steps.list.last() - reward)
+    return pl.when(steps.list.len() > 0).then(judged.list.min()).otherwise(float("inf"))

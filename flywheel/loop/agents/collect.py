@@ -102,6 +102,7 @@ class _Episode:
     mask: list[int] = field(default_factory=list)
     logprobs: list[float] | None = field(default_factory=list)
     turns: int = 0
+    steps: list[float] = field(default_factory=list)  # the environment's, per model turn
     end: str = ""
     error: str | None = None
 
@@ -202,9 +203,11 @@ def _advance(ep: _Episode, step: Step, tokenizer: Any, s: CollectSettings) -> No
     if calls:
         assistant["tool_calls"] = [c.as_message() for c in calls]
     ep.messages.append(assistant)
+    judged = len(getattr(ep.env, "step_rewards", None) or ())
     results = [
         run_call(ep.env, ep.tools, call, f"call_{ep.turns}_{i}") for i, call in enumerate(calls)
     ]
+    ep.steps.append(_new_step_rewards(ep.env, judged))
     results = results or [{"role": "tool", "content": NO_CALL}]
     ep.messages += results
     ep.end = _end_reason(ep, s)
@@ -233,6 +236,15 @@ def run_call(
         except Exception as exc:  # noqa: BLE001 - wrong arguments or a raising tool
             content = f"error: {type(exc).__name__}: {exc}"
     return {"role": "tool", "tool_call_id": call_id, "name": call.name, "content": content}
+
+
+def _new_step_rewards(env: Any, before: int) -> float:
+    """The sum of the step rewards ``env`` judged since it had ``before`` of them (0.0 for an
+    environment that keeps none, or a list that is not numbers)."""
+    try:
+        return float(sum((getattr(env, "step_rewards", None) or ())[before:]))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _end_reason(ep: _Episode, s: CollectSettings) -> str:
@@ -289,7 +301,7 @@ def _row(ep: _Episode, common: dict[str, Any]) -> dict[str, Any]:
         "completion_ids": ep.ids,
         "completion_mask": ep.mask,
         "logprobs": ep.logprobs,
-        "step_rewards": [0.0] * (ep.turns - 1) + [reward] if ep.turns else [],
+        "step_rewards": ep.steps[:-1] + [ep.steps[-1] + reward] if ep.steps else [],
         "reward": reward,
         "done": ep.end == "done",
         "truncated": ep.end in ("env_truncated", "max_turns", "timeout"),

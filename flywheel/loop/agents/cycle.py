@@ -109,6 +109,7 @@ def accept_settings(agent: AgentSettings) -> AcceptSettings:
         require_completed=a.require_completed,
         dedup=a.dedup,
         min_group_std=0.0 if a.group_variance else None,
+        min_step_reward=a.min_step_reward,
     )
 
 

@@ -191,7 +191,8 @@ def score_rollouts(
             ref.append(response_logprobs(reference or policy, batch, rows, s.temperature))
         values.append(response_values(critic, batch, rows))
     old, ref, values = torch.cat(old), torch.cat(ref), torch.cat(values)
-    rewards = ppo.token_rewards(batch.scores, old, ref, batch.mask, s.kl_coef)
+    # the environment's per-turn judgements (0 unless it keeps step_rewards) are dense rewards
+    rewards = ppo.token_rewards(batch.scores, old, ref, batch.mask, s.kl_coef) + batch.steps
     adv, returns = ppo.gae(rewards, values, batch.mask, s.gamma, s.lam)
     if s.whiten_advantages and int(batch.mask.sum()) >= 2:
         adv = ppo.whiten(adv, batch.mask)

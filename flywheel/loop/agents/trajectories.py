@@ -13,8 +13,10 @@ model-generated tokens and 0 on the others, so a loss over ``mask == 1`` trains 
 model wrote; ``logprobs`` is aligned with ``completion_ids`` (0.0 where the mask is 0). The
 completion ends with the model's last turn: results of its last calls are in ``turns`` only.
 
-Rewards are sparse: ``step_rewards`` has one entry per model turn, 0.0 except the last, which
-is ``reward`` (``env.get_reward()`` once the episode ended; TRL calls it once per rollout too).
+``reward`` is ``env.get_reward()`` once the episode ended (TRL calls it once per rollout too).
+``step_rewards`` has one entry per model turn: the environment's judgement of that turn's tool
+calls (the sum of what they added to its optional ``step_rewards`` list; 0.0 when it keeps
+none), with ``reward`` added to the last, so the list sums to the episode's return.
 
 JSON columns are ``canonical`` JSON (sorted keys, compact), so equal values are equal strings:
 ``episode`` is compared against held-out episodes, ``turns`` hashed for deduplication.
@@ -50,7 +52,7 @@ COLUMNS: dict[str, tuple[Any, str]] = {
         pl.List(pl.Float32),
         "sampling logprob per completion token (0 where mask 0); null when the policy reports none",
     ),
-    "step_rewards": (pl.List(pl.Float64), "one per model turn: 0.0, the last is reward"),
+    "step_rewards": (pl.List(pl.Float64), "per model turn: env judgement (+ reward, last)"),
     "reward": (pl.Float64, "env.get_reward() at the end (0.0 when the episode errored)"),
     "done": (pl.Boolean, "the environment ended the episode itself"),
     "truncated": (pl.Boolean, "the episode was cut: env turn budget, max_turns or timeout"),

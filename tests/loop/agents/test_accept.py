@@ -71,3 +71,23 @@ def test_errors_are_rejected_first(tokenizer: Any) -> None:
     )
     _, rejected = accept_trajectories(frame, AcceptSettings())
     assert rejected.row(0, named=True)["reason"] == "error"
+
+
+def test_a_solved_episode_with_a_mistake_is_rejected_when_asked(tokenizer: Any) -> None:
+    """Always-1, then bisection of what is left: on n=8, secret 5 the second 1 is a repeat
+    (step reward -1) before bisection solves it; plain bisection makes no mistake."""
+    call = lambda k: format_tool_call("guess", {"number": k})  # noqa: E731
+    blunder = Scripted(tokenizer, [call(1), call(1), call(6), call(5)])
+    episodes = [{"prompt": [{"role": "user", "content": "Find it."}], "n": 8, "secret": 5}]
+    env = lambda: NumberGuess(SMALL)  # noqa: E731
+    frame = pl.concat([
+        collect(blunder, tokenizer, env, episodes, "guess"),
+        collect(Bisection(tokenizer), tokenizer, env, episodes, "guess"),
+    ])  # fmt: skip
+    assert frame["reward"].to_list() == [1.0, 1.0]
+    assert frame["step_rewards"].to_list()[0] == [0.0, -1.0, 0.0, 1.0]
+    accepted, _ = accept_trajectories(frame, AcceptSettings())
+    assert accepted.height == 2  # off by default
+    accepted, rejected = accept_trajectories(frame, AcceptSettings(min_step_reward=0.0))
+    assert accepted["step_rewards"].to_list() == [frame["step_rewards"][1].to_list()]
+    assert rejected["reason"].to_list() == ["low_step_reward"]

@@ -255,6 +255,21 @@ def test_muon_resumes_to_the_same_weights(parent: Path, tmp_path: Path) -> None:
 EASY = Settings(min_n=4, max_n=16, held_out=2)
 
 
+def test_each_turns_judgement_is_a_reward_at_that_turns_last_token() -> None:
+    """Two model turns (mask runs [0, 2) and [4, 6)); the environment judged the first -1 and
+    the episode's reward 1.0 sits on the last entry: steps hold -1 at token 1 and the second
+    turn's own 0.5 at token 5, and token_rewards + steps sum to the episode's return."""
+    row = {"prompt_ids": [7, 8], "completion_ids": [1, 2, 3, 4, 5, 6], "logprobs": None}
+    row |= {"completion_mask": [1, 1, 0, 0, 1, 1], "reward": 1.0, "step_rewards": [-1.0, 1.5]}
+    single = {"prompt_ids": [7], "completion_ids": [1, 2], "completion_mask": [1, 1]}
+    single |= {"logprobs": None, "reward": 0.25}  # a prompt rollout: no step_rewards
+    batch = to_batch([row, single], pad_id=0)
+    assert batch.steps.tolist() == [[0, -1.0, 0, 0, 0, 0.5], [0] * 6]
+    zero = torch.zeros_like(batch.sampled)
+    dense = ppo.token_rewards(batch.scores, zero, zero, batch.mask, 0.1) + batch.steps
+    assert dense.sum(1).tolist() == [0.5, 0.25]
+
+
 def test_multi_turn_episodes_through_the_collector(
     parent: Path, tokenizer: Any, tmp_path: Path
 ) -> None:
