@@ -24,8 +24,11 @@ class FlywheelRay(RayResource):
         return (self.address or "127.0.0.1").removeprefix("ray://").split(":")[0]
 
     @property
-    def ray_address(self) -> str | None:  # type: ignore[override]
-        return self.address  # None: ray.init starts a local cluster
+    def ray_address(self) -> str:  # type: ignore[override]
+        # "local", not None: ray.init(address=None) joins whatever cluster Ray's
+        # ray_current_cluster file names (the last `ray start`, or a test's Cluster) and then
+        # refuses num_cpus; "local" always starts one. RAY_ADDRESS still wins over either.
+        return self.address or "local"
 
     @property
     def name(self) -> str:

@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
         results["in-process"] = timed(in_process, prompts)
         torch.set_num_threads(1)
-        ray.init(num_cpus=args.replicas, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=args.replicas, include_dashboard=False, log_to_driver=False
+        )
         try:
             for n in (1, args.replicas):
                 backend = RayReplicaBackend(TransformersBackend, ckpt, args.batch_size, n)

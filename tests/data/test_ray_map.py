@@ -27,7 +27,7 @@ def test_filters_on_ray_equal_the_local_engine(tmp_path: Path) -> None:
         files.append(tmp_path / f"part-{k}.parquet")
         df.with_columns(pl.lit(k).alias("shard")).write_parquet(files[-1])
     settings = FilterSettings()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
     try:
         outcomes = list(filter_outcomes(files, settings, batch_rows=50))
     finally:

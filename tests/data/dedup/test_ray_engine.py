@@ -30,7 +30,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=150 << 20)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=150 << 20)
     yield
     ray.shutdown()
 
