@@ -35,8 +35,9 @@ BIN = Path(sys.executable).parent
 PARENT, ROOT_RUN = "dagster/parent_run_id", "dagster/root_run_id"
 # Cycle 1 trains long enough to be killed after a checkpoint and before its end: the tiny
 # model takes ~40 ms a step, and at 20 steps a loaded machine sometimes finished the training
-# (and published it, so the retry reused it) before the kill landed; 200 leave seconds.
-SETTINGS = ["cycles.train.steps=200", "cycles.train.save_every=10"]
+# (and published it, so the retry reused it) before the kill landed. 200 steps did too once,
+# in a CI beside three other training jobs (load ~6); 400 leave ~15 s quiet.
+SETTINGS = ["cycles.train.steps=400", "cycles.train.save_every=10"]
 SETS = [a for s in SETTINGS for a in ("--set", s)]
 
 
