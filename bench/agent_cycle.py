@@ -33,8 +33,20 @@ from flywheel.core import artifacts  # noqa: E402
 from flywheel.core.spec import Spec, load_spec  # noqa: E402
 
 
-def one_cycle(spec: Spec, start: Path, seed: int, out: Path) -> dict:
-    """Play, accept, fine-tune once from ``start``; the trained checkpoint and counts."""
+def one_cycle(
+    spec: Spec,
+    start: Path,
+    out: Path,
+    *,
+    episodes: int,
+    episode_seed: int,
+    sample_seed: int,
+    replay_seed: int | None = None,
+) -> dict:
+    """Play ``episodes`` training episodes from ``start`` (drawn with ``episode_seed``, sampled
+    with ``sample_seed``), accept, and fine-tune once on the accepted ones, plus
+    ``cycles.seed_replay`` rows of the seed training set drawn with ``replay_seed`` (None: no
+    replay). The trained checkpoint and counts. ``bench/agent_methods.py``'s sft runs this."""
     from flywheel.core.records import Loaded
     from flywheel.core.report import Reporter
     from flywheel.core.shards import read_current
@@ -49,21 +61,23 @@ def one_cycle(spec: Spec, start: Path, seed: int, out: Path) -> dict:
 
     agent, env = spec.agent, agent_environment(spec)
     policy = TransformersPolicy.from_checkpoint(
-        start, max_new_tokens=agent.max_new_tokens, temperature=agent.temperature, seed=seed
+        start, max_new_tokens=agent.max_new_tokens, temperature=agent.temperature, seed=sample_seed
     )
-    episodes = env.train_episodes(agent.episodes, env.settings, seed=1000 + seed)
+    drawn = env.train_episodes(episodes, env.settings, seed=episode_seed)
     frame = collect(
-        policy, policy.tokenizer, env.factory, episodes, env.name, None, collect_settings(agent)
+        policy, policy.tokenizer, env.factory, drawn, env.name, None, collect_settings(agent)
     )
     accepted, _ = accept_trajectories(frame, accept_settings(agent), env.held_out())
-    seed_set = read_current(cycles.training_set_root(spec, 0))  # cycle 0's: the seed rows
-    replay = cycles._replayed_seed(spec, seed, seed_set)["messages"].to_list()
-    messages = training_rows(accepted)["messages"].to_list() + replay
+    messages = training_rows(accepted)["messages"].to_list()
+    if replay_seed is not None:
+        seed_set = read_current(cycles.training_set_root(spec, 0))  # cycle 0's: the seed rows
+        messages += cycles.replayed_seed(spec, replay_seed, seed_set)["messages"].to_list()
     examples = [{"messages": json.loads(m)} for m in messages]
     settings = spec.cycles.train_settings(spec.sft)
     run = FineTune(settings, artifacts.verify(start), Loaded(examples, [], "bench"), out, "bench")
     _, staging = train_and_save(run, Reporter(), spec.model.attn_implementation)
-    return {"dir": staging, "played": frame.height, "accepted": accepted.height}
+    played = {"played": frame.height, "played_success": frame["reward"].mean()}
+    return {"dir": staging, "accepted": accepted.height, **played}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in [int(s) for s in args.seeds.split(",")]:
             began = time.monotonic()
-            done = one_cycle(spec, start, seed, Path(tmp) / f"seed-{seed}")
+            done = one_cycle(
+                spec,
+                start,
+                Path(tmp) / f"seed-{seed}",
+                episodes=spec.agent.episodes,
+                episode_seed=1000 + seed,
+                sample_seed=seed,
+                replay_seed=seed,
+            )
             scores.append(evaluate_held_out(spec, done.pop("dir"))[metric])
             results[f"seed{seed}"] = scores[-1]
             print(f"seed {seed}: held-out success {scores[-1]:.3f} {done} "

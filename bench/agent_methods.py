@@ -31,41 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flywheel.core import artifacts  # noqa: E402
-from flywheel.core.records import Loaded  # noqa: E402
 from flywheel.core.report import Reporter  # noqa: E402
 from flywheel.core.spec import Spec, load_spec  # noqa: E402
 
 
 def rejection_sft(spec: Spec, start: Path, budget: int, out: Path) -> dict:
     """One agent cycle without replay: play, accept, fine-tune on the accepted episodes."""
-    import json
+    from agent_cycle import one_cycle  # this directory's: the same cycle, repeated over seeds
 
-    from flywheel.loop.agents.accept import accept_trajectories
-    from flywheel.loop.agents.collect import collect
-    from flywheel.loop.agents.cycle import accept_settings, agent_environment, collect_settings
-    from flywheel.loop.agents.hf_policy import TransformersPolicy
-    from flywheel.loop.agents.trajectories import training_rows
-    from flywheel.train.finetune import FineTune
-    from flywheel.train.sft import train_and_save
-
-    agent, env = spec.agent, agent_environment(spec)
-    policy = TransformersPolicy.from_checkpoint(
-        start, max_new_tokens=agent.max_new_tokens, temperature=agent.temperature, seed=1
-    )
-    episodes = env.train_episodes(budget, env.settings, seed=424242)
-    settings = collect_settings(agent)
-    frame = collect(policy, policy.tokenizer, env.factory, episodes, env.name, None, settings)
-    accepted, _ = accept_trajectories(frame, accept_settings(agent), env.held_out())
-    examples = [{"messages": json.loads(m)} for m in training_rows(accepted)["messages"]]
-    run = FineTune(
-        spec.cycles.train_settings(spec.sft),
-        artifacts.verify(start),
-        Loaded(examples, [], "bench"),
-        out / "sft",
-        "bench",
-    )
-    metrics, staging = train_and_save(run, Reporter(), spec.model.attn_implementation)
-    return {"dir": staging, "accepted": accepted.height, "played_success": frame["reward"].mean()}
+    return one_cycle(spec, start, out / "sft", episodes=budget, episode_seed=424242, sample_seed=1)
 
 
 def online_rl(spec_path: Path, method: str, start: Path, budget: int, out: Path) -> dict:

@@ -350,7 +350,7 @@ def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sh
                 f"training set {parent.version}; nothing to retrain on"
             )
         generated = parent_df.filter(pl.col("origin") != "seed")
-        seed = _replayed_seed(spec, cycle, handed[P.of_cycle(P.TRAINING_SET, 0)])
+        seed = replayed_seed(spec, cycle, handed[P.of_cycle(P.TRAINING_SET, 0)])
         df, new_rows = pl.concat([seed, generated, new]), new.height
     counts = df["origin"].value_counts()
     by_origin = dict(zip(counts["origin"].to_list(), counts["count"].to_list(), strict=True))
@@ -373,7 +373,7 @@ def _build_training_set(spec: Spec, cycle: int, handed: Mapping[str, Any]) -> Sh
     return shards
 
 
-def _replayed_seed(spec: Spec, cycle: int, seed_set: ShardSet) -> pl.DataFrame:
+def replayed_seed(spec: Spec, cycle: int, seed_set: ShardSet) -> pl.DataFrame:
     """Cycle 0's seed rows (of ``seed_set``, its training set), or a sample of
     ``cycles.seed_replay`` of them drawn with seed ``cycle`` (a different sample each cycle,
     the same one on every rerun)."""
