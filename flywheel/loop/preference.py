@@ -48,6 +48,7 @@ from flywheel.train.finetune import (
     training_precision,
     use_optimizer,
 )
+from flywheel.train.fused_head import score_labelled_positions_only
 from flywheel.train.sft_resume import ManifestOnSave
 
 KINDS = ("dpo", "grpo", "rloo")
@@ -187,6 +188,7 @@ def build_preference_trainer(
     tokenizer = prepare_tokenizer(load_tokenizer(model_path))
     model = load_model(model_path, attn_implementation)
     stop_on_turn_end(model, tokenizer)  # sampled completions end with the assistant's turn
+    score_labelled_positions_only()  # TRL's LM head, on CPU too
     common = {
         "model": model,
         "args": config,

@@ -54,6 +54,7 @@ from flywheel.train.finetune import (
     training_precision,
     use_optimizer,
 )
+from flywheel.train.fused_head import score_labelled_positions_only
 from flywheel.train.model import load_model
 from flywheel.train.optim import optimizer_metadata
 from flywheel.train.sft_data import data_fingerprint, load_sft_data
@@ -121,6 +122,7 @@ def build_trainer(
     tokenizer = prepare_tokenizer(load_tokenizer(parent_path))
     model = load_model(parent_path, attn_implementation)
     stop_on_turn_end(model, tokenizer)
+    score_labelled_positions_only()  # TRL's LM head, on CPU too
     trainer = SFTTrainer(
         model=model,
         args=config,

@@ -61,6 +61,7 @@ from flywheel.train.finetune import (
     training_precision,
     use_optimizer,
 )
+from flywheel.train.fused_head import score_labelled_positions_only
 from flywheel.train.sft_resume import ManifestOnSave
 
 # What TRL logs that says whether the run worked, beside its loss.
@@ -205,6 +206,7 @@ def build_grpo_env_trainer(
     tokenizer, for_trl = tool_tokenizer(load_tokenizer(model_path), reporter, listing)
     model = load_model(model_path, attn_implementation)
     stop_on_turn_end(model, tokenizer)  # a turn ends at <|im_end|> (or EOS)
+    score_labelled_positions_only()  # TRL's LM head, on CPU too
     trainer = trl.GRPOTrainer(
         model=model,
         args=config,
