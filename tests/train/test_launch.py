@@ -29,6 +29,18 @@ def test_single_process_command(tmp_path: Path) -> None:
     assert "--multi_gpu" not in argv and "--cpu" not in argv
 
 
+def test_each_rank_gets_its_share_of_the_cores(tmp_path: Path, monkeypatch) -> None:
+    """Without it accelerate runs every rank on OMP_NUM_THREADS=1, one core of the machine."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: set(range(8)))
+    for processes, threads in [(1, "8"), (2, "4"), (3, "2"), (16, "1")]:
+        spec = _spec(tmp_path, f"sft.num_processes={processes}")
+        argv = launch.command("sft", spec, Path("/s.yaml"))
+        assert argv[argv.index("--num_cpu_threads_per_process") + 1] == threads
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stands
+    assert "--num_cpu_threads_per_process" not in launch.command("sft", _spec(tmp_path), Path("/s"))
+
+
 def test_multi_process_uses_multi_gpu_not_cpu(tmp_path: Path) -> None:
     # `--cpu` silently starts one process; `--multi_gpu` + Accelerator(cpu=True) gives gloo ranks.
     argv = launch.command("sft", _spec(tmp_path, "sft.num_processes=2"), Path("/s.yaml"))
