@@ -65,7 +65,13 @@ def one_cycle(
     )
     drawn = env.train_episodes(episodes, env.settings, seed=episode_seed)
     frame = collect(
-        policy, policy.tokenizer, env.factory, drawn, env.name, None, collect_settings(agent)
+        policy,
+        policy.tokenizer,
+        env.factory,
+        drawn,
+        env.name,
+        None,
+        collect_settings(agent, agent.samples_per_episode),
     )
     accepted, _ = accept_trajectories(frame, accept_settings(agent), env.held_out())
     messages = training_rows(accepted)["messages"].to_list()
