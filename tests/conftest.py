@@ -18,6 +18,13 @@ import pytest
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on the 2-core machine; flywheel.train.launch gives a rank all
+    # the cores it can see, which would run two launched trainings on four threads. The workers'
+    # own torch keeps its threads (it is imported first); what they launch gets one core each.
+    import torch  # noqa: F401
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TOPICS = pydoc_data.topics.topics
 
