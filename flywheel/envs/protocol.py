@@ -19,8 +19,9 @@ What TRL does with an instance (``trl/trainer/grpo_trainer.py``), and so what we
 Optional, for loops that drive the environment themselves: ``step_rewards``, a list attribute
 with one float per tool call so far, the environment's judgement of that step (0.0 neutral,
 negative a mistake: a guess the replies already ruled out). The collector sums each model
-turn's entries into the trajectory's ``step_rewards``; acceptance can reject a trajectory with
-a mistake in it (``min_step_reward``) and PPO adds them to the return. TRL ignores it.
+turn's entries into the trajectory's ``step_rewards`` (anything but a list of finite numbers
+ends that episode with an error naming it); acceptance can reject a trajectory with a mistake
+in it (``min_step_reward``) and PPO adds them to the return. TRL ignores it.
 
 TRL stops calling tools when the model stops or at ``max_tool_calling_iterations``; an
 episode's own end (``done``: finished, ``truncated``: out of turns) is for loops that drive

@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any, Literal, Protocol
 
 import polars as pl
@@ -203,11 +204,16 @@ def _advance(ep: _Episode, step: Step, tokenizer: Any, s: CollectSettings) -> No
     if calls:
         assistant["tool_calls"] = [c.as_message() for c in calls]
     ep.messages.append(assistant)
-    judged = len(getattr(ep.env, "step_rewards", None) or ())
-    results = [
-        run_call(ep.env, ep.tools, call, f"call_{ep.turns}_{i}") for i, call in enumerate(calls)
-    ]
-    ep.steps.append(_new_step_rewards(ep.env, judged))
+    try:
+        judged = len(step_rewards(ep.env))
+        results = [
+            run_call(ep.env, ep.tools, c, f"call_{ep.turns}_{i}") for i, c in enumerate(calls)
+        ]
+        ep.steps.append(sum(step_rewards(ep.env)[judged:], 0.0))
+    except ValueError as exc:  # the environment's own bookkeeping is broken: this episode ends
+        ep.steps.append(0.0)
+        ep.end, ep.error = "error", str(exc)
+        return
     results = results or [{"role": "tool", "content": NO_CALL}]
     ep.messages += results
     ep.end = _end_reason(ep, s)
@@ -238,13 +244,18 @@ def run_call(
     return {"role": "tool", "tool_call_id": call_id, "name": call.name, "content": content}
 
 
-def _new_step_rewards(env: Any, before: int) -> float:
-    """The sum of the step rewards ``env`` judged since it had ``before`` of them (0.0 for an
-    environment that keeps none, or a list that is not numbers)."""
-    try:
-        return float(sum((getattr(env, "step_rewards", None) or ())[before:]))
-    except (TypeError, ValueError):
-        return 0.0
+def step_rewards(env: Any) -> list[float]:
+    """``env.step_rewards`` as floats (none for an environment that keeps none); ValueError
+    naming what is wrong when it is not a list of finite numbers, never a silent 0."""
+    judged = getattr(env, "step_rewards", None)
+    if judged is None:
+        return []
+    if not isinstance(judged, list | tuple):
+        raise ValueError(f"step_rewards is a {type(judged).__name__}, not a list of numbers")
+    for value in judged:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
+            raise ValueError(f"step_rewards holds {value!r}, not a finite number")
+    return [float(v) for v in judged]
 
 
 def _end_reason(ep: _Episode, s: CollectSettings) -> str:

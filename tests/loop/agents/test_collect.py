@@ -154,6 +154,30 @@ def test_an_environment_that_raises_fails_only_its_episode(tokenizer: Any) -> No
     assert frame["reward"].to_list() == [0.0, 0.0, 1.0] and frame["num_turns"][0] == 0
 
 
+class BadJudge(NumberGuess):
+    """Step rewards that are not a list of finite numbers, differently per secret."""
+
+    def guess(self, number: int) -> str:
+        reply = super().guess(number)
+        if self.secret == 2:
+            self.step_rewards[-1] = float("nan")
+        elif self.secret == 3:
+            self.step_rewards = "oops"
+        return reply
+
+
+def test_step_rewards_that_are_not_numbers_fail_only_their_episode(tokenizer: Any) -> None:
+    from flywheel.envs.guess import episode
+
+    episodes = [episode(8, 2), episode(8, 3), episode(8, 4)]
+    frame = collect(Bisection(tokenizer), tokenizer, BadJudge, episodes, "bad_judge")
+    assert frame["end_reason"].to_list() == ["error", "error", "done"]
+    assert frame["error"][0] == "step_rewards holds nan, not a finite number"
+    assert frame["error"][1] == "step_rewards is a str, not a list of numbers"
+    assert frame["error"][2] is None and frame["reward"].to_list() == [0.0, 0.0, 1.0]
+    assert frame["step_rewards"].to_list()[:2] == [[0.0], [0.0]]  # ended at its first turn
+
+
 def test_trajectories_round_trip_through_parquet(tokenizer: Any, tmp_path: Path) -> None:
     frame = run(Bisection(tokenizer), tokenizer, held_out_episodes(SMALL)[:2])
     path = write_trajectories(frame, tmp_path / "t.parquet")
