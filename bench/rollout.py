@@ -1,6 +1,7 @@
 """Benchmark of batched multi-turn collection against one episode at a time, same episodes.
 
     .venv/bin/python bench/rollout.py [--episodes 64] [--max-turns 4] [--max-new-tokens 24]
+    .venv/bin/python bench/rollout.py --spec examples/agent/flywheel.yaml [--checkpoint DIR]
 
 Model and data (no downloads): a byte-level BPE tokenizer (vocab ``--vocab``) trained here on
 NumberGuess tool-calling conversations rendered as the collector renders them plus the Python
@@ -10,6 +11,15 @@ random weights, seeded. Throughput does not depend on the weights; a random mode
 call and only rarely ``<|im_end|>``, so nearly every turn generates ``--max-new-tokens``
 tokens and is answered with the collector's no-call error turn, and every episode runs
 ``--max-turns`` turns: all paths do the same work (the table counts the tokens each made).
+
+``--spec`` takes the tokenizer (vocabulary size, ``added_tokens``), the model shape, the
+environment (``agent.environment``: its settings and training episodes) and how the agent plays
+(``agent.max_turns``, ``max_new_tokens``, ``temperature``, ``system_prompt``) from a spec;
+flags given on the command line still win. ``--checkpoint`` plays a trained flywheel
+checkpoint (its own tokenizer) instead of random weights: turns then end at the model's
+``<|im_end|>``, its calls get the environment's short replies and episodes end when solved, so
+the work is the real one, but sampling draws differ between the paths (each policy call is
+seeded by its number) and so does the work a little: ``tok_ratio`` compares tokens/s.
 
 Four paths collect the same ``--episodes`` NumberGuess episodes (``max_n`` 64) with
 ``flywheel.loop.agents.collect`` and ``TransformersPolicy`` at the same sampling:
@@ -46,16 +56,25 @@ Measured alone on this project's 2-core machine (quiet, load < 2), one run each:
   sequential 6.3-6.9 s; ratio_nocache 3.3, cache_speedup 2.0;
 - defaults, ``--threads 1``: ratio 3.76 (batched 1.72 s, sequential 6.47 s), ratio_nocache
   2.18, cache_speedup 2.15;
-- turns shaped like the agent example's (``--max-new-tokens 8 --max-turns 6``): ratio 4.19 on
-  2 threads, 2.81 on one. A turn's new tokens are then mostly the tool reply and headers
-  (~30 with this tokenizer), which the batched path prefills padded to the longest row, and
-  the batch-1 path prefills cheaply.
+- turns shaped like the agent example's without its tokenizer (``--max-new-tokens 8
+  --max-turns 6``): ratio 4.19 on 2 threads, 2.81 on one (a later quiet run: 5.37). A turn's
+  new tokens are then mostly the tool reply and headers (~30 with this tokenizer), which the
+  batched path prefills padded to the longest row, and the batch-1 path prefills cheaply;
+- the demo's model: ``--spec examples/agent/flywheel.yaml --checkpoint`` the seed SFT
+  checkpoint a fresh clone's ``FLYWHEEL_SPEC=examples/agent/flywheel.yaml make demo`` made
+  (1.1M parameters, the spec's added tokens, 8 turns x 8 tokens at temperature 0.7; 40.5%
+  held-out success, so ~5 turns an episode of ~4.5 tokens and a ~16-token reply each):
+  ratio 5.88, 5.53, 5.45 on 2 threads with 64 episodes (tok_ratio 5.68, 5.34, 5.26; batched
+  0.74-0.79 s, sequential 4.2-4.4 s), 7.45 with 256 (the demo plays 1,536 in one call), 4.14
+  on one thread; the same spec with random weights (every turn 8 tokens and the no-call
+  error reply): 8.14.
 
-So the >= 5x goal holds on 2 cores at the defaults, not on one thread or at the example's
-short turns. On a loaded machine (load 6-9, three runs, ``--threads 1``) the same defaults gave
-ratio 6.89, 5.21, 4.99 (batched 2.9-4.4 s, sequential 19-22 s): the batch-1 path's many small
-forwards suffer more from contention than the batched path does, so loaded ratios overstate
-it. Before the cache (``generate`` every turn) the loaded measurement gave ratio 2.35.
+So the >= 5x goal holds on 2 cores with the demo's own model and settings and at the
+defaults, not on one thread. On a loaded machine (load 6-9, three runs, ``--threads 1``) the
+same defaults gave ratio 6.89, 5.21, 4.99 (batched 2.9-4.4 s, sequential 19-22 s): the
+batch-1 path's many small forwards suffer more from contention than the batched path does,
+so loaded ratios overstate it. Before the cache (``generate`` every turn) the loaded
+measurement gave ratio 2.35.
 """
 
 from __future__ import annotations
@@ -66,6 +85,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +95,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flywheel.core.settings.train import ModelSettings  # noqa: E402
+from flywheel.core.spec import load_spec  # noqa: E402
 from flywheel.envs.guess import PROMPT, NumberGuess, Settings, train_episodes  # noqa: E402
 from flywheel.envs.protocol import tool_methods  # noqa: E402
 from flywheel.loop.agents.collect import CollectSettings, collect  # noqa: E402
+from flywheel.loop.agents.cycle import agent_environment, agent_settings  # noqa: E402
 from flywheel.loop.agents.hf_policy import TransformersPolicy  # noqa: E402
 from flywheel.loop.agents.toolcalls import format_tool_call, system_prompt, tool_schemas  # noqa: E402
-from flywheel.train.model import build_model, count_parameters  # noqa: E402
-from flywheel.train.tokenizer import train_tokenizer  # noqa: E402
+from flywheel.train.model import build_model, count_parameters, load_model  # noqa: E402
+from flywheel.train.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
 
 ENV = Settings(min_n=4, max_n=64, held_out=8)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--spec", type=Path, help="take tokenizer, model shape and agent from a spec")
+    p.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of random weights")
     p.add_argument("--episodes", type=int, default=64)
-    p.add_argument("--max-turns", type=int, default=4, help="model turns per episode")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens per turn")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-turns", type=int, help="model turns per episode (default 4)")
+    p.add_argument("--max-new-tokens", type=int, help="tokens per turn (default 24)")
+    p.add_argument("--temperature", type=float, help="default 1.0")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
@@ -101,17 +125,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def guess_texts(count: int, seed: int) -> list[str]:
+@dataclass
+class Setup:
+    """What every path shares: the environment, how the agent plays and the tokenizer's extras."""
+
+    env: Any = field(default_factory=lambda: ENV)  # NumberGuess settings
+    max_turns: int = 4
+    max_new_tokens: int = 24
+    temperature: float = 1.0
+    system_prompt: str | None = None  # None: the tools' JSON schemas
+    vocab: int = 2048
+    added_tokens: tuple[str, ...] = ()
+    shape: dict[str, Any] = field(default_factory=dict)
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    """The bench's defaults, then the spec's, then the flags given."""
+    s = Setup(vocab=args.vocab)
+    s.shape = {"hidden_size": args.hidden, "num_hidden_layers": args.layers}
+    s.shape |= {"num_attention_heads": args.heads, "num_key_value_heads": args.heads}
+    if args.spec:
+        spec = load_spec(args.spec, [])
+        agent, env = agent_settings(spec), agent_environment(spec)
+        if not isinstance(env.factory(), NumberGuess):
+            raise SystemExit(f"--spec: the bench plays NumberGuess, not {env.entry.class_path}")
+        s.env, s.max_turns, s.max_new_tokens = env.settings, agent.max_turns, agent.max_new_tokens
+        s.temperature, s.system_prompt = agent.temperature, agent.system_prompt
+        s.vocab, s.added_tokens = spec.tokenizer.vocab_size, tuple(spec.tokenizer.added_tokens)
+        s.shape = {k: v for k, v in spec.model.config.items() if k != "model_type"}
+    for name in ("max_turns", "max_new_tokens", "temperature"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    return s
+
+
+def guess_texts(count: int, seed: int, s: Setup) -> list[str]:
     """NumberGuess conversations in ChatML with random in-range guesses (tokenizer data)."""
-    rng, env = random.Random(seed), NumberGuess(ENV)
-    system = system_prompt(tool_schemas(tool_methods(env)))
+    rng, env = random.Random(seed), NumberGuess(s.env)
+    system = s.system_prompt or system_prompt(tool_schemas(tool_methods(env)))
 
     def turn(role: str, content: str) -> str:
         return f"<|im_start|>{role}\n{content}<|im_end|>\n"
 
     texts = []
     for _ in range(count):
-        n = rng.randint(ENV.min_n, ENV.max_n)
+        n = rng.randint(s.env.min_n, s.env.max_n)
         text = turn("system", system) + turn("user", PROMPT + env.reset(n, rng.randint(1, n)))
         while not (env.done or env.truncated):
             number = rng.randint(1, n)
@@ -121,15 +179,16 @@ def guess_texts(count: int, seed: int) -> list[str]:
     return texts
 
 
-def build(args: argparse.Namespace, directory: Path) -> tuple[Any, Any]:
-    """The tokenizer trained here and the demo-shaped model with random weights."""
-    texts = guess_texts(400, args.seed) + list(pydoc_data.topics.topics.values())
-    tok = train_tokenizer(texts, args.vocab, 2, directory)
+def build(args: argparse.Namespace, s: Setup, directory: Path) -> tuple[Any, Any]:
+    """The checkpoint's tokenizer and model, or a tokenizer trained here and the demo-shaped
+    model with random weights."""
+    if args.checkpoint:
+        return load_tokenizer(args.checkpoint), load_model(args.checkpoint).eval()
+    texts = guess_texts(400, args.seed, s) + list(pydoc_data.topics.topics.values())
+    tok = train_tokenizer(texts, s.vocab, 2, directory, s.added_tokens)
     special = {k: getattr(tok, k) for k in ("eos_token_id", "bos_token_id", "pad_token_id")}
-    shape = {"model_type": "llama", "hidden_size": args.hidden}
-    shape |= {"num_hidden_layers": args.layers, "num_attention_heads": args.heads}
-    shape |= {"num_key_value_heads": args.heads}
-    model = build_model(ModelSettings(config=shape), len(tok), 2048, special, seed=args.seed)
+    shape = ModelSettings(config={"model_type": "llama", **s.shape})
+    model = build_model(shape, len(tok), 2048, special, seed=args.seed)
     return tok, model.eval()
 
 
@@ -141,16 +200,16 @@ PATHS = {  # name: (one collect call for all episodes, KV caches kept between tu
 }
 
 
-def run(args: argparse.Namespace, tok: Any, model: Any, episodes: list[dict], path: str):
+def run(args: argparse.Namespace, s: Setup, tok: Any, model: Any, episodes: list[dict], path: str):
     """Collect ``episodes`` the ``path`` way; wall seconds, CPU seconds and the rows."""
     batched, cache = PATHS[path]
     policy = TransformersPolicy(
-        model, tok, args.max_new_tokens, args.temperature, seed=args.seed, cache=cache
+        model, tok, s.max_new_tokens, s.temperature, seed=args.seed, cache=cache
     )  # one policy per path: the same seeds for the same calls
-    settings = CollectSettings(max_turns=args.max_turns, episode_timeout_s=3600.0)
+    settings = CollectSettings(s.max_turns, 3600.0, system_prompt=s.system_prompt)
 
     def once(batch: list[dict]) -> pl.DataFrame:
-        return collect(policy, tok, lambda: NumberGuess(ENV), batch, "guess", settings=settings)
+        return collect(policy, tok, lambda: NumberGuess(s.env), batch, "guess", settings=settings)
 
     started, cpu = time.perf_counter(), time.process_time()
     frame = once(episodes) if batched else pl.concat([once([e]) for e in episodes])
@@ -161,17 +220,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, s = time.perf_counter(), setup(args)
     with tempfile.TemporaryDirectory() as tmp:
-        tok, model = build(args, Path(tmp))
-    episodes = train_episodes(args.episodes, ENV, seed=args.seed)
+        tok, model = build(args, s, Path(tmp))
+    episodes = train_episodes(args.episodes, s.env, seed=args.seed)
     for path in ("batched", "batched_nocache"):
-        run(args, tok, model, episodes[:2], path)  # warm-up: first-call costs untimed
-    results = {path: run(args, tok, model, episodes, path) for path in PATHS}
-    report(args, tok, model, results, time.perf_counter() - t0)
+        run(args, s, tok, model, episodes[:2], path)  # warm-up: first-call costs untimed
+    results = {path: run(args, s, tok, model, episodes, path) for path in PATHS}
+    report(args, s, tok, model, results, time.perf_counter() - t0)
 
 
-def report(args, tok, model, results: dict[str, tuple[float, float, pl.DataFrame]], total_s):
+def report(args, s: Setup, tok, model, results: dict[str, tuple[float, float, pl.DataFrame]],
+           total_s):  # fmt: skip
     stats = {}
     for name, (seconds, cpu, frame) in results.items():
         generated = sum(sum(m) for m in frame["completion_mask"].to_list())
@@ -179,14 +239,16 @@ def report(args, tok, model, results: dict[str, tuple[float, float, pl.DataFrame
         stats[name] = (seconds, frame.height / seconds, generated / seconds, turns, generated, cpu)
     prompt = sum(len(p) for p in results["batched"][2]["prompt_ids"].to_list()) / args.episodes
     print(
-        f"model: llama {args.layers}x{args.hidden}, {args.heads} heads, "
-        f"{count_parameters(model) / 1e6:.2f}M parameters, vocab {len(tok)}, fp32, "
+        f"model: {args.checkpoint or 'random weights'}, llama "
+        f"{model.config.num_hidden_layers}x{model.config.hidden_size}, "
+        f"{model.config.num_attention_heads} heads, {count_parameters(model) / 1e6:.2f}M "
+        f"parameters, vocab {len(tok)}, fp32, "
         f"{torch.get_num_threads()} threads"
     )
     print(
-        f"work: {args.episodes} NumberGuess episodes (max_n {ENV.max_n}), "
-        f"{args.max_turns} turns x {args.max_new_tokens} tokens, temperature "
-        f"{args.temperature}, prompts {prompt:.0f} tokens on average"
+        f"work: {args.episodes} NumberGuess episodes (max_n {s.env.max_n}), "
+        f"{s.max_turns} turns x {s.max_new_tokens} tokens, temperature "
+        f"{s.temperature}, prompts {prompt:.0f} tokens on average"
     )
     print(f"{'path':<20}{'seconds':>9}{'episodes/s':>12}{'tokens/s':>10}{'turns':>7}"
           f"{'tokens':>8}{'cpu_s':>8}")  # fmt: skip
@@ -196,8 +258,8 @@ def report(args, tok, model, results: dict[str, tuple[float, float, pl.DataFrame
     b, q = stats["batched"], stats["sequential"]
     bn, qn = stats["batched_nocache"], stats["sequential_nocache"]
     print(
-        f"episodes={args.episodes} max_turns={args.max_turns} "
-        f"max_new_tokens={args.max_new_tokens} threads={torch.get_num_threads()} "
+        f"episodes={args.episodes} max_turns={s.max_turns} "
+        f"max_new_tokens={s.max_new_tokens} threads={torch.get_num_threads()} "
         f"batched_s={b[0]:.2f} sequential_s={q[0]:.2f} "
         f"batched_nocache_s={bn[0]:.2f} sequential_nocache_s={qn[0]:.2f} "
         f"batched_eps_s={b[1]:.3f} sequential_eps_s={q[1]:.3f} "

@@ -39,3 +39,27 @@ def test_rollout_bench_smoke_prints_key_values() -> None:
     }
     assert len(rows) == 4  # with and without the KV cache kept between turns
     assert {row[4] for row in rows.values()} == {"6"}  # turns: 3 episodes x 2, on every path
+
+
+@pytest.mark.integration
+def test_rollout_bench_takes_the_agent_and_tokenizer_from_a_spec() -> None:
+    spec = ROOT / "examples" / "agent" / "flywheel.yaml"
+    args = ["--spec", str(spec), "--episodes", "2", "--max-turns", "2", "--threads", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "rollout.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    pairs = dict(kv.split("=") for kv in lines[-1].split())
+    # the flag wins over the spec's agent.max_turns (8); max_new_tokens is the spec's
+    assert pairs["max_turns"] == "2" and pairs["max_new_tokens"] == "8"
+    work = next(line for line in lines if line.startswith("work:"))
+    assert "temperature 0.7" in work  # agent.temperature
+    model = next(line for line in lines if line.startswith("model:"))
+    # the spec's 2,048-token vocabulary, the tool tags and its six added tokens; its shape
+    assert "vocab 2056" in model and "llama 4x128" in model, model
