@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import isfinite
+from numbers import Real
 from typing import Any, Literal, Protocol
 
 import polars as pl
@@ -246,14 +247,15 @@ def run_call(
 
 def step_rewards(env: Any) -> list[float]:
     """``env.step_rewards`` as floats (none for an environment that keeps none); ValueError
-    naming what is wrong when it is not a list of finite numbers, never a silent 0."""
+    naming what is wrong when it is not a list of finite real numbers (numpy's count), never a
+    silent 0."""
     judged = getattr(env, "step_rewards", None)
     if judged is None:
         return []
     if not isinstance(judged, list | tuple):
         raise ValueError(f"step_rewards is a {type(judged).__name__}, not a list of numbers")
     for value in judged:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, Real) or not isfinite(value):
             raise ValueError(f"step_rewards holds {value!r}, not a finite number")
     return [float(v) for v in judged]
 

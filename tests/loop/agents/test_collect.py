@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -163,6 +164,8 @@ class BadJudge(NumberGuess):
             self.step_rewards[-1] = float("nan")
         elif self.secret == 3:
             self.step_rewards = "oops"
+        else:  # numpy's numbers are numbers
+            self.step_rewards[-1] = np.float32(self.step_rewards[-1])
         return reply
 
 
