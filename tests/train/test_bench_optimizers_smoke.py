@@ -4,30 +4,17 @@ last line has the keys it documents, with each optimizer's state where it should
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench_run import run_bench
 
 
 @pytest.mark.integration
 def test_optimizers_bench_smoke() -> None:
     args = ["--steps", "4", "--block", "2", "--hidden", "64", "--layers", "1"]
     args += ["--micro-batch", "2", "--vocab", "1024"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "optimizers.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    pairs = dict(kv.split("=") for kv in proc.stdout.strip().splitlines()[-1].split())
+    _, pairs = run_bench("optimizers.py", args)
     for name in ("adamw", "adafactor", "muon"):
         assert math.isfinite(float(pairs[f"{name}_loss"])), pairs
         assert float(pairs[f"{name}_step_ms"]) > 0 and float(pairs[f"{name}_opt_ms"]) > 0

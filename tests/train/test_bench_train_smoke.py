@@ -3,31 +3,16 @@ optimizer (their losses agree at every step), and the last line has the keys it 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench_run import run_bench
 
 
 @pytest.mark.integration
 def test_train_bench_smoke_same_optimizer_same_losses() -> None:
     args = ["--steps", "2", "--repeats", "2", "--warmup", "1", "--hidden", "64"]
     args += ["--layers", "1", "--micro-batch", "2", "--vocab", "1024"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    pairs = dict(kv.split("=") for kv in lines[-1].split())
+    lines, pairs = run_bench("train.py", args)
     assert float(pairs["platform_tok_s"]) > 0 and float(pairs["baseline_tok_s"]) > 0
     assert float(pairs["ratio"]) > 0 and float(pairs["ratio_vs_default_adamw"]) > 0
     assert float(pairs["loss_max_diff"]) < 1e-5, lines

@@ -3,31 +3,16 @@ the same number of turns, and the last line has the keys it documents."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.bench_run import ROOT, run_bench
 
 
 @pytest.mark.integration
 def test_rollout_bench_smoke_prints_key_values() -> None:
     args = ["--episodes", "3", "--max-turns", "2", "--max-new-tokens", "4", "--hidden", "64"]
     args += ["--layers", "1", "--heads", "2", "--vocab", "512", "--threads", "1"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "rollout.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    pairs = dict(kv.split("=") for kv in lines[-1].split())
+    lines, pairs = run_bench("rollout.py", args)
     assert pairs["episodes"] == "3" and pairs["max_turns"] == "2"
     assert float(pairs["batched_eps_s"]) > 0 and float(pairs["sequential_eps_s"]) > 0
     assert float(pairs["batched_tok_s"]) > 0 and float(pairs["ratio"]) > 0
@@ -45,17 +30,7 @@ def test_rollout_bench_smoke_prints_key_values() -> None:
 def test_rollout_bench_takes_the_agent_and_tokenizer_from_a_spec() -> None:
     spec = ROOT / "examples" / "agent" / "flywheel.yaml"
     args = ["--spec", str(spec), "--episodes", "2", "--max-turns", "2", "--threads", "1"]
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "rollout.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    pairs = dict(kv.split("=") for kv in lines[-1].split())
+    lines, pairs = run_bench("rollout.py", args)
     # the flag wins over the spec's agent.max_turns (8); max_new_tokens is the spec's
     assert pairs["max_turns"] == "2" and pairs["max_new_tokens"] == "8"
     work = next(line for line in lines if line.startswith("work:"))
