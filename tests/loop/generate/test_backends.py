@@ -44,13 +44,16 @@ def test_sampling_params_follow_the_settings_and_cycle() -> None:
 def test_n_samples_per_prompt_in_order(backend: TransformersBackend) -> None:
     out = backend.generate(PROMPTS, params())
     assert len(out) == len(PROMPTS) and all(len(row) == 4 for row in out)
-    # Trained on "What is a + b?" -> digits: every completion ends its turn with <|im_end|>.
+    # Trained on "What is a + b?" -> digits: every completion ends its turn with <|im_end|>,
+    # counted in its tokens and left out of its text.
     for row in out:
+        # the greedy answer (sample 0) is confident digits, one token each, plus the stop
+        assert row[0].text.isdigit() and row[0].tokens == len(row[0].text) + 1, row[0]
         for c in row:
             assert c.finish_reason == "stop" and "<|im_end|>" not in c.text
-            # one token per character (digits, and a rare sampled newline: at temperature 1 a
-            # 3-second model puts a little mass on it), plus the stop token
-            assert c.text.strip().isdigit() and c.tokens == len(c.text) + 1
+            # at temperature 1 a 3-second model samples other text too (" + 80" on one CPU):
+            # never fewer than one character a token
+            assert 1 <= c.tokens - 1 <= len(c.text), c
     texts = {c.text for row in out for c in row[1:]}
     assert len(texts) > 1  # sampled, not greedy
 
