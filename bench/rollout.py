@@ -136,14 +136,15 @@ class Setup:
     system_prompt: str | None = None  # None: the tools' JSON schemas
     vocab: int = 2048
     added_tokens: tuple[str, ...] = ()
-    shape: dict[str, Any] = field(default_factory=dict)
+    shape: dict[str, Any] = field(default_factory=dict)  # the model's config (model_type too)
 
 
 def setup(args: argparse.Namespace) -> Setup:
     """The bench's defaults, then the spec's, then the flags given."""
     s = Setup(vocab=args.vocab)
-    s.shape = {"hidden_size": args.hidden, "num_hidden_layers": args.layers}
-    s.shape |= {"num_attention_heads": args.heads, "num_key_value_heads": args.heads}
+    s.shape = {"model_type": "llama", "hidden_size": args.hidden}
+    s.shape |= {"num_hidden_layers": args.layers, "num_attention_heads": args.heads}
+    s.shape |= {"num_key_value_heads": args.heads}
     if args.spec:
         spec = load_spec(args.spec, [])
         agent, env = agent_settings(spec), agent_environment(spec)
@@ -152,7 +153,7 @@ def setup(args: argparse.Namespace) -> Setup:
         s.env, s.max_turns, s.max_new_tokens = env.settings, agent.max_turns, agent.max_new_tokens
         s.temperature, s.system_prompt = agent.temperature, agent.system_prompt
         s.vocab, s.added_tokens = spec.tokenizer.vocab_size, tuple(spec.tokenizer.added_tokens)
-        s.shape = {k: v for k, v in spec.model.config.items() if k != "model_type"}
+        s.shape = dict(spec.model.config)
     for name in ("max_turns", "max_new_tokens", "temperature"):
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
@@ -187,8 +188,7 @@ def build(args: argparse.Namespace, s: Setup, directory: Path) -> tuple[Any, Any
     texts = guess_texts(400, args.seed, s) + list(pydoc_data.topics.topics.values())
     tok = train_tokenizer(texts, s.vocab, 2, directory, s.added_tokens)
     special = {k: getattr(tok, k) for k in ("eos_token_id", "bos_token_id", "pad_token_id")}
-    shape = ModelSettings(config={"model_type": "llama", **s.shape})
-    model = build_model(shape, len(tok), 2048, special, seed=args.seed)
+    model = build_model(ModelSettings(config=s.shape), len(tok), 2048, special, seed=args.seed)
     return tok, model.eval()
 
 
@@ -239,7 +239,7 @@ def report(args, s: Setup, tok, model, results: dict[str, tuple[float, float, pl
         stats[name] = (seconds, frame.height / seconds, generated / seconds, turns, generated, cpu)
     prompt = sum(len(p) for p in results["batched"][2]["prompt_ids"].to_list()) / args.episodes
     print(
-        f"model: {args.checkpoint or 'random weights'}, llama "
+        f"model: {args.checkpoint or 'random weights'}, {model.config.model_type} "
         f"{model.config.num_hidden_layers}x{model.config.hidden_size}, "
         f"{model.config.num_attention_heads} heads, {count_parameters(model) / 1e6:.2f}M "
         f"parameters, vocab {len(tok)}, fp32, "
