@@ -32,7 +32,10 @@ def fake_env(tmp_path, monkeypatch) -> list[Path]:
         "pkg/mod.py": b'#!/usr/bin/env python\n# -*- coding: latin-1 -*-\n"""Caf\xe9 module."""\n',
         "pkg/nodoc.py": "x = 1\n",
         "pkg/empty_doc.py": '"""   """\n',
-        "pkg/broken.py": '"""Has a docstring but does not parse."""\ndef (:\n',
+        "pkg/broken.py": '"""A docstring left open.\ndef f():\n    pass\n',
+        "pkg/py2.py": '"""Python 2: the code does not parse, its docstring does."""\nprint "hi"\n',
+        "pkg/joined.py": '"""Joined """ \\\n  """over two lines."""\nx = 1\n',
+        "pkg/method.py": '"""Not a docstring: an expression.""".strip()\n',
         "pkg/tests/helpers.py": '"""In a test directory."""\n',
         "pkg/test_things.py": '"""A test file."""\n',
         "pkg/001_migration.py": '"""Not an importable name."""\n',
@@ -59,12 +62,13 @@ def test_harvest_of_a_fake_environment(fake_env, ingest):
     df = result.shardset.read()
     docs = dict(zip(df["source_id"], df["text"], strict=True))
     assert list(docs) == [
-        "module:pkg", "module:pkg.mod", "module:top",
+        "module:pkg", "module:pkg.joined", "module:pkg.mod", "module:pkg.py2", "module:top",
         "dist:mydist", "dist:old",
         "license:file:site/LICENSE.txt", "license:mydist/LICENSE.txt",
         "license:mydist/licenses/vendor/COPYING", "license:file:site/pkg/LICENSE",
     ]  # fmt: skip
     assert docs["module:pkg.mod"] == "Caf\u00e9 module."  # the coding cookie is honoured
+    assert docs["module:pkg.joined"] == "Joined over two lines."  # a backslash continues it
     assert docs["dist:mydist"] == "The long description.\n"
     assert docs["dist:old"] == "First line\nsecond line"
     assert docs["license:mydist/LICENSE.txt"] == docs["license:file:site/pkg/LICENSE"] == MIT
@@ -79,16 +83,18 @@ def test_harvest_of_a_fake_environment(fake_env, ingest):
         ("invalid_utf8", "badmeta-1.0.dist-info/METADATA"),
     ]
     assert result.skipped["unparsable_file"] == 1 and result.skipped["no_description"] == 1
+    assert result.skipped["no_docstring"] == 2  # nodoc.py, method.py
     assert "pkg" not in sys.modules  # sources are parsed, never imported
 
 
 def test_include_order_is_canonical_and_max_docs_caps(fake_env, ingest):
-    a = ingest(PythonEnvSource(name="a", include=["licenses", "module_docstrings"], max_docs=6))
+    a = ingest(PythonEnvSource(name="a", include=["licenses", "module_docstrings"], max_docs=8))
     assert a.shardset.read()["source_id"].to_list() == [
-        "module:pkg", "module:pkg.mod", "module:top", "license:file:site/LICENSE.txt"
+        "module:pkg", "module:pkg.joined", "module:pkg.mod", "module:pkg.py2", "module:top",
+        "license:file:site/LICENSE.txt",
     ]  # fmt: skip
-    # Records, not documents, are capped: two of the six are quarantined (empty, shadowed).
-    assert a.documents + a.quarantined == 6 and a.quarantined == 2
+    # Records, not documents, are capped: two of the eight are quarantined (empty, shadowed).
+    assert a.documents + a.quarantined == 8 and a.quarantined == 2
 
 
 def test_real_environment_small_and_stable(tmp_path, ingest):
