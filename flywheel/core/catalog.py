@@ -28,9 +28,8 @@ import threading
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import polars as pl
 
 from flywheel.core import products as P
@@ -38,6 +37,9 @@ from flywheel.core.catalog_images import IMAGE_KEYS, IMAGE_SCHEMA, ImageRecord
 from flywheel.core.catalog_migrate import adopt
 from flywheel.core.catalog_store import WHOLE_TABLE, FragmentStore, Staged
 from flywheel.core.loop_record import LOOP_KEYS, LOOP_SCHEMA, CycleRun, Decision, LoopRecord
+
+if TYPE_CHECKING:
+    import duckdb
 
 __all__ = ["Catalog", "CycleRun", "Decision"]
 

@@ -15,8 +15,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from flywheel.core.artifacts import atomic_write_bytes
 from flywheel.core.catalog_store import COMMITS, MIGRATED, FragmentStore, copy_parquet
 
@@ -43,6 +41,8 @@ def adopt(store: FragmentStore, marker: Path, facts: dict[str, Any]) -> None:
 
 def _import_duckdb(store: FragmentStore, old: Path) -> None:
     """Copy the tables of a one-file DuckDB catalog into one write older than any other."""
+    import duckdb
+
     con = duckdb.connect(str(old), read_only=True)
     try:
         found = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}

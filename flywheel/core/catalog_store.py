@@ -49,11 +49,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import duckdb
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flywheel.core.artifacts import atomic_write_bytes, fsync_dir
+
+if TYPE_CHECKING:
+    import duckdb
 
 WHOLE_TABLE = "*"  # the key of a table that each write replaces whole
 TOMBSTONES, COMMITS, COMPACTED = "_tombstones", "_commits", ".compact"
@@ -106,6 +107,8 @@ class FragmentStore:
     def __init__(self, root: Path, schema: str, keys: dict[str, str]):
         self.root = root
         self.keys = keys
+        import duckdb  # here, not at import: processes that never open a catalog skip it
+
         self._db = duckdb.connect(":memory:")
         self._db.execute(schema + TOMBSTONE_SCHEMA)
         self._name = self._db.execute("SELECT current_database()").fetchone()[0]
@@ -312,6 +315,8 @@ class FragmentStore:
 
 def _retrying(action: Callable[[], T]) -> T:
     """``action``, run again while it fails because a compaction deleted a file under it."""
+    import duckdb
+
     for attempt in range(READ_TRIES - 1):
         try:
             return action()
