@@ -21,8 +21,11 @@ sum of log π − log π_ref over generated tokens), ``policy_loss``, ``value_lo
 and ``value_clipfrac`` (share of tokens whose clipped term was active), ``approx_kl``
 (KL(π_old‖π) after each step), ``explained_variance`` (1 − Var(R − V) / Var(R) of the value
 model on the rollout), ``logprob_drift`` (mean |sampling logprob − recomputed|: near 0 unless
-the forward pass here differs from generation's) and ``generated_tokens``; ``reward_curve``;
-``num_processes`` (the ranks that played and trained).
+the forward pass here differs from generation's), ``generated_tokens`` and ``sequence_tokens``
+(a rollout's tokens, prompt and tool turns too: what each forward pass runs); ``reward_curve``;
+``num_processes`` (the ranks that played and trained); ``collect_s``, ``score_s`` and
+``update_s``, the wall seconds this rank spent playing, scoring and updating (``bench/agent_gpu.py``
+reads them).
 
 Dropout is off in every model (eval mode throughout): with it the ratio π/π_old would be noise
 before the first step, and the clip would act on that noise.
@@ -38,8 +41,10 @@ tokenizer and ``ppo.json``: settings and metrics) is written to ``out`` by rank 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -66,6 +71,9 @@ from flywheel.train.optim import build_optimizer, optimizer_args
 from flywheel.train.tokenizer import load_tokenizer
 
 POLICY, VALUE = ppo_state.POLICY, ppo_state.VALUE
+# An iteration's phases: play the rollouts; score them (old, reference logprobs, values, GAE);
+# the PPO epochs of minibatch steps.
+PHASES = ("collect_s", "score_s", "update_s")
 
 
 def train_ppo(
@@ -109,14 +117,17 @@ def train_ppo(
         if resume:
             start, history = ppo_state.restore(acc, Path(resume), opts, s)
             report.info(f"resuming PPO from {resume} (iteration {start})")
-        models = (policy, critic, reference)
+        models, seconds = (policy, critic, reference), dict.fromkeys(PHASES, 0.0)
         for it in range(start, s.iterations):
-            metrics = _iteration(acc, models, opts, tokenizer, rollouts, s, it)
+            metrics = _iteration(acc, models, opts, tokenizer, rollouts, s, it, seconds)
             history.append(metrics)
             report.info(f"ppo iteration {it + 1}/{s.iterations}: " + _brief(metrics))
             if (it + 1) % s.save_every == 0 or it + 1 == s.iterations:
                 ppo_state.save(acc, work_dir, it + 1, policy, critic, opts, history, s)
         result = summarize(history, s) | {"num_processes": world}  # ranks that played
+        # wall seconds of each phase on this rank, over the iterations this process ran (after a
+        # resume, not those before it): outside the history, which a resumed run must repeat
+        result |= {k: round(v, 3) for k, v in seconds.items()}
         if acc.is_main_process:
             model = acc.unwrap_model(policy)
             if adapted is not None:
@@ -150,17 +161,27 @@ def _iteration(
     rollouts: Any,
     s: PpoSettings,
     it: int,
+    seconds: dict[str, float],
 ) -> dict[str, float]:
+    """One iteration; its metrics. Adds each phase's wall seconds to ``seconds`` (each phase
+    ends reading results back to the host, so on a GPU the times include its work)."""
     from accelerate.utils import set_seed
 
     policy, critic, reference = models
     seed = _seed(s, it, acc.process_index)
     set_seed(seed)  # python, numpy, torch: the iteration does not depend on what ran before
+    clock = [time.perf_counter()]
     rows = _collect(acc, acc.unwrap_model(policy), tokenizer, rollouts, s, it)
     batch = to_batch(rows, tokenizer.pad_token_id).to(acc.device)
+    clock.append(time.perf_counter())
     unwrapped = (acc.unwrap_model(policy), acc.unwrap_model(critic), reference)
     data = score_rollouts(*unwrapped, batch, s)
+    data["adv"].sum().item()  # wait for the scoring before reading the clock
+    clock.append(time.perf_counter())
     losses = _update(acc, policy, critic, opts, batch, data, s, seed)
+    clock.append(time.perf_counter())
+    for key, (began, ended) in zip(PHASES, itertools.pairwise(clock), strict=True):
+        seconds[key] += ended - began
     return _metrics(acc, batch, data, losses, it)
 
 
@@ -268,6 +289,7 @@ def _metrics(
         "explained_variance": explained,
         "logprob_drift": ppo.masked_mean((batch.sampled - data["old"]).abs(), m),
         "generated_tokens": m.sum(1).float().mean(),
+        "sequence_tokens": batch.attention.sum(1).float().mean(),
         **{k: torch.tensor(sum(v) / max(len(v), 1)) for k, v in losses.items()},
     }
     stacked = torch.stack([v.float().to(acc.device) for v in local.values()])
