@@ -194,6 +194,11 @@ def _module_files(root: Path, roots: Roots) -> Iterator[tuple[str, Path]]:
     return walk(str(root), ())
 
 
+# What reading a module's head may raise; TokenError: a string or bracket left open to the end.
+_UNPARSABLE = (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError,
+               tokenize.TokenError)  # fmt: skip
+
+
 def _docstring(data: bytes, path: Path) -> tuple[bool, str | None]:
     """``(parsable, docstring)`` of a module's source, without importing it. Only the first
     logical line is parsed (the docstring and whatever shares its statement): parsing whole
@@ -205,9 +210,7 @@ def _docstring(data: bytes, path: Path) -> tuple[bool, str | None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escapes etc. in third-party code
             tree = ast.parse(_first_logical_line(data), filename=str(path))
-    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
-        return False, None
-    except tokenize.TokenError:  # a string or bracket left open to the end of the file
+    except _UNPARSABLE:
         return False, None
     return True, ast.get_docstring(tree)
 
@@ -215,8 +218,7 @@ def _docstring(data: bytes, path: Path) -> tuple[bool, str | None]:
 def _first_logical_line(data: bytes) -> bytes:
     """The physical lines of ``data`` up to the end of its first statement, which
     ``tokenize`` finds without reading further (the encoding cookie is in them)."""
-    lines = io.BytesIO(data)
-    for token in tokenize.tokenize(lines.readline):
+    for token in tokenize.tokenize(io.BytesIO(data).readline):
         if token.type == tokenize.NEWLINE:
             return b"".join(itertools.islice(io.BytesIO(data), token.end[0]))
     return data

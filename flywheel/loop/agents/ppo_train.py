@@ -24,8 +24,7 @@ model on the rollout), ``logprob_drift`` (mean |sampling logprob − recomputed|
 the forward pass here differs from generation's), ``generated_tokens`` and ``sequence_tokens``
 (a rollout's tokens, prompt and tool turns too: what each forward pass runs); ``reward_curve``;
 ``num_processes`` (the ranks that played and trained); ``collect_s``, ``score_s`` and
-``update_s``, the wall seconds this rank spent playing, scoring and updating (``bench/agent_gpu.py``
-reads them).
+``update_s``, the wall seconds this rank spent playing, scoring and updating.
 
 Dropout is off in every model (eval mode throughout): with it the ratio π/π_old would be noise
 before the first step, and the clip would act on that noise.
