@@ -27,7 +27,6 @@ The last line is key=value pairs; ``ratio`` = batched over one-at-a-time episode
 from __future__ import annotations
 
 import argparse
-import pydoc_data.topics
 import sys
 import tempfile
 import time
@@ -41,12 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rollout  # noqa: E402  (this directory's: its tokenizer, settings and collection paths)
 
 from flywheel.core.settings.rl import PpoSettings  # noqa: E402
-from flywheel.core.settings.train import ModelSettings  # noqa: E402
 from flywheel.envs.guess import NumberGuess, train_episodes  # noqa: E402
 from flywheel.loop.agents.ppo_rollouts import EnvRollouts  # noqa: E402
 from flywheel.loop.agents.ppo_train import train_ppo  # noqa: E402
-from flywheel.train.model import build_model, count_parameters  # noqa: E402
-from flywheel.train.tokenizer import train_tokenizer  # noqa: E402
+from flywheel.train.model import count_parameters  # noqa: E402
 
 SHAPE = {"model_type": "llama", "hidden_size": 768, "num_hidden_layers": 12}
 SHAPE |= {"num_attention_heads": 12, "num_key_value_heads": 12, "intermediate_size": 3072}
@@ -68,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", default=None, help="PPO: bf16 | fp16 | no")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    args.checkpoint = None  # rollout.build: a tokenizer trained here, random weights
     if args.smoke:
         args.episodes, args.sequential, args.iterations = 8, 2, 1
         args.episodes_per_iteration, args.minibatch_size, args.max_new_tokens = 4, 2, 8
@@ -77,15 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_checkpoint(args: argparse.Namespace, s: rollout.Setup, directory: Path) -> Any:
-    """The tokenizer and the random-weights model, saved together as a checkpoint."""
-    texts = rollout.guess_texts(400, args.seed, s) + list(pydoc_data.topics.topics.values())
-    tok = train_tokenizer(texts, s.vocab, 2, directory)
-    special = {k: getattr(tok, k) for k in ("eos_token_id", "bos_token_id", "pad_token_id")}
-    shape = SMOKE if args.smoke else SHAPE
-    model = build_model(ModelSettings(config=shape), len(tok), 2048, special, seed=args.seed)
+    """``bench/rollout.py``'s tokenizer (saved in ``directory``) and random-weights model of
+    ``s.shape``, the model saved beside it: a checkpoint PPO can start from."""
+    tok, model = rollout.build(args, s, directory)
     model.save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return tok, model.eval()
+    return tok, model
 
 
 def collection(args: argparse.Namespace, s: rollout.Setup, tok: Any, model: Any) -> dict:
@@ -148,6 +142,7 @@ def ppo(args: argparse.Namespace, s: rollout.Setup, checkpoint: Path, work: Path
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     s = rollout.Setup(max_turns=args.max_turns, max_new_tokens=args.max_new_tokens)
+    s.shape = SMOKE if args.smoke else SHAPE
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "checkpoint"
