@@ -20,7 +20,8 @@ A failed run ends with its failing steps and their errors, or the failed checks,
 invocation count: a cycle that failed before and has since succeeded is history. A crashed
 run is not the end: a run left STARTED by a killed daemon is waited for (run monitoring fails
 it, ``jobs.launcher``), and a failed run that Dagster's run retries will rerun is waited for
-until its retry has run; the loop goes on from there.
+until its retry has run (made here if the daemon missed it, ``jobs.retries``); the loop goes
+on from there.
 """
 
 from __future__ import annotations
@@ -186,10 +187,14 @@ def _await_records(spec, instance, since: datetime) -> None:  # noqa: ANN001
         time.sleep(POLL_S)
 
 
-def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  # noqa: ANN001
-    """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout."""
+def wait_for_loop(  # noqa: ANN001
+    instance, timeout_s: float | None, since: datetime, workspace: Path, daemon_since: float
+) -> int:
+    """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout. A
+    crashed run whose retry Dagster's daemon missed is retried here (``jobs.retries``)."""
     from flywheel.loop.promotion import loop_state
     from flywheel.loop.status import starved, stuck_reason
+    from jobs.retries import retry_missed
 
     spec = load_spec(None, env_overrides())
     deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -198,6 +203,9 @@ def wait_for_loop(instance, timeout_s: float | None, since: datetime) -> int:  #
     while deadline is None or time.monotonic() < deadline:
         # unfinished first: a run seen finished there is finished in the later snapshot too
         unfinished = _unfinished(instance, since)
+        waiting = [r for r in unfinished if r.status.value == "FAILURE"]  # for their retry
+        for retry in retry_missed(instance, workspace, waiting, daemon_since):
+            say(f"Dagster's retry daemon missed a crashed run: retried it as run {retry[:8]}")
         runs = _runs(instance, "cycle_job", since)
         for run in [*runs, *unfinished]:
             key = (run.run_id, run.status.value)
@@ -255,10 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     if not args.skip_base and materialize_graph(instance, args.working_directory) != 0:
         return 1
+    daemon_since = time.time()
     daemon = _daemon(home, args.workspace.resolve(), args.working_directory)
     say(f"dagster-daemon started (log: {home / 'daemon.log'}); the sensor turns the flywheel")
     try:
-        code = wait_for_loop(instance, args.timeout, started)
+        code = wait_for_loop(
+            instance, args.timeout, started, args.workspace.resolve(), daemon_since
+        )
     finally:
         _stop(daemon)
     for verb in ("summary", "report"):  # the data products, then the per-cycle table
