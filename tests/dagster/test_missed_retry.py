@@ -21,7 +21,7 @@ from jobs.retries import AUTO_RETRY, missed, retry_missed
 from tests.dagster.crash import PARENT, step_keys
 
 BIN = Path(sys.executable).parent
-DEFS = '''
+DEFS = """
 import os
 from pathlib import Path
 
@@ -48,7 +48,7 @@ def cycle_job():
 
 
 defs = dg.Definitions(jobs=[cycle_job])
-'''
+"""
 INSTANCE = """
 telemetry: {enabled: false}
 run_retries: {enabled: true, max_retries: 2, retry_on_asset_or_op_failure: false}
