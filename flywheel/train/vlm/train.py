@@ -35,6 +35,7 @@ from flywheel.core.report import Reporter, loss_curve
 from flywheel.core.settings.loop import PreferenceSettings
 from flywheel.core.settings.train import SftSettings, TrainSettings
 from flywheel.train.finetune import ReportLogs, resume_point, trainer_arguments, training_precision
+from flywheel.train.fused_head import score_labelled_positions_only
 from flywheel.train.sft_resume import ManifestOnSave
 
 # What DPO logs that says whether it worked, beside its loss (as flywheel.loop.preference).
@@ -159,6 +160,8 @@ def _train(
     resume = resume_point(work, reporter, state.is_main_process)
     state.wait_for_everyone()
     callback = ReportLogs(reporter)
+    # TRL's fused LM head on CPU too scores only the answer's positions, not the image's
+    score_labelled_positions_only()
     trainer = build_trainer(kind, config, model_path, examples, [callback], resume)
     reporter.info(f"VLM {kind.upper()}: {len(examples)} examples, {settings.steps} steps")
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
