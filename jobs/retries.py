@@ -21,11 +21,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRun, MetadataValue
 from dagster._core.events import EngineEventData
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG as AUTO_RETRY  # its retry's id
 
 # The daemon retries a failed run within seconds of its failure (its event-log consumer
 # polls every 5 s); after this long a retry that has not appeared was missed.
 MISSED_AFTER_S = 30.0
-AUTO_RETRY = "dagster/auto_retry_run_id"  # set on a failed run once its retry exists
 
 
 def missed(

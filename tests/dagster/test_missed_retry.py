@@ -17,7 +17,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from jobs.retries import AUTO_RETRY, missed, retry_missed
+from jobs.retries import missed, retry_missed
+from jobs.run import AUTO_RETRY
 from tests.dagster.crash import PARENT, step_keys
 
 BIN = Path(sys.executable).parent
