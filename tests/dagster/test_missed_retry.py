@@ -67,6 +67,14 @@ def _wait(instance: dg.DagsterInstance, run_id: str, daemon: subprocess.Popen) -
     raise TimeoutError(f"run {run_id} did not finish")
 
 
+def _running(instance: dg.DagsterInstance, daemon: subprocess.Popen) -> None:
+    """Wait until the daemon beats (its daemons started)."""
+    deadline = time.monotonic() + 60
+    while not instance.get_daemon_heartbeats():
+        assert daemon.poll() is None and time.monotonic() < deadline, "no dagster-daemon"
+        time.sleep(0.5)
+
+
 def test_a_retry_the_daemon_missed_is_made_once_from_the_failed_step(tmp_path: Path) -> None:
     (tmp_path / "defs.py").write_text(DEFS)
     workspace = tmp_path / "workspace.yaml"
@@ -76,6 +84,9 @@ def test_a_retry_the_daemon_missed_is_made_once_from_the_failed_step(tmp_path: P
     (home / "dagster.yaml").write_text(INSTANCE)
     env = {**os.environ, "DAGSTER_HOME": str(home), "MARKS": str(marks)}
     env["DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS"] = "1"
+    # The storage is set up here, before the daemon starts: two processes creating a SQLite
+    # storage at once can both stamp its schema (alembic: "more than one head").
+    instance = dg.DagsterInstance.from_config(str(home))
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
     daemon = subprocess.Popen(
         [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
@@ -85,9 +96,11 @@ def test_a_retry_the_daemon_missed_is_made_once_from_the_failed_step(tmp_path: P
         stderr=subprocess.STDOUT,
     )
     try:
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        with instance:
+            _running(instance, daemon)
             argv = [str(BIN / "dagster"), "job", "launch", "-w", str(workspace), "-j", "cycle_job"]
-            subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True)
+            done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
             (launched,) = instance.get_runs()
             failed = _wait(instance, launched.run_id, daemon)
             assert failed.status == dg.DagsterRunStatus.FAILURE
