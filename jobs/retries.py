@@ -66,7 +66,7 @@ def retry_missed(
     todo = missed(instance, runs, after_s, daemon_since)
     if not todo:
         return []
-    made = []
+    made, before = [], _children()
     target = WorkspaceFileTarget(paths=[str(workspace)])
     with WorkspaceProcessContext(instance, target) as context:
         for run in todo:
@@ -81,4 +81,24 @@ def retry_missed(
                 run,
                 engine_event_data=EngineEventData({"new run": MetadataValue.dagster_run(retry)}),
             )
+    _reap(before)
     return made
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _reap(before: set[int]) -> None:
+    """Wait for the code server the workspace started (Dagster stops it, and does not wait
+    for it: a zombie of this process otherwise)."""
+    import psutil
+
+    for child in psutil.Process().children():
+        if child.pid not in before:
+            try:
+                child.wait(timeout=10)
+            except psutil.Error:  # still running after 10 s, or gone: not ours to wait for
+                continue

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import psutil
 
 from jobs.retries import missed, retry_missed
 from jobs.run import AUTO_RETRY
@@ -112,8 +113,12 @@ def test_a_retry_the_daemon_missed_is_made_once_from_the_failed_step(tmp_path: P
             assert missed(instance, [failed], after_s=60, daemon_since=0) == []
             assert missed(instance, [failed], after_s=0, daemon_since=time.time() + 60) == []
             (marks / "fixed").touch()
+            before = {c.pid for c in psutil.Process().children()}
             made = retry_missed(instance, workspace, [failed], daemon_since=0, after_s=0)
             assert len(made) == 1
+            # the code server it started for the workspace has ended and was waited for: no
+            # process of it left, not even a zombie
+            assert {c.pid for c in psutil.Process().children()} <= before
             assert retry_missed(instance, workspace, [failed], daemon_since=0, after_s=0) == []
 
             retry = _wait(instance, made[0], daemon)
