@@ -104,6 +104,17 @@ def test_whole_graph_materializes_with_two_rank_pretraining(small_spec: Path) ->
     assert pre_again.materialization.tags.get("dagster/data_version") == pre_art.version
 
 
+def _pretrains(proc) -> bool:  # noqa: ANN001 - a psutil.Process
+    """Whether ``proc`` runs the pre-training; a child of an earlier test of this worker that
+    nothing reaped (a zombie) or one gone meanwhile has no command line: not it."""
+    import psutil
+
+    try:
+        return "flywheel.train.pretrain" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 @pytest.mark.integration
 def test_kill_9_during_the_asset_then_rematerialize_resumes(small_spec: Path) -> None:
     import threading
@@ -139,11 +150,7 @@ def test_kill_9_during_the_asset_then_rematerialize_resumes(small_spec: Path) ->
     while not list(work.glob("*/step-0000010/manifest.json")):
         assert thread.is_alive() and time.monotonic() < deadline, "no first checkpoint"
         time.sleep(0.01)
-    trainers = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if "flywheel.train.pretrain" in " ".join(p.cmdline())
-    ]
+    trainers = [p for p in psutil.Process().children(recursive=True) if _pretrains(p)]
     assert trainers, "the training process was not found"
     for proc in trainers:  # the accelerate launcher and the trainer it started
         proc.kill()
