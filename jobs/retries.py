@@ -38,9 +38,9 @@ def missed(
     now = time.time()
     left = []
     for run in runs:
-        run = instance.get_run_by_id(run.run_id) or run  # the tags as they are now
-        record = instance.get_run_record_by_id(run.run_id)
-        ended = record.end_time if record and record.end_time else None
+        record = instance.get_run_record_by_id(run.run_id)  # the run and tags as they are now
+        run = record.dagster_run if record else run
+        ended = record.end_time if record else None
         if AUTO_RETRY in run.tags or ended is None or now - max(ended, daemon_since) < after_s:
             continue
         group = instance.get_run_group(run.run_id)
