@@ -30,6 +30,7 @@ from assets import (
     build_image_assets,
     build_training_assets,
 )
+from assets.pipes import LineMessageReader
 from flywheel.core.spec import env_overrides, load_spec, spec_path
 from jobs import JOBS
 from sensors import build_schedules, build_sensors
@@ -56,7 +57,7 @@ def build_definitions(
         schedules=build_schedules(spec),
         resources={
             "flywheel": resource,
-            "pipes": dg.PipesSubprocessClient(),
+            "pipes": dg.PipesSubprocessClient(message_reader=LineMessageReader()),
             **_ray_cluster(spec),
         },
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 from dagster import AssetExecutionContext, PipesSubprocessClient
 
+from assets.pipes import LineMessageReader, reported_result
 from assets.resources import FlywheelResource
 from flywheel.core import products as P
 from flywheel.core.spec import Spec
@@ -51,7 +52,7 @@ def launch_stage(
     env = {RUN_ENV: context.run_id}
     if stage in launch.TRAINED and launch.train_settings(stage, spec).launcher == "ray":
         pipes = _cluster_pipes(pipes, spec.product_dir(launch.PRODUCTS[stage]), context.run_id)
-    result = pipes.run(context=context, command=command, env=env).get_materialize_result()
+    result = reported_result(stage, pipes.run(context=context, command=command, env=env))
     metadata = dict(result.metadata or {})
     metadata["spec_file"] = dg.MetadataValue.path(str(spec_file))
     for key in ("checkpoint", "report"):
@@ -73,7 +74,7 @@ def _cluster_pipes(
         env=pipes.env,
         cwd=pipes.cwd,
         context_injector=dg.PipesEnvContextInjector(),
-        message_reader=dg.PipesFileMessageReader(str(messages)),
+        message_reader=LineMessageReader(str(messages)),
     )
 
 
