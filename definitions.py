@@ -55,6 +55,14 @@ def build_definitions(
         jobs=JOBS,
         sensors=build_sensors(spec),
         schedules=build_schedules(spec),
+        # Every job (and every materialization launched from the UI) runs its steps in its run
+        # worker, one after another, not a process per step (Dagster's default): each heavy
+        # stage (training, evaluation, generation, play) runs in a process of its own through
+        # Pipes, data stages scale out inside the stage (engine: ray), and the rest are seconds
+        # of polars. A process per step cost ~3 s of start and code loading each (11 steps up
+        # to the seed model, 6-8 a cycle) and ran nothing in parallel that mattered: the graph
+        # is a chain, and its stages share the gpu pool.
+        executor=dg.in_process_executor,
         resources={
             "flywheel": resource,
             "pipes": dg.PipesSubprocessClient(message_reader=LineMessageReader()),

@@ -12,8 +12,9 @@ and a run whose worker was killed stays STARTED for ever. This launcher answers 
 own event log: the worker writes RUN_START with its pid, so the worker is alive if that pid
 is a live process here that already existed when it wrote the event (a pid reused by a later
 process does not count). When the worker is dead, what it left running is stopped before the
-run is failed, so the retry does not race it: the step processes (their pids are on the
-run's STEP_WORKER_STARTED/STEP_START events) with their children, and every process that
+run is failed, so the retry does not race it: the step processes of a job that runs a
+process per step (their pids are on the run's STEP_WORKER_STARTED/STEP_START events; the
+flywheel's own jobs run their steps in the worker) with their children, and every process that
 carries the run's id in ``RUN_ENV`` (the stages Pipes launched and their workers, orphaned
 when their step process died too).
 

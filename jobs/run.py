@@ -4,7 +4,7 @@
     python -m jobs.run --workspace W --working-directory D [--timeout S] [--skip-base]
 
 0. ``flywheel check``'s preflight of the spec: any error stops here, before a launch.
-1. ``dagster job execute -m definitions -j flywheel_job`` (multiprocess executor, recorded in
+1. ``dagster job execute -m definitions -j flywheel_job`` (in process, recorded in
    ``$DAGSTER_HOME``): raw corpora -> ... -> seed SFT model -> its eval. Completed stages with
    unchanged inputs are reused, not redone.
 2. ``dagster-daemon run -w W``: the accepted-data sensor (RUNNING by default) starts cycle 0,
