@@ -46,9 +46,7 @@ def complete_lines(path: str, finished: Callable[[], bool]) -> Iterator[bytes]:
                 yield from (line for line in lines if line.strip())
                 continue
             if finished():  # read once more: the writer may have written before it closed
-                rest = pending + f.read()
-                *lines, last = rest.split(b"\n")
-                yield from (line for line in (*lines, last) if line.strip())
+                yield from (line for line in (pending + f.read()).split(b"\n") if line.strip())
                 return
             time.sleep(POLL_S)
 
