@@ -239,6 +239,11 @@ class Spec(_Model):
                 "loop (it retrains by SFT on accepted answers, then optionally DPO on "
                 "accepted/rejected answers to the same image); use none or dpo"
             )
+        if self.sft.batching == "balanced":
+            raise ValueError(
+                "sft.batching: balanced needs each conversation's token count before batching, "
+                "and a VLM's examples are tokenized with their images in each batch; use random"
+            )
         return self
 
     # -- derived locations: one place decides where each data product lives ---------------

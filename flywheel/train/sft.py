@@ -73,7 +73,25 @@ def sft_config(settings: SftSettings, output_dir: Path, mixed_precision: str = "
         max_length=settings.max_length,
         assistant_only_loss=True,
         packing=False,  # packing would need padding-free attention (flash-attn) to be exact
+        # balanced: transformers' BatchRebalanceSampler draws each optimizer step's examples at
+        # random and splits them by length across the accumulated micro-batches; Trainer
+        # normalises the loss over the whole step, so the split changes the padding only.
+        train_sampling_strategy="batch_rebalance" if settings.batching == "balanced" else "random",
     )
+
+
+def seed_balanced_batches(trainer: Any) -> None:
+    """Make ``batching: balanced`` draw its steps with the run's data seed, as random batching
+    does: transformers 5.24 builds its BatchRebalanceSampler with a fixed seed (42), so
+    ``sft.seed`` would not change the data order."""
+    build = trainer._get_train_sampler
+
+    def sampler(dataset: Any = None) -> Any:
+        made = build(dataset)
+        made.seed = trainer.args.data_seed
+        return made
+
+    trainer._get_train_sampler = sampler
 
 
 def train_metrics(state: Any, runtime: float, callback: ReportLogs) -> dict[str, Any]:
@@ -133,6 +151,8 @@ def build_trainer(
     )
     # With tqdm off, Trainer prints every log dict to stdout; ReportLogs already logs them.
     trainer.remove_callback(transformers.PrinterCallback)
+    if config.train_sampling_strategy == "batch_rebalance":
+        seed_balanced_batches(trainer)
     return trainer
 
 

@@ -37,7 +37,8 @@ TINY = [
     '"num_attention_heads": 2, "num_key_value_heads": 2, "intermediate_size": 128}',
     "pretrain.steps=4",
     "sft.steps=200",
-    "sft.micro_batch=16",
+    "sft.micro_batch=8",  # 16 episodes a step, in two balanced micro-batches
+    "sft.grad_accum=2",
     "sft.save_every=100",
     "sft.data.num_examples=1600",
     'environments=[{"name": "guess", "class_path": "flywheel.envs.guess:NumberGuess", '

@@ -277,12 +277,31 @@ class SftSettings(TrainSettings):
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps from 0 to lr.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of matrices.")
     max_length: int = Field(256, ge=8, description="Longest tokenized conversation kept.")
+    batching: Literal["random", "balanced"] = Field(
+        "random",
+        description="random: each micro-batch is micro_batch random conversations, padded to "
+        "its longest; balanced: each step's micro_batch x grad_accum random conversations are "
+        "sorted by length and split into grad_accum micro-batches of about equal cost (fewer "
+        "of the long ones, more of the short), so less padding for the same step: its loss is "
+        "still the mean over all of them. Needs grad_accum > 1.",
+    )
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
     lora: LoraSettings = Field(
         default_factory=LoraSettings,
         description="Train a LoRA adapter and publish it beside the merged model "
         "(flywheel.core.settings.lora); cycles inherit it unless cycles.train.lora is set.",
     )
+
+    @model_validator(mode="after")
+    def _balanced_needs_accumulation(self) -> Self:
+        if self.batching == "balanced" and self.grad_accum < 2:
+            raise ValueError(
+                "batching: balanced splits each step's conversations into grad_accum "
+                "micro-batches of similar length, and grad_accum is 1: nothing to split. Set "
+                "grad_accum (e.g. 4, with micro_batch a quarter of the step's conversations) "
+                "or batching: random"
+            )
+        return self
 
 
 # The default eval task's name, which the default promotion gate (cycles.gate.metric,
