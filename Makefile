@@ -41,6 +41,7 @@ bench: $(STAMP)  ## CPU benchmarks, each against its baseline in the same run
 	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/optimizers.py
+	$(BIN)/python bench/sft_batching.py
 	$(BIN)/python bench/rollout.py
 	$(BIN)/python bench/generation_replicas.py
 
