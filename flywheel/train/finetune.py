@@ -61,9 +61,12 @@ INTERMEDIATE = "sft-model"
 
 def shaping(settings: TrainSettings, exclude: set[str] | None = None) -> dict[str, Any]:
     """The settings that shape the trained weights, as keyed: without ``BOOKKEEPING`` and
-    ``exclude``, and without a ``lora`` block that is off, so that the keys (and work dirs) of
-    runs from before LoRA existed stay what they were."""
+    ``exclude``, and without a ``lora`` block that is off or ``batching`` at its default
+    (random), so that the keys (and work dirs) of runs from before those settings existed stay
+    what they were."""
     off = set() if lora.enabled(getattr(settings, "lora", None)) else {"lora"}
+    if getattr(settings, "batching", "random") == "random":
+        off.add("batching")
     return settings.model_dump(mode="json", exclude=BOOKKEEPING | (exclude or set()) | off)
 
 

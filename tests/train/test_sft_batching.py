@@ -18,6 +18,7 @@ from flywheel.core.chat import conversation
 from flywheel.core.records import Loaded
 from flywheel.core.settings.train import SftSettings
 from flywheel.core.spec import SpecError, parse_spec
+from flywheel.train.finetune import run_fingerprint, shaping
 from flywheel.train.sft import build_trainer, sft_config
 from tests.loop.eval.conftest import build_pretrained
 
@@ -144,6 +145,19 @@ def test_balanced_needs_accumulated_micro_batches() -> None:
         SftSettings(batching="balanced")
     assert sft_config(_settings(), Path("unused")).train_sampling_strategy == "batch_rebalance"
     assert sft_config(SftSettings(), Path("unused")).train_sampling_strategy == "random"
+
+
+def test_balanced_batching_keys_its_own_runs() -> None:
+    """Balanced batches train other weights than random ones (another draw): another run key.
+    Random batching, the default, is not in the key, so runs from before the setting keep
+    theirs (and their work directories)."""
+    data = _data()
+    accumulated = SftSettings(grad_accum=4)
+    assert "batching" not in shaping(accumulated)
+    assert "grad_accum" in shaping(accumulated)
+    balanced = SftSettings(grad_accum=4, batching="balanced")
+    assert shaping(balanced)["batching"] == "balanced"
+    assert run_fingerprint(balanced, "v1", data) != run_fingerprint(accumulated, "v1", data)
 
 
 def test_the_vision_sft_refuses_balanced_batching(tmp_path: Path) -> None:

@@ -283,7 +283,8 @@ class SftSettings(TrainSettings):
         "its longest; balanced: each step's micro_batch x grad_accum random conversations are "
         "sorted by length and split into grad_accum micro-batches of about equal cost (fewer "
         "of the long ones, more of the short), so less padding for the same step: its loss is "
-        "still the mean over all of them. Needs grad_accum > 1.",
+        "still the mean over all of them (micro_batch is then their average size). Needs "
+        "grad_accum > 1.",
     )
     data: SftData = Field(default_factory=SftData, description="Instruction-response pairs.")
     lora: LoraSettings = Field(
