@@ -5,6 +5,7 @@ flywheel check [SPEC]        (prints them, one per line; exit 1 if any is an err
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,3 +40,11 @@ def counted(counts: Mapping[str, int]) -> str:
     """``reason=n`` pairs, most frequent first: ``missing_text=3, invalid_json=1``."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{reason}={n}" for reason, n in ranked)
+
+
+def raised(exc: BaseException) -> str:
+    """What user code raised, and where: ``NameError: name 'd' is not defined (my_envs.py:27,
+    in reset)``, the innermost frame, so a bug in a function the spec names is found in it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno}, in {frames[-1].name})"
+    return f"{type(exc).__name__}: {exc}{where if frames else ''}"

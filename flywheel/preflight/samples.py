@@ -6,7 +6,9 @@ import check_samples; print(*check_samples(load_spec()), sep='\\n')"
 At most ``SAMPLE`` records of each file are read: sources through the ingest readers and
 ``RecordChecker`` (per file of a glob; a text_files directory as one sample), SFT files
 through ``sft_record`` (``flywheel.core.chat``), eval task files through ``task_record`` with
-the task's verifier, prompt files through ``prompt_record``. Records that would be
+the task's verifier, prompt files through ``prompt_record``; SFT data made by a function
+(kind ``python``, e.g. an environment played by a scripted teacher) by calling it for ``MADE``
+records, imported from the spec's directory as the stage imports it. Records that would be
 quarantined are a warning with their reasons counted; a file none of whose sampled records
 is usable is an error. Prompt files are also checked against the acceptance verifier: every
 kind but python, self_consistency and reward_model judges against the prompt's reference
@@ -31,13 +33,16 @@ from flywheel.core.settings.verifier import JUDGE_KINDS
 from flywheel.core.spec import Spec
 from flywheel.data.ingest.readers import SourceReadError, read_batches, source_files
 from flywheel.data.ingest.records import RecordChecker
+from flywheel.loop.plugins import importable_from
 from flywheel.loop.prompts import prompt_record
 from flywheel.loop.tasks import task_record
 from flywheel.loop.verifiers import parse_number
 from flywheel.preflight.paths import resolve
-from flywheel.preflight.problems import Problem, counted, error, warning
+from flywheel.preflight.problems import Problem, counted, error, raised, warning
+from flywheel.train.sft_data import made_rows
 
 SAMPLE = 50  # records read from the head of each file: enough to catch a wrong schema
+MADE = 4  # records a kind-python sft.data function is asked for
 
 Parse = Callable[[dict[str, Any]], tuple[Any, str]]  # a record -> (example or None, reason)
 
@@ -46,7 +51,7 @@ def check_samples(spec: Spec) -> list[Problem]:
     """Problems in the sampled records of every source, SFT, eval task and prompt file."""
     problems = _sources(spec)
     for key, data in _sft_sets(spec.sft.data, "sft.data"):
-        problems += _sft(key, data)
+        problems += _made(spec, key, data) if data.kind == "python" else _sft(key, data)
     for i, task in enumerate(spec.eval.tasks):
         if task.kind == "jsonl" and task.path is not None and Path(task.path).is_file():
             parse = _task_parser(task.verifier.kind)
@@ -115,6 +120,21 @@ def _sft_sets(data: SftData, key: str) -> Iterator[tuple[str, SftData]]:
     yield key, data
     for i, more in enumerate(data.extra):
         yield from _sft_sets(more, f"{key}.extra[{i}]")
+
+
+def _made(spec: Spec, key: str, data: SftData) -> list[Problem]:
+    """Call the ``python`` function for ``MADE`` records and parse them as the stage does."""
+    few = data.model_copy(update={"num_examples": min(MADE, data.num_examples)})
+    try:
+        with importable_from(spec.base_dir):
+            rows = [row for _, row in made_rows(few)]
+    except Exception as exc:  # noqa: BLE001 - user code: it can raise anything
+        why = f"{data.function}(num_examples={MADE}, ...) raised {raised(exc)}"
+        return [error(f"{key}.function", why)]
+    if not rows:
+        return [error(f"{key}.function", f"{data.function} returned no records")]
+    _, bad = _parsed(rows, sft_record)
+    return verdict(f"{key}.function", Path(str(data.function)), len(rows), bad)
 
 
 def _sft(key: str, data: SftData) -> list[Problem]:

@@ -77,7 +77,7 @@ def _load_one(data: SftData) -> Loaded:
         )
         return Loaded(examples, [], about)
     if data.kind == "python":
-        records, bad, path = _made_rows(data), [], Path(f"{data.function}")
+        records, bad, path = made_rows(data), [], Path(f"{data.function}")
     elif data.path is None:
         raise ValueError(f"sft.data.path is required for kind {data.kind!r}")
     else:
@@ -101,7 +101,7 @@ def _load_one(data: SftData) -> Loaded:
     return Loaded(examples, bad, f"{data.kind}:{path}")
 
 
-def _made_rows(data: SftData) -> list[tuple[int, dict[str, Any]]]:
+def made_rows(data: SftData) -> list[tuple[int, dict[str, Any]]]:
     """The records ``sft.data.function`` returns, numbered from 1 like file lines."""
     module_name, _, name = str(data.function).partition(":")
     try:

@@ -88,7 +88,7 @@ def agent_environment(spec: Spec) -> AgentEnvironment:
     train = getattr(module, "train_episodes", None)
     if not callable(train):
         raise ValueError(
-            f"agent.environment {name!r}: module {module.__name__} has no "
+            f"environment {name!r} ({entry.class_path}): module {module.__name__} has no "
             "train_episodes(count, settings, seed) function to draw the cycle's episodes from"
         )
     held = getattr(module, "held_out_episodes", None)

@@ -48,6 +48,8 @@ def conversations(
     entry = EnvironmentSpec(name="teacher", class_path=environment, settings=settings or {})
     factory = load_environment(entry, Path.cwd())
     module = sys.modules[import_class(environment, Path.cwd()).__module__]
+    if not callable(getattr(module, "train_episodes", None)):
+        raise ValueError(f"{environment}: module {module.__name__} has no train_episodes()")
     env_settings = getattr(factory, "args", (None,))[0]
     play = _function(teacher)
     rng = random.Random(f"teacher:{seed}")
