@@ -150,3 +150,24 @@ def stop_leftovers(instance: DagsterInstance, run_id: str) -> list[int]:
         except psutil.Error:
             continue
     return sorted(p.pid for p in procs)
+
+
+def fail_dead_runs(instance: DagsterInstance) -> list[str]:
+    """Fail every STARTED run of this host whose worker is gone, as run monitoring does, and
+    free the pool slots it held; the ids of the runs failed. ``flywheel run`` calls it before
+    anything else: a run killed while no daemon ran (the graph's run, executed by the command
+    itself) stays STARTED for ever otherwise, holding the ``gpu`` pool, and every run that
+    needs the pool waits behind it. Only this launcher can say a worker is gone."""
+    from dagster import DagsterRunStatus, RunsFilter
+
+    launcher = instance.run_launcher
+    if not isinstance(launcher, LocalRunLauncher):
+        return []
+    failed = []
+    for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+        health = launcher.check_run_worker_health(run)
+        if health.status == WorkerStatus.FAILED:
+            instance.report_run_failed(run, f"found by flywheel run: {health.msg}")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            failed.append(run.run_id)
+    return failed

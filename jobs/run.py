@@ -3,13 +3,18 @@
     flywheel run [--spec S] [--set key=value ...]      (sets the environment, then runs this)
     python -m jobs.run --workspace W --working-directory D [--timeout S] [--skip-base]
 
-0. ``flywheel check``'s preflight of the spec: any error stops here, before a launch.
+0. ``flywheel check``'s preflight of the spec: any error stops here, before a launch. One
+   flywheel run a project at a time (``$DAGSTER_HOME/run.lock``); a run left STARTED by a
+   worker that is gone (a run killed before any daemon watched it) is failed and its pool
+   slots freed, so nothing waits behind it.
 1. ``dagster job execute -m definitions -j flywheel_job`` (in process, recorded in
    ``$DAGSTER_HOME``): raw corpora -> ... -> seed SFT model -> its eval. Completed stages with
    unchanged inputs are reused, not redone.
-2. ``dagster-daemon run -w W``: the accepted-data sensor (RUNNING by default) starts cycle 0,
-   and every cycle whose accepted generations reach ``cycles.threshold_rows`` starts the next,
-   until ``cycles.max_cycles`` or ``cycles.patience`` stops the loop. Nothing here launches a
+2. ``dagster-daemon run -w W``, unless a daemon already runs on the same home (``flywheel
+   ui``'s): one daemon an instance, whoever started it. The accepted-data sensor (RUNNING by
+   default) starts cycle 0, and every cycle whose accepted generations reach
+   ``cycles.threshold_rows`` starts the next, until ``cycles.max_cycles`` or
+   ``cycles.patience`` stops the loop. Nothing here launches a
    cycle: the sensor does, exactly as in a deployment.
 3. Once the loop has stopped and no cycle run is queued or running, the daemon is stopped, and
    ``flywheel summary`` and ``flywheel report`` (the per-cycle table, and why the loop stopped)
@@ -27,11 +32,15 @@ on from there.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -72,6 +81,56 @@ def _stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def other_daemons(home: Path, mine: subprocess.Popen | None = None) -> list[int]:
+    """The pids of live Dagster daemons on this Dagster home other than ``mine``: the one
+    ``flywheel ui`` (``dagster dev``) runs, or one started by hand."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        daemon = any(Path(c).name == "dagster-daemon" for c in cmd[:2]) or "dagster._daemon" in cmd
+        if not daemon or "run" not in cmd or (mine is not None and proc.pid == mine.pid):
+            continue
+        try:
+            theirs = proc.environ().get("DAGSTER_HOME")
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if theirs and Path(theirs).resolve() == home.resolve():
+            found.append(proc.pid)
+    return found
+
+
+class Daemon:
+    """One Dagster daemon on the instance, whoever runs it: this command starts its own only
+    while no other runs on the same home (two daemons on one instance double every sensor
+    tick and queue pass, which Dagster does not support), and hands over to one that appears
+    (``flywheel ui`` opened mid-run), taking over again if that one goes away."""
+
+    def __init__(self, home: Path, workspace: Path, cwd: Path) -> None:
+        self.home, self.workspace, self.cwd = home, workspace, cwd
+        self.proc: subprocess.Popen | None = None  # the daemon this command started
+        self.seen: list[int] = []  # the other daemons last seen
+
+    def ensure(self) -> None:
+        others = other_daemons(self.home, self.proc)
+        running = self.proc is not None and self.proc.poll() is None
+        if running and others:
+            _stop(self.proc)
+            say(f"another Dagster daemon on this home (pid {others[0]}) turns the flywheel now")
+        elif not running and not others:
+            self.proc = _daemon(self.home, self.workspace, self.cwd)
+            log = self.home / "daemon.log"
+            say(f"dagster-daemon started (log: {log}); the sensor turns the flywheel")
+        elif not running and others != self.seen:
+            say(f"the Dagster daemon already on this home (pid {others[0]}) turns the flywheel")
+        self.seen = others
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
 
 
 def _runs(instance, job: str, since: datetime) -> list:  # noqa: ANN001
@@ -119,10 +178,15 @@ def _error_text(error) -> str:  # noqa: ANN001 - dagster's SerializableErrorInfo
 
 
 def materialize_graph(instance, working_directory: Path) -> int:  # noqa: ANN001
-    """Step 1: ``flywheel_job`` through Dagster's CLI; on failure, print why."""
+    """Step 1: ``flywheel_job`` through Dagster's CLI; on failure, print why. The run executes
+    in that command's process: tagged with this host, run monitoring (and ``fail_dead_runs``)
+    can find it dead after a kill; never retried by Dagster, since rerunning flywheel run does."""
+    from jobs.launcher import HOST_TAG
+
+    tags = {HOST_TAG: socket.gethostname(), "dagster/max_retries": "0"}
     since = datetime.now(UTC)
     argv = [str(BIN / "dagster"), "job", "execute", "-m", "definitions"]
-    argv += ["-d", str(working_directory), "-j", "flywheel_job"]
+    argv += ["-d", str(working_directory), "-j", "flywheel_job", "--tags", json.dumps(tags)]
     say("materializing the graph: " + " ".join(argv[1:]))
     code = subprocess.run(argv, cwd=working_directory, check=False).returncode
     runs = _runs(instance, "flywheel_job", since)
@@ -188,10 +252,16 @@ def _await_records(spec, instance, since: datetime) -> None:  # noqa: ANN001
 
 
 def wait_for_loop(  # noqa: ANN001
-    instance, timeout_s: float | None, since: datetime, workspace: Path, daemon_since: float
+    instance,
+    timeout_s: float | None,
+    since: datetime,
+    workspace: Path,
+    daemon_since: float,
+    daemon: Daemon | None = None,
 ) -> int:
     """Poll until the loop stops with no cycle run active; 1 on a failed run or timeout. A
-    crashed run whose retry Dagster's daemon missed is retried here (``jobs.retries``)."""
+    crashed run whose retry Dagster's daemon missed is retried here (``jobs.retries``); one
+    daemon turns the loop throughout (``Daemon.ensure``)."""
     from flywheel.loop.promotion import loop_state
     from flywheel.loop.status import starved, stuck_reason
     from jobs.retries import retry_missed
@@ -201,6 +271,8 @@ def wait_for_loop(  # noqa: ANN001
     shown: set[tuple[str, str]] = set()
     stalled_since: float | None = None
     while deadline is None or time.monotonic() < deadline:
+        if daemon is not None:
+            daemon.ensure()
         # unfinished first: a run seen finished there is finished in the later snapshot too
         unfinished = _unfinished(instance, since)
         waiting = [r for r in unfinished if r.status.value == "FAILURE"]  # for their retry
@@ -256,25 +328,56 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not spec_ready():
         return 1
+    home = Path(os.environ["DAGSTER_HOME"])
+    with sole_run(home) as other:
+        if other is not None:
+            say(f"another flywheel run ({other}) is running this project: not started; watch it")
+            say("with flywheel report or flywheel ui, or stop it first")
+            return 1
+        return _run(home, args)
+
+
+def _run(home: Path, args: argparse.Namespace) -> int:
     from dagster import DagsterInstance
 
-    home = Path(os.environ["DAGSTER_HOME"])
+    from jobs.launcher import fail_dead_runs
+
     instance = DagsterInstance.get()
+    for run_id in fail_dead_runs(instance):
+        say(f"run {run_id[:8]} was left STARTED by a dead worker: failed it, freed its pool slots")
     started = datetime.now(UTC)
     if not args.skip_base and materialize_graph(instance, args.working_directory) != 0:
         return 1
-    daemon_since = time.time()
-    daemon = _daemon(home, args.workspace.resolve(), args.working_directory)
-    say(f"dagster-daemon started (log: {home / 'daemon.log'}); the sensor turns the flywheel")
+    daemon = Daemon(home, args.workspace.resolve(), args.working_directory)
     try:
         code = wait_for_loop(
-            instance, args.timeout, started, args.workspace.resolve(), daemon_since
+            instance, args.timeout, started, args.workspace.resolve(), time.time(), daemon
         )
     finally:
-        _stop(daemon)
+        daemon.stop()
     for verb in ("summary", "report"):  # the data products, then the per-cycle table
         subprocess.run([sys.executable, "-m", "flywheel.cli", verb], check=False)
     return code
+
+
+@contextmanager
+def sole_run(home: Path) -> Iterator[str | None]:
+    """Hold ``<home>/run.lock`` while this command runs the project; yields None, or who holds
+    it: two flywheel runs on one project would materialize the graph twice at once."""
+    import fcntl
+
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "run.lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            yield lock.read().strip() or "pid unknown"
+            return
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}, since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC")
+        lock.flush()
+        yield None  # the lock goes with the file's closing, or this process
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from dagster._core.events.log import EventLogEntry
 from dagster._core.launcher import WorkerStatus
 
 from assets.training import RUN_ENV
-from jobs.launcher import HOST_TAG, LocalRunLauncher
+from jobs.launcher import HOST_TAG, LocalRunLauncher, fail_dead_runs
 
 JOB = "cycle_job"
 
@@ -51,6 +51,25 @@ def _run(instance: dg.DagsterInstance, host: str | None = None) -> dg.DagsterRun
     return instance.add_run(run)
 
 
+def _entry(
+    run: dg.DagsterRun,
+    kind: dg.DagsterEventType,
+    pid: int,
+    at: float | None = None,
+    step: str | None = None,
+) -> EventLogEntry:
+    """``kind`` as the process ``pid`` writes it: its pid on the event."""
+    event = DagsterEvent(event_type_value=kind.value, job_name=JOB, step_key=step, pid=pid)
+    return EventLogEntry(
+        error_info=None,
+        level=logging.DEBUG,
+        user_message="",
+        run_id=run.run_id,
+        timestamp=at or time.time(),
+        dagster_event=event,
+    )
+
+
 def _event(
     instance: dg.DagsterInstance,
     run: dg.DagsterRun,
@@ -59,17 +78,7 @@ def _event(
     at: float | None = None,
     step: str | None = None,
 ) -> None:
-    """``kind`` as the process ``pid`` writes it: its pid on the event."""
-    event = DagsterEvent(event_type_value=kind.value, job_name=JOB, step_key=step, pid=pid)
-    entry = EventLogEntry(
-        error_info=None,
-        level=logging.DEBUG,
-        user_message="",
-        run_id=run.run_id,
-        timestamp=at or time.time(),
-        dagster_event=event,
-    )
-    instance.store_event(entry)
+    instance.store_event(_entry(run, kind, pid, at, step))
 
 
 def _gone(proc: subprocess.Popen, timeout: float = 15) -> bool:
@@ -156,3 +165,30 @@ def test_the_postgres_config_is_the_default_plus_its_storage() -> None:
     assert storage == {"postgres": {"postgres_url": {"env": "FLYWHEEL_POSTGRES_URL"}}}
     template = yaml.safe_load((root / "flywheel/project/templates/dagster.yaml").read_text())
     assert template == default
+
+
+def test_flywheel_run_fails_a_dead_run_and_frees_the_gpu_pool_it_held(tmp_path: Path) -> None:
+    """A run killed while no daemon watched it (the graph's, executed by ``flywheel run``)
+    stays STARTED holding the gpu pool; the next ``flywheel run`` fails it first, and only it."""
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        dead, alive = _run(instance), _run(instance)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        sleeper = _sleeper()
+        try:
+            for run, pid in ((dead, gone.pid), (alive, sleeper.pid)):
+                instance.handle_new_event(  # STARTED, as the worker's RUN_START makes it
+                    _entry(run, dg.DagsterEventType.RUN_START, pid)
+                )
+            storage = instance.event_log_storage
+            storage.initialize_concurrency_limit_to_default("gpu")
+            assert storage.claim_concurrency_slot("gpu", dead.run_id, "sft_checkpoint").is_claimed
+            assert fail_dead_runs(instance) == [dead.run_id]
+            assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+            assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+            assert storage.get_concurrency_info("gpu").claimed_slots == []
+            assert fail_dead_runs(instance) == []  # the live worker's run is left alone
+        finally:
+            sleeper.kill()
