@@ -54,7 +54,7 @@ class LocalRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        host = worker_host(run)
+        host = worker_host(run, local=_local_storage(self._instance))
         if host != socket.gethostname():
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, f"worker on host {host or 'unknown'}: not checked here"
@@ -73,14 +73,27 @@ class LocalRunLauncher(DefaultRunLauncher):
         )
 
 
-def worker_host(run: DagsterRun) -> str | None:
+def worker_host(run: DagsterRun, local: bool = False) -> str | None:
     """The host of the run's worker: the tag this launcher set, else (runs launched before
-    it was configured) the code server's gRPC host, this host if that is a local address."""
+    it was configured) the code server's gRPC host, this host if that is a local address. A
+    run with neither was executed where it was started (``dagster job execute``, ``dg
+    launch``): this host when the instance's storage is ``local`` (SQLite files here), else
+    unknown."""
     if HOST_TAG in run.tags:
         return run.tags[HOST_TAG]
     grpc = json.loads(run.tags.get(GRPC_INFO_TAG) or "{}")
+    if not grpc:
+        return socket.gethostname() if local else None
     host = grpc.get("host")
     return socket.gethostname() if host in LOCAL or "socket" in grpc else host
+
+
+def _local_storage(instance: DagsterInstance) -> bool:
+    """Whether the instance keeps its runs in SQLite files on this machine (the embedded
+    default), not in a database other hosts share (Postgres)."""
+    from dagster._core.storage.runs import SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage)
 
 
 def _last_event(instance: DagsterInstance, run_id: str, kind: E):  # noqa: ANN202

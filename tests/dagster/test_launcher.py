@@ -45,8 +45,8 @@ def _sleeper(env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
 
 
-def _run(instance: dg.DagsterInstance, host: str | None = None) -> dg.DagsterRun:
-    tags = {HOST_TAG: host or socket.gethostname()}
+def _run(instance: dg.DagsterInstance, host: str | None = None, tag: bool = True) -> dg.DagsterRun:
+    tags = {HOST_TAG: host or socket.gethostname()} if tag else {}
     run = dg.DagsterRun(job_name=JOB, run_id=str(uuid.uuid4()), tags=tags)
     return instance.add_run(run)
 
@@ -144,6 +144,28 @@ def test_a_worker_on_another_host_is_not_judged_from_here(
     assert "gpu-node-7" in health.msg and "not checked" in health.msg
 
 
+def test_an_untagged_run_is_judged_only_where_the_storage_is_local(
+    instance: dg.DagsterInstance, tmp_path: Path
+) -> None:
+    """A run executed where it was started (``dagster job execute``) has no host tag: on an
+    instance whose storage other hosts may share it is not judged; on SQLite files it is."""
+    run = _run(instance, tag=False)
+    _event(instance, run, dg.DagsterEventType.RUN_START, 1 << 22)  # no such pid here
+    health = _launcher(instance).check_run_worker_health(run)
+    assert health.status == WorkerStatus.RUNNING and "host unknown" in health.msg
+    with dg.DagsterInstance.from_config(str(_project_instance(tmp_path))) as local:
+        run = _run(local, tag=False)
+        _event(local, run, dg.DagsterEventType.RUN_START, 1 << 22)
+        assert local.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
+
+
+def _project_instance(home: Path) -> Path:
+    """``home`` with the project's instance config: SQLite storage, this launcher."""
+    root = Path(__file__).resolve().parents[2]
+    (home / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
+    return home
+
+
 def test_the_instance_config_loads_the_launcher_with_monitoring_and_retries(
     tmp_path: Path,
 ) -> None:
@@ -170,9 +192,7 @@ def test_the_postgres_config_is_the_default_plus_its_storage() -> None:
 def test_flywheel_run_fails_a_dead_run_and_frees_the_gpu_pool_it_held(tmp_path: Path) -> None:
     """A run killed while no daemon watched it (the graph's, executed by ``flywheel run``)
     stays STARTED holding the gpu pool; the next ``flywheel run`` fails it first, and only it."""
-    root = Path(__file__).resolve().parents[2]
-    (tmp_path / "dagster.yaml").write_text((root / "dagster.yaml").read_text())
-    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+    with dg.DagsterInstance.from_config(str(_project_instance(tmp_path))) as instance:
         dead, alive = _run(instance), _run(instance)
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
