@@ -1,6 +1,6 @@
 """The ``flywheel`` command line: the verbs that need no Dagster.
 
-flywheel init DIR [--force]                              scaffold a project to start from
+flywheel init DIR [--force] [--agent]                    scaffold a project to start from
 flywheel check [SPEC] [key.path=value ...] [--explain]   validate a spec and preflight it
 flywheel run [--spec SPEC] [--set key=value ...]         the graph, then the flywheel
 flywheel ui [--spec SPEC] [--port 3000]                  the Dagster UI on the same instance
@@ -64,7 +64,7 @@ def _init(args: argparse.Namespace) -> int:
     from flywheel.project.scaffold import SPEC, ScaffoldError, init_project
 
     try:
-        written = init_project(Path(args.directory), force=args.force)
+        written = init_project(Path(args.directory), force=args.force, agent=args.agent)
     except ScaffoldError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -72,7 +72,8 @@ def _init(args: argparse.Namespace) -> int:
     print(f"flywheel init: wrote {len(written)} files into {root.resolve()}:")
     for path in written:
         print(f"  {path.relative_to(root)}")
-    print(f"next: cd {root} && flywheel check && flywheel run   (edit {SPEC} and data/ first)")
+    edit = "calculator.py" if args.agent else "data/"
+    print(f"next: cd {root} && flywheel check && flywheel run   (edit {SPEC} and {edit} first)")
     return 0
 
 
@@ -240,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="scaffold a working flywheel project in a directory")
     init.add_argument("directory", help="where to write it (created if missing)")
     init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.add_argument(
+        "--agent",
+        action="store_true",
+        help="an agent project: an environment with a tool (calculator.py) instead of data",
+    )
     init.set_defaults(func=_init)
 
     run = sub.add_parser("run", help="materialize the graph, then turn the flywheel until it stops")

@@ -114,3 +114,8 @@ def test_wheel_init_and_run_two_cycles_outside_the_repository(tmp_path: Path) ->
     rows = json.loads(report)["cycles"]
     assert [r["cycle"] for r in rows] == [0, 1], rows
     assert all(r["accepted"] > 0 for r in rows), rows  # the user's verifier accepted answers
+
+    # The agent project ships in the wheel too, and its environment plays from the project.
+    _sh([flywheel, "init", "--agent", "my-agent"], cwd=tmp_path, env=env, timeout=60)
+    checked = _sh([flywheel, "check"], cwd=tmp_path / "my-agent", env=env, timeout=120)
+    assert "spec 'my-agent' is valid" in checked

@@ -46,6 +46,37 @@ def test_the_example_verifier_says_why(tmp_path: Path, monkeypatch: pytest.Monke
     assert same_number("What is 2 + 3?", "five", "5") == (False, "no_number")
 
 
+def test_init_agent_writes_an_environment_project_that_passes_its_own_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flywheel init --agent``: the environment, its episodes and the seed's teacher pass
+    ``flywheel check`` (which plays them); the teacher is careless where it says it is."""
+    assert main(["init", "--agent", str(tmp_path)]) == 0
+    spec = load_spec(tmp_path / "flywheel.yaml")
+    assert errors(preflight(spec)) == []
+    assert spec.agent.environment == "calc" and spec.cycles.gate.metric == "env/calc/success"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import calculator
+
+    held = {(e["a"], e["b"], e["c"]) for e in calculator.held_out_episodes()}
+    train = calculator.train_episodes(2000, seed=3)
+    assert len(held) == 200 and not held & {(e["a"], e["b"], e["c"]) for e in train}
+    env = calculator.Calculator()
+    env.reset(**train[0])
+    a, b, c = train[0]["a"], train[0]["b"], train[0]["c"]
+    assert env.calc("1; import os").startswith("error:")
+    assert env.calc(f"({a}+{b})*{c}") == str((a + b) * c)
+    env.answer((a + b) * c)
+    assert env.done and env.get_reward() == 1.0
+    seed = load_sft_data(spec.sft.data)
+    turns = [m["content"] for e in seed.examples for m in e["messages"]]
+    calls = [t for t in turns if '"name": "calc"' in t]
+    careless = [t for t in calls if '"expression": "(' not in t]
+    assert seed.quarantine == [] and len(seed.examples) == spec.sft.data.num_examples
+    assert 0.1 < len(careless) / len(calls) < 0.3  # 2 in 3 of the c <= 5 quarter
+
+
 def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
     (tmp_path / "flywheel.yaml").write_text("name: mine\n")
     with pytest.raises(ScaffoldError, match="flywheel.yaml"):

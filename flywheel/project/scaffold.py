@@ -1,6 +1,7 @@
 """``flywheel init DIR``: a working flywheel project to start from, sized for a CPU.
 
     flywheel init my-flywheel && cd my-flywheel && flywheel check && flywheel run
+    flywheel init --agent my-agent        (an agent that learns from the episodes it plays)
 
 Writes, into ``DIR`` (created if missing; existing files are never overwritten unless
 ``--force``):
@@ -14,6 +15,11 @@ Writes, into ``DIR`` (created if missing; existing files are never overwritten u
 - ``workspace.yaml`` and ``dagster.yaml``: the Dagster workspace (the installed
   ``definitions`` module) and instance config that ``flywheel run`` and ``flywheel ui`` use;
 - ``.gitignore``: the ``.flywheel/`` directory where data, checkpoints and the Dagster home go.
+
+With ``--agent``, the task is an environment instead of data files: ``calculator.py`` (an
+environment with a calculator tool, its training and held-out episodes, and the scripted
+teacher of the seed data) and a spec with ``environments``, ``agent`` and a seed SFT played by
+that teacher, gated on held-out success.
 """
 
 from __future__ import annotations
@@ -70,24 +76,29 @@ def _distinct(examples: list[dict[str, str]]) -> list[dict[str, str]]:
     return list({e["prompt"]: e for e in examples}.values())
 
 
-def files() -> dict[str, str]:
+def files(agent: bool = False) -> dict[str, str]:
     """Every file ``init`` writes, by path relative to the project, with its content."""
-    out = {
-        SPEC: template(SPEC),
-        "verifiers.py": template("verifiers.py.tmpl"),
+    shared = {
         WORKSPACE: template(WORKSPACE),
         INSTANCE: template(INSTANCE),
         ".gitignore": template("gitignore"),
     }
+    if agent:
+        return {
+            SPEC: template("agent.yaml"),
+            "calculator.py": template("calculator.py.tmpl"),
+        } | shared
+    out = {SPEC: template(SPEC), "verifiers.py": template("verifiers.py.tmpl"), **shared}
     for name, records in example_data().items():
         out[name] = "".join(json.dumps(r) + "\n" for r in records)
     return out
 
 
-def init_project(directory: Path, force: bool = False) -> list[Path]:
-    """Write the project into ``directory``; the paths written. Refuses (``ScaffoldError``,
-    nothing written) to overwrite an existing file unless ``force``."""
-    planned = {directory / name: text for name, text in files().items()}
+def init_project(directory: Path, force: bool = False, agent: bool = False) -> list[Path]:
+    """Write the project into ``directory`` (``agent``: the environment project); the paths
+    written. Refuses (``ScaffoldError``, nothing written) to overwrite an existing file unless
+    ``force``."""
+    planned = {directory / name: text for name, text in files(agent).items()}
     existing = sorted(str(p) for p in planned if p.exists())
     if existing and not force:
         raise ScaffoldError(
