@@ -45,6 +45,8 @@ def counted(counts: Mapping[str, int]) -> str:
 def raised(exc: BaseException) -> str:
     """What user code raised, and where: ``NameError: name 'd' is not defined (my_envs.py:27,
     in reset)``, the innermost frame, so a bug in a function the spec names is found in it."""
+    text = f"{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno}, in {frames[-1].name})"
-    return f"{type(exc).__name__}: {exc}{where if frames else ''}"
+    if not frames:  # made, never raised
+        return text
+    return f"{text} ({Path(frames[-1].filename).name}:{frames[-1].lineno}, in {frames[-1].name})"
