@@ -14,6 +14,7 @@ pydantic ``Settings`` (a class without one takes no settings). Every failure is 
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -53,6 +54,19 @@ def import_class(class_path: str, base_dir: Path) -> type:
         why = f"{class_path!r} is a {type(found).__name__}, not a class"
         raise EnvironmentLoadError("class_path", why)
     return found
+
+
+def module_function(class_path: str, base_dir: Path, name: str) -> Callable[..., Any] | None:
+    """The function ``name`` of the module that defines the class ``class_path`` names (how an
+    environment's episodes are drawn: ``train_episodes``, ``held_out_episodes``), or None."""
+    module = sys.modules[import_class(class_path, base_dir).__module__]
+    found = getattr(module, name, None)
+    return found if callable(found) else None
+
+
+def factory_settings(factory: Callable[[], Any]) -> Any:
+    """The validated ``Settings`` a ``load_environment`` factory builds with; None without."""
+    return factory.args[0] if isinstance(factory, partial) else None
 
 
 def check_protocol(cls: type) -> None:

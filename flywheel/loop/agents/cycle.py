@@ -25,12 +25,10 @@ table ``rejected`` (every other row, with its ``reason``); the manifest counts b
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,7 @@ from flywheel.core.catalog import Catalog
 from flywheel.core.settings.agents import AgentSettings, EnvironmentSpec
 from flywheel.core.shards import Built, ShardSet
 from flywheel.core.spec import Spec
-from flywheel.envs.load import import_class, load_environment
+from flywheel.envs.load import factory_settings, load_environment, module_function
 from flywheel.loop.agents.accept import AcceptSettings, accept_trajectories
 from flywheel.loop.agents.collect import CollectSettings, Policy, collect
 from flywheel.loop.agents.trajectories import canonical, publish_trajectories
@@ -84,16 +82,15 @@ def agent_environment(spec: Spec) -> AgentEnvironment:
     name = agent_settings(spec).environment
     entry = next(e for e in spec.environments if e.name == name)  # the spec checked it exists
     factory = load_environment(entry, spec.base_dir)
-    module = sys.modules[import_class(entry.class_path, spec.base_dir).__module__]
-    train = getattr(module, "train_episodes", None)
-    if not callable(train):
+    train = module_function(entry.class_path, spec.base_dir, "train_episodes")
+    if train is None:
+        module = entry.class_path.partition(":")[0]
         raise ValueError(
-            f"environment {name!r} ({entry.class_path}): module {module.__name__} has no "
+            f"environment {name!r} ({entry.class_path}): module {module} has no "
             "train_episodes(count, settings, seed) function to draw the cycle's episodes from"
         )
-    held = getattr(module, "held_out_episodes", None)
-    settings = factory.args[0] if isinstance(factory, partial) else None
-    return AgentEnvironment(entry, factory, settings, train, held if callable(held) else None)
+    held = module_function(entry.class_path, spec.base_dir, "held_out_episodes")
+    return AgentEnvironment(entry, factory, factory_settings(factory), train, held)
 
 
 def collect_settings(agent: AgentSettings, samples: int = 1) -> CollectSettings:

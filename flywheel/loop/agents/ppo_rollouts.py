@@ -24,7 +24,6 @@ predicted by the logits at ``index[b, t] = len(prompt_b) - 1 + t`` of the full s
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,7 +151,7 @@ def env_rollouts(
     """An environment's rollouts: episodes from a JSON Lines file, else from its module's
     ``train_episodes(count, settings, seed=...)`` (NumberGuess has one)."""
     from flywheel.core.settings.agents import EnvironmentSpec
-    from flywheel.envs.load import load_environment
+    from flywheel.envs.load import factory_settings, load_environment, module_function
 
     entry = EnvironmentSpec(
         name=class_path.rsplit(":", 1)[-1], class_path=class_path, settings=env_settings
@@ -161,13 +160,10 @@ def env_rollouts(
     if episodes is not None:
         rows = [json.loads(line) for line in episodes.read_text().splitlines() if line.strip()]
         return EnvRollouts(factory, rows, entry.name)
-    module = importlib.import_module(class_path.partition(":")[0])
-    make = getattr(module, "train_episodes", None)
+    make = module_function(class_path, Path.cwd(), "train_episodes")
     if make is None:
         raise ValueError(f"{class_path}: its module has no train_episodes(); pass --episodes FILE")
-    cls = factory().__class__
-    settings = cls.Settings.model_validate(env_settings) if hasattr(cls, "Settings") else None
-    return EnvRollouts(factory, make(pool, settings, seed=seed), entry.name)
+    return EnvRollouts(factory, make(pool, factory_settings(factory), seed=seed), entry.name)
 
 
 def prompt_rollouts(prompts: Path, reward: str) -> PromptRollouts:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import importlib
 import random
-import sys
 from pathlib import Path
 from typing import Any
 
 from flywheel.core.settings.agents import EnvironmentSpec
-from flywheel.envs.load import import_class, load_environment
+from flywheel.envs.load import factory_settings, load_environment, module_function
 from flywheel.envs.protocol import tool_methods
 from flywheel.loop.agents.collect import opening, run_call
 from flywheel.loop.agents.toolcalls import parse_tool_calls
@@ -47,15 +46,16 @@ def conversations(
     last turn; ``only_solved`` keeps episodes with a positive reward only."""
     entry = EnvironmentSpec(name="teacher", class_path=environment, settings=settings or {})
     factory = load_environment(entry, Path.cwd())
-    module = sys.modules[import_class(environment, Path.cwd()).__module__]
-    if not callable(getattr(module, "train_episodes", None)):
-        raise ValueError(f"{environment}: module {module.__name__} has no train_episodes()")
-    env_settings = getattr(factory, "args", (None,))[0]
+    train_episodes = module_function(environment, Path.cwd(), "train_episodes")
+    if train_episodes is None:
+        module = environment.partition(":")[0]
+        raise ValueError(f"{environment}: module {module} has no train_episodes()")
+    env_settings = factory_settings(factory)
     play = _function(teacher)
     rng = random.Random(f"teacher:{seed}")
     records, drawn = [], 0
     while len(records) < num_examples:
-        batch = module.train_episodes(num_examples, env_settings, seed=seed * 7919 + drawn)
+        batch = train_episodes(num_examples, env_settings, seed=seed * 7919 + drawn)
         drawn += 1
         for episode in batch:
             env = factory()
